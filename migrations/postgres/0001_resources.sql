@@ -1,0 +1,92 @@
+-- Every version of every resource, exactly as stored (id and meta stamped).
+CREATE TABLE resource_versions (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    last_updated BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (res_type, res_id, version)
+);
+
+-- The current version of each logical resource; `seq` orders commits for paging.
+CREATE TABLE resources (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    seq BIGINT NOT NULL UNIQUE,
+    last_updated BIGINT NOT NULL,
+    PRIMARY KEY (res_type, res_id)
+);
+CREATE INDEX resources_type_seq ON resources (res_type, seq);
+CREATE INDEX resources_type_updated ON resources (res_type, last_updated, seq);
+
+-- Search indexes hold rows for current versions only.
+CREATE TABLE search_tokens (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    param TEXT NOT NULL,
+    system TEXT NOT NULL,
+    code TEXT NOT NULL
+);
+CREATE INDEX search_tokens_lookup ON search_tokens (res_type, param, code, system);
+CREATE INDEX search_tokens_owner ON search_tokens (res_type, res_id);
+
+CREATE TABLE search_refs (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    param TEXT NOT NULL,
+    target TEXT NOT NULL,
+    target_type TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    is_local BIGINT NOT NULL
+);
+CREATE INDEX search_refs_lookup ON search_refs (res_type, param, target);
+CREATE INDEX search_refs_by_id ON search_refs (res_type, param, target_id);
+CREATE INDEX search_refs_owner ON search_refs (res_type, res_id);
+
+CREATE TABLE search_strings (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    param TEXT NOT NULL,
+    value TEXT NOT NULL
+);
+CREATE INDEX search_strings_lookup ON search_strings (res_type, param, value text_pattern_ops);
+CREATE INDEX search_strings_owner ON search_strings (res_type, res_id);
+
+CREATE TABLE search_dates (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    param TEXT NOT NULL,
+    lo BIGINT NOT NULL,
+    hi BIGINT NOT NULL
+);
+CREATE INDEX search_dates_lookup ON search_dates (res_type, param, lo);
+CREATE INDEX search_dates_owner ON search_dates (res_type, res_id);
+
+-- A referral exists when a referral Task is owned by a known organisation.
+CREATE TABLE referrals (
+    id TEXT PRIMARY KEY,
+    organization TEXT NOT NULL,
+    task_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX referrals_org ON referrals (organization, updated_at, id);
+
+-- Per-organisation ordered event feed (the source for webhooks and /events).
+CREATE TABLE events (
+    organization TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (organization, seq)
+);
+
+CREATE TABLE tenant_counters (
+    organization TEXT PRIMARY KEY,
+    last_seq BIGINT NOT NULL
+);
+
+CREATE SEQUENCE resource_seq;

@@ -1,0 +1,216 @@
+//! Settings: built-in defaults, then a TOML file, then `CROSSWAY_*` environment variables.
+//!
+//! Invariant: nothing here is global; `main` loads one `Settings` and hands sub-parts to
+//! the components that need them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file `crossway serve` reads when no `--config` is given (relative to the working dir).
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// HTTP listen address; port 0 picks a free port.
+    pub http_addr: String,
+    /// `sqlite://…` or `postgres://…`; empty means SQLite under `data_dir`.
+    pub database_url: String,
+    /// Redis for the identity cache and shared counters; empty means in-process only.
+    pub redis_url: String,
+    pub data_dir: PathBuf,
+    /// `tracing` filter directive, e.g. `info` or `crossway=debug`.
+    pub log: String,
+    /// Base URL that clients use to reach `/fhir`, for `fullUrl` and `Location`.
+    /// Empty: derived from each request's Host header.
+    pub public_base_url: String,
+    /// Largest accepted request body, in bytes (larger gets 413).
+    pub max_body_bytes: usize,
+    /// Organisations the gateway knows: CBO tenants and referral sources.
+    #[serde(rename = "organization")]
+    pub organizations: Vec<OrganizationConfig>,
+}
+
+/// An organisation known to the gateway. Its FHIR Organization resource is created at
+/// start if missing, so that Tasks can name it as owner by reference or by identifier.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationConfig {
+    /// FHIR logical id of the Organization (`Organization/{id}`).
+    pub id: String,
+    pub name: String,
+    /// `cbo` organisations receive referrals; `referrer` organisations send them.
+    pub kind: OrganizationKind,
+    #[serde(default, rename = "identifier")]
+    pub identifiers: Vec<IdentifierConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OrganizationKind {
+    Cbo,
+    Referrer,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierConfig {
+    pub system: String,
+    pub value: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            http_addr: "127.0.0.1:8080".into(),
+            database_url: String::new(),
+            redis_url: String::new(),
+            data_dir: PathBuf::from("./data"),
+            log: "info".into(),
+            public_base_url: String::new(),
+            max_body_bytes: 8 * 1024 * 1024,
+            organizations: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `path` (or the default file when it exists), then applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut settings = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Settings::default(),
+        };
+        settings.apply_env(|k| std::env::var(k).ok());
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = var("CROSSWAY_HTTP_ADDR") {
+            self.http_addr = v;
+        }
+        if let Some(v) = var("CROSSWAY_DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = var("CROSSWAY_REDIS_URL") {
+            self.redis_url = v;
+        }
+        if let Some(v) = var("CROSSWAY_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_LOG") {
+            self.log = v;
+        }
+        if let Some(v) = var("CROSSWAY_PUBLIC_BASE_URL") {
+            self.public_base_url = v;
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let db = self.database_url.as_str();
+        if !(db.is_empty() || db.starts_with("sqlite:") || db.starts_with("postgres")) {
+            return Err(ConfigError::Invalid {
+                key: "database_url",
+                message: "must start with sqlite:// or postgres://".into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for org in &self.organizations {
+            if !crate::fhir::is_valid_id(&org.id) {
+                return Err(ConfigError::Invalid {
+                    key: "organization.id",
+                    message: format!("{:?} is not a valid FHIR id", org.id),
+                });
+            }
+            if !seen.insert(org.id.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "organization.id",
+                    message: format!("{:?} is configured twice", org.id),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL actually used: the configured one, or SQLite in the data dir.
+    pub fn effective_database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("crossway.db").display()
+            )
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut s: Settings = toml::from_str(
+            "http_addr = \"0.0.0.0:1\"\nlog = \"debug\"\n[[organization]]\nid = \"a\"\nname = \"A\"\nkind = \"cbo\"\n",
+        )
+        .unwrap();
+        s.apply_env(|k| (k == "CROSSWAY_HTTP_ADDR").then(|| "127.0.0.1:0".to_string()));
+        assert_eq!(s.http_addr, "127.0.0.1:0");
+        assert_eq!(s.log, "debug");
+        assert_eq!(s.organizations[0].kind, OrganizationKind::Cbo);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Settings>("htp_addr = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("htp_addr"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_organization_ids_are_refused() {
+        let s: Settings = toml::from_str(
+            "[[organization]]\nid = \"a\"\nname = \"A\"\nkind = \"cbo\"\n[[organization]]\nid = \"a\"\nname = \"B\"\nkind = \"cbo\"\n",
+        )
+        .unwrap();
+        assert!(matches!(s.validate(), Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn default_database_is_sqlite_in_the_data_dir() {
+        let s = Settings::default();
+        assert_eq!(
+            s.effective_database_url(),
+            "sqlite://./data/crossway.db?mode=rwc"
+        );
+    }
+}

@@ -1,0 +1,845 @@
+//! FHIR interactions against the store: create, conditional create, update, read,
+//! vread, history, search, and transaction/batch Bundles.
+//!
+//! Pure checks (parsing, profile rules, Bundle planning) run on the caller's thread;
+//! what needs the store (versions, references that must resolve, conditional matches,
+//! referral routing) runs inside the group-commit writer, so each request sees the
+//! effects of every request committed before it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::bundle::{self, BundleKind, EntryRequest, EntryResult, Plan};
+use super::datetime;
+use super::reference::{self, Target};
+use super::search::{self, SearchQuery};
+use super::validate::{self, ReferenceCheck};
+use super::{FhirError, Issue, IssueCode};
+use crate::config::OrganizationConfig;
+use crate::referral::TaskStatus;
+use crate::store::writer::{BoxFuture, Command, Writer};
+use crate::store::{Store, StoreError, StoredResource, Tx};
+
+/// What the engine needs to know about this deployment.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// Our public `/fhir` base, when configured: absolute references to it are local.
+    pub own_base: Option<String>,
+    pub organizations: Vec<OrganizationConfig>,
+}
+
+/// The result of a create or update.
+#[derive(Debug)]
+pub struct Written {
+    pub stored: StoredResource,
+    /// 201 for a new resource, 200 for a new version, a no-op update or a conditional
+    /// create that matched an existing resource.
+    pub status: u16,
+    pub warnings: Vec<Issue>,
+}
+
+#[derive(Clone)]
+pub struct Fhir {
+    store: Store,
+    writer: Writer<WriteCommand>,
+    ctx: Arc<Context>,
+}
+
+impl Fhir {
+    /// Starts the writer on the current tokio runtime.
+    pub fn new(store: Store, ctx: Context) -> Fhir {
+        let writer = Writer::spawn(&store);
+        Fhir {
+            store,
+            writer,
+            ctx: Arc::new(ctx),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn create(
+        &self,
+        resource_type: &str,
+        mut resource: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<Written, FhirError> {
+        check_type(resource_type)?;
+        let checked = validate::validate(resource_type, &resource, None)?;
+        validate::normalize(resource_type, &mut resource);
+        let if_none_exist = match if_none_exist {
+            Some(q) => Some(conditional_query(resource_type, q, "If-None-Exist")?),
+            None => None,
+        };
+        let write = Write::Create {
+            resource_type: resource_type.to_string(),
+            resource,
+            if_none_exist,
+            must_resolve: checked.must_resolve,
+            warnings: checked.warnings,
+        };
+        match self.submit(write).await? {
+            Outcome::Written(w) => Ok(w),
+            Outcome::Bundle(_) => unreachable!("a create yields one resource"),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        resource_type: &str,
+        id: &str,
+        mut resource: Value,
+        if_match: Option<&str>,
+    ) -> Result<Written, FhirError> {
+        check_type(resource_type)?;
+        if !super::is_valid_id(id) {
+            return Err(FhirError::invalid(
+                format!("{resource_type}.id"),
+                format!("{id:?} is not a valid id"),
+            ));
+        }
+        let if_match = if_match.map(parse_etag).transpose()?;
+        let checked = validate::validate(resource_type, &resource, Some(id))?;
+        validate::normalize(resource_type, &mut resource);
+        let write = Write::Update {
+            resource_type: resource_type.to_string(),
+            id: id.to_string(),
+            resource,
+            if_match,
+            must_resolve: checked.must_resolve,
+            warnings: checked.warnings,
+        };
+        match self.submit(write).await? {
+            Outcome::Written(w) => Ok(w),
+            Outcome::Bundle(_) => unreachable!("an update yields one resource"),
+        }
+    }
+
+    /// Runs a transaction or batch Bundle; returns the response Bundle's JSON.
+    pub async fn bundle(
+        &self,
+        body: Value,
+        base: &str,
+        with_resources: bool,
+    ) -> Result<String, FhirError> {
+        let plan = bundle::plan(body, self.ctx.own_base.as_deref())?;
+        let write = Write::Bundle {
+            plan,
+            base: base.to_string(),
+            with_resources,
+        };
+        match self.submit(write).await? {
+            Outcome::Bundle(b) => Ok(b),
+            Outcome::Written(_) => unreachable!("a Bundle yields a Bundle"),
+        }
+    }
+
+    async fn submit(&self, write: Write) -> Result<Outcome, FhirError> {
+        self.writer
+            .submit(WriteCommand {
+                ctx: self.ctx.clone(),
+                write,
+            })
+            .await
+    }
+
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<StoredResource, FhirError> {
+        check_type(resource_type)?;
+        self.store
+            .read(resource_type, id)
+            .await?
+            .ok_or_else(|| not_found(resource_type, id))
+    }
+
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<StoredResource, FhirError> {
+        check_type(resource_type)?;
+        let v: i64 = version.parse().map_err(|_| {
+            FhirError::invalid(
+                format!("{resource_type}.meta.versionId"),
+                "a version id is a positive integer",
+            )
+        })?;
+        self.store
+            .vread(resource_type, id, v)
+            .await?
+            .ok_or_else(|| FhirError::NotFound {
+                resource: format!("{resource_type}/{id}/_history/{version}"),
+            })
+    }
+
+    pub async fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+        base: &str,
+    ) -> Result<String, FhirError> {
+        check_type(resource_type)?;
+        let versions = self.store.history(resource_type, id).await?;
+        if versions.is_empty() {
+            return Err(not_found(resource_type, id));
+        }
+        Ok(bundle::history(base, &versions))
+    }
+
+    pub async fn search(
+        &self,
+        resource_type: &str,
+        params: &[(String, String)],
+        lenient: bool,
+        base: &str,
+    ) -> Result<String, FhirError> {
+        check_type(resource_type)?;
+        let query = search::parse_query(resource_type, params, lenient)?;
+        let page = self.store.search(&query).await?;
+        Ok(bundle::searchset(base, &query, &page))
+    }
+
+    /// Creates the Organization resource of every configured organisation that does not
+    /// exist yet, so that Tasks can name it as owner.
+    pub async fn seed_organizations(&self) -> Result<(), FhirError> {
+        for org in &self.ctx.organizations {
+            if self.store.read("Organization", &org.id).await?.is_some() {
+                continue;
+            }
+            let identifiers: Vec<Value> = org
+                .identifiers
+                .iter()
+                .map(|i| serde_json::json!({"system": i.system, "value": i.value}))
+                .collect();
+            let mut resource = serde_json::json!({
+                "resourceType": "Organization",
+                "id": org.id,
+                "active": true,
+                "name": org.name,
+            });
+            if !identifiers.is_empty() {
+                resource["identifier"] = Value::Array(identifiers);
+            }
+            self.update("Organization", &org.id, resource, None).await?;
+        }
+        Ok(())
+    }
+}
+
+fn check_type(resource_type: &str) -> Result<(), FhirError> {
+    if super::is_supported_type(resource_type) {
+        Ok(())
+    } else {
+        Err(FhirError::UnsupportedType(resource_type.to_string()))
+    }
+}
+
+fn not_found(resource_type: &str, id: &str) -> FhirError {
+    FhirError::NotFound {
+        resource: format!("{resource_type}/{id}"),
+    }
+}
+
+/// `W/"3"` (or a bare `3`) to a version number.
+fn parse_etag(s: &str) -> Result<i64, FhirError> {
+    s.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map_err(|_| {
+            FhirError::invalid(
+                "If-Match",
+                format!("{s:?} is not an ETag this server issued (W/\"n\")"),
+            )
+        })
+}
+
+fn conditional_query(
+    resource_type: &str,
+    query: &str,
+    what: &str,
+) -> Result<SearchQuery, FhirError> {
+    let params = bundle::parse_query_string(query.trim_start_matches('?'));
+    if params.is_empty() {
+        return Err(FhirError::invalid(
+            what,
+            format!("{what} needs search parameters"),
+        ));
+    }
+    let q = search::parse_query(resource_type, &params, false).map_err(|e| match e {
+        FhirError::Invalid(issues) => FhirError::Invalid(
+            issues
+                .into_iter()
+                .map(|i| Issue {
+                    expression: Some(what.to_string()),
+                    ..i
+                })
+                .collect(),
+        ),
+        other => other,
+    })?;
+    Ok(SearchQuery {
+        count: 2,
+        includes: vec![],
+        ..q
+    })
+}
+
+enum Write {
+    Create {
+        resource_type: String,
+        resource: Value,
+        if_none_exist: Option<SearchQuery>,
+        must_resolve: Vec<ReferenceCheck>,
+        warnings: Vec<Issue>,
+    },
+    Update {
+        resource_type: String,
+        id: String,
+        resource: Value,
+        if_match: Option<i64>,
+        must_resolve: Vec<ReferenceCheck>,
+        warnings: Vec<Issue>,
+    },
+    Bundle {
+        plan: Plan,
+        base: String,
+        with_resources: bool,
+    },
+}
+
+enum Outcome {
+    Written(Written),
+    Bundle(String),
+}
+
+struct WriteCommand {
+    ctx: Arc<Context>,
+    write: Write,
+}
+
+impl Command for WriteCommand {
+    type Output = Outcome;
+    type Error = FhirError;
+
+    fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Outcome, FhirError>> {
+        Box::pin(async move {
+            let ctx = &self.ctx;
+            let now = datetime::now_micros();
+            match self.write {
+                Write::Create {
+                    resource_type,
+                    resource,
+                    if_none_exist,
+                    must_resolve,
+                    warnings,
+                } => {
+                    if let Some(q) = if_none_exist
+                        && let Some(found) = find_existing(tx, &q).await?
+                    {
+                        return Ok(Outcome::Written(Written {
+                            stored: found,
+                            status: 200,
+                            warnings,
+                        }));
+                    }
+                    resolve_all(tx, &must_resolve).await?;
+                    let one = One {
+                        resource_type: &resource_type,
+                        id: super::new_id(),
+                        create_only: true,
+                        if_match: None,
+                    };
+                    write_one(tx, ctx, one, resource, warnings, now)
+                        .await
+                        .map(Outcome::Written)
+                }
+                Write::Update {
+                    resource_type,
+                    id,
+                    resource,
+                    if_match,
+                    must_resolve,
+                    warnings,
+                } => {
+                    resolve_all(tx, &must_resolve).await?;
+                    let one = One {
+                        resource_type: &resource_type,
+                        id,
+                        create_only: false,
+                        if_match,
+                    };
+                    write_one(tx, ctx, one, resource, warnings, now)
+                        .await
+                        .map(Outcome::Written)
+                }
+                Write::Bundle {
+                    plan,
+                    base,
+                    with_resources,
+                } => {
+                    let kind = plan.kind;
+                    let results = run_bundle(tx, ctx, plan, &base, now).await?;
+                    Ok(Outcome::Bundle(bundle::response(
+                        kind,
+                        &base,
+                        &results,
+                        with_resources,
+                    )))
+                }
+            }
+        })
+    }
+}
+
+impl From<StoreError> for FhirError {
+    fn from(e: StoreError) -> FhirError {
+        if e.is_unique_violation() {
+            FhirError::Conflict("a concurrent request changed the same resource; retry".into())
+        } else {
+            FhirError::Store(e)
+        }
+    }
+}
+
+/// For conditional create: the single match, none, or an error when ambiguous.
+async fn find_existing(
+    tx: &mut Tx<'_>,
+    q: &SearchQuery,
+) -> Result<Option<StoredResource>, FhirError> {
+    // Two gateway processes must not both find nothing and both create.
+    tx.lock(&format!("{}?{:?}", q.resource_type, q.echo))
+        .await?;
+    let ids = tx.search_ids(q).await?;
+    match ids.as_slice() {
+        [] => Ok(None),
+        [id] => Ok(tx.current(&q.resource_type, id).await?),
+        _ => Err(FhirError::MultipleMatches(format!(
+            "the condition matches more than one {}; make it more selective",
+            q.resource_type
+        ))),
+    }
+}
+
+async fn resolve_all(tx: &mut Tx<'_>, checks: &[ReferenceCheck]) -> Result<(), FhirError> {
+    let mut issues = Vec::new();
+    for c in checks {
+        if !tx.exists(&c.resource_type, &c.id).await? {
+            issues.push(bundle::unresolved(c));
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(FhirError::Unprocessable(issues))
+    }
+}
+
+struct One<'r> {
+    resource_type: &'r str,
+    id: String,
+    create_only: bool,
+    if_match: Option<i64>,
+}
+
+/// Writes one resource version (and the referral it implies) into the transaction.
+async fn write_one(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    one: One<'_>,
+    resource: Value,
+    mut warnings: Vec<Issue>,
+    now: i64,
+) -> Result<Written, FhirError> {
+    let ty = one.resource_type;
+    let current = if one.create_only {
+        None
+    } else {
+        tx.current(ty, &one.id).await?
+    };
+    if let Some(expected) = one.if_match {
+        let actual = current.as_ref().map_or(0, |c| c.version);
+        if actual != expected {
+            return Err(FhirError::PreconditionFailed {
+                expected: format!("W/\"{expected}\""),
+                current: actual,
+            });
+        }
+    }
+    let old: Option<Value> = match &current {
+        Some(c) => Some(serde_json::from_str(&c.body).map_err(|e| {
+            tracing::error!(message = "Stored resource is not JSON.", resource_type = ty, id = %one.id, error = %e);
+            FhirError::Conflict(format!("the stored {ty}/{} cannot be read", one.id))
+        })?),
+        None => None,
+    };
+    if let (Some(cur), Some(old)) = (&current, &old) {
+        if ty == "Task" {
+            validate::check_task_transition(old, &resource)?;
+        }
+        if same_content(old, &resource) {
+            return Ok(Written {
+                stored: cur.clone(),
+                status: 200,
+                warnings,
+            });
+        }
+    }
+    let version = current.as_ref().map_or(1, |c| c.version + 1);
+    let stamped = super::stamp(resource, &one.id, version, &datetime::format_instant(now));
+    if ty == "Task" {
+        record_referral(tx, ctx, &one.id, &stamped, old.as_ref(), now, &mut warnings).await?;
+    }
+    let index = search::extract(ty, &stamped, ctx.own_base.as_deref());
+    let stored = StoredResource {
+        resource_type: ty.to_string(),
+        id: one.id,
+        version,
+        last_updated: now,
+        body: serde_json::to_string(&stamped).expect("JSON values always serialise"),
+    };
+    tx.stage(stored.clone(), index, current.is_none());
+    Ok(Written {
+        stored,
+        status: if current.is_none() { 201 } else { 200 },
+        warnings,
+    })
+}
+
+/// Equal apart from `id`, `meta.versionId` and `meta.lastUpdated`: an update that
+/// changes nothing creates no new version (clients that re-send are not penalised).
+fn same_content(old: &Value, new: &Value) -> bool {
+    fn strip(v: &Value) -> Value {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("id");
+            if let Some(Value::Object(meta)) = m.get_mut("meta") {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+                if meta.is_empty() {
+                    m.remove("meta");
+                }
+            }
+        }
+        v
+    }
+    strip(old) == strip(new)
+}
+
+/// A referral Task owned by a known organisation becomes a referral with a
+/// `referral.created` event; later status changes are mirrored onto it.
+async fn record_referral(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    task_id: &str,
+    task: &Value,
+    old: Option<&Value>,
+    now: i64,
+    warnings: &mut Vec<Issue>,
+) -> Result<(), FhirError> {
+    if !validate::is_referral_task(task) {
+        return Ok(());
+    }
+    let Some(status) = task
+        .get("status")
+        .and_then(Value::as_str)
+        .and_then(TaskStatus::parse)
+    else {
+        return Ok(());
+    };
+    if old.is_some()
+        && let Some((referral_id, org, previous)) = tx
+            .update_referral_status(task_id, status.cbo_status(), now)
+            .await?
+    {
+        if previous != status.cbo_status() {
+            tx.append_event(&org, "referral.status_changed", &referral_id, now)
+                .await?;
+        }
+        return Ok(());
+    }
+    match route(tx, ctx, task).await? {
+        Some(org) => {
+            let referral_id = super::new_id();
+            tx.insert_referral(&referral_id, &org, task_id, status.cbo_status(), now).await?;
+            tx.append_event(&org, "referral.created", &referral_id, now).await?;
+        }
+        None if task.get("owner").is_none() => warnings.push(Issue::warning(
+            IssueCode::Informational,
+            "Task.owner",
+            "the Task has no owner; no referral is created until an owner is set",
+        )),
+        None => warnings.push(Issue::warning(
+            IssueCode::NotFound,
+            "Task.owner",
+            "Task.owner is not an organisation known to this gateway; the Task is stored as plain FHIR and no referral was created",
+        )),
+    }
+    Ok(())
+}
+
+/// The configured organisation a Task's owner names: by `Organization/{id}`, by an
+/// identifier on the reference, or by an identifier on the stored Organization.
+async fn route(tx: &mut Tx<'_>, ctx: &Context, task: &Value) -> Result<Option<String>, FhirError> {
+    let Some(owner) = task.get("owner") else {
+        return Ok(None);
+    };
+    let by_identifier = |system: &str, value: &str| {
+        ctx.organizations
+            .iter()
+            .find(|o| {
+                o.identifiers
+                    .iter()
+                    .any(|i| i.system == system && i.value == value)
+            })
+            .map(|o| o.id.clone())
+    };
+    if let (Some(system), Some(value)) = (
+        owner.pointer("/identifier/system").and_then(Value::as_str),
+        owner.pointer("/identifier/value").and_then(Value::as_str),
+    ) && let Some(org) = by_identifier(system, value)
+    {
+        return Ok(Some(org));
+    }
+    let Some(r) = owner.get("reference").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let Some(Target::Local {
+        resource_type: "Organization",
+        id,
+    }) = reference::parse(r, ctx.own_base.as_deref())
+    else {
+        return Ok(None);
+    };
+    if ctx.organizations.iter().any(|o| o.id == id) {
+        return Ok(Some(id.to_string()));
+    }
+    let Some(stored) = tx.current("Organization", id).await? else {
+        return Ok(None);
+    };
+    let org: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+    for ident in org
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(s), Some(v)) = (
+            ident.get("system").and_then(Value::as_str),
+            ident.get("value").and_then(Value::as_str),
+        ) && let Some(found) = by_identifier(s, v)
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs a planned Bundle. A transaction fails as a whole on the first error; a batch
+/// reports each entry's own outcome.
+async fn run_bundle(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    plan: Plan,
+    base: &str,
+    now: i64,
+) -> Result<Vec<EntryResult>, FhirError> {
+    let transaction = plan.kind == BundleKind::Transaction;
+    let mut results: Vec<Option<EntryResult>> = (0..plan.entries.len()).map(|_| None).collect();
+    let mut reads = Vec::new();
+    let mut deferred_checks = Vec::new();
+
+    // Conditional creates first: a match replaces the entry's planned id everywhere.
+    let mut entries = plan.entries;
+    let mut rewrites: HashMap<String, String> = HashMap::new();
+    for e in &mut entries {
+        if e.error.is_some() {
+            continue;
+        }
+        if let EntryRequest::Create {
+            id,
+            if_none_exist: Some(cond),
+        } = &e.request
+        {
+            let found = match conditional_query(
+                &e.resource_type,
+                cond,
+                &format!("Bundle.entry[{}].request.ifNoneExist", e.index),
+            ) {
+                Ok(q) => find_existing(tx, &q).await,
+                Err(err) => Err(err),
+            };
+            match found {
+                Ok(Some(existing)) => {
+                    rewrites.insert(
+                        format!("{}/{id}", e.resource_type),
+                        format!("{}/{}", e.resource_type, existing.id),
+                    );
+                    results[e.index] = Some(EntryResult::Written {
+                        stored: existing,
+                        status: 200,
+                        warnings: vec![],
+                    });
+                }
+                Ok(None) => {}
+                Err(err) if transaction => return Err(err),
+                Err(err) => e.error = Some(err),
+            }
+        }
+    }
+
+    for e in entries {
+        let i = e.index;
+        if let Some(err) = e.error {
+            results[i] = Some(EntryResult::Failed(err));
+            continue;
+        }
+        if results[i].is_some() {
+            continue;
+        }
+        let (id, create_only, if_match) = match e.request {
+            EntryRequest::Create { id, .. } => (id, true, None),
+            EntryRequest::Update { id, if_match } => {
+                let m = match if_match.as_deref().map(parse_etag).transpose() {
+                    Ok(m) => m,
+                    Err(err) if transaction => {
+                        return Err(err.within(&format!("Bundle.entry[{i}].request")));
+                    }
+                    Err(err) => {
+                        results[i] = Some(EntryResult::Failed(err));
+                        continue;
+                    }
+                };
+                (id, false, m)
+            }
+            request @ (EntryRequest::Read { .. } | EntryRequest::Search { .. }) => {
+                reads.push((i, e.resource_type, request));
+                continue;
+            }
+        };
+        let mut resource = e.resource.expect("write entries carry a resource");
+        let must_resolve = e.must_resolve;
+        let outcome = async {
+            resolve_references(tx, &mut resource, &rewrites, i).await?;
+            if !transaction {
+                resolve_all(tx, &must_resolve).await?;
+            }
+            let one = One {
+                resource_type: &e.resource_type,
+                id,
+                create_only,
+                if_match,
+            };
+            write_one(tx, ctx, one, resource, e.warnings, now).await
+        }
+        .await;
+        match outcome {
+            Ok(w) => {
+                results[i] = Some(EntryResult::Written {
+                    stored: w.stored,
+                    status: w.status,
+                    warnings: w.warnings,
+                })
+            }
+            Err(err) if transaction => return Err(err),
+            Err(err) => results[i] = Some(EntryResult::Failed(err)),
+        }
+        if transaction {
+            // Checked once every entry is staged, since entries may refer to each other.
+            deferred_checks.extend(must_resolve);
+        }
+    }
+    resolve_all(tx, &deferred_checks).await?;
+
+    for (i, resource_type, request) in reads {
+        let result = match request {
+            EntryRequest::Read { id } => match tx.current(&resource_type, &id).await? {
+                Some(s) => EntryResult::Read(s),
+                None => EntryResult::Failed(not_found(&resource_type, &id)),
+            },
+            EntryRequest::Search { params } => {
+                match search::parse_query(&resource_type, &params, false) {
+                    Ok(q) => {
+                        let page = tx.search(&q).await?;
+                        EntryResult::Searched(bundle::searchset(base, &q, &page))
+                    }
+                    Err(err) => EntryResult::Failed(err),
+                }
+            }
+            _ => unreachable!("only reads are deferred"),
+        };
+        if transaction && let EntryResult::Failed(err) = result {
+            return Err(err);
+        }
+        results[i] = Some(result);
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every entry has a result"))
+        .collect())
+}
+
+/// Applies conditional-create rewrites and resolves conditional references
+/// (`Patient?identifier=sys|val`) to the one resource they match.
+async fn resolve_references(
+    tx: &mut Tx<'_>,
+    resource: &mut Value,
+    rewrites: &HashMap<String, String>,
+    entry: usize,
+) -> Result<(), FhirError> {
+    let mut conditional = Vec::new();
+    reference::for_each_reference_mut(resource, &mut |r| {
+        if let Some(to) = rewrites.get(r.as_str()) {
+            *r = to.clone();
+        } else if r.contains('?') {
+            conditional.push(r.clone());
+        }
+    });
+    if conditional.is_empty() {
+        return Ok(());
+    }
+    let at = format!("Bundle.entry[{entry}].resource");
+    let mut resolved = HashMap::new();
+    for r in conditional {
+        let Some(Target::Conditional {
+            resource_type,
+            query,
+        }) = reference::parse(&r, None)
+        else {
+            return Err(FhirError::invalid(
+                &at,
+                format!("reference {r:?} is not Type?search"),
+            ));
+        };
+        check_type(resource_type)?;
+        let q = conditional_query(resource_type, query, &at)?;
+        let ids = tx.search_ids(&q).await?;
+        match ids.as_slice() {
+            [id] => {
+                resolved.insert(r.clone(), format!("{resource_type}/{id}"));
+            }
+            [] => {
+                return Err(FhirError::Unprocessable(vec![Issue::error(
+                    IssueCode::NotFound,
+                    &at,
+                    format!("conditional reference {r:?} matches no resource"),
+                )]));
+            }
+            _ => {
+                return Err(FhirError::MultipleMatches(format!(
+                    "conditional reference {r:?} in {at} matches more than one resource"
+                )));
+            }
+        }
+    }
+    reference::for_each_reference_mut(resource, &mut |r| {
+        if let Some(to) = resolved.get(r.as_str()) {
+            *r = to.clone();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,944 @@
+//! Search parameters: the table of what is searchable, extraction of index entries from a
+//! resource, and parsing of a search request into a typed query.
+//!
+//! The table is the single source for the store's indexes, the query parser and the
+//! CapabilityStatement, so what we advertise is exactly what we implement.
+
+use serde_json::Value;
+
+use super::datetime::{self, Range};
+use super::reference::{self, Target};
+use super::{FhirError, Issue, IssueCode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// `_id`: the logical id column.
+    Id,
+    /// `_lastUpdated`: the meta.lastUpdated column.
+    LastUpdated,
+    Token,
+    Reference,
+    String,
+    Date,
+    Uri,
+}
+
+impl ParamType {
+    pub fn fhir_name(self) -> &'static str {
+        match self {
+            ParamType::Id | ParamType::Token => "token",
+            ParamType::LastUpdated | ParamType::Date => "date",
+            ParamType::Reference => "reference",
+            ParamType::String => "string",
+            ParamType::Uri => "uri",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ParamDef {
+    pub name: &'static str,
+    pub kind: ParamType,
+    /// Dot paths from the resource root; arrays are flattened at every step.
+    pub paths: &'static [&'static str],
+    /// Reference params: the target types (empty means any).
+    pub targets: &'static [&'static str],
+}
+
+const fn p(name: &'static str, kind: ParamType, paths: &'static [&'static str]) -> ParamDef {
+    ParamDef {
+        name,
+        kind,
+        paths,
+        targets: &[],
+    }
+}
+
+const fn r(
+    name: &'static str,
+    paths: &'static [&'static str],
+    targets: &'static [&'static str],
+) -> ParamDef {
+    ParamDef {
+        name,
+        kind: ParamType::Reference,
+        paths,
+        targets,
+    }
+}
+
+use ParamType::{Date, String as Str, Token};
+
+/// Parameters every resource type has.
+pub static COMMON: &[ParamDef] = &[
+    p("_id", ParamType::Id, &[]),
+    p("_lastUpdated", ParamType::LastUpdated, &[]),
+    p("_profile", ParamType::Uri, &["meta.profile"]),
+    p("identifier", Token, &["identifier"]),
+];
+
+const PATIENT: &[&str] = &["Patient"];
+
+/// Type-specific parameters. Names and paths follow the FHIR R4 search parameter registry.
+pub fn type_params(resource_type: &str) -> &'static [ParamDef] {
+    match resource_type {
+        "Task" => TASK_PARAMS,
+        "ServiceRequest" => SERVICE_REQUEST_PARAMS,
+        "Patient" => PATIENT_PARAMS,
+        "Procedure" => PROCEDURE_PARAMS,
+        "Observation" => OBSERVATION_PARAMS,
+        "Condition" => CONDITION_PARAMS,
+        "Consent" => CONSENT_PARAMS,
+        "Goal" => GOAL_PARAMS,
+        "HealthcareService" => HEALTHCARE_SERVICE_PARAMS,
+        "Organization" => ORGANIZATION_PARAMS,
+        "Practitioner" => PRACTITIONER_PARAMS,
+        "PractitionerRole" => PRACTITIONER_ROLE_PARAMS,
+        "Location" => LOCATION_PARAMS,
+        "RelatedPerson" => RELATED_PERSON_PARAMS,
+        "DocumentReference" => DOCUMENT_REFERENCE_PARAMS,
+        "CareTeam" => CARE_TEAM_PARAMS,
+        "QuestionnaireResponse" => QUESTIONNAIRE_RESPONSE_PARAMS,
+        "Questionnaire" => QUESTIONNAIRE_PARAMS,
+        _ => &[],
+    }
+}
+
+static TASK_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("code", Token, &["code"]),
+    p("intent", Token, &["intent"]),
+    p("business-status", Token, &["businessStatus"]),
+    p("authored-on", Date, &["authoredOn"]),
+    r("owner", &["owner"], &[]),
+    r("requester", &["requester"], &[]),
+    r("focus", &["focus"], &[]),
+    r("patient", &["for"], PATIENT),
+    r("subject", &["for"], &[]),
+    r("based-on", &["basedOn"], &[]),
+    r("part-of", &["partOf"], &["Task"]),
+    r("output", &["output.valueReference"], &[]),
+];
+
+static SERVICE_REQUEST_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("intent", Token, &["intent"]),
+    p("category", Token, &["category"]),
+    p("code", Token, &["code"]),
+    p("authored", Date, &["authoredOn"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+    r("requester", &["requester"], &[]),
+    r("performer", &["performer"], &[]),
+    r("based-on", &["basedOn"], &[]),
+];
+
+static PATIENT_PARAMS: &[ParamDef] = &[
+    p("name", Str, &["name"]),
+    p("family", Str, &["name.family"]),
+    p("given", Str, &["name.given"]),
+    p("birthdate", Date, &["birthDate"]),
+    p("gender", Token, &["gender"]),
+];
+
+static PROCEDURE_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    p("code", Token, &["code"]),
+    r("based-on", &["basedOn"], &[]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+    r("performer", &["performer.actor"], &[]),
+];
+
+static OBSERVATION_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    p("code", Token, &["code"]),
+    r("based-on", &["basedOn"], &[]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+];
+
+static CONDITION_PARAMS: &[ParamDef] = &[
+    p("category", Token, &["category"]),
+    p("code", Token, &["code"]),
+    p("clinical-status", Token, &["clinicalStatus"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+];
+
+static CONSENT_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    r("patient", &["patient"], PATIENT),
+];
+
+static GOAL_PARAMS: &[ParamDef] = &[
+    p("lifecycle-status", Token, &["lifecycleStatus"]),
+    p("category", Token, &["category"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+];
+
+static HEALTHCARE_SERVICE_PARAMS: &[ParamDef] = &[
+    p("name", Str, &["name"]),
+    p("service-category", Token, &["category"]),
+    p("service-type", Token, &["type"]),
+    p("active", Token, &["active"]),
+    r("organization", &["providedBy"], &["Organization"]),
+    r("location", &["location"], &["Location"]),
+];
+
+static ORGANIZATION_PARAMS: &[ParamDef] = &[
+    p("name", Str, &["name", "alias"]),
+    p("type", Token, &["type"]),
+    p("active", Token, &["active"]),
+];
+
+static PRACTITIONER_PARAMS: &[ParamDef] = &[p("name", Str, &["name"])];
+
+static PRACTITIONER_ROLE_PARAMS: &[ParamDef] = &[
+    p("role", Token, &["code"]),
+    r("organization", &["organization"], &["Organization"]),
+    r("practitioner", &["practitioner"], &["Practitioner"]),
+];
+
+static LOCATION_PARAMS: &[ParamDef] = &[
+    p("name", Str, &["name", "alias"]),
+    r("organization", &["managingOrganization"], &["Organization"]),
+];
+
+static RELATED_PERSON_PARAMS: &[ParamDef] = &[r("patient", &["patient"], PATIENT)];
+
+static DOCUMENT_REFERENCE_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+];
+
+static CARE_TEAM_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+];
+
+static QUESTIONNAIRE_RESPONSE_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
+];
+
+static QUESTIONNAIRE_PARAMS: &[ParamDef] = &[
+    p("url", ParamType::Uri, &["url"]),
+    p("status", Token, &["status"]),
+];
+
+/// Looks a parameter up; the IG's own example writes `_lastupdated`, so that is accepted.
+pub fn find_param(resource_type: &str, name: &str) -> Option<&'static ParamDef> {
+    let name = if name == "_lastupdated" {
+        "_lastUpdated"
+    } else {
+        name
+    };
+    COMMON
+        .iter()
+        .chain(type_params(resource_type))
+        .find(|d| d.name == name)
+}
+
+// ---------------------------------------------------------------------------------------
+// Index extraction
+
+/// What the store indexes for one resource version.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct IndexEntries {
+    /// (param, system, code); system is "" when absent.
+    pub tokens: Vec<(&'static str, String, String)>,
+    /// (param, target, target type, target id); target is `Type/id` or an absolute URL.
+    pub references: Vec<(&'static str, String, String, String)>,
+    /// (param, normalised value)
+    pub strings: Vec<(&'static str, String)>,
+    /// (param, range)
+    pub dates: Vec<(&'static str, Range)>,
+}
+
+/// Lower-cased, for case-insensitive prefix matching (FHIR string search).
+pub fn normalize_string(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+pub fn extract(resource_type: &str, resource: &Value, own_base: Option<&str>) -> IndexEntries {
+    let mut out = IndexEntries::default();
+    for def in COMMON.iter().chain(type_params(resource_type)) {
+        for path in def.paths {
+            let mut values = Vec::new();
+            collect(resource, path, &mut values);
+            for v in values {
+                match def.kind {
+                    ParamType::Token | ParamType::Uri => tokens_of(def.name, v, &mut out.tokens),
+                    ParamType::Reference => {
+                        if let Some(entry) = reference_of(def, v, own_base) {
+                            out.references.push(entry);
+                        }
+                    }
+                    ParamType::String => strings_of(def.name, v, &mut out.strings),
+                    ParamType::Date => dates_of(def.name, v, &mut out.dates),
+                    ParamType::Id | ParamType::LastUpdated => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn collect<'a>(v: &'a Value, path: &str, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| collect(i, path, out)),
+        _ if path.is_empty() => out.push(v),
+        Value::Object(map) => {
+            let (head, rest) = path.split_once('.').unwrap_or((path, ""));
+            if let Some(child) = map.get(head) {
+                collect(child, rest, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn tokens_of(param: &'static str, v: &Value, out: &mut Vec<(&'static str, String, String)>) {
+    let s = |x: Option<&Value>| x.and_then(Value::as_str).unwrap_or("").to_string();
+    match v {
+        Value::String(code) => out.push((param, String::new(), code.clone())),
+        Value::Bool(b) => out.push((param, String::new(), b.to_string())),
+        Value::Object(m) if m.contains_key("coding") => {
+            for c in m["coding"].as_array().into_iter().flatten() {
+                if c.get("code").is_some() {
+                    out.push((param, s(c.get("system")), s(c.get("code"))));
+                }
+            }
+        }
+        Value::Object(m) if m.contains_key("value") => {
+            out.push((param, s(m.get("system")), s(m.get("value"))));
+        }
+        Value::Object(m) if m.contains_key("code") => {
+            out.push((param, s(m.get("system")), s(m.get("code"))));
+        }
+        _ => {}
+    }
+}
+
+fn reference_of(
+    def: &'static ParamDef,
+    v: &Value,
+    own_base: Option<&str>,
+) -> Option<(&'static str, String, String, String)> {
+    let reference = v.get("reference")?.as_str()?;
+    let (target, rtype, rid) = match reference::parse(reference, own_base)? {
+        Target::Local { resource_type, id } => (
+            format!("{resource_type}/{id}"),
+            resource_type.to_string(),
+            id.to_string(),
+        ),
+        Target::External { url } => {
+            let mut tail = url.trim_end_matches('/').rsplit('/');
+            let id = tail.next().unwrap_or("");
+            let ty = tail.next().unwrap_or("");
+            (url.to_string(), ty.to_string(), id.to_string())
+        }
+        _ => return None,
+    };
+    if !def.targets.is_empty() && !def.targets.contains(&rtype.as_str()) {
+        return None;
+    }
+    Some((def.name, target, rtype, rid))
+}
+
+fn strings_of(param: &'static str, v: &Value, out: &mut Vec<(&'static str, String)>) {
+    match v {
+        Value::String(s) => out.push((param, normalize_string(s))),
+        Value::Array(items) => items.iter().for_each(|i| strings_of(param, i, out)),
+        Value::Object(m) => {
+            for key in ["text", "family", "given", "prefix", "suffix"] {
+                if let Some(x) = m.get(key) {
+                    strings_of(param, x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn dates_of(param: &'static str, v: &Value, out: &mut Vec<(&'static str, Range)>) {
+    match v {
+        Value::String(s) => {
+            if let Some(r) = datetime::parse_range(s) {
+                out.push((param, r));
+            }
+        }
+        Value::Object(m) => {
+            let lo = m
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(datetime::parse_range);
+            let hi = m
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(datetime::parse_range);
+            if lo.is_some() || hi.is_some() {
+                out.push((
+                    param,
+                    Range {
+                        lo: lo.map_or(i64::MIN, |r| r.lo),
+                        hi: hi.map_or(i64::MAX, |r| r.hi),
+                    },
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Query parsing
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchValue {
+    /// `system|code`, `|code` (system must be absent), `code`, `system|`.
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+    },
+    /// A `Type/id` or absolute URL; or a bare id that matches any target type.
+    Reference {
+        target: Option<String>,
+        id: String,
+    },
+    String(String),
+    Date {
+        prefix: Prefix,
+        range: Range,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modifier {
+    None,
+    Missing,
+    Exact,
+    Contains,
+}
+
+/// One search parameter occurrence: its values are ORed; occurrences are ANDed.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub param: &'static ParamDef,
+    pub modifier: Modifier,
+    /// For `:missing`, whether the element must be missing (`true`) or present.
+    pub missing: bool,
+    pub values: Vec<SearchValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Commit order: stable under concurrent writes.
+    Default,
+    LastUpdatedAsc,
+    LastUpdatedDesc,
+}
+
+/// Keyset position: the last row of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub last_updated: i64,
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Include {
+    pub source_type: String,
+    pub param: &'static ParamDef,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub resource_type: String,
+    pub filters: Vec<Filter>,
+    pub includes: Vec<Include>,
+    pub sort: Sort,
+    pub count: usize,
+    pub cursor: Option<Cursor>,
+    /// The parameters that took effect, for the Bundle's `self` and `next` links.
+    pub echo: Vec<(String, String)>,
+    /// Warnings to report (e.g. ignored parameters in lenient mode).
+    pub warnings: Vec<Issue>,
+}
+
+pub const DEFAULT_COUNT: usize = 50;
+pub const MAX_COUNT: usize = 1000;
+
+/// Parameters that change nothing in a JSON-only server and are accepted silently.
+const IGNORED: &[&str] = &["_format", "_pretty", "_total"];
+
+/// Parses search parameters. Unknown parameters are an error unless `lenient`
+/// (`Prefer: handling=lenient`): silently dropping a filter would widen the result set.
+pub fn parse_query(
+    resource_type: &str,
+    params: &[(String, String)],
+    lenient: bool,
+) -> Result<SearchQuery, FhirError> {
+    let mut q = SearchQuery {
+        resource_type: resource_type.to_string(),
+        filters: Vec::new(),
+        includes: Vec::new(),
+        sort: Sort::Default,
+        count: DEFAULT_COUNT,
+        cursor: None,
+        echo: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut issues = Vec::new();
+    for (key, value) in params {
+        let at = format!("{resource_type}?{key}");
+        match key.as_str() {
+            k if IGNORED.contains(&k) => continue,
+            "_count" => match value.parse::<usize>() {
+                Ok(n) => q.count = n.min(MAX_COUNT),
+                Err(_) => issues.push(Issue::error(
+                    IssueCode::Value,
+                    at,
+                    "_count must be a non-negative integer",
+                )),
+            },
+            "_sort" => match value.as_str() {
+                "_lastUpdated" | "_lastupdated" => q.sort = Sort::LastUpdatedAsc,
+                "-_lastUpdated" | "-_lastupdated" => q.sort = Sort::LastUpdatedDesc,
+                _ => issues.push(Issue::error(
+                    IssueCode::NotSupported,
+                    at,
+                    format!("_sort={value} is not supported; use _lastUpdated or -_lastUpdated"),
+                )),
+            },
+            "_cursor" => match parse_cursor(value) {
+                Some(c) => q.cursor = Some(c),
+                None => issues.push(Issue::error(
+                    IssueCode::Value,
+                    at,
+                    "_cursor is not a cursor this server issued",
+                )),
+            },
+            "_include" => match parse_include(value) {
+                Ok(inc) if inc.source_type == resource_type => q.includes.push(inc),
+                Ok(_) => issues.push(Issue::error(
+                    IssueCode::Value,
+                    at,
+                    format!("_include={value} does not start with {resource_type}:"),
+                )),
+                Err(msg) => issues.push(Issue::error(IssueCode::NotSupported, at, msg)),
+            },
+            _ => match parse_filter(resource_type, key, value) {
+                Ok(f) => q.filters.push(f),
+                Err(issue) if lenient => {
+                    q.warnings.push(Issue {
+                        severity: "warning",
+                        ..issue
+                    });
+                    continue;
+                }
+                Err(issue) => issues.push(issue),
+            },
+        }
+        if key != "_cursor" {
+            q.echo.push((key.clone(), value.clone()));
+        }
+    }
+    if issues.is_empty() {
+        Ok(q)
+    } else {
+        Err(FhirError::Invalid(issues))
+    }
+}
+
+fn parse_include(value: &str) -> Result<Include, String> {
+    let mut parts = value.split(':');
+    let (Some(source), Some(name)) = (parts.next(), parts.next()) else {
+        return Err(format!("_include={value} must be Type:param"));
+    };
+    if let Some(target) = parts.next()
+        && !target.is_empty()
+    {
+        return Err(format!(
+            "_include={value}: a target type qualifier is not supported"
+        ));
+    }
+    match find_param(source, name) {
+        Some(def) if def.kind == ParamType::Reference => Ok(Include {
+            source_type: source.to_string(),
+            param: def,
+        }),
+        _ => Err(format!(
+            "_include={value}: {source} has no reference search parameter {name:?}"
+        )),
+    }
+}
+
+fn parse_filter(resource_type: &str, key: &str, value: &str) -> Result<Filter, Issue> {
+    let at = format!("{resource_type}?{key}");
+    let (name, modifier) = match key.split_once(':') {
+        Some((n, m)) => (n, Some(m)),
+        None => (key, None),
+    };
+    if name.contains('.') || modifier.is_some_and(|m| m.contains('.')) {
+        return Err(Issue::error(
+            IssueCode::NotSupported,
+            at,
+            "chained search parameters are not supported",
+        ));
+    }
+    let Some(def) = find_param(resource_type, name) else {
+        return Err(Issue::error(
+            IssueCode::NotSupported,
+            at,
+            format!("unknown search parameter {name:?} for {resource_type} (see /fhir/metadata)"),
+        ));
+    };
+    let modifier = match modifier {
+        None => Modifier::None,
+        Some("missing") => Modifier::Missing,
+        Some("exact") if def.kind == ParamType::String => Modifier::Exact,
+        Some("contains") if def.kind == ParamType::String => Modifier::Contains,
+        Some(m) => {
+            return Err(Issue::error(
+                IssueCode::NotSupported,
+                at,
+                format!("modifier :{m} is not supported on {name}"),
+            ));
+        }
+    };
+    if modifier == Modifier::Missing {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(Issue::error(
+                    IssueCode::Value,
+                    at,
+                    ":missing takes true or false",
+                ));
+            }
+        };
+        if matches!(def.kind, ParamType::Id | ParamType::LastUpdated) {
+            return Err(Issue::error(
+                IssueCode::NotSupported,
+                at,
+                format!("{name} is never missing"),
+            ));
+        }
+        return Ok(Filter {
+            param: def,
+            modifier,
+            missing,
+            values: vec![],
+        });
+    }
+    let mut values = Vec::new();
+    for raw in split_or(value) {
+        values.push(
+            parse_value(def, &raw)
+                .map_err(|msg| Issue::error(IssueCode::Value, at.clone(), msg))?,
+        );
+    }
+    if values.is_empty() {
+        return Err(Issue::error(
+            IssueCode::Value,
+            at,
+            "a search parameter needs a value",
+        ));
+    }
+    Ok(Filter {
+        param: def,
+        modifier,
+        missing: false,
+        values,
+    })
+}
+
+/// Splits on unescaped commas and undoes `\,` `\|` `\$` `\\` escapes.
+fn split_or(value: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ (',' | '$' | '\\')) => out.last_mut().unwrap().push(n),
+                Some(n) => {
+                    out.last_mut().unwrap().push('\\');
+                    out.last_mut().unwrap().push(n);
+                }
+                None => out.last_mut().unwrap().push('\\'),
+            },
+            ',' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+fn parse_value(def: &ParamDef, raw: &str) -> Result<SearchValue, String> {
+    match def.kind {
+        ParamType::Id => Ok(SearchValue::Token {
+            system: None,
+            code: Some(raw.to_string()),
+        }),
+        ParamType::Token | ParamType::Uri => Ok(match raw.split_once('|') {
+            None => SearchValue::Token {
+                system: None,
+                code: Some(raw.to_string()),
+            },
+            Some((sys, code)) => SearchValue::Token {
+                system: Some(sys.to_string()),
+                code: (!code.is_empty()).then(|| code.to_string()),
+            },
+        }),
+        ParamType::Reference => {
+            if raw.contains('/') {
+                let (target, ty, id) = match reference::parse(raw, None) {
+                    Some(Target::Local { resource_type, id }) => (
+                        format!("{resource_type}/{id}"),
+                        resource_type,
+                        id.to_string(),
+                    ),
+                    Some(Target::External { url }) => (url.to_string(), "", String::new()),
+                    _ => {
+                        return Err(format!(
+                            "{raw:?} is not a reference (Type/id, id or absolute URL)"
+                        ));
+                    }
+                };
+                if !ty.is_empty() && !def.targets.is_empty() && !def.targets.contains(&ty) {
+                    return Err(format!(
+                        "{} only refers to {}",
+                        def.name,
+                        def.targets.join(", ")
+                    ));
+                }
+                Ok(SearchValue::Reference {
+                    target: Some(target),
+                    id,
+                })
+            } else if super::is_valid_id(raw) {
+                Ok(SearchValue::Reference {
+                    target: None,
+                    id: raw.to_string(),
+                })
+            } else {
+                Err(format!(
+                    "{raw:?} is not a reference (Type/id, id or absolute URL)"
+                ))
+            }
+        }
+        ParamType::String => Ok(SearchValue::String(raw.to_string())),
+        ParamType::Date | ParamType::LastUpdated => {
+            let (prefix, rest) = match raw.get(..2) {
+                Some("eq") => (Prefix::Eq, &raw[2..]),
+                Some("ne") => (Prefix::Ne, &raw[2..]),
+                Some("gt") => (Prefix::Gt, &raw[2..]),
+                Some("ge") => (Prefix::Ge, &raw[2..]),
+                Some("lt") => (Prefix::Lt, &raw[2..]),
+                Some("le") => (Prefix::Le, &raw[2..]),
+                _ => (Prefix::Eq, raw),
+            };
+            let range = datetime::parse_range(rest)
+                .ok_or_else(|| format!("{raw:?} is not a FHIR date, dateTime or instant"))?;
+            Ok(SearchValue::Date { prefix, range })
+        }
+    }
+}
+
+pub fn format_cursor(c: Cursor) -> String {
+    format!("{}.{}", c.last_updated, c.seq)
+}
+
+fn parse_cursor(s: &str) -> Option<Cursor> {
+    let (a, b) = s.split_once('.')?;
+    Some(Cursor {
+        last_updated: a.parse().ok()?,
+        seq: b.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn q(ty: &str, params: &[(&str, &str)]) -> Result<SearchQuery, FhirError> {
+        let params: Vec<_> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_query(ty, &params, false)
+    }
+
+    #[test]
+    fn extracts_what_task_search_needs() {
+        let task = json!({
+            "resourceType": "Task", "status": "requested",
+            "meta": {"profile": ["http://p"]},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+            "focus": {"reference": "ServiceRequest/sr1"},
+            "for": {"reference": "http://ehr/fhir/Patient/2"},
+            "owner": {"reference": "Organization/4"},
+            "output": [{"type": {}, "valueReference": {"reference": "Procedure/p1"}}],
+            "authoredOn": "2026-11-23"
+        });
+        let e = extract("Task", &task, None);
+        assert!(
+            e.tokens
+                .contains(&("status", "".into(), "requested".into()))
+        );
+        assert!(
+            e.tokens
+                .contains(&("_profile", "".into(), "http://p".into()))
+        );
+        assert!(e.tokens.contains(&(
+            "code",
+            "http://hl7.org/fhir/CodeSystem/task-code".into(),
+            "fulfill".into()
+        )));
+        assert!(e.references.contains(&(
+            "focus",
+            "ServiceRequest/sr1".into(),
+            "ServiceRequest".into(),
+            "sr1".into()
+        )));
+        assert!(e.references.contains(&(
+            "patient",
+            "http://ehr/fhir/Patient/2".into(),
+            "Patient".into(),
+            "2".into()
+        )));
+        assert!(e.references.contains(&(
+            "output",
+            "Procedure/p1".into(),
+            "Procedure".into(),
+            "p1".into()
+        )));
+        assert_eq!(e.dates.len(), 1);
+    }
+
+    #[test]
+    fn patient_reference_param_ignores_other_targets() {
+        let task = json!({"resourceType": "Task", "for": {"reference": "Group/g"}});
+        let e = extract("Task", &task, None);
+        assert!(e.references.iter().any(|r| r.0 == "subject"));
+        assert!(!e.references.iter().any(|r| r.0 == "patient"));
+    }
+
+    #[test]
+    fn names_are_indexed_lower_case() {
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Núñez", "given": ["Ana", "María"]}]});
+        let e = extract("Patient", &p, None);
+        assert!(e.strings.contains(&("name", "núñez".into())));
+        assert!(e.strings.contains(&("given", "maría".into())));
+    }
+
+    #[test]
+    fn token_forms() {
+        let f = &q("Task", &[("identifier", "http://s|1,|2,3,http://t|")])
+            .unwrap()
+            .filters[0];
+        assert_eq!(
+            f.values,
+            vec![
+                SearchValue::Token {
+                    system: Some("http://s".into()),
+                    code: Some("1".into())
+                },
+                SearchValue::Token {
+                    system: Some("".into()),
+                    code: Some("2".into())
+                },
+                SearchValue::Token {
+                    system: None,
+                    code: Some("3".into())
+                },
+                SearchValue::Token {
+                    system: Some("http://t".into()),
+                    code: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn lower_case_last_updated_and_prefixes() {
+        let query = q(
+            "Task",
+            &[
+                ("_lastupdated", "gt2026-01-01T00:00:00Z"),
+                ("_sort", "-_lastUpdated"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(query.filters[0].param.name, "_lastUpdated");
+        assert!(matches!(
+            query.filters[0].values[0],
+            SearchValue::Date {
+                prefix: Prefix::Gt,
+                ..
+            }
+        ));
+        assert_eq!(query.sort, Sort::LastUpdatedDesc);
+    }
+
+    #[test]
+    fn unknown_parameters_fail_unless_lenient() {
+        let err = q("Task", &[("colour", "red")]).unwrap_err();
+        assert_eq!(err.issues()[0].expression.as_deref(), Some("Task?colour"));
+        let params = vec![("colour".to_string(), "red".to_string())];
+        let lenient = parse_query("Task", &params, true).unwrap();
+        assert!(lenient.filters.is_empty() && lenient.echo.is_empty());
+        assert_eq!(lenient.warnings.len(), 1);
+    }
+
+    #[test]
+    fn includes_must_name_a_reference_param() {
+        assert_eq!(
+            q("Task", &[("_include", "Task:focus")]).unwrap().includes[0]
+                .param
+                .name,
+            "focus"
+        );
+        assert!(q("Task", &[("_include", "Task:status")]).is_err());
+        assert!(q("Task", &[("_include", "ServiceRequest:subject")]).is_err());
+    }
+
+    #[test]
+    fn missing_and_bad_values() {
+        let f = &q("Task", &[("owner:missing", "true")]).unwrap().filters[0];
+        assert!(f.missing && f.modifier == Modifier::Missing);
+        assert!(q("Task", &[("owner:missing", "yes")]).is_err());
+        assert!(q("Task", &[("_lastUpdated", "yesterday")]).is_err());
+        assert!(q("Task", &[("patient", "Organization/1")]).is_err());
+        assert!(q("Task", &[("owner:Organization.identifier", "x")]).is_err());
+        assert!(q("Task", &[("_count", "-1")]).is_err());
+    }
+
+    #[test]
+    fn escaped_commas_are_not_separators() {
+        assert_eq!(split_or(r"a\,b,c"), vec!["a,b", "c"]);
+    }
+}

@@ -1,0 +1,404 @@
+//! `/fhir`: FHIR R4 REST over JSON. Handlers parse the HTTP request, call the engine,
+//! and write the answer; [`FhirResponse`] is the single place FHIR errors become
+//! OperationOutcome responses.
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::AppState;
+use crate::fhir::bundle::parse_query_string;
+use crate::fhir::capability::capability_statement;
+use crate::fhir::datetime;
+use crate::fhir::engine::Written;
+use crate::fhir::outcome::operation_outcome;
+use crate::fhir::{FhirError, Issue};
+use crate::store::StoredResource;
+
+const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metadata", web::get().to(metadata))
+        .route("", web::post().to(transaction))
+        .route("/", web::post().to(transaction))
+        .route("/{type}", web::get().to(search))
+        .route("/{type}", web::post().to(create))
+        .route("/{type}/_search", web::post().to(search_post))
+        .route("/{type}/{id}", web::get().to(read))
+        .route("/{type}/{id}", web::put().to(update))
+        .route("/{type}/{id}/_history", web::get().to(history))
+        .route("/{type}/{id}/_history/{vid}", web::get().to(vread))
+        .default_service(web::to(unsupported));
+}
+
+/// Every FHIR error leaves through here, as an OperationOutcome.
+#[derive(Debug)]
+pub struct FhirResponse(FhirError);
+
+impl std::fmt::Display for FhirResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<FhirError> for FhirResponse {
+    fn from(e: FhirError) -> Self {
+        FhirResponse(e)
+    }
+}
+
+impl ResponseError for FhirResponse {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let FhirError::Store(e) = &self.0 {
+            tracing::error!(message = "Storage failure.", error = %e);
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if let FhirError::Store(e) = &self.0
+            && e.is_transient()
+        {
+            resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        resp.content_type(FHIR_JSON)
+            .body(self.0.to_operation_outcome().to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, FhirResponse>;
+
+/// The `/fhir` base clients see: configured, or derived from the request.
+fn base(req: &HttpRequest, state: &AppState) -> String {
+    if !state.public_base_url.is_empty() {
+        return state.public_base_url.trim_end_matches('/').to_string();
+    }
+    let info = req.connection_info();
+    format!("{}://{}/fhir", info.scheme(), info.host())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+/// `Prefer: return=…` and `handling=…`.
+fn prefer(req: &HttpRequest) -> (Return, bool) {
+    let mut ret = Return::Representation;
+    let mut lenient = false;
+    for value in req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+    {
+        for part in value.split([',', ';']).map(str::trim) {
+            match part {
+                "return=minimal" => ret = Return::Minimal,
+                "return=representation" => ret = Return::Representation,
+                "return=OperationOutcome" => ret = Return::OperationOutcome,
+                "handling=lenient" => lenient = true,
+                "handling=strict" => lenient = false,
+                _ => {}
+            }
+        }
+    }
+    (ret, lenient)
+}
+
+/// Reads a JSON body: checks the media type, enforces the size limit while streaming
+/// (413 before the whole body is buffered), and reports JSON syntax errors with position.
+async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value> {
+    let media = header_str(req.headers(), "content-type").unwrap_or("");
+    let essence = media
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/fhir+json" && essence != "application/json" {
+        return Err(FhirError::UnsupportedMediaType(if media.is_empty() {
+            "(none)".into()
+        } else {
+            media.into()
+        })
+        .into());
+    }
+    if let Some(len) =
+        header_str(req.headers(), "content-length").and_then(|l| l.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(FhirError::PayloadTooLarge { limit }.into());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            FhirError::invalid("body", format!("cannot read the request body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(FhirError::PayloadTooLarge { limit }.into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        FhirError::Invalid(vec![Issue::error(
+            crate::fhir::IssueCode::Structure,
+            "body",
+            format!("the body is not valid JSON: {e}"),
+        )])
+        .into()
+    })
+}
+
+fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+fn resource_response(
+    status: StatusCode,
+    stored: &StoredResource,
+    base: &str,
+    ret: Return,
+    warnings: &[Issue],
+) -> HttpResponse {
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::ETAG, etag(stored.version)))
+        .insert_header((
+            header::LAST_MODIFIED,
+            datetime::format_http_date(stored.last_updated),
+        ));
+    if status == StatusCode::CREATED {
+        resp.insert_header((
+            header::LOCATION,
+            format!(
+                "{base}/{}/{}/_history/{}",
+                stored.resource_type, stored.id, stored.version
+            ),
+        ));
+    }
+    match ret {
+        Return::Minimal => resp.finish(),
+        Return::Representation => resp.content_type(FHIR_JSON).body(stored.body.clone()),
+        Return::OperationOutcome => {
+            let issues = if warnings.is_empty() {
+                vec![Issue {
+                    severity: "information",
+                    code: crate::fhir::IssueCode::Informational,
+                    expression: None,
+                    diagnostics: format!(
+                        "{}/{} version {} stored",
+                        stored.resource_type, stored.id, stored.version
+                    ),
+                }]
+            } else {
+                warnings.to_vec()
+            };
+            resp.content_type(FHIR_JSON)
+                .body(operation_outcome(&issues).to_string())
+        }
+    }
+}
+
+fn written_response(w: Written, base: &str, ret: Return) -> HttpResponse {
+    let status = if w.status == 201 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    for warning in &w.warnings {
+        tracing::info!(
+            message = "Stored with warning.",
+            resource = %format!("{}/{}", w.stored.resource_type, w.stored.id),
+            expression = warning.expression.as_deref().unwrap_or(""),
+            diagnostics = %warning.diagnostics,
+        );
+    }
+    resource_response(status, &w.stored, base, ret, &w.warnings)
+}
+
+async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let cs = capability_statement(&base(&req, &state), env!("CARGO_PKG_VERSION"));
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(cs.to_string())
+}
+
+async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let resource_type = path.into_inner();
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let if_none_exist = header_str(req.headers(), "if-none-exist");
+    let written = state
+        .fhir
+        .create(&resource_type, body, if_none_exist)
+        .await?;
+    Ok(written_response(
+        written,
+        &base(&req, &state),
+        prefer(&req).0,
+    ))
+}
+
+async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let if_match = header_str(req.headers(), "if-match");
+    let written = state
+        .fhir
+        .update(&resource_type, &id, body, if_match)
+        .await?;
+    Ok(written_response(
+        written,
+        &base(&req, &state),
+        prefer(&req).0,
+    ))
+}
+
+async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    let stored = state.fhir.read(&resource_type, &id).await?;
+    if not_modified(req.headers(), &stored) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag(stored.version)))
+            .finish());
+    }
+    Ok(resource_response(
+        StatusCode::OK,
+        &stored,
+        "",
+        Return::Representation,
+        &[],
+    ))
+}
+
+/// `If-None-Match` wins over `If-Modified-Since` (RFC 9110 §13.2.2).
+fn not_modified(headers: &HeaderMap, stored: &StoredResource) -> bool {
+    if let Some(tags) = header_str(headers, "if-none-match") {
+        let current = etag(stored.version);
+        return tags.split(',').map(str::trim).any(|t| {
+            t == "*"
+                || t == current
+                || t.trim_start_matches("W/") == current.trim_start_matches("W/")
+        });
+    }
+    if let Some(since) =
+        header_str(headers, "if-modified-since").and_then(datetime::parse_http_date)
+    {
+        // HTTP dates have whole seconds; compare at that precision.
+        return stored.last_updated.div_euclid(1_000_000) * 1_000_000 <= since;
+    }
+    false
+}
+
+async fn vread(
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (resource_type, id, vid) = path.into_inner();
+    let stored = state.fhir.vread(&resource_type, &id, &vid).await?;
+    Ok(resource_response(
+        StatusCode::OK,
+        &stored,
+        "",
+        Return::Representation,
+        &[],
+    ))
+}
+
+async fn history(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (resource_type, id) = path.into_inner();
+    let body = state
+        .fhir
+        .history(&resource_type, &id, &base(&req, &state))
+        .await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
+}
+
+async fn search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let params = parse_query_string(req.query_string());
+    run_search(&req, &path.into_inner(), params, &state).await
+}
+
+/// `POST Type/_search` with form-encoded parameters (plus any in the URL).
+async fn search_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let media = header_str(req.headers(), "content-type").unwrap_or("");
+    if !media.starts_with("application/x-www-form-urlencoded") && !body.is_empty() {
+        return Err(FhirError::UnsupportedMediaType(media.into()).into());
+    }
+    let mut params = parse_query_string(req.query_string());
+    params.extend(parse_query_string(&String::from_utf8_lossy(&body)));
+    run_search(&req, &path.into_inner(), params, &state).await
+}
+
+async fn run_search(
+    req: &HttpRequest,
+    resource_type: &str,
+    params: Vec<(String, String)>,
+    state: &AppState,
+) -> Result<HttpResponse> {
+    let lenient = prefer(req).1;
+    let body = state
+        .fhir
+        .search(resource_type, &params, lenient, &base(req, state))
+        .await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
+}
+
+async fn transaction(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let with_resources = prefer(&req).0 == Return::Representation;
+    let response = state
+        .fhir
+        .bundle(body, &base(&req, &state), with_resources)
+        .await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
+}
+
+async fn unsupported(req: HttpRequest) -> HttpResponse {
+    let error = if req.method() == Method::DELETE || req.method() == Method::PATCH {
+        FhirError::NotSupported(format!("{} is not supported", req.method()))
+    } else {
+        FhirError::NotFound {
+            resource: req.path().to_string(),
+        }
+    };
+    FhirResponse(error).error_response()
+}

@@ -1,0 +1,31 @@
+//! The HTTP adapter: routes, request parsing and response writing. Only this module
+//! knows about actix-web; it turns requests into calls on the domain and errors into
+//! their wire format (OperationOutcome on `/fhir`).
+
+mod fhir;
+mod health;
+
+use actix_web::{HttpResponse, web};
+
+use crate::cache::Cache;
+use crate::fhir::engine::Fhir;
+
+/// Shared by every worker.
+pub struct AppState {
+    pub fhir: Fhir,
+    pub cache: Cache,
+    /// Configured public base for `/fhir`; empty means "derive from the request".
+    pub public_base_url: String,
+    pub max_body_bytes: usize,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .service(web::scope("/fhir").configure(fhir::routes))
+        .default_service(web::to(|| async {
+            HttpResponse::NotFound()
+                .content_type("application/json")
+                .body(r#"{"error":"not found"}"#)
+        }));
+}

@@ -1,0 +1,13 @@
+//! Crossway: a gateway that carries social-care referrals between EHRs (FHIR R4, SDOH
+//! Clinical Care IG), HIE feeds and community organisations. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod telemetry;
+
+pub mod fhir;
+pub mod referral;
+pub mod store;
+
+pub mod cache;
+pub mod http;
+pub mod startup;

@@ -1,0 +1,568 @@
+//! The durable store: every version of every FHIR resource as JSON, the search indexes,
+//! referrals and the per-organisation event feed, on SQLite (embedded) or PostgreSQL.
+//!
+//! Invariants:
+//! - The store is the source of truth; caches may be dropped at any time.
+//! - All writes go through one [`writer::Writer`] per process, which batches concurrent
+//!   requests into one transaction (group commit) and answers each only after COMMIT.
+//! - The same SQL runs on both backends except where a comment says otherwise.
+
+mod sql;
+pub mod writer;
+
+use std::path::Path;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use crate::fhir::search::{Cursor, IndexEntries, SearchQuery};
+
+pub use sql::Arg;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the write queue is shut down")]
+    WriterClosed,
+    /// A whole write batch failed (connection lost, COMMIT refused); nothing was answered
+    /// as a success, so the client may retry.
+    #[error("write batch aborted: {0}")]
+    Aborted(String),
+}
+
+impl StoreError {
+    /// Failures a client may retry: the database is unreachable, busy or out of space.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::WriterClosed | StoreError::Aborted(_) => true,
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    // SQLite: BUSY(5), LOCKED(6), FULL(13), IOERR(10); PostgreSQL: class 08
+                    // (connection), 53 (resources), 57P (shutdown), 40001/40P01 (retry).
+                    matches!(code.as_ref(), "5" | "6" | "10" | "13" | "40001" | "40P01")
+                        || code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || db.message().contains("database or disk is full")
+                        || db.message().contains("readonly database")
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One stored resource version, with its JSON exactly as it is returned to clients.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: i64,
+    pub body: String,
+}
+
+pub struct SearchPage {
+    pub matches: Vec<StoredResource>,
+    pub included: Vec<StoredResource>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<Cursor>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens the database (creating the SQLite file and directory when needed) and
+    /// applies migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        if backend == Backend::Sqlite
+            && let Some(path) = sqlite_path(url)
+            && let Some(dir) = Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 6,
+                Backend::Postgres => 10,
+            })
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; synchronous=FULL makes
+                        // every COMMIT durable (fsync) before the client is answered.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        let row = sqlx::query(sql::READ_CURRENT)
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| stored(resource_type, id, &r)))
+    }
+
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>> {
+        let row = sqlx::query(
+            "SELECT version, last_updated, body FROM resource_versions \
+             WHERE res_type = $1 AND res_id = $2 AND version = $3",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| stored(resource_type, id, &r)))
+    }
+
+    /// All versions, newest first.
+    pub async fn history(&self, resource_type: &str, id: &str) -> Result<Vec<StoredResource>> {
+        let rows = sqlx::query(
+            "SELECT version, last_updated, body FROM resource_versions \
+             WHERE res_type = $1 AND res_id = $2 ORDER BY version DESC",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| stored(resource_type, id, r)).collect())
+    }
+
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
+        let mut conn = self.pool.acquire().await?;
+        search(&mut conn, query).await
+    }
+
+    /// Referrals recorded for an organisation, oldest first: (referral id, Task id, status).
+    pub async fn referrals_for(&self, organization: &str) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, task_id, status FROM referrals WHERE organization = $1 ORDER BY created_at, id",
+        )
+        .bind(organization)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    r.get::<String, _>(1),
+                    r.get::<String, _>(2),
+                )
+            })
+            .collect())
+    }
+
+    /// An organisation's event feed after `after_seq`: (seq, event type, referral id).
+    pub async fn events_for(
+        &self,
+        organization: &str,
+        after_seq: i64,
+    ) -> Result<Vec<(i64, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, event_type, referral_id FROM events \
+             WHERE organization = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(organization)
+        .bind(after_seq)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>(0),
+                    r.get::<String, _>(1),
+                    r.get::<String, _>(2),
+                )
+            })
+            .collect())
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+fn stored(resource_type: &str, id: &str, row: &sqlx::any::AnyRow) -> StoredResource {
+    StoredResource {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version: row.get(0),
+        last_updated: row.get(1),
+        body: row.get(2),
+    }
+}
+
+async fn search(conn: &mut AnyConnection, query: &SearchQuery) -> Result<SearchPage> {
+    let (text, args) = sql::search(query);
+    let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut matches: Vec<StoredResource> = rows
+        .iter()
+        .map(|r| StoredResource {
+            resource_type: query.resource_type.clone(),
+            id: r.get(0),
+            version: r.get(1),
+            last_updated: r.get(2),
+            body: r.get(4),
+        })
+        .collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.get(3)).collect();
+    let next = if matches.len() > query.count {
+        matches.truncate(query.count);
+        let last = matches.len().checked_sub(1);
+        last.map(|i| Cursor {
+            last_updated: matches[i].last_updated,
+            seq: seqs[i],
+        })
+    } else {
+        None
+    };
+    let mut included = Vec::new();
+    if !matches.is_empty() {
+        for include in &query.includes {
+            let (text, args) = sql::include(&query.resource_type, include.param.name, &matches);
+            let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                .fetch_all(&mut *conn)
+                .await?;
+            for r in &rows {
+                let (ty, id): (String, String) = (r.get(0), r.get(1));
+                if !included
+                    .iter()
+                    .any(|s: &StoredResource| s.resource_type == ty && s.id == id)
+                {
+                    included.push(StoredResource {
+                        resource_type: ty,
+                        id,
+                        version: r.get(2),
+                        last_updated: r.get(3),
+                        body: r.get(4),
+                    });
+                }
+            }
+        }
+    }
+    Ok(SearchPage {
+        matches,
+        included,
+        next,
+    })
+}
+
+/// A resource version staged for writing at the end of a command.
+struct Staged {
+    resource: StoredResource,
+    seq: i64,
+    is_new: bool,
+    index: IndexEntries,
+}
+
+/// The write side, handed to one command at a time inside a group-commit transaction.
+/// Writes are staged and flushed as multi-row statements, so a 5-resource Bundle costs
+/// a handful of statements rather than dozens.
+pub struct Tx<'c> {
+    conn: &'c mut AnyConnection,
+    backend: Backend,
+    next_seq: &'c mut i64,
+    staged: Vec<Staged>,
+}
+
+impl<'c> Tx<'c> {
+    /// The current version, staged or committed. On PostgreSQL the row is locked until
+    /// COMMIT, so concurrent gateway processes serialise their updates.
+    pub async fn current(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>> {
+        if let Some(s) = self
+            .staged
+            .iter()
+            .rev()
+            .find(|s| s.resource.resource_type == resource_type && s.resource.id == id)
+        {
+            return Ok(Some(s.resource.clone()));
+        }
+        let text = match self.backend {
+            Backend::Sqlite => sql::READ_CURRENT,
+            Backend::Postgres => sql::READ_CURRENT_FOR_UPDATE,
+        };
+        let row = sqlx::query(text)
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.map(|r| stored(resource_type, id, &r)))
+    }
+
+    pub async fn exists(&mut self, resource_type: &str, id: &str) -> Result<bool> {
+        if self
+            .staged
+            .iter()
+            .any(|s| s.resource.resource_type == resource_type && s.resource.id == id)
+        {
+            return Ok(true);
+        }
+        let row = sqlx::query("SELECT 1 FROM resources WHERE res_type = $1 AND res_id = $2")
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Stages a new version; `is_new` when no earlier version exists.
+    pub fn stage(&mut self, resource: StoredResource, index: IndexEntries, is_new: bool) {
+        let seq = if self.backend == Backend::Sqlite {
+            *self.next_seq += 1;
+            *self.next_seq
+        } else {
+            0
+        };
+        self.staged.push(Staged {
+            resource,
+            seq,
+            is_new,
+            index,
+        });
+    }
+
+    /// Ids of current resources matching a query (conditional create / references).
+    pub async fn search_ids(&mut self, query: &SearchQuery) -> Result<Vec<String>> {
+        Ok(self
+            .search(query)
+            .await?
+            .matches
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    }
+
+    /// Searches inside the transaction, seeing its own staged writes.
+    pub async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
+        self.flush().await?;
+        search(self.conn, query).await
+    }
+
+    /// Serialises conflicting commands across gateway processes (PostgreSQL advisory
+    /// lock held to COMMIT). One process never needs it: its writer is already serial.
+    pub async fn lock(&mut self, key: &str) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        for (text, args) in sql::write_batch(self.backend, &staged) {
+            sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn insert_referral(
+        &mut self,
+        referral_id: &str,
+        organization: &str,
+        task_id: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO referrals (id, organization, task_id, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(referral_id)
+        .bind(organization)
+        .bind(task_id)
+        .bind(status)
+        .bind(now)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a referral's status; returns (referral id, organisation, previous status).
+    pub async fn update_referral_status(
+        &mut self,
+        task_id: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<Option<(String, String, String)>> {
+        let row = sqlx::query("SELECT id, organization, status FROM referrals WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let found: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        if found.2 != status {
+            sqlx::query("UPDATE referrals SET status = $1, updated_at = $2 WHERE id = $3")
+                .bind(status)
+                .bind(now)
+                .bind(&found.0)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        Ok(Some(found))
+    }
+
+    /// Appends to an organisation's event feed; returns the event's sequence number.
+    pub async fn append_event(
+        &mut self,
+        organization: &str,
+        event_type: &str,
+        referral_id: &str,
+        now: i64,
+    ) -> Result<i64> {
+        // The counter row is locked until COMMIT, which keeps the per-organisation
+        // sequence gap-free and ordered across gateway processes.
+        let seq: i64 = sqlx::query(
+            "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, 1) \
+             ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(organization)
+        .fetch_one(&mut *self.conn)
+        .await?
+        .get(0);
+        sqlx::query(
+            "INSERT INTO events (organization, seq, event_type, referral_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(organization)
+        .bind(seq)
+        .bind(event_type)
+        .bind(referral_id)
+        .bind(now)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(seq)
+    }
+}
+
+/// Starts a Tx on an open savepoint; used by the writer.
+fn tx<'c>(conn: &'c mut AnyConnection, backend: Backend, next_seq: &'c mut i64) -> Tx<'c> {
+    Tx {
+        conn,
+        backend,
+        next_seq,
+        staged: Vec::new(),
+    }
+}
+
+/// Highest commit sequence so far (SQLite assigns sequences in the writer).
+async fn max_seq(conn: &mut AnyConnection) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) FROM resources")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Begins a transaction or savepoint on a connection.
+async fn begin(conn: &mut AnyConnection) -> Result<sqlx::Transaction<'_, sqlx::Any>> {
+    Ok(conn.begin().await?)
+}

@@ -750,7 +750,14 @@ async fn run_bundle(
         }
         if transaction {
             // Checked once every entry is staged, since entries may refer to each other.
-            deferred_checks.extend(must_resolve);
+            deferred_checks.extend(must_resolve.into_iter().map(|mut c| {
+                if let Some(to) = rewrites.get(&format!("{}/{}", c.resource_type, c.id))
+                    && let Some((_, id)) = to.split_once('/')
+                {
+                    c.id = id.to_string();
+                }
+                c
+            }));
         }
     }
     resolve_all(tx, &deferred_checks).await?;

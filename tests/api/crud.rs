@@ -1,0 +1,221 @@
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn patient() -> Value {
+    // Decimal precision, primitive extensions, modifier extensions, contained resources
+    // and elements the server does not know must all survive a round trip.
+    serde_json::from_str(
+        r##"{
+        "resourceType": "Patient",
+        "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"], "tag": [{"code": "t"}]},
+        "contained": [{"resourceType": "Organization", "id": "o1", "name": "Inline Org"}],
+        "extension": [{"url": "http://example.org/weight", "valueQuantity": {"value": 70.50, "unit": "kg"}}],
+        "modifierExtension": [{"url": "http://example.org/mod", "valueBoolean": true}],
+        "identifier": [{"system": "http://hospital.example.org/mrn", "value": "A-1"}],
+        "name": [{"family": "Núñez", "given": ["Ana"]}],
+        "birthDate": "1980-02-29",
+        "_birthDate": {"extension": [{"url": "http://example.org/precision", "valueCode": "day"}]},
+        "managingOrganization": {"reference": "#o1"},
+        "futureElement": {"nested": [1, 2.0, "x"]}
+    }"##,
+    )
+    .unwrap()
+}
+
+fn without_id_and_version(mut v: Value) -> Value {
+    let m = v.as_object_mut().unwrap();
+    m.remove("id");
+    let meta = m.get_mut("meta").unwrap().as_object_mut().unwrap();
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    v
+}
+
+#[tokio::test]
+async fn create_then_read_returns_exactly_what_was_sent() {
+    let app = spawn_app().await;
+    let resp = app.post("Patient", &patient()).await;
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(resp.headers()["etag"], "W/\"1\"");
+    assert!(resp.headers().contains_key("last-modified"));
+    let created: Value = resp.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(location, app.url(&format!("Patient/{id}/_history/1")));
+
+    let resp = app.get(&format!("Patient/{id}")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/fhir+json; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("70.50"), "decimal precision lost: {text}");
+    let read: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(read["meta"]["versionId"], "1");
+    assert_eq!(without_id_and_version(read), patient());
+}
+
+#[tokio::test]
+async fn update_versions_history_and_vread() {
+    let app = spawn_app().await;
+    let created = app.create(&patient()).await;
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let mut changed = created.clone();
+    changed["birthDate"] = json!("1980-03-01");
+    let resp = app.put(&format!("Patient/{id}"), &changed).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["etag"], "W/\"2\"");
+
+    let history = app.get_json(&format!("Patient/{id}/_history")).await;
+    assert_eq!(history["type"], "history");
+    let versions: Vec<&str> = history["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["2", "1"]);
+
+    let v1 = app.get_json(&format!("Patient/{id}/_history/1")).await;
+    assert_eq!(v1["birthDate"], "1980-02-29");
+    assert_eq!(
+        app.get(&format!("Patient/{id}/_history/3")).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn if_match_guards_against_lost_updates() {
+    let app = spawn_app().await;
+    let created = app.create(&patient()).await;
+    let id = created["id"].as_str().unwrap();
+    let mut body = created.clone();
+    body["gender"] = json!("female");
+    let put = |etag: &'static str, body: Value| {
+        let app = &app;
+        let url = app.url(&format!("Patient/{id}"));
+        async move {
+            app.client
+                .put(url)
+                .header("content-type", FHIR_JSON)
+                .header("if-match", etag)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(put("W/\"1\"", body.clone()).await.status(), 200);
+    body["gender"] = json!("male");
+    let stale = put("W/\"1\"", body).await;
+    assert_eq!(stale.status(), 412);
+    let outcome: Value = stale.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let current = app.get_json(&format!("Patient/{id}")).await;
+    assert_eq!(current["gender"], "female");
+}
+
+#[tokio::test]
+async fn update_as_create_with_a_client_chosen_id() {
+    let app = spawn_app().await;
+    let mut p = patient();
+    p["id"] = json!("example-patient-1");
+    let resp = app.put("Patient/example-patient-1", &p).await;
+    assert_eq!(resp.status(), 201);
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .ends_with("/Patient/example-patient-1/_history/1")
+    );
+    // Sending the same content again changes nothing: same version, 200.
+    let again = app.put("Patient/example-patient-1", &p).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["etag"], "W/\"1\"");
+    p["gender"] = json!("other");
+    let changed = app.put("Patient/example-patient-1", &p).await;
+    assert_eq!(changed.headers()["etag"], "W/\"2\"");
+}
+
+#[tokio::test]
+async fn conditional_reads_answer_304() {
+    let app = spawn_app().await;
+    let created = app.create(&patient()).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    let get_with = |name: &'static str, value: String| {
+        let req = app.client.get(app.url(&path)).header(name, value);
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(get_with("if-none-match", "W/\"1\"".into()).await, 304);
+    assert_eq!(get_with("if-none-match", "W/\"7\"".into()).await, 200);
+    let last_modified = app.get(&path).await.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(get_with("if-modified-since", last_modified).await, 304);
+    assert_eq!(
+        get_with("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT".into()).await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn prefer_return_controls_the_body() {
+    let app = spawn_app().await;
+    let send = |prefer: &'static str| {
+        let req = app
+            .client
+            .post(app.url("Patient"))
+            .header("content-type", FHIR_JSON)
+            .header("prefer", prefer)
+            .body(patient().to_string());
+        async move { req.send().await.unwrap() }
+    };
+    let minimal = send("return=minimal").await;
+    assert_eq!(minimal.status(), 201);
+    assert!(minimal.headers().contains_key("location"));
+    assert_eq!(minimal.text().await.unwrap(), "");
+    let oo: Value = send("return=OperationOutcome").await.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    let rep: Value = send("return=representation").await.json().await.unwrap();
+    assert_eq!(rep["resourceType"], "Patient");
+}
+
+#[tokio::test]
+async fn twenty_concurrent_conditional_creates_make_one_resource() {
+    let app = spawn_app().await;
+    let p = json!({"resourceType": "Patient", "identifier": [{"system": "http://hospital.example.org/mrn", "value": "RACE-1"}]});
+    let requests = (0..20).map(|_| {
+        app.client
+            .post(app.url("Patient"))
+            .header("content-type", FHIR_JSON)
+            .header(
+                "if-none-exist",
+                "identifier=http://hospital.example.org/mrn|RACE-1",
+            )
+            .body(p.to_string())
+            .send()
+    });
+    let responses = futures::future::join_all(requests).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut created = 0;
+    for r in responses {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            201 => created += 1,
+            200 => {}
+            s => panic!("unexpected status {s}"),
+        }
+        let body: Value = r.json().await.unwrap();
+        ids.insert(body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    let found = app
+        .search_ids("Patient?identifier=http://hospital.example.org/mrn|RACE-1")
+        .await;
+    assert_eq!(found.len(), 1);
+}

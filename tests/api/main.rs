@@ -1,0 +1,10 @@
+//! Integration tests: the real binary over real HTTP, on SQLite or PostgreSQL.
+
+mod helpers;
+
+mod conformance;
+mod crud;
+mod durability;
+mod errors;
+mod search;
+mod transaction;

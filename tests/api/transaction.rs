@@ -1,0 +1,267 @@
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_gravity_referral_transaction_creates_everything_and_a_referral() {
+    let app = spawn_app().await;
+    let r = app.post_referral().await;
+    assert_eq!(r["type"], "transaction-response");
+    let statuses: Vec<&str> = r["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["201 Created"; 5]);
+    let (patient, consent, condition, sr, task) = (
+        entry_id(&r, 0),
+        entry_id(&r, 1),
+        entry_id(&r, 2),
+        entry_id(&r, 3),
+        entry_id(&r, 4),
+    );
+
+    // urn:uuid references now point at the assigned ids.
+    let stored_sr = app.get_json(&format!("ServiceRequest/{sr}")).await;
+    assert_eq!(
+        stored_sr["subject"]["reference"],
+        format!("Patient/{patient}")
+    );
+    assert_eq!(
+        stored_sr["supportingInfo"][0]["reference"],
+        format!("Consent/{consent}")
+    );
+    assert_eq!(
+        stored_sr["reasonReference"][0]["reference"],
+        format!("Condition/{condition}")
+    );
+    let stored_task = app.get_json(&format!("Task/{task}")).await;
+    assert_eq!(
+        stored_task["focus"]["reference"],
+        format!("ServiceRequest/{sr}")
+    );
+    assert_eq!(
+        stored_task["for"]["reference"],
+        format!("Patient/{patient}")
+    );
+    // Primitive extensions survive inside transactions too.
+    let stored_patient = app.get_json(&format!("Patient/{patient}")).await;
+    assert_eq!(
+        stored_patient["_birthDate"]["extension"][0]["valueString"],
+        "day"
+    );
+
+    let store = open_store(&app).await;
+    let referrals = store
+        .referrals_for("cbo-riverside-food-bank")
+        .await
+        .unwrap();
+    assert_eq!(referrals.len(), 1);
+    assert_eq!(
+        (referrals[0].1.as_str(), referrals[0].2.as_str()),
+        (task.as_str(), "pending")
+    );
+    let events = store
+        .events_for("cbo-riverside-food-bank", 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        [(1, "referral.created".to_string(), referrals[0].0.clone())]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_entry_rolls_back_the_whole_transaction() {
+    let app = spawn_app().await;
+    let mut b = referral_bundle();
+    b["entry"][4]["resource"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authoredOn");
+    let resp = app.post("", &b).await;
+    assert_eq!(resp.status(), 422);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome_expressions(&oo),
+        ["Bundle.entry[4].resource.authoredOn"]
+    );
+    assert!(
+        app.search_ids("Patient").await.is_empty(),
+        "nothing was created"
+    );
+    assert!(app.search_ids("ServiceRequest").await.is_empty());
+}
+
+#[tokio::test]
+async fn conditional_references_and_conditional_creates_resolve() {
+    let app = spawn_app().await;
+    let existing = app
+        .create(&json!({"resourceType": "Patient", "identifier": [{"system": "http://hospital.example.org/mrn", "value": "MRN-10001"}]}))
+        .await;
+    let existing_id = existing["id"].as_str().unwrap().to_string();
+
+    // The Patient entry is conditional: it matches the existing one, and every reference
+    // to its fullUrl is rewritten to that Patient.
+    let mut b = referral_bundle();
+    b["entry"][0]["request"]["ifNoneExist"] =
+        json!("identifier=http://hospital.example.org/mrn|MRN-10001");
+    let r = app.post("", &b).await;
+    assert_eq!(r.status(), 200);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(entry_id(&r, 0), existing_id);
+    let task = app.get_json(&format!("Task/{}", entry_id(&r, 4))).await;
+    assert_eq!(task["for"]["reference"], format!("Patient/{existing_id}"));
+
+    // A conditional reference resolves against what is stored.
+    let cond = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Condition", "subject": {"reference": "Patient?identifier=http://hospital.example.org/mrn|MRN-10001"}},
+        "request": {"method": "POST", "url": "Condition"}}]});
+    let r: Value = app.post("", &cond).await.json().await.unwrap();
+    let condition = app
+        .get_json(&format!("Condition/{}", entry_id(&r, 0)))
+        .await;
+    assert_eq!(
+        condition["subject"]["reference"],
+        format!("Patient/{existing_id}")
+    );
+
+    let mut unresolved = cond.clone();
+    unresolved["entry"][0]["resource"]["subject"]["reference"] =
+        json!("Patient?identifier=http://nowhere|0");
+    assert_eq!(app.post("", &unresolved).await.status(), 422);
+}
+
+#[tokio::test]
+async fn a_batch_reports_each_entry_on_its_own() {
+    let app = spawn_app().await;
+    let b = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "female"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "ServiceRequest", "status": "active"}, "request": {"method": "POST", "url": "ServiceRequest"}},
+        {"request": {"method": "GET", "url": "Organization/cbo-metro-rides"}},
+        {"request": {"method": "GET", "url": "Patient?gender=female"}}
+    ]});
+    let resp = app.post("", &b).await;
+    assert_eq!(resp.status(), 200);
+    let r: Value = resp.json().await.unwrap();
+    assert_eq!(r["type"], "batch-response");
+    assert_eq!(r["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(r["entry"][1]["response"]["status"], "400");
+    assert_eq!(
+        outcome_expressions(&r["entry"][1]["response"]["outcome"]),
+        [
+            "Bundle.entry[1].resource.intent",
+            "Bundle.entry[1].resource.subject"
+        ]
+    );
+    assert_eq!(
+        r["entry"][2]["resource"]["name"],
+        "Metro Rides Transportation"
+    );
+    assert_eq!(match_ids(&r["entry"][3]["resource"]), [entry_id(&r, 0)]);
+}
+
+#[tokio::test]
+async fn task_updates_follow_the_referral_state_machine() {
+    let app = spawn_app().await;
+    let r = app.post_referral().await;
+    let task_id = entry_id(&r, 4);
+    let path = format!("Task/{task_id}");
+    let mut task = app.get_json(&path).await;
+
+    task["status"] = json!("completed");
+    let resp = app.put(&path, &task).await;
+    assert_eq!(resp.status(), 422);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome_expressions(&oo),
+        ["Task.output"],
+        "completed needs output first"
+    );
+    task["output"] = json!([{"type": {"text": "resulting-activity"}, "valueString": "done"}]);
+    let resp = app.put(&path, &task).await;
+    assert_eq!(resp.status(), 422);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(outcome_expressions(&oo), ["Task.status"]);
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("from requested to completed")
+    );
+
+    task.as_object_mut().unwrap().remove("output");
+    task["status"] = json!("accepted");
+    assert_eq!(app.put(&path, &task).await.status(), 200);
+    let store = open_store(&app).await;
+    let referrals = store
+        .referrals_for("cbo-riverside-food-bank")
+        .await
+        .unwrap();
+    assert_eq!(referrals[0].2, "accepted");
+    let events = store
+        .events_for("cbo-riverside-food-bank", 1)
+        .await
+        .unwrap();
+    assert_eq!(events[0].1, "referral.status_changed");
+}
+
+#[tokio::test]
+async fn received_is_stored_as_requested_and_unknown_owners_are_warned() {
+    let app = spawn_app().await;
+    let r = app.post_referral().await;
+    let (patient, sr) = (entry_id(&r, 0), entry_id(&r, 3));
+    let task = json!({
+        "resourceType": "Task",
+        "meta": {"profile": ["http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/SDOHCC-TaskForReferralManagement"]},
+        "status": "received", "intent": "order",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+        "focus": {"reference": format!("ServiceRequest/{sr}")},
+        "for": {"reference": format!("Patient/{patient}")},
+        "authoredOn": "2026-11-23", "requester": {"reference": "PractitionerRole/3"},
+        "owner": {"reference": "Organization/4"}
+    });
+    let resp = app
+        .client
+        .post(app.url("Task"))
+        .header("content-type", FHIR_JSON)
+        .header("prefer", "return=OperationOutcome")
+        .body(task.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(oo["issue"][0]["severity"], "warning");
+    assert_eq!(outcome_expressions(&oo), ["Task.owner"]);
+    let id = location
+        .split("/Task/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    assert_eq!(
+        app.get_json(&format!("Task/{id}")).await["status"],
+        "requested"
+    );
+    let store = open_store(&app).await;
+    assert_eq!(store.referrals_for("4").await.unwrap().len(), 0);
+
+    // The owner named by identifier routes to the configured organisation.
+    let mut by_identifier = task.clone();
+    by_identifier["owner"] =
+        json!({"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}});
+    app.create(&by_identifier).await;
+    assert_eq!(
+        store
+            .referrals_for("cbo-riverside-food-bank")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}

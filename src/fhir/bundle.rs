@@ -56,6 +56,9 @@ pub struct PlannedEntry {
 pub struct Plan {
     pub kind: BundleKind,
     pub entries: Vec<PlannedEntry>,
+    /// Some entry needs a search inside the transaction (conditional create, a
+    /// conditional reference, or a search entry).
+    pub searches: bool,
 }
 
 fn at(i: usize, rest: &str) -> String {
@@ -116,6 +119,7 @@ pub fn plan(bundle: Value, own_base: Option<&str>) -> Result<Plan, FhirError> {
         planned.push(e);
     }
 
+    let mut searches = false;
     // Pass 2: rewrite Bundle-internal references (transactions only: batch entries are
     // independent), then validate each resource in its final form.
     for e in &mut planned {
@@ -133,12 +137,10 @@ pub fn plan(bundle: Value, own_base: Option<&str>) -> Result<Plan, FhirError> {
             });
         }
         let mut dangling = None;
-        reference::for_each_reference_mut(resource, &mut |r| {
-            if dangling.is_none()
-                && matches!(reference::parse(r, own_base), Some(Target::Urn { .. }))
-            {
-                dangling = Some(r.clone());
-            }
+        reference::for_each_reference_mut(resource, &mut |r| match reference::parse(r, own_base) {
+            Some(Target::Urn { .. }) if dangling.is_none() => dangling = Some(r.clone()),
+            Some(Target::Conditional { .. }) => searches = true,
+            _ => {}
         });
         let checked = match dangling {
             Some(r) => Err(FhirError::invalid(
@@ -179,9 +181,19 @@ pub fn plan(bundle: Value, own_base: Option<&str>) -> Result<Plan, FhirError> {
             }
         }
     }
+    searches |= planned.iter().any(|e| {
+        matches!(
+            e.request,
+            EntryRequest::Create {
+                if_none_exist: Some(_),
+                ..
+            } | EntryRequest::Search { .. }
+        )
+    });
     Ok(Plan {
         kind,
         entries: planned,
+        searches,
     })
 }
 

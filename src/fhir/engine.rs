@@ -20,7 +20,7 @@ use super::{FhirError, Issue, IssueCode};
 use crate::config::OrganizationConfig;
 use crate::referral::TaskStatus;
 use crate::store::writer::{BoxFuture, Command, Writer};
-use crate::store::{Store, StoreError, StoredResource, Tx};
+use crate::store::{Referral, Store, StoreError, StoredResource, Tx};
 
 /// What the engine needs to know about this deployment.
 #[derive(Debug, Default)]
@@ -326,6 +326,14 @@ impl Command for WriteCommand {
     type Output = Outcome;
     type Error = FhirError;
 
+    fn isolated(&self) -> bool {
+        match &self.write {
+            Write::Create { if_none_exist, .. } => if_none_exist.is_some(),
+            Write::Update { .. } => false,
+            Write::Bundle { plan, .. } => plan.searches,
+        }
+    }
+
     fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Outcome, FhirError>> {
         Box::pin(async move {
             let ctx = &self.ctx;
@@ -551,22 +559,27 @@ async fn record_referral(
     else {
         return Ok(());
     };
+    let cbo_status = status.cbo_status().to_string();
     if old.is_some()
-        && let Some((referral_id, org, previous)) = tx
-            .update_referral_status(task_id, status.cbo_status(), now)
-            .await?
+        && let Some(mut referral) = tx.referral_for_task(task_id).await?
     {
-        if previous != status.cbo_status() {
-            tx.append_event(&org, "referral.status_changed", &referral_id, now)
-                .await?;
+        if referral.status != cbo_status {
+            referral.status = cbo_status;
+            tx.stage_event(
+                &referral.organization,
+                "referral.status_changed",
+                &referral.id,
+                now,
+            );
+            tx.stage_referral(referral, false, now);
         }
         return Ok(());
     }
     match route(tx, ctx, task).await? {
-        Some(org) => {
-            let referral_id = super::new_id();
-            tx.insert_referral(&referral_id, &org, task_id, status.cbo_status(), now).await?;
-            tx.append_event(&org, "referral.created", &referral_id, now).await?;
+        Some(organization) => {
+            let referral = Referral { id: super::new_id(), organization, task_id: task_id.to_string(), status: cbo_status };
+            tx.stage_event(&referral.organization, "referral.created", &referral.id, now);
+            tx.stage_referral(referral, true, now);
         }
         None if task.get("owner").is_none() => warnings.push(Issue::warning(
             IssueCode::Informational,

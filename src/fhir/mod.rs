@@ -56,9 +56,11 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// A new server-assigned logical id.
+/// A new server-assigned logical id. Time-ordered (UUID v7) so that new rows land at
+/// the right edge of every index instead of on random pages: random v4 keys made each
+/// group commit dirty thousands of pages.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Stamps `id`, `meta.versionId` and `meta.lastUpdated` on a resource, keeping every

@@ -13,7 +13,7 @@ pub mod writer;
 use std::path::Path;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
 use crate::fhir::search::{Cursor, IndexEntries, SearchQuery};
 
@@ -137,6 +137,11 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        // A larger page cache and memory-mapped reads keep a batch's index
+                        // pages in memory instead of spilling and re-reading them.
+                        conn.execute("PRAGMA cache_size = -32768").await?;
+                        conn.execute("PRAGMA mmap_size = 268435456").await?;
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
                     }
                     Ok(())
                 })
@@ -344,7 +349,7 @@ async fn search(conn: &mut AnyConnection, query: &SearchQuery) -> Result<SearchP
     })
 }
 
-/// A resource version staged for writing at the end of a command.
+/// A resource version staged for writing when the batch is flushed.
 struct Staged {
     resource: StoredResource,
     seq: i64,
@@ -352,14 +357,50 @@ struct Staged {
     index: IndexEntries,
 }
 
-/// The write side, handed to one command at a time inside a group-commit transaction.
-/// Writes are staged and flushed as multi-row statements, so a 5-resource Bundle costs
-/// a handful of statements rather than dozens.
+/// A referral row staged for writing (`is_new`: insert, otherwise a status update).
+#[derive(Debug, Clone)]
+pub struct Referral {
+    pub id: String,
+    pub organization: String,
+    pub task_id: String,
+    pub status: String,
+}
+
+struct StagedReferral {
+    referral: Referral,
+    is_new: bool,
+    at: i64,
+}
+
+struct StagedEvent {
+    organization: String,
+    event_type: String,
+    referral_id: String,
+    at: i64,
+}
+
+/// Where a command's staged rows start, so a failed command can be undone in memory.
+#[derive(Clone, Copy)]
+pub struct Mark {
+    resources: usize,
+    referrals: usize,
+    events: usize,
+    next_seq: i64,
+}
+
+/// The write side of one group-commit transaction, handed to each command in turn.
+///
+/// Commands read through it and *stage* their writes in memory; the whole batch is
+/// written with a handful of multi-row statements at the end. Reads check staged rows
+/// first, so a command sees what earlier commands in the batch did. A command that
+/// fails is undone by dropping its staged rows: nothing reached the database.
 pub struct Tx<'c> {
     conn: &'c mut AnyConnection,
     backend: Backend,
-    next_seq: &'c mut i64,
-    staged: Vec<Staged>,
+    next_seq: i64,
+    resources: Vec<Staged>,
+    referrals: Vec<StagedReferral>,
+    events: Vec<StagedEvent>,
 }
 
 impl<'c> Tx<'c> {
@@ -370,12 +411,7 @@ impl<'c> Tx<'c> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredResource>> {
-        if let Some(s) = self
-            .staged
-            .iter()
-            .rev()
-            .find(|s| s.resource.resource_type == resource_type && s.resource.id == id)
-        {
+        if let Some(s) = self.staged(resource_type, id) {
             return Ok(Some(s.resource.clone()));
         }
         let text = match self.backend {
@@ -390,12 +426,15 @@ impl<'c> Tx<'c> {
         Ok(row.map(|r| stored(resource_type, id, &r)))
     }
 
-    pub async fn exists(&mut self, resource_type: &str, id: &str) -> Result<bool> {
-        if self
-            .staged
+    fn staged(&self, resource_type: &str, id: &str) -> Option<&Staged> {
+        self.resources
             .iter()
-            .any(|s| s.resource.resource_type == resource_type && s.resource.id == id)
-        {
+            .rev()
+            .find(|s| s.resource.resource_type == resource_type && s.resource.id == id)
+    }
+
+    pub async fn exists(&mut self, resource_type: &str, id: &str) -> Result<bool> {
+        if self.staged(resource_type, id).is_some() {
             return Ok(true);
         }
         let row = sqlx::query("SELECT 1 FROM resources WHERE res_type = $1 AND res_id = $2")
@@ -408,17 +447,63 @@ impl<'c> Tx<'c> {
 
     /// Stages a new version; `is_new` when no earlier version exists.
     pub fn stage(&mut self, resource: StoredResource, index: IndexEntries, is_new: bool) {
-        let seq = if self.backend == Backend::Sqlite {
-            *self.next_seq += 1;
-            *self.next_seq
-        } else {
-            0
-        };
-        self.staged.push(Staged {
+        // SQLite has one writer process, so the commit sequence is assigned here;
+        // PostgreSQL takes it from a sequence at insert time.
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.resources.push(Staged {
             resource,
             seq,
             is_new,
             index,
+        });
+    }
+
+    /// The referral recorded for a Task, staged or committed.
+    pub async fn referral_for_task(&mut self, task_id: &str) -> Result<Option<Referral>> {
+        if let Some(r) = self
+            .referrals
+            .iter()
+            .rev()
+            .find(|r| r.referral.task_id == task_id)
+        {
+            return Ok(Some(r.referral.clone()));
+        }
+        let row = sqlx::query("SELECT id, organization, status FROM referrals WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.map(|r| Referral {
+            id: r.get(0),
+            organization: r.get(1),
+            task_id: task_id.to_string(),
+            status: r.get(2),
+        }))
+    }
+
+    /// Stages a new referral (`is_new`) or a referral's new status.
+    pub fn stage_referral(&mut self, referral: Referral, is_new: bool, at: i64) {
+        self.referrals.push(StagedReferral {
+            referral,
+            is_new,
+            at,
+        });
+    }
+
+    /// Stages an event on an organisation's feed; its sequence number is assigned when
+    /// the batch is written.
+    pub fn stage_event(
+        &mut self,
+        organization: &str,
+        event_type: &str,
+        referral_id: &str,
+        at: i64,
+    ) {
+        self.events.push(StagedEvent {
+            organization: organization.to_string(),
+            event_type: event_type.to_string(),
+            referral_id: referral_id.to_string(),
+            at,
         });
     }
 
@@ -433,7 +518,8 @@ impl<'c> Tx<'c> {
             .collect())
     }
 
-    /// Searches inside the transaction, seeing its own staged writes.
+    /// Searches inside the transaction. Staged rows are written first so the search
+    /// sees them; commands that search therefore run in a savepoint (see `writer`).
     pub async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
         self.flush().await?;
         search(self.conn, query).await
@@ -451,106 +537,99 @@ impl<'c> Tx<'c> {
         Ok(())
     }
 
-    pub async fn flush(&mut self) -> Result<()> {
-        if self.staged.is_empty() {
-            return Ok(());
+    fn mark(&self) -> Mark {
+        Mark {
+            resources: self.resources.len(),
+            referrals: self.referrals.len(),
+            events: self.events.len(),
+            next_seq: self.next_seq,
         }
-        let staged = std::mem::take(&mut self.staged);
-        for (text, args) in sql::write_batch(self.backend, &staged) {
+    }
+
+    fn rollback_to(&mut self, m: Mark) {
+        self.resources.truncate(m.resources);
+        self.referrals.truncate(m.referrals);
+        self.events.truncate(m.events);
+        self.next_seq = m.next_seq;
+    }
+
+    async fn execute(&mut self, text: &'static str) -> Result<()> {
+        sqlx::query(text).execute(&mut *self.conn).await?;
+        Ok(())
+    }
+
+    /// Writes everything staged so far.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !self.resources.is_empty() {
+            let staged = std::mem::take(&mut self.resources);
+            for (text, args) in sql::write_resources(self.backend, &staged) {
+                sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                    .execute(&mut *self.conn)
+                    .await?;
+            }
+        }
+        for r in std::mem::take(&mut self.referrals) {
+            let (text, args) = sql::write_referral(&r.referral, r.is_new, r.at);
+            sql::bind(sqlx::query(text), args)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        let events = std::mem::take(&mut self.events);
+        if !events.is_empty() {
+            self.write_events(events).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<()> {
+        // One counter bump per organisation reserves a block of sequence numbers. The
+        // counter row stays locked until COMMIT, which keeps each organisation's feed
+        // gap-free and ordered across gateway processes.
+        let mut next: Vec<(String, i64)> = Vec::new();
+        for e in &events {
+            match next.iter_mut().find(|(o, _)| *o == e.organization) {
+                Some((_, n)) => *n += 1,
+                None => next.push((e.organization.clone(), 1)),
+            }
+        }
+        for (org, count) in next.iter_mut() {
+            let last: i64 = sqlx::query(
+                "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, $2) \
+                 ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + $2 \
+                 RETURNING last_seq",
+            )
+            .bind(org.as_str())
+            .bind(*count)
+            .fetch_one(&mut *self.conn)
+            .await?
+            .get(0);
+            *count = last - *count + 1;
+        }
+        let rows = events.into_iter().map(|e| {
+            let slot = next
+                .iter_mut()
+                .find(|(o, _)| *o == e.organization)
+                .expect("counted above");
+            let seq = slot.1;
+            slot.1 += 1;
+            vec![
+                Arg::Text(e.organization),
+                Arg::Int(seq),
+                Arg::Text(e.event_type),
+                Arg::Text(e.referral_id),
+                Arg::Int(e.at),
+            ]
+        });
+        for (text, args) in sql::insert_rows(
+            "INSERT INTO events (organization, seq, event_type, referral_id, created_at) VALUES",
+            rows,
+            "",
+        ) {
             sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
                 .execute(&mut *self.conn)
                 .await?;
         }
         Ok(())
-    }
-
-    pub async fn insert_referral(
-        &mut self,
-        referral_id: &str,
-        organization: &str,
-        task_id: &str,
-        status: &str,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO referrals (id, organization, task_id, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5)",
-        )
-        .bind(referral_id)
-        .bind(organization)
-        .bind(task_id)
-        .bind(status)
-        .bind(now)
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(())
-    }
-
-    /// Sets a referral's status; returns (referral id, organisation, previous status).
-    pub async fn update_referral_status(
-        &mut self,
-        task_id: &str,
-        status: &str,
-        now: i64,
-    ) -> Result<Option<(String, String, String)>> {
-        let row = sqlx::query("SELECT id, organization, status FROM referrals WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let found: (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        if found.2 != status {
-            sqlx::query("UPDATE referrals SET status = $1, updated_at = $2 WHERE id = $3")
-                .bind(status)
-                .bind(now)
-                .bind(&found.0)
-                .execute(&mut *self.conn)
-                .await?;
-        }
-        Ok(Some(found))
-    }
-
-    /// Appends to an organisation's event feed; returns the event's sequence number.
-    pub async fn append_event(
-        &mut self,
-        organization: &str,
-        event_type: &str,
-        referral_id: &str,
-        now: i64,
-    ) -> Result<i64> {
-        // The counter row is locked until COMMIT, which keeps the per-organisation
-        // sequence gap-free and ordered across gateway processes.
-        let seq: i64 = sqlx::query(
-            "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, 1) \
-             ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + 1 \
-             RETURNING last_seq",
-        )
-        .bind(organization)
-        .fetch_one(&mut *self.conn)
-        .await?
-        .get(0);
-        sqlx::query(
-            "INSERT INTO events (organization, seq, event_type, referral_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(organization)
-        .bind(seq)
-        .bind(event_type)
-        .bind(referral_id)
-        .bind(now)
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(seq)
-    }
-}
-
-/// Starts a Tx on an open savepoint; used by the writer.
-fn tx<'c>(conn: &'c mut AnyConnection, backend: Backend, next_seq: &'c mut i64) -> Tx<'c> {
-    Tx {
-        conn,
-        backend,
-        next_seq,
-        staged: Vec::new(),
     }
 }
 
@@ -560,9 +639,4 @@ async fn max_seq(conn: &mut AnyConnection) -> Result<i64> {
         .fetch_one(&mut *conn)
         .await?;
     Ok(row.get(0))
-}
-
-/// Begins a transaction or savepoint on a connection.
-async fn begin(conn: &mut AnyConnection) -> Result<sqlx::Transaction<'_, sqlx::Any>> {
-    Ok(conn.begin().await?)
 }

@@ -1,11 +1,13 @@
 //! SQL text built at run time: search queries from a [`SearchQuery`], and multi-row
 //! writes. Placeholders are `$n`, which both SQLite and PostgreSQL accept.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
-use super::{Backend, Staged, StoredResource};
+use super::{Backend, Referral, Staged, StoredResource};
 use crate::fhir::search::{Filter, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort};
 
 pub const READ_CURRENT: &str = "SELECT r.version, r.last_updated, v.body FROM resources r \
@@ -20,6 +22,8 @@ pub const READ_CURRENT_FOR_UPDATE: &str = "SELECT r.version, r.last_updated, v.b
 pub enum Arg {
     Text(String),
     Int(i64),
+    /// SQL written inline instead of bound, e.g. `nextval('resource_seq')`.
+    Raw(&'static str),
 }
 
 pub fn bind<'q>(
@@ -30,6 +34,7 @@ pub fn bind<'q>(
         q = match a {
             Arg::Text(s) => q.bind(s),
             Arg::Int(i) => q.bind(i),
+            Arg::Raw(_) => unreachable!("raw SQL is written inline, never bound"),
         };
     }
     q
@@ -218,63 +223,105 @@ pub fn include(source_type: &str, param: &str, page: &[StoredResource]) -> (Stri
     (sql, p.args)
 }
 
-/// Multi-row statements that write staged versions, current pointers and index rows.
-pub(super) fn write_batch(backend: Backend, staged: &[Staged]) -> Vec<(String, Vec<Arg>)> {
+/// Bind arguments per statement: below SQLite's 32766 and PostgreSQL's 65535 limits.
+const MAX_ARGS: usize = 30_000;
+
+/// Multi-row `INSERT … VALUES (…), (…) suffix`, split so no statement exceeds
+/// [`MAX_ARGS`]. `Arg::Raw` values are written inline (e.g. `nextval(…)`).
+pub fn insert_rows(
+    head: &str,
+    rows: impl Iterator<Item = Vec<Arg>>,
+    suffix: &str,
+) -> Vec<(String, Vec<Arg>)> {
     let mut out = Vec::new();
-
     let mut p = Params::default();
-    let rows: Vec<String> = staged
+    let mut values: Vec<String> = Vec::new();
+    let mut finish = |p: &mut Params, values: &mut Vec<String>| {
+        if !values.is_empty() {
+            out.push((
+                format!("{head} {} {suffix}", values.join(", ")),
+                std::mem::take(&mut p.args),
+            ));
+            values.clear();
+        }
+    };
+    for row in rows {
+        if p.args.len() + row.len() > MAX_ARGS {
+            finish(&mut p, &mut values);
+        }
+        let cells: Vec<String> = row
+            .into_iter()
+            .map(|a| match a {
+                Arg::Raw(sql) => sql.to_string(),
+                Arg::Text(t) => p.text(t),
+                Arg::Int(i) => p.int(i),
+            })
+            .collect();
+        values.push(format!("({})", cells.join(", ")));
+    }
+    finish(&mut p, &mut values);
+    out
+}
+
+/// Statements that write staged versions, current pointers and index rows.
+pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, Vec<Arg>)> {
+    let text = |s: &str| Arg::Text(s.to_string());
+    // Every version is kept; the current pointer and the index describe the last one.
+    let mut last: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, s) in all.iter().enumerate() {
+        last.insert((&s.resource.resource_type, &s.resource.id), i);
+    }
+    let replaced: HashSet<(&str, &str)> = all
         .iter()
-        .map(|s| {
-            let r = &s.resource;
-            format!(
-                "({}, {}, {}, {}, {})",
-                p.text(&r.resource_type),
-                p.text(&r.id),
-                p.int(r.version),
-                p.int(r.last_updated),
-                p.text(&r.body)
-            )
-        })
+        .filter(|s| !s.is_new)
+        .map(|s| (s.resource.resource_type.as_str(), s.resource.id.as_str()))
         .collect();
-    out.push((
-        format!(
-            "INSERT INTO resource_versions (res_type, res_id, version, last_updated, body) VALUES {}",
-            rows.join(", ")
-        ),
-        p.args,
-    ));
-
-    let mut p = Params::default();
-    let rows: Vec<String> = staged
+    let staged: Vec<&Staged> = all
         .iter()
-        .map(|s| {
+        .enumerate()
+        .filter(|(i, s)| last[&(s.resource.resource_type.as_str(), s.resource.id.as_str())] == *i)
+        .map(|(_, s)| s)
+        .collect();
+    let mut out = insert_rows(
+        "INSERT INTO resource_versions (res_type, res_id, version, last_updated, body) VALUES",
+        all.iter().map(|s| {
+            let r = &s.resource;
+            vec![
+                text(&r.resource_type),
+                text(&r.id),
+                Arg::Int(r.version),
+                Arg::Int(r.last_updated),
+                text(&r.body),
+            ]
+        }),
+        "",
+    );
+    out.extend(insert_rows(
+        "INSERT INTO resources (res_type, res_id, version, seq, last_updated) VALUES",
+        staged.iter().map(|s| {
             let r = &s.resource;
             let seq = match backend {
-                Backend::Sqlite => p.int(s.seq),
-                Backend::Postgres => "nextval('resource_seq')".to_string(),
+                Backend::Sqlite => Arg::Int(s.seq),
+                Backend::Postgres => Arg::Raw("nextval('resource_seq')"),
             };
-            format!(
-                "({}, {}, {}, {seq}, {})",
-                p.text(&r.resource_type),
-                p.text(&r.id),
-                p.int(r.version),
-                p.int(r.last_updated)
-            )
-        })
-        .collect();
-    out.push((
-        format!(
-            "INSERT INTO resources (res_type, res_id, version, seq, last_updated) VALUES {} \
-             ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, \
-             seq = excluded.seq, last_updated = excluded.last_updated",
-            rows.join(", ")
-        ),
-        p.args,
+            vec![
+                text(&r.resource_type),
+                text(&r.id),
+                Arg::Int(r.version),
+                seq,
+                Arg::Int(r.last_updated),
+            ]
+        }),
+        "ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, \
+         seq = excluded.seq, last_updated = excluded.last_updated",
     ));
 
-    let replaced: Vec<&Staged> = staged.iter().filter(|s| !s.is_new).collect();
-    if !replaced.is_empty() {
+    // Index rows describe the current version only: drop those of replaced versions.
+    let replaced: Vec<&&Staged> = staged
+        .iter()
+        .filter(|s| replaced.contains(&(s.resource.resource_type.as_str(), s.resource.id.as_str())))
+        .collect();
+    for chunk in replaced.chunks(MAX_ARGS / 2) {
         for t in [
             "search_tokens",
             "search_refs",
@@ -282,7 +329,7 @@ pub(super) fn write_batch(backend: Backend, staged: &[Staged]) -> Vec<(String, V
             "search_dates",
         ] {
             let mut p = Params::default();
-            let keys: Vec<String> = replaced
+            let keys: Vec<String> = chunk
                 .iter()
                 .map(|s| {
                     format!(
@@ -299,106 +346,72 @@ pub(super) fn write_batch(backend: Backend, staged: &[Staged]) -> Vec<(String, V
         }
     }
 
-    let mut p = Params::default();
-    let mut rows = Vec::new();
-    for s in staged {
-        let (ty, id) = (&s.resource.resource_type, &s.resource.id);
-        for (param, system, code) in &s.index.tokens {
-            rows.push(format!(
-                "({}, {}, {}, {}, {})",
-                p.text(ty),
-                p.text(id),
-                p.text(*param),
-                p.text(system),
-                p.text(code)
-            ));
-        }
-    }
-    if !rows.is_empty() {
-        out.push((
-            format!(
-                "INSERT INTO search_tokens (res_type, res_id, param, system, code) VALUES {}",
-                rows.join(", ")
-            ),
-            p.args,
-        ));
-    }
-
-    let mut p = Params::default();
-    let mut rows = Vec::new();
-    for s in staged {
-        let (ty, id) = (&s.resource.resource_type, &s.resource.id);
-        for (param, target, target_type, target_id) in &s.index.references {
-            let local = i64::from(!target.contains("://"));
-            rows.push(format!(
-                "({}, {}, {}, {}, {}, {}, {})",
-                p.text(ty),
-                p.text(id),
-                p.text(*param),
-                p.text(target),
-                p.text(target_type),
-                p.text(target_id),
-                p.int(local)
-            ));
-        }
-    }
-    if !rows.is_empty() {
-        out.push((
-            format!(
-                "INSERT INTO search_refs (res_type, res_id, param, target, target_type, target_id, is_local) VALUES {}",
-                rows.join(", ")
-            ),
-            p.args,
-        ));
-    }
-
-    let mut p = Params::default();
-    let mut rows = Vec::new();
-    for s in staged {
-        let (ty, id) = (&s.resource.resource_type, &s.resource.id);
-        for (param, value) in &s.index.strings {
-            rows.push(format!(
-                "({}, {}, {}, {})",
-                p.text(ty),
-                p.text(id),
-                p.text(*param),
-                p.text(value)
-            ));
-        }
-    }
-    if !rows.is_empty() {
-        out.push((
-            format!(
-                "INSERT INTO search_strings (res_type, res_id, param, value) VALUES {}",
-                rows.join(", ")
-            ),
-            p.args,
-        ));
-    }
-
-    let mut p = Params::default();
-    let mut rows = Vec::new();
-    for s in staged {
-        let (ty, id) = (&s.resource.resource_type, &s.resource.id);
-        for (param, range) in &s.index.dates {
-            rows.push(format!(
-                "({}, {}, {}, {}, {})",
-                p.text(ty),
-                p.text(id),
-                p.text(*param),
-                p.int(range.lo),
-                p.int(range.hi)
-            ));
-        }
-    }
-    if !rows.is_empty() {
-        out.push((
-            format!(
-                "INSERT INTO search_dates (res_type, res_id, param, lo, hi) VALUES {}",
-                rows.join(", ")
-            ),
-            p.args,
-        ));
-    }
+    let owner = |s: &Staged| (text(&s.resource.resource_type), text(&s.resource.id));
+    out.extend(insert_rows(
+        "INSERT INTO search_tokens (res_type, res_id, param, system, code) VALUES",
+        staged.iter().flat_map(|s| {
+            s.index.tokens.iter().map(move |(param, system, code)| {
+                let (t, i) = owner(s);
+                vec![t, i, text(param), text(system), text(code)]
+            })
+        }),
+        "",
+    ));
+    out.extend(insert_rows(
+        "INSERT INTO search_refs (res_type, res_id, param, target, target_type, target_id, is_local) VALUES",
+        staged.iter().flat_map(|s| {
+            s.index.references.iter().map(move |(param, target, target_type, target_id)| {
+                let (t, i) = owner(s);
+                let local = Arg::Int(i64::from(!target.contains("://")));
+                vec![t, i, text(param), text(target), text(target_type), text(target_id), local]
+            })
+        }),
+        "",
+    ));
+    out.extend(insert_rows(
+        "INSERT INTO search_strings (res_type, res_id, param, value) VALUES",
+        staged.iter().flat_map(|s| {
+            s.index.strings.iter().map(move |(param, value)| {
+                let (t, i) = owner(s);
+                vec![t, i, text(param), text(value)]
+            })
+        }),
+        "",
+    ));
+    out.extend(insert_rows(
+        "INSERT INTO search_dates (res_type, res_id, param, lo, hi) VALUES",
+        staged.iter().flat_map(|s| {
+            s.index.dates.iter().map(move |(param, range)| {
+                let (t, i) = owner(s);
+                vec![t, i, text(param), Arg::Int(range.lo), Arg::Int(range.hi)]
+            })
+        }),
+        "",
+    ));
     out
+}
+
+pub(super) fn write_referral(r: &Referral, is_new: bool, at: i64) -> (&'static str, Vec<Arg>) {
+    if is_new {
+        (
+            "INSERT INTO referrals (id, organization, task_id, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+            vec![
+                Arg::Text(r.id.clone()),
+                Arg::Text(r.organization.clone()),
+                Arg::Text(r.task_id.clone()),
+                Arg::Text(r.status.clone()),
+                Arg::Int(at),
+            ],
+        )
+    } else {
+        (
+            "UPDATE referrals SET status = $1, updated_at = $2 WHERE id = $3",
+            vec![
+                Arg::Text(r.status.clone()),
+                Arg::Int(at),
+                Arg::Text(r.id.clone()),
+            ],
+        )
+    }
 }

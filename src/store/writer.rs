@@ -1,16 +1,19 @@
 //! Group commit: one writer task per process takes every queued write command, runs
-//! them one after another inside a single transaction (each in its own savepoint, so one
-//! failing command changes nothing and does not disturb the others), commits once, and
-//! only then answers each caller.
+//! them one after another inside a single transaction, writes what they staged with a
+//! few multi-row statements, commits once, and only then answers each caller.
 //!
 //! An fsync costs ~4 ms here; with one transaction per request that caps a store near
 //! 250 writes/s. Batching turns N waiting requests into one fsync.
+//!
+//! A command that fails is undone in memory (its staged rows are dropped). A command
+//! that must search inside the transaction ([`Command::isolated`]) runs in a SAVEPOINT,
+//! because its search writes staged rows to the database first.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use sqlx::AnyPool;
 use sqlx::pool::PoolConnection;
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, Store, StoreError, Tx};
@@ -21,6 +24,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Command: Send + 'static {
     type Output: Send + 'static;
     type Error: From<StoreError> + Send + 'static;
+
+    /// Whether the command searches the store inside the transaction and so needs a
+    /// savepoint of its own.
+    fn isolated(&self) -> bool;
 
     fn apply<'a, 'c: 'a>(
         self,
@@ -74,31 +81,32 @@ async fn run<C: Command>(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver
             match pool.acquire().await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    let msg = e.to_string();
-                    fail_all(&mut batch, || StoreError::Aborted(msg.clone()));
+                    fail_all(&mut batch, &e.to_string());
                     continue;
                 }
             }
         }
         let c = conn.as_mut().expect("connection acquired above");
-        if backend == Backend::Sqlite && next_seq.is_none() {
-            match super::max_seq(c).await {
+        if next_seq.is_none() {
+            let start = match backend {
+                Backend::Sqlite => super::max_seq(c).await,
+                Backend::Postgres => Ok(0),
+            };
+            match start {
                 Ok(s) => next_seq = Some(s),
                 Err(e) => {
-                    let msg = e.to_string();
-                    fail_all(&mut batch, || StoreError::Aborted(msg.clone()));
+                    fail_all(&mut batch, &e.to_string());
                     conn = None;
                     continue;
                 }
             }
         }
-        let mut seq = next_seq.unwrap_or(0);
-        let outcome = run_batch::<C>(c, backend, &mut seq, &mut batch).await;
-        match outcome {
-            Ok(()) => next_seq = next_seq.map(|_| seq),
-            Err(()) => {
-                // The connection may be broken; start the next batch on a fresh one and
-                // re-read the sequence the store actually holds.
+        match run_batch::<C>(c, backend, next_seq.unwrap_or(0), &mut batch).await {
+            Ok(seq) => next_seq = Some(seq),
+            Err(msg) => {
+                tracing::warn!(message = "Write batch failed; nothing in it was acknowledged.", error = %msg);
+                // The connection may be broken: start over on a fresh one and re-read
+                // the sequence the store actually holds.
                 conn = None;
                 next_seq = None;
             }
@@ -106,86 +114,117 @@ async fn run<C: Command>(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver
     }
 }
 
-/// Runs and commits one batch. On a failed COMMIT every caller gets the error.
+/// Runs and commits one batch; returns the next commit sequence. On failure every
+/// caller in the batch gets an error and the transaction is rolled back.
 async fn run_batch<C: Command>(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut AnyConnection,
     backend: Backend,
-    next_seq: &mut i64,
+    next_seq: i64,
     batch: &mut Vec<(C, Reply<C>)>,
-) -> Result<(), ()> {
-    let mut outer = match super::begin(conn).await {
+) -> Result<i64, String> {
+    let started = std::time::Instant::now();
+    let size = batch.len();
+    let mut outer = match conn.begin().await {
         Ok(t) => t,
         Err(e) => {
-            let msg = e.to_string();
-            fail_all(batch, || StoreError::Aborted(msg.clone()));
-            return Err(());
+            fail_all(batch, &e.to_string());
+            return Err(e.to_string());
         }
     };
-    let mut results = Vec::with_capacity(batch.len());
-    let mut broken = None;
+    let mut results = Vec::with_capacity(size);
+    let mut tx = Tx {
+        conn: &mut outer,
+        backend,
+        next_seq,
+        resources: Vec::new(),
+        referrals: Vec::new(),
+        events: Vec::new(),
+    };
+    let mut broken: Option<String> = None;
     for (command, reply) in batch.drain(..) {
         if broken.is_some() {
             results.push((reply, None));
             continue;
         }
-        let mut savepoint = match super::begin(&mut outer).await {
-            Ok(s) => s,
-            Err(e) => {
-                broken = Some(e.to_string());
-                results.push((reply, None));
-                continue;
+        let result = if command.isolated() {
+            match run_isolated(&mut tx, command).await {
+                Ok(r) => r,
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    results.push((reply, None));
+                    continue;
+                }
             }
-        };
-        let seq_before = *next_seq;
-        let result = {
-            let mut tx = super::tx(&mut savepoint, backend, next_seq);
-            match command.apply(&mut tx).await {
-                Ok(out) => tx.flush().await.map(|_| out).map_err(C::Error::from),
-                Err(e) => Err(e),
+        } else {
+            let mark = tx.mark();
+            let r = command.apply(&mut tx).await;
+            if r.is_err() {
+                tx.rollback_to(mark);
             }
+            r
         };
-        let end = match &result {
-            Ok(_) => savepoint.commit().await,
-            Err(_) => {
-                *next_seq = seq_before;
-                savepoint.rollback().await
-            }
-        };
-        if let Err(e) = end {
-            broken = Some(e.to_string());
-        }
         results.push((reply, Some(result)));
     }
-    if let Some(msg) = broken {
-        drop(outer);
-        tracing::warn!(message = "Write batch abandoned.", error = %msg);
-        for (reply, _) in results {
-            let _ = reply.send(Err(StoreError::Aborted(msg.clone()).into()));
-        }
-        return Err(());
+    if broken.is_none()
+        && let Err(e) = tx.flush().await
+    {
+        broken = Some(e.to_string());
     }
-    match outer.commit().await {
+    let seq = tx.next_seq;
+    let applied = started.elapsed();
+    let committed = match broken {
+        Some(msg) => Err(msg),
+        None => outer.commit().await.map_err(|e| e.to_string()),
+    };
+    match committed {
         Ok(()) => {
+            tracing::debug!(
+                message = "Batch committed.",
+                size,
+                apply_us = applied.as_micros() as u64,
+                commit_us = (started.elapsed() - applied).as_micros() as u64,
+            );
             for (reply, result) in results {
                 if let Some(r) = result {
                     let _ = reply.send(r);
                 }
             }
-            Ok(())
+            Ok(seq)
         }
-        Err(e) => {
-            let msg = e.to_string();
-            tracing::warn!(message = "Commit failed.", error = %msg);
+        Err(msg) => {
             for (reply, _) in results {
                 let _ = reply.send(Err(StoreError::Aborted(msg.clone()).into()));
             }
-            Err(())
+            Err(msg)
         }
     }
 }
 
-fn fail_all<C: Command>(batch: &mut Vec<(C, Reply<C>)>, error: impl Fn() -> StoreError) {
+/// Runs one command in a savepoint. The outer error means the transaction itself is
+/// unusable; the inner result is the command's own outcome.
+async fn run_isolated<C: Command>(
+    tx: &mut Tx<'_>,
+    command: C,
+) -> Result<Result<C::Output, C::Error>, StoreError> {
+    tx.flush().await?;
+    tx.execute("SAVEPOINT command").await?;
+    let mark = tx.mark();
+    let mut result = command.apply(tx).await;
+    if result.is_ok()
+        && let Err(e) = tx.flush().await
+    {
+        result = Err(e.into());
+    }
+    if result.is_err() {
+        tx.rollback_to(mark);
+        tx.execute("ROLLBACK TO SAVEPOINT command").await?;
+    }
+    tx.execute("RELEASE SAVEPOINT command").await?;
+    Ok(result)
+}
+
+fn fail_all<C: Command>(batch: &mut Vec<(C, Reply<C>)>, message: &str) {
     for (_, reply) in batch.drain(..) {
-        let _ = reply.send(Err(error().into()));
+        let _ = reply.send(Err(StoreError::Aborted(message.to_string()).into()));
     }
 }

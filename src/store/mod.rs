@@ -605,30 +605,34 @@ impl<'c> Tx<'c> {
             .get(0);
             *count = last - *count + 1;
         }
-        let rows = events.into_iter().map(|e| {
-            let slot = next
-                .iter_mut()
-                .find(|(o, _)| *o == e.organization)
-                .expect("counted above");
-            let seq = slot.1;
-            slot.1 += 1;
-            vec![
-                Arg::Text(e.organization),
-                Arg::Int(seq),
-                Arg::Text(e.event_type),
-                Arg::Text(e.referral_id),
-                Arg::Int(e.at),
-            ]
-        });
-        for (text, args) in sql::insert_rows(
-            "INSERT INTO events (organization, seq, event_type, referral_id, created_at) VALUES",
-            rows,
+        let rows: Vec<(String, i64, String, String, i64)> = events
+            .into_iter()
+            .map(|e| {
+                let slot = next
+                    .iter_mut()
+                    .find(|(o, _)| *o == e.organization)
+                    .expect("counted above");
+                let seq = slot.1;
+                slot.1 += 1;
+                (e.organization, seq, e.event_type, e.referral_id, e.at)
+            })
+            .collect();
+        let (text, args) = sql::bulk_insert(
+            self.backend,
+            "events",
+            &[
+                ("organization", false),
+                ("seq", true),
+                ("event_type", false),
+                ("referral_id", false),
+                ("created_at", true),
+            ],
+            serde_json::to_string(&rows).expect("rows always serialise"),
             "",
-        ) {
-            sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-                .execute(&mut *self.conn)
-                .await?;
-        }
+        );
+        sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+            .execute(&mut *self.conn)
+            .await?;
         Ok(())
     }
 }

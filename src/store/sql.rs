@@ -22,8 +22,6 @@ pub const READ_CURRENT_FOR_UPDATE: &str = "SELECT r.version, r.last_updated, v.b
 pub enum Arg {
     Text(String),
     Int(i64),
-    /// SQL written inline instead of bound, e.g. `nextval('resource_seq')`.
-    Raw(&'static str),
 }
 
 pub fn bind<'q>(
@@ -34,7 +32,6 @@ pub fn bind<'q>(
         q = match a {
             Arg::Text(s) => q.bind(s),
             Arg::Int(i) => q.bind(i),
-            Arg::Raw(_) => unreachable!("raw SQL is written inline, never bound"),
         };
     }
     q
@@ -223,171 +220,260 @@ pub fn include(source_type: &str, param: &str, page: &[StoredResource]) -> (Stri
     (sql, p.args)
 }
 
-/// Bind arguments per statement: below SQLite's 32766 and PostgreSQL's 65535 limits.
-const MAX_ARGS: usize = 30_000;
-
-/// Multi-row `INSERT … VALUES (…), (…) suffix`, split so no statement exceeds
-/// [`MAX_ARGS`]. `Arg::Raw` values are written inline (e.g. `nextval(…)`).
-pub fn insert_rows(
-    head: &str,
-    rows: impl Iterator<Item = Vec<Arg>>,
-    suffix: &str,
-) -> Vec<(String, Vec<Arg>)> {
-    let mut out = Vec::new();
-    let mut p = Params::default();
-    let mut values: Vec<String> = Vec::new();
-    let mut finish = |p: &mut Params, values: &mut Vec<String>| {
-        if !values.is_empty() {
-            out.push((
-                format!("{head} {} {suffix}", values.join(", ")),
-                std::mem::take(&mut p.args),
-            ));
-            values.clear();
-        }
-    };
-    for row in rows {
-        if p.args.len() + row.len() > MAX_ARGS {
-            finish(&mut p, &mut values);
-        }
-        let cells: Vec<String> = row
-            .into_iter()
-            .map(|a| match a {
-                Arg::Raw(sql) => sql.to_string(),
-                Arg::Text(t) => p.text(t),
-                Arg::Int(i) => p.int(i),
-            })
-            .collect();
-        values.push(format!("({})", cells.join(", ")));
+/// A JSON array of rows, expanded by the database: one fixed statement text per
+/// table whatever the batch size, so it is prepared once and cached, and binding costs
+/// one argument instead of thousands.
+fn rows_from_json(backend: Backend, columns: &[(&str, bool)]) -> String {
+    let exprs: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, int))| match (backend, int) {
+            (Backend::Sqlite, _) => format!("value ->> {i}"),
+            (Backend::Postgres, false) => format!("x ->> {i}"),
+            (Backend::Postgres, true) => format!("(x ->> {i})::bigint"),
+        })
+        .collect();
+    match backend {
+        Backend::Sqlite => format!("SELECT {} FROM json_each($1)", exprs.join(", ")),
+        Backend::Postgres => format!(
+            "SELECT {} FROM json_array_elements($1::json) AS x",
+            exprs.join(", ")
+        ),
     }
-    finish(&mut p, &mut values);
-    out
+}
+
+/// `INSERT INTO table (cols) SELECT … FROM <json rows>`; `rows` is a JSON array of arrays.
+pub fn bulk_insert(
+    backend: Backend,
+    table: &str,
+    columns: &[(&str, bool)],
+    rows: String,
+    suffix: &str,
+) -> (String, Vec<Arg>) {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) {} {suffix}",
+        names.join(", "),
+        rows_from_json(backend, columns)
+    );
+    (sql, vec![Arg::Text(rows)])
+}
+
+fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).expect("rows always serialise")
+}
+
+const TEXT: bool = false;
+const INT: bool = true;
+
+fn key(s: &Staged) -> (&str, &str) {
+    (s.resource.resource_type.as_str(), s.resource.id.as_str())
 }
 
 /// Statements that write staged versions, current pointers and index rows.
 pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, Vec<Arg>)> {
-    let text = |s: &str| Arg::Text(s.to_string());
     // Every version is kept; the current pointer and the index describe the last one.
     let mut last: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, s) in all.iter().enumerate() {
         last.insert((&s.resource.resource_type, &s.resource.id), i);
     }
-    let replaced: HashSet<(&str, &str)> = all
-        .iter()
-        .filter(|s| !s.is_new)
-        .map(|s| (s.resource.resource_type.as_str(), s.resource.id.as_str()))
-        .collect();
-    let staged: Vec<&Staged> = all
+    let replaced: HashSet<(&str, &str)> = all.iter().filter(|s| !s.is_new).map(key).collect();
+    let latest: Vec<&Staged> = all
         .iter()
         .enumerate()
-        .filter(|(i, s)| last[&(s.resource.resource_type.as_str(), s.resource.id.as_str())] == *i)
+        .filter(|(i, s)| last[&key(s)] == *i)
         .map(|(_, s)| s)
         .collect();
-    let mut out = insert_rows(
-        "INSERT INTO resource_versions (res_type, res_id, version, last_updated, body) VALUES",
-        all.iter().map(|s| {
+
+    let mut out = Vec::new();
+    let versions: Vec<(&str, &str, i64, i64, &str)> = all
+        .iter()
+        .map(|s| {
             let r = &s.resource;
-            vec![
-                text(&r.resource_type),
-                text(&r.id),
-                Arg::Int(r.version),
-                Arg::Int(r.last_updated),
-                text(&r.body),
-            ]
-        }),
+            (
+                r.resource_type.as_str(),
+                r.id.as_str(),
+                r.version,
+                r.last_updated,
+                r.body.as_str(),
+            )
+        })
+        .collect();
+    out.push(bulk_insert(
+        backend,
+        "resource_versions",
+        &[
+            ("res_type", TEXT),
+            ("res_id", TEXT),
+            ("version", INT),
+            ("last_updated", INT),
+            ("body", TEXT),
+        ],
+        json_rows(&versions),
         "",
-    );
-    out.extend(insert_rows(
-        "INSERT INTO resources (res_type, res_id, version, seq, last_updated) VALUES",
-        staged.iter().map(|s| {
-            let r = &s.resource;
-            let seq = match backend {
-                Backend::Sqlite => Arg::Int(s.seq),
-                Backend::Postgres => Arg::Raw("nextval('resource_seq')"),
-            };
-            vec![
-                text(&r.resource_type),
-                text(&r.id),
-                Arg::Int(r.version),
-                seq,
-                Arg::Int(r.last_updated),
-            ]
-        }),
-        "ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, \
-         seq = excluded.seq, last_updated = excluded.last_updated",
     ));
 
-    // Index rows describe the current version only: drop those of replaced versions.
-    let replaced: Vec<&&Staged> = staged
+    let current: Vec<(&str, &str, i64, i64, i64)> = latest
         .iter()
-        .filter(|s| replaced.contains(&(s.resource.resource_type.as_str(), s.resource.id.as_str())))
+        .map(|s| {
+            let r = &s.resource;
+            (
+                r.resource_type.as_str(),
+                r.id.as_str(),
+                r.version,
+                r.last_updated,
+                s.seq,
+            )
+        })
         .collect();
-    for chunk in replaced.chunks(MAX_ARGS / 2) {
+    // SQLite needs `WHERE true` to tell the upsert clause from a join's ON.
+    let upsert = "WHERE true ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, \
+                  seq = excluded.seq, last_updated = excluded.last_updated";
+    let (mut sql, args) = bulk_insert(
+        backend,
+        "resources",
+        &[
+            ("res_type", TEXT),
+            ("res_id", TEXT),
+            ("version", INT),
+            ("last_updated", INT),
+            ("seq", INT),
+        ],
+        json_rows(&current),
+        upsert,
+    );
+    if backend == Backend::Postgres {
+        // PostgreSQL numbers commits from a sequence shared by all gateway processes.
+        sql = sql.replace("(x ->> 4)::bigint", "nextval('resource_seq')");
+    }
+    out.push((sql, args));
+
+    // Index rows describe the current version only: drop those of replaced versions.
+    let gone: Vec<(&str, &str)> = latest
+        .iter()
+        .map(|s| key(s))
+        .filter(|k| replaced.contains(k))
+        .collect();
+    if !gone.is_empty() {
+        let keys = rows_from_json(backend, &[("res_type", TEXT), ("res_id", TEXT)]);
         for t in [
             "search_tokens",
             "search_refs",
             "search_strings",
             "search_dates",
         ] {
-            let mut p = Params::default();
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|s| {
-                    format!(
-                        "(res_type = {} AND res_id = {})",
-                        p.text(&s.resource.resource_type),
-                        p.text(&s.resource.id)
-                    )
-                })
-                .collect();
             out.push((
-                format!("DELETE FROM {t} WHERE {}", keys.join(" OR ")),
-                p.args,
+                format!("DELETE FROM {t} WHERE (res_type, res_id) IN ({keys})"),
+                vec![Arg::Text(json_rows(&gone))],
             ));
         }
     }
 
-    let owner = |s: &Staged| (text(&s.resource.resource_type), text(&s.resource.id));
-    out.extend(insert_rows(
-        "INSERT INTO search_tokens (res_type, res_id, param, system, code) VALUES",
-        staged.iter().flat_map(|s| {
-            s.index.tokens.iter().map(move |(param, system, code)| {
-                let (t, i) = owner(s);
-                vec![t, i, text(param), text(system), text(code)]
+    let tokens: Vec<(&str, &str, &str, &str, &str)> = latest
+        .iter()
+        .flat_map(|s| {
+            s.index
+                .tokens
+                .iter()
+                .map(move |(p, sys, code)| (key(s).0, key(s).1, *p, sys.as_str(), code.as_str()))
+        })
+        .collect();
+    if !tokens.is_empty() {
+        out.push(bulk_insert(
+            backend,
+            "search_tokens",
+            &[
+                ("res_type", TEXT),
+                ("res_id", TEXT),
+                ("param", TEXT),
+                ("system", TEXT),
+                ("code", TEXT),
+            ],
+            json_rows(&tokens),
+            "",
+        ));
+    }
+    let refs: Vec<(&str, &str, &str, &str, &str, &str, i64)> = latest
+        .iter()
+        .flat_map(|s| {
+            s.index.references.iter().map(move |(p, target, ty, id)| {
+                let local = i64::from(!target.contains("://"));
+                (
+                    key(s).0,
+                    key(s).1,
+                    *p,
+                    target.as_str(),
+                    ty.as_str(),
+                    id.as_str(),
+                    local,
+                )
             })
-        }),
-        "",
-    ));
-    out.extend(insert_rows(
-        "INSERT INTO search_refs (res_type, res_id, param, target, target_type, target_id, is_local) VALUES",
-        staged.iter().flat_map(|s| {
-            s.index.references.iter().map(move |(param, target, target_type, target_id)| {
-                let (t, i) = owner(s);
-                let local = Arg::Int(i64::from(!target.contains("://")));
-                vec![t, i, text(param), text(target), text(target_type), text(target_id), local]
-            })
-        }),
-        "",
-    ));
-    out.extend(insert_rows(
-        "INSERT INTO search_strings (res_type, res_id, param, value) VALUES",
-        staged.iter().flat_map(|s| {
-            s.index.strings.iter().map(move |(param, value)| {
-                let (t, i) = owner(s);
-                vec![t, i, text(param), text(value)]
-            })
-        }),
-        "",
-    ));
-    out.extend(insert_rows(
-        "INSERT INTO search_dates (res_type, res_id, param, lo, hi) VALUES",
-        staged.iter().flat_map(|s| {
-            s.index.dates.iter().map(move |(param, range)| {
-                let (t, i) = owner(s);
-                vec![t, i, text(param), Arg::Int(range.lo), Arg::Int(range.hi)]
-            })
-        }),
-        "",
-    ));
+        })
+        .collect();
+    if !refs.is_empty() {
+        out.push(bulk_insert(
+            backend,
+            "search_refs",
+            &[
+                ("res_type", TEXT),
+                ("res_id", TEXT),
+                ("param", TEXT),
+                ("target", TEXT),
+                ("target_type", TEXT),
+                ("target_id", TEXT),
+                ("is_local", INT),
+            ],
+            json_rows(&refs),
+            "",
+        ));
+    }
+    let strings: Vec<(&str, &str, &str, &str)> = latest
+        .iter()
+        .flat_map(|s| {
+            s.index
+                .strings
+                .iter()
+                .map(move |(p, v)| (key(s).0, key(s).1, *p, v.as_str()))
+        })
+        .collect();
+    if !strings.is_empty() {
+        out.push(bulk_insert(
+            backend,
+            "search_strings",
+            &[
+                ("res_type", TEXT),
+                ("res_id", TEXT),
+                ("param", TEXT),
+                ("value", TEXT),
+            ],
+            json_rows(&strings),
+            "",
+        ));
+    }
+    let dates: Vec<(&str, &str, &str, i64, i64)> = latest
+        .iter()
+        .flat_map(|s| {
+            s.index
+                .dates
+                .iter()
+                .map(move |(p, r)| (key(s).0, key(s).1, *p, r.lo, r.hi))
+        })
+        .collect();
+    if !dates.is_empty() {
+        out.push(bulk_insert(
+            backend,
+            "search_dates",
+            &[
+                ("res_type", TEXT),
+                ("res_id", TEXT),
+                ("param", TEXT),
+                ("lo", INT),
+                ("hi", INT),
+            ],
+            json_rows(&dates),
+            "",
+        ));
+    }
     out
 }
 

@@ -5,6 +5,9 @@ CREATE TABLE resource_versions (
     version BIGINT NOT NULL,
     last_updated BIGINT NOT NULL,
     body TEXT NOT NULL,
+    -- The search index rows this version produced, so that exactly those rows are
+    -- removed when it is replaced (no per-table "owner" index to maintain).
+    index_rows TEXT NOT NULL,
     PRIMARY KEY (res_type, res_id, version)
 );
 
@@ -13,55 +16,54 @@ CREATE TABLE resources (
     res_type TEXT NOT NULL,
     res_id TEXT NOT NULL,
     version BIGINT NOT NULL,
-    seq BIGINT NOT NULL UNIQUE,
+    seq BIGINT NOT NULL,
     last_updated BIGINT NOT NULL,
     PRIMARY KEY (res_type, res_id)
 );
-CREATE INDEX resources_type_seq ON resources (res_type, seq);
+CREATE UNIQUE INDEX resources_type_seq ON resources (res_type, seq);
 CREATE INDEX resources_type_updated ON resources (res_type, last_updated, seq);
 
--- Search indexes hold rows for current versions only.
+-- Search indexes hold rows for current versions only. Each table's primary key is
+-- the lookup path (type, parameter, value → ids), which is the only index most of
+-- them need: every index entry is a B-tree insert on the write path.
 CREATE TABLE search_tokens (
     res_type TEXT NOT NULL,
-    res_id TEXT NOT NULL,
     param TEXT NOT NULL,
+    code TEXT NOT NULL,
     system TEXT NOT NULL,
-    code TEXT NOT NULL
+    res_id TEXT NOT NULL,
+    PRIMARY KEY (res_type, param, code, system, res_id)
 );
-CREATE INDEX search_tokens_lookup ON search_tokens (res_type, param, code, system);
-CREATE INDEX search_tokens_owner ON search_tokens (res_type, res_id);
 
 CREATE TABLE search_refs (
     res_type TEXT NOT NULL,
-    res_id TEXT NOT NULL,
     param TEXT NOT NULL,
     target TEXT NOT NULL,
+    res_id TEXT NOT NULL,
     target_type TEXT NOT NULL,
     target_id TEXT NOT NULL,
-    is_local BIGINT NOT NULL
+    is_local BIGINT NOT NULL,
+    PRIMARY KEY (res_type, param, target, res_id)
 );
-CREATE INDEX search_refs_lookup ON search_refs (res_type, param, target);
-CREATE INDEX search_refs_by_id ON search_refs (res_type, param, target_id);
+-- _include walks from the matched resources to their targets.
 CREATE INDEX search_refs_owner ON search_refs (res_type, res_id);
 
 CREATE TABLE search_strings (
     res_type TEXT NOT NULL,
-    res_id TEXT NOT NULL,
     param TEXT NOT NULL,
-    value TEXT NOT NULL
+    value TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    PRIMARY KEY (res_type, param, value, res_id)
 );
-CREATE INDEX search_strings_lookup ON search_strings (res_type, param, value text_pattern_ops);
-CREATE INDEX search_strings_owner ON search_strings (res_type, res_id);
 
 CREATE TABLE search_dates (
     res_type TEXT NOT NULL,
-    res_id TEXT NOT NULL,
     param TEXT NOT NULL,
     lo BIGINT NOT NULL,
-    hi BIGINT NOT NULL
+    hi BIGINT NOT NULL,
+    res_id TEXT NOT NULL,
+    PRIMARY KEY (res_type, param, lo, hi, res_id)
 );
-CREATE INDEX search_dates_lookup ON search_dates (res_type, param, lo);
-CREATE INDEX search_dates_owner ON search_dates (res_type, res_id);
 
 -- A referral exists when a referral Task is owned by a known organisation.
 CREATE TABLE referrals (
@@ -89,4 +91,8 @@ CREATE TABLE tenant_counters (
     last_seq BIGINT NOT NULL
 );
 
+-- Prefix search (LIKE 'abc%') needs a pattern-ops index under a non-C collation.
+CREATE INDEX search_strings_prefix ON search_strings (res_type, param, value text_pattern_ops);
+
+-- Commit order shared by every gateway process.
 CREATE SEQUENCE resource_seq;

@@ -510,7 +510,7 @@ async fn write_one(
         last_updated: now,
         body: serde_json::to_string(&stamped).expect("JSON values always serialise"),
     };
-    tx.stage(stored.clone(), index, current.is_none());
+    tx.stage(stored.clone(), index);
     Ok(Written {
         stored,
         status: if current.is_none() { 201 } else { 200 },

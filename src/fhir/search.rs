@@ -290,6 +290,15 @@ pub fn extract(resource_type: &str, resource: &Value, own_base: Option<&str>) ->
             }
         }
     }
+    // A value repeated in one resource (the same coding twice) is one index entry.
+    out.tokens.sort();
+    out.tokens.dedup();
+    out.references.sort();
+    out.references.dedup();
+    out.strings.sort();
+    out.strings.dedup();
+    out.dates.sort();
+    out.dates.dedup();
     out
 }
 

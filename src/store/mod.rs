@@ -10,6 +10,7 @@
 mod sql;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -100,6 +101,8 @@ pub struct SearchPage {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite's write-ahead log, which the writer fsyncs itself (see `writer`).
+    wal: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -132,10 +135,11 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; synchronous=FULL makes
-                        // every COMMIT durable (fsync) before the client is answered.
+                        // WAL lets readers run beside the writer. SQLite itself does not
+                        // fsync at COMMIT (NORMAL); the writer fsyncs the WAL before it
+                        // answers, overlapped with the next batch (see `writer`).
                         conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
                         // A larger page cache and memory-mapped reads keep a batch's index
                         // pages in memory instead of spilling and re-reading them.
@@ -148,7 +152,13 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        let store = Store { pool, backend };
+        let wal = match backend {
+            Backend::Sqlite => {
+                sqlite_path(url).map(|p| std::path::PathBuf::from(format!("{p}-wal")))
+            }
+            Backend::Postgres => None,
+        };
+        let store = Store { pool, backend, wal };
         store.migrate().await?;
         Ok(store)
     }
@@ -353,7 +363,6 @@ async fn search(conn: &mut AnyConnection, query: &SearchQuery) -> Result<SearchP
 struct Staged {
     resource: StoredResource,
     seq: i64,
-    is_new: bool,
     index: IndexEntries,
 }
 
@@ -401,6 +410,8 @@ pub struct Tx<'c> {
     resources: Vec<Staged>,
     referrals: Vec<StagedReferral>,
     events: Vec<StagedEvent>,
+    /// Index rows of current versions read for replacement: (type, id) → rows.
+    replaced: HashMap<(String, String), String>,
 }
 
 impl<'c> Tx<'c> {
@@ -415,15 +426,20 @@ impl<'c> Tx<'c> {
             return Ok(Some(s.resource.clone()));
         }
         let text = match self.backend {
-            Backend::Sqlite => sql::READ_CURRENT,
-            Backend::Postgres => sql::READ_CURRENT_FOR_UPDATE,
+            Backend::Sqlite => sql::READ_CURRENT_TO_REPLACE,
+            Backend::Postgres => sql::READ_CURRENT_TO_REPLACE_LOCKED,
         };
         let row = sqlx::query(text)
             .bind(resource_type)
             .bind(id)
             .fetch_optional(&mut *self.conn)
             .await?;
-        Ok(row.map(|r| stored(resource_type, id, &r)))
+        Ok(row.map(|r| {
+            // Remembered so that a new version can remove exactly these index rows.
+            self.replaced
+                .insert((resource_type.to_string(), id.to_string()), r.get(3));
+            stored(resource_type, id, &r)
+        }))
     }
 
     fn staged(&self, resource_type: &str, id: &str) -> Option<&Staged> {
@@ -445,8 +461,8 @@ impl<'c> Tx<'c> {
         Ok(row.is_some())
     }
 
-    /// Stages a new version; `is_new` when no earlier version exists.
-    pub fn stage(&mut self, resource: StoredResource, index: IndexEntries, is_new: bool) {
+    /// Stages a new version of a resource.
+    pub fn stage(&mut self, resource: StoredResource, index: IndexEntries) {
         // SQLite has one writer process, so the commit sequence is assigned here;
         // PostgreSQL takes it from a sequence at insert time.
         self.next_seq += 1;
@@ -454,7 +470,6 @@ impl<'c> Tx<'c> {
         self.resources.push(Staged {
             resource,
             seq,
-            is_new,
             index,
         });
     }
@@ -562,7 +577,8 @@ impl<'c> Tx<'c> {
     pub async fn flush(&mut self) -> Result<()> {
         if !self.resources.is_empty() {
             let staged = std::mem::take(&mut self.resources);
-            for (text, args) in sql::write_resources(self.backend, &staged) {
+            let replaced = std::mem::take(&mut self.replaced);
+            for (text, args) in sql::write_resources(self.backend, &staged, &replaced) {
                 sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
                     .execute(&mut *self.conn)
                     .await?;

@@ -1,20 +1,28 @@
 //! SQL text built at run time: search queries from a [`SearchQuery`], and multi-row
 //! writes. Placeholders are `$n`, which both SQLite and PostgreSQL accept.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use super::{Backend, Referral, Staged, StoredResource};
-use crate::fhir::search::{Filter, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort};
+use crate::fhir::search::{
+    Filter, IndexEntries, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort,
+};
 
 pub const READ_CURRENT: &str = "SELECT r.version, r.last_updated, v.body FROM resources r \
      JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
      WHERE r.res_type = $1 AND r.res_id = $2";
 
-pub const READ_CURRENT_FOR_UPDATE: &str = "SELECT r.version, r.last_updated, v.body FROM resources r \
+/// The write path also needs the index rows the current version produced.
+pub const READ_CURRENT_TO_REPLACE: &str = "SELECT r.version, r.last_updated, v.body, v.index_rows FROM resources r \
+     JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
+     WHERE r.res_type = $1 AND r.res_id = $2";
+
+/// As [`READ_CURRENT_TO_REPLACE`], locking the row until COMMIT (PostgreSQL).
+pub const READ_CURRENT_TO_REPLACE_LOCKED: &str = "SELECT r.version, r.last_updated, v.body, v.index_rows FROM resources r \
      JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
      WHERE r.res_type = $1 AND r.res_id = $2 FOR UPDATE OF r";
 
@@ -66,7 +74,7 @@ pub fn search(q: &SearchQuery) -> (String, Vec<Arg>) {
     );
     for f in &q.filters {
         sql.push_str(" AND ");
-        sql.push_str(&filter(f, &mut p));
+        sql.push_str(&filter(&q.resource_type, f, &mut p));
     }
     if let Some(c) = q.cursor {
         let cond = match q.sort {
@@ -101,27 +109,28 @@ fn table(kind: ParamType) -> &'static str {
     }
 }
 
-fn filter(f: &Filter, p: &mut Params) -> String {
+/// One filter as `r.res_id IN (…)`: an uncorrelated subquery that the index table's
+/// primary key (type, parameter, value) answers directly.
+fn filter(resource_type: &str, f: &Filter, p: &mut Params) -> String {
     let def = f.param;
     if f.modifier == Modifier::Missing {
-        let t = table(def.kind);
-        let exists = format!(
-            "EXISTS (SELECT 1 FROM {t} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = {})",
+        let sub = format!(
+            "SELECT x.res_id FROM {} x WHERE x.res_type = {} AND x.param = {}",
+            table(def.kind),
+            p.text(resource_type),
             p.text(def.name)
         );
-        return if f.missing {
-            format!("NOT {exists}")
-        } else {
-            exists
-        };
+        let op = if f.missing { "NOT IN" } else { "IN" };
+        return format!("r.res_id {op} ({sub})");
     }
     let alternatives: Vec<String> = f.values.iter().map(|v| value_condition(f, v, p)).collect();
     let any = format!("({})", alternatives.join(" OR "));
     match def.kind {
         ParamType::Id | ParamType::LastUpdated => any,
         kind => format!(
-            "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.res_id = r.res_id AND x.param = {} AND {any})",
+            "r.res_id IN (SELECT x.res_id FROM {} x WHERE x.res_type = {} AND x.param = {} AND {any})",
             table(kind),
+            p.text(resource_type),
             p.text(def.name)
         ),
     }
@@ -166,7 +175,16 @@ fn value_condition(f: &Filter, v: &SearchValue, p: &mut Params) -> String {
                 target: Some(t), ..
             },
         ) => format!("x.target = {}", p.text(t)),
-        (_, SearchValue::Reference { target: None, id }) => format!("x.target_id = {}", p.text(id)),
+        (_, SearchValue::Reference { target: None, id }) => {
+            // A bare id matches a local reference to any type the parameter allows.
+            let types = if f.param.targets.is_empty() {
+                crate::fhir::RESOURCE_TYPES
+            } else {
+                f.param.targets
+            };
+            let targets: Vec<String> = types.iter().map(|t| p.text(format!("{t}/{id}"))).collect();
+            format!("x.target IN ({})", targets.join(", "))
+        }
         (_, SearchValue::String(s)) => {
             let norm = crate::fhir::search::normalize_string(s);
             match f.modifier {
@@ -270,14 +288,49 @@ fn key(s: &Staged) -> (&str, &str) {
     (s.resource.resource_type.as_str(), s.resource.id.as_str())
 }
 
-/// Statements that write staged versions, current pointers and index rows.
-pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, Vec<Arg>)> {
+/// The index rows of one resource version, as stored beside it (`index_rows`).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub(super) struct IndexRows<S, N> {
+    t: Vec<(S, S, S)>,
+    r: Vec<(S, S)>,
+    s: Vec<(S, S)>,
+    d: Vec<(S, N, N)>,
+}
+
+pub(super) fn index_rows_json(index: &IndexEntries) -> String {
+    let rows: IndexRows<&str, i64> = IndexRows {
+        t: index
+            .tokens
+            .iter()
+            .map(|(p, sys, code)| (*p, code.as_str(), sys.as_str()))
+            .collect(),
+        r: index
+            .references
+            .iter()
+            .map(|(p, target, _, _)| (*p, target.as_str()))
+            .collect(),
+        s: index
+            .strings
+            .iter()
+            .map(|(p, v)| (*p, v.as_str()))
+            .collect(),
+        d: index.dates.iter().map(|(p, r)| (*p, r.lo, r.hi)).collect(),
+    };
+    serde_json::to_string(&rows).expect("index rows always serialise")
+}
+
+/// Statements that write staged versions, current pointers and index rows, and
+/// remove the index rows of the versions they replace (`replaced`: type, id → rows).
+pub(super) fn write_resources(
+    backend: Backend,
+    all: &[Staged],
+    replaced: &HashMap<(String, String), String>,
+) -> Vec<(String, Vec<Arg>)> {
     // Every version is kept; the current pointer and the index describe the last one.
     let mut last: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, s) in all.iter().enumerate() {
-        last.insert((&s.resource.resource_type, &s.resource.id), i);
+        last.insert(key(s), i);
     }
-    let replaced: HashSet<(&str, &str)> = all.iter().filter(|s| !s.is_new).map(key).collect();
     let latest: Vec<&Staged> = all
         .iter()
         .enumerate()
@@ -286,7 +339,7 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
         .collect();
 
     let mut out = Vec::new();
-    let versions: Vec<(&str, &str, i64, i64, &str)> = all
+    let versions: Vec<(&str, &str, i64, i64, &str, String)> = all
         .iter()
         .map(|s| {
             let r = &s.resource;
@@ -296,6 +349,7 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
                 r.version,
                 r.last_updated,
                 r.body.as_str(),
+                index_rows_json(&s.index),
             )
         })
         .collect();
@@ -308,6 +362,7 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
             ("version", INT),
             ("last_updated", INT),
             ("body", TEXT),
+            ("index_rows", TEXT),
         ],
         json_rows(&versions),
         "",
@@ -348,25 +403,50 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
     }
     out.push((sql, args));
 
-    // Index rows describe the current version only: drop those of replaced versions.
-    let gone: Vec<(&str, &str)> = latest
-        .iter()
-        .map(|s| key(s))
-        .filter(|k| replaced.contains(k))
-        .collect();
-    if !gone.is_empty() {
-        let keys = rows_from_json(backend, &[("res_type", TEXT), ("res_id", TEXT)]);
-        for t in [
-            "search_tokens",
-            "search_refs",
-            "search_strings",
-            "search_dates",
-        ] {
-            out.push((
-                format!("DELETE FROM {t} WHERE (res_type, res_id) IN ({keys})"),
-                vec![Arg::Text(json_rows(&gone))],
-            ));
-        }
+    // Index rows describe the current version only: remove exactly the rows of the
+    // versions replaced, by primary key.
+    let (mut gt, mut gr, mut gs, mut gd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in &latest {
+        let Some(stored) = replaced.get(&(s.resource.resource_type.clone(), s.resource.id.clone()))
+        else {
+            continue;
+        };
+        let Ok(rows) = serde_json::from_str::<IndexRows<String, i64>>(stored) else {
+            tracing::error!(message = "Stored index rows are unreadable.", resource_type = %s.resource.resource_type, id = %s.resource.id);
+            continue;
+        };
+        let (ty, id) = key(s);
+        gt.extend(
+            rows.t
+                .into_iter()
+                .map(|(p, code, sys)| (ty, p, code, sys, id)),
+        );
+        gr.extend(rows.r.into_iter().map(|(p, target)| (ty, p, target, id)));
+        gs.extend(rows.s.into_iter().map(|(p, v)| (ty, p, v, id)));
+        gd.extend(rows.d.into_iter().map(|(p, lo, hi)| (ty, p, lo, hi, id)));
+    }
+    let delete = |table: &str, columns: &[(&str, bool)], rows: String| {
+        let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+        (
+            format!(
+                "DELETE FROM {table} WHERE ({}) IN ({})",
+                names.join(", "),
+                rows_from_json(backend, columns)
+            ),
+            vec![Arg::Text(rows)],
+        )
+    };
+    if !gt.is_empty() {
+        out.push(delete("search_tokens", TOKEN_COLUMNS, json_rows(&gt)));
+    }
+    if !gr.is_empty() {
+        out.push(delete("search_refs", &REF_COLUMNS[..4], json_rows(&gr)));
+    }
+    if !gs.is_empty() {
+        out.push(delete("search_strings", STRING_COLUMNS, json_rows(&gs)));
+    }
+    if !gd.is_empty() {
+        out.push(delete("search_dates", DATE_COLUMNS, json_rows(&gd)));
     }
 
     let tokens: Vec<(&str, &str, &str, &str, &str)> = latest
@@ -375,20 +455,14 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
             s.index
                 .tokens
                 .iter()
-                .map(move |(p, sys, code)| (key(s).0, key(s).1, *p, sys.as_str(), code.as_str()))
+                .map(move |(p, sys, code)| (key(s).0, *p, code.as_str(), sys.as_str(), key(s).1))
         })
         .collect();
     if !tokens.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_tokens",
-            &[
-                ("res_type", TEXT),
-                ("res_id", TEXT),
-                ("param", TEXT),
-                ("system", TEXT),
-                ("code", TEXT),
-            ],
+            TOKEN_COLUMNS,
             json_rows(&tokens),
             "",
         ));
@@ -400,9 +474,9 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
                 let local = i64::from(!target.contains("://"));
                 (
                     key(s).0,
-                    key(s).1,
                     *p,
                     target.as_str(),
+                    key(s).1,
                     ty.as_str(),
                     id.as_str(),
                     local,
@@ -414,15 +488,7 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
         out.push(bulk_insert(
             backend,
             "search_refs",
-            &[
-                ("res_type", TEXT),
-                ("res_id", TEXT),
-                ("param", TEXT),
-                ("target", TEXT),
-                ("target_type", TEXT),
-                ("target_id", TEXT),
-                ("is_local", INT),
-            ],
+            REF_COLUMNS,
             json_rows(&refs),
             "",
         ));
@@ -433,49 +499,69 @@ pub(super) fn write_resources(backend: Backend, all: &[Staged]) -> Vec<(String, 
             s.index
                 .strings
                 .iter()
-                .map(move |(p, v)| (key(s).0, key(s).1, *p, v.as_str()))
+                .map(move |(p, v)| (key(s).0, *p, v.as_str(), key(s).1))
         })
         .collect();
     if !strings.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_strings",
-            &[
-                ("res_type", TEXT),
-                ("res_id", TEXT),
-                ("param", TEXT),
-                ("value", TEXT),
-            ],
+            STRING_COLUMNS,
             json_rows(&strings),
             "",
         ));
     }
-    let dates: Vec<(&str, &str, &str, i64, i64)> = latest
+    let dates: Vec<(&str, &str, i64, i64, &str)> = latest
         .iter()
         .flat_map(|s| {
             s.index
                 .dates
                 .iter()
-                .map(move |(p, r)| (key(s).0, key(s).1, *p, r.lo, r.hi))
+                .map(move |(p, r)| (key(s).0, *p, r.lo, r.hi, key(s).1))
         })
         .collect();
     if !dates.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_dates",
-            &[
-                ("res_type", TEXT),
-                ("res_id", TEXT),
-                ("param", TEXT),
-                ("lo", INT),
-                ("hi", INT),
-            ],
+            DATE_COLUMNS,
             json_rows(&dates),
             "",
         ));
     }
     out
 }
+
+/// Column lists in primary-key order (the first columns of `REF_COLUMNS` are its key).
+const TOKEN_COLUMNS: &[(&str, bool)] = &[
+    ("res_type", TEXT),
+    ("param", TEXT),
+    ("code", TEXT),
+    ("system", TEXT),
+    ("res_id", TEXT),
+];
+const REF_COLUMNS: &[(&str, bool)] = &[
+    ("res_type", TEXT),
+    ("param", TEXT),
+    ("target", TEXT),
+    ("res_id", TEXT),
+    ("target_type", TEXT),
+    ("target_id", TEXT),
+    ("is_local", INT),
+];
+const STRING_COLUMNS: &[(&str, bool)] = &[
+    ("res_type", TEXT),
+    ("param", TEXT),
+    ("value", TEXT),
+    ("res_id", TEXT),
+];
+const DATE_COLUMNS: &[(&str, bool)] = &[
+    ("res_type", TEXT),
+    ("param", TEXT),
+    ("lo", INT),
+    ("hi", INT),
+    ("res_id", TEXT),
+];
 
 pub(super) fn write_referral(r: &Referral, is_new: bool, at: i64) -> (&'static str, Vec<Arg>) {
     if is_new {

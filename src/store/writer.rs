@@ -3,12 +3,14 @@
 //! few multi-row statements, commits once, and only then answers each caller.
 //!
 //! An fsync costs ~4 ms here; with one transaction per request that caps a store near
-//! 250 writes/s. Batching turns N waiting requests into one fsync.
+//! 250 writes/s. Batching turns N waiting requests into one fsync, and on SQLite the
+//! fsync of batch N overlaps the execution of batch N+1: answers wait for it.
 //!
 //! A command that fails is undone in memory (its staged rows are dropped). A command
 //! that must search inside the transaction ([`Command::isolated`]) runs in a SAVEPOINT,
 //! because its search writes staged rows to the database first.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -56,7 +58,12 @@ impl<C: Command> Writer<C> {
     /// Starts the writer task on the current tokio runtime.
     pub fn spawn(store: &Store) -> Writer<C> {
         let (queue, rx) = mpsc::channel(4096);
-        tokio::spawn(run::<C>(store.pool.clone(), store.backend, rx));
+        let (committed, durable) = mpsc::unbounded_channel();
+        tokio::spawn(run::<C>(store.pool.clone(), store.backend, rx, committed));
+        tokio::spawn(answer_when_durable::<C>(store.wal.clone(), durable));
+        if store.backend == Backend::Sqlite {
+            tokio::spawn(checkpoint(store.pool.clone()));
+        }
         Writer { queue }
     }
 
@@ -71,7 +78,18 @@ impl<C: Command> Writer<C> {
     }
 }
 
-async fn run<C: Command>(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<(C, Reply<C>)>) {
+/// Answers of one committed batch, waiting for the commit to reach the disk.
+type Answers<C> = Vec<(
+    Reply<C>,
+    Result<<C as Command>::Output, <C as Command>::Error>,
+)>;
+
+async fn run<C: Command>(
+    pool: AnyPool,
+    backend: Backend,
+    mut rx: mpsc::Receiver<(C, Reply<C>)>,
+    committed: mpsc::UnboundedSender<Answers<C>>,
+) {
     let mut conn: Option<PoolConnection<sqlx::Any>> = None;
     let mut next_seq: Option<i64> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -102,7 +120,10 @@ async fn run<C: Command>(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver
             }
         }
         match run_batch::<C>(c, backend, next_seq.unwrap_or(0), &mut batch).await {
-            Ok(seq) => next_seq = Some(seq),
+            Ok((seq, answers)) => {
+                next_seq = Some(seq);
+                let _ = committed.send(answers);
+            }
             Err(msg) => {
                 tracing::warn!(message = "Write batch failed; nothing in it was acknowledged.", error = %msg);
                 // The connection may be broken: start over on a fresh one and re-read
@@ -114,14 +135,15 @@ async fn run<C: Command>(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver
     }
 }
 
-/// Runs and commits one batch; returns the next commit sequence. On failure every
-/// caller in the batch gets an error and the transaction is rolled back.
+/// Runs and commits one batch; returns the next commit sequence and the answers to
+/// send once the commit is durable. On failure every caller in the batch gets an error
+/// at once and the transaction is rolled back.
 async fn run_batch<C: Command>(
     conn: &mut AnyConnection,
     backend: Backend,
     next_seq: i64,
     batch: &mut Vec<(C, Reply<C>)>,
-) -> Result<i64, String> {
+) -> Result<(i64, Answers<C>), String> {
     let started = std::time::Instant::now();
     let size = batch.len();
     let mut outer = match conn.begin().await {
@@ -139,6 +161,7 @@ async fn run_batch<C: Command>(
         resources: Vec::new(),
         referrals: Vec::new(),
         events: Vec::new(),
+        replaced: HashMap::new(),
     };
     let mut broken: Option<String> = None;
     for (command, reply) in batch.drain(..) {
@@ -184,12 +207,11 @@ async fn run_batch<C: Command>(
                 apply_us = applied.as_micros() as u64,
                 commit_us = (started.elapsed() - applied).as_micros() as u64,
             );
-            for (reply, result) in results {
-                if let Some(r) = result {
-                    let _ = reply.send(r);
-                }
-            }
-            Ok(seq)
+            let answers = results
+                .into_iter()
+                .filter_map(|(reply, r)| r.map(|r| (reply, r)))
+                .collect();
+            Ok((seq, answers))
         }
         Err(msg) => {
             for (reply, _) in results {
@@ -226,5 +248,61 @@ async fn run_isolated<C: Command>(
 fn fail_all<C: Command>(batch: &mut Vec<(C, Reply<C>)>, message: &str) {
     for (_, reply) in batch.drain(..) {
         let _ = reply.send(Err(StoreError::Aborted(message.to_string()).into()));
+    }
+}
+
+/// Sends the answers of committed batches once their commit is on disk. For SQLite
+/// that takes an fsync of the WAL, done here so the writer can run the next batch
+/// meanwhile; one fsync covers every batch committed before it started. PostgreSQL
+/// has already flushed its WAL when COMMIT returns.
+async fn answer_when_durable<C: Command>(
+    wal: Option<std::path::PathBuf>,
+    mut committed: mpsc::UnboundedReceiver<Answers<C>>,
+) {
+    let mut batches = Vec::new();
+    while committed.recv_many(&mut batches, 1024).await > 0 {
+        let synced = match &wal {
+            None => Ok(()),
+            Some(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+        };
+        for answers in batches.drain(..) {
+            for (reply, result) in answers {
+                let result = match &synced {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Aborted(format!(
+                        "fsync of the write-ahead log failed: {e}"
+                    ))
+                    .into()),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        if let Err(e) = synced {
+            tracing::error!(message = "fsync of the write-ahead log failed.", error = %e);
+        }
+    }
+}
+
+/// Copies the SQLite WAL back into the database file in the background. PASSIVE never
+/// blocks the writer; it leaves the automatic checkpoint at commit little to copy, so
+/// commits keep their latency.
+async fn checkpoint(pool: AnyPool) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(message = "WAL checkpoint failed.", error = %e);
+        }
     }
 }

@@ -251,10 +251,11 @@ fn rows_from_json(backend: Backend, columns: &[(&str, bool)]) -> String {
             (Backend::Postgres, true) => format!("(x ->> {i})::bigint"),
         })
         .collect();
+    // Binary JSON is parsed once; `->>` on text JSON would re-parse it per column.
     match backend {
-        Backend::Sqlite => format!("SELECT {} FROM json_each($1)", exprs.join(", ")),
+        Backend::Sqlite => format!("SELECT {} FROM jsonb_each(jsonb($1))", exprs.join(", ")),
         Backend::Postgres => format!(
-            "SELECT {} FROM json_array_elements($1::json) AS x",
+            "SELECT {} FROM jsonb_array_elements($1::jsonb) AS x",
             exprs.join(", ")
         ),
     }

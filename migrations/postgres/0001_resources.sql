@@ -35,18 +35,14 @@ CREATE TABLE search_tokens (
     PRIMARY KEY (res_type, param, code, system, res_id)
 );
 
+-- `target` is `Type/id` for local references, else the absolute URL.
 CREATE TABLE search_refs (
     res_type TEXT NOT NULL,
     param TEXT NOT NULL,
     target TEXT NOT NULL,
     res_id TEXT NOT NULL,
-    target_type TEXT NOT NULL,
-    target_id TEXT NOT NULL,
-    is_local BIGINT NOT NULL,
     PRIMARY KEY (res_type, param, target, res_id)
 );
--- _include walks from the matched resources to their targets.
-CREATE INDEX search_refs_owner ON search_refs (res_type, res_id);
 
 CREATE TABLE search_strings (
     res_type TEXT NOT NULL,

@@ -9,7 +9,7 @@ CREATE TABLE resource_versions (
     -- removed when it is replaced (no per-table "owner" index to maintain).
     index_rows TEXT NOT NULL,
     PRIMARY KEY (res_type, res_id, version)
-);
+) WITHOUT ROWID;
 
 -- The current version of each logical resource; `seq` orders commits for paging.
 CREATE TABLE resources (
@@ -35,18 +35,14 @@ CREATE TABLE search_tokens (
     PRIMARY KEY (res_type, param, code, system, res_id)
 ) WITHOUT ROWID;
 
+-- `target` is `Type/id` for local references, else the absolute URL.
 CREATE TABLE search_refs (
     res_type TEXT NOT NULL,
     param TEXT NOT NULL,
     target TEXT NOT NULL,
     res_id TEXT NOT NULL,
-    target_type TEXT NOT NULL,
-    target_id TEXT NOT NULL,
-    is_local INTEGER NOT NULL,
     PRIMARY KEY (res_type, param, target, res_id)
 ) WITHOUT ROWID;
--- _include walks from the matched resources to their targets.
-CREATE INDEX search_refs_owner ON search_refs (res_type, res_id);
 
 CREATE TABLE search_strings (
     res_type TEXT NOT NULL,

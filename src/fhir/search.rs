@@ -256,8 +256,8 @@ pub fn find_param(resource_type: &str, name: &str) -> Option<&'static ParamDef> 
 pub struct IndexEntries {
     /// (param, system, code); system is "" when absent.
     pub tokens: Vec<(&'static str, String, String)>,
-    /// (param, target, target type, target id); target is `Type/id` or an absolute URL.
-    pub references: Vec<(&'static str, String, String, String)>,
+    /// (param, target); target is `Type/id` for a local reference, else the absolute URL.
+    pub references: Vec<(&'static str, String)>,
     /// (param, normalised value)
     pub strings: Vec<(&'static str, String)>,
     /// (param, range)
@@ -342,26 +342,21 @@ fn reference_of(
     def: &'static ParamDef,
     v: &Value,
     own_base: Option<&str>,
-) -> Option<(&'static str, String, String, String)> {
+) -> Option<(&'static str, String)> {
     let reference = v.get("reference")?.as_str()?;
-    let (target, rtype, rid) = match reference::parse(reference, own_base)? {
-        Target::Local { resource_type, id } => (
-            format!("{resource_type}/{id}"),
-            resource_type.to_string(),
-            id.to_string(),
+    let (target, rtype) = match reference::parse(reference, own_base)? {
+        Target::Local { resource_type, id } => (format!("{resource_type}/{id}"), resource_type),
+        // The type of an absolute reference is its second-last path segment.
+        Target::External { url } => (
+            url.to_string(),
+            url.trim_end_matches('/').rsplit('/').nth(1).unwrap_or(""),
         ),
-        Target::External { url } => {
-            let mut tail = url.trim_end_matches('/').rsplit('/');
-            let id = tail.next().unwrap_or("");
-            let ty = tail.next().unwrap_or("");
-            (url.to_string(), ty.to_string(), id.to_string())
-        }
         _ => return None,
     };
-    if !def.targets.is_empty() && !def.targets.contains(&rtype.as_str()) {
+    if !def.targets.is_empty() && !def.targets.contains(&rtype) {
         return None;
     }
-    Some((def.name, target, rtype, rid))
+    Some((def.name, target))
 }
 
 fn strings_of(param: &'static str, v: &Value, out: &mut Vec<(&'static str, String)>) {
@@ -827,24 +822,15 @@ mod tests {
             "http://hl7.org/fhir/CodeSystem/task-code".into(),
             "fulfill".into()
         )));
-        assert!(e.references.contains(&(
-            "focus",
-            "ServiceRequest/sr1".into(),
-            "ServiceRequest".into(),
-            "sr1".into()
-        )));
-        assert!(e.references.contains(&(
-            "patient",
-            "http://ehr/fhir/Patient/2".into(),
-            "Patient".into(),
-            "2".into()
-        )));
-        assert!(e.references.contains(&(
-            "output",
-            "Procedure/p1".into(),
-            "Procedure".into(),
-            "p1".into()
-        )));
+        assert!(
+            e.references
+                .contains(&("focus", "ServiceRequest/sr1".into()))
+        );
+        assert!(
+            e.references
+                .contains(&("patient", "http://ehr/fhir/Patient/2".into()))
+        );
+        assert!(e.references.contains(&("output", "Procedure/p1".into())));
         assert_eq!(e.dates.len(), 1);
     }
 

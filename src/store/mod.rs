@@ -329,27 +329,34 @@ async fn search(conn: &mut AnyConnection, query: &SearchQuery) -> Result<SearchP
         None
     };
     let mut included = Vec::new();
-    if !matches.is_empty() {
-        for include in &query.includes {
-            let (text, args) = sql::include(&query.resource_type, include.param.name, &matches);
-            let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-                .fetch_all(&mut *conn)
-                .await?;
-            for r in &rows {
-                let (ty, id): (String, String) = (r.get(0), r.get(1));
-                if !included
-                    .iter()
-                    .any(|s: &StoredResource| s.resource_type == ty && s.id == id)
-                {
-                    included.push(StoredResource {
-                        resource_type: ty,
-                        id,
-                        version: r.get(2),
-                        last_updated: r.get(3),
-                        body: r.get(4),
-                    });
+    if !query.includes.is_empty() && !rows.is_empty() {
+        // Targets come from the matches' stored index rows: no reverse index to maintain.
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for r in rows.iter().take(matches.len()) {
+            let index_rows: String = r.get(5);
+            for include in &query.includes {
+                for key in sql::local_targets(&index_rows, include.param.name) {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
                 }
             }
+        }
+        if !keys.is_empty() {
+            let (text, args) = sql::read_many(&keys);
+            let found = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                .fetch_all(&mut *conn)
+                .await?;
+            included = found
+                .iter()
+                .map(|r| StoredResource {
+                    resource_type: r.get(0),
+                    id: r.get(1),
+                    version: r.get(2),
+                    last_updated: r.get(3),
+                    body: r.get(4),
+                })
+                .collect();
         }
     }
     Ok(SearchPage {

@@ -7,7 +7,7 @@ use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
-use super::{Backend, Referral, Staged, StoredResource};
+use super::{Backend, Referral, Staged};
 use crate::fhir::search::{
     Filter, IndexEntries, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort,
 };
@@ -67,9 +67,14 @@ impl Params {
 pub fn search(q: &SearchQuery) -> (String, Vec<Arg>) {
     let mut p = Params::default();
     let mut sql = format!(
-        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body FROM resources r \
+        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body{} FROM resources r \
          JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
          WHERE r.res_type = {}",
+        if q.includes.is_empty() {
+            ""
+        } else {
+            ", v.index_rows"
+        },
         p.text(&q.resource_type)
     );
     for f in &q.filters {
@@ -222,20 +227,37 @@ fn like_escape(s: &str) -> String {
         .replace('_', "\\_")
 }
 
-/// Local targets of one reference parameter for the resources on a page.
-pub fn include(source_type: &str, param: &str, page: &[StoredResource]) -> (String, Vec<Arg>) {
+/// Current versions of the given `(type, id)` pairs (for `_include`).
+pub fn read_many(keys: &[(String, String)]) -> (String, Vec<Arg>) {
     let mut p = Params::default();
-    let ids: Vec<String> = page.iter().map(|m| p.text(&m.id)).collect();
+    let pairs: Vec<String> = keys
+        .iter()
+        .map(|(t, id)| format!("({}, {})", p.text(t), p.text(id)))
+        .collect();
     let sql = format!(
-        "SELECT DISTINCT r.res_type, r.res_id, r.version, r.last_updated, v.body FROM search_refs s \
-         JOIN resources r ON r.res_type = s.target_type AND r.res_id = s.target_id \
+        "SELECT r.res_type, r.res_id, r.version, r.last_updated, v.body FROM resources r \
          JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
-         WHERE s.res_type = {} AND s.param = {} AND s.is_local = 1 AND s.res_id IN ({})",
-        p.text(source_type),
-        p.text(param),
-        ids.join(", ")
+         WHERE (r.res_type, r.res_id) IN (VALUES {})",
+        pairs.join(", ")
     );
     (sql, p.args)
+}
+
+/// The `(type, id)` targets of local references made by one search parameter, read
+/// from a version's stored index rows.
+pub fn local_targets(index_rows: &str, param: &str) -> Vec<(String, String)> {
+    let Ok(rows) = serde_json::from_str::<IndexRows<String, i64>>(index_rows) else {
+        return Vec::new();
+    };
+    rows.r
+        .into_iter()
+        .filter(|(p, target)| p == param && !target.contains("://"))
+        .filter_map(|(_, target)| {
+            target
+                .split_once('/')
+                .map(|(t, id)| (t.to_string(), id.to_string()))
+        })
+        .collect()
 }
 
 /// A JSON array of rows, expanded by the database: one fixed statement text per
@@ -308,7 +330,7 @@ pub(super) fn index_rows_json(index: &IndexEntries) -> String {
         r: index
             .references
             .iter()
-            .map(|(p, target, _, _)| (*p, target.as_str()))
+            .map(|(p, target)| (*p, target.as_str()))
             .collect(),
         s: index
             .strings
@@ -441,7 +463,7 @@ pub(super) fn write_resources(
         out.push(delete("search_tokens", TOKEN_COLUMNS, json_rows(&gt)));
     }
     if !gr.is_empty() {
-        out.push(delete("search_refs", &REF_COLUMNS[..4], json_rows(&gr)));
+        out.push(delete("search_refs", REF_COLUMNS, json_rows(&gr)));
     }
     if !gs.is_empty() {
         out.push(delete("search_strings", STRING_COLUMNS, json_rows(&gs)));
@@ -468,21 +490,13 @@ pub(super) fn write_resources(
             "",
         ));
     }
-    let refs: Vec<(&str, &str, &str, &str, &str, &str, i64)> = latest
+    let refs: Vec<(&str, &str, &str, &str)> = latest
         .iter()
         .flat_map(|s| {
-            s.index.references.iter().map(move |(p, target, ty, id)| {
-                let local = i64::from(!target.contains("://"));
-                (
-                    key(s).0,
-                    *p,
-                    target.as_str(),
-                    key(s).1,
-                    ty.as_str(),
-                    id.as_str(),
-                    local,
-                )
-            })
+            s.index
+                .references
+                .iter()
+                .map(move |(p, target)| (key(s).0, *p, target.as_str(), key(s).1))
         })
         .collect();
     if !refs.is_empty() {
@@ -533,7 +547,7 @@ pub(super) fn write_resources(
     out
 }
 
-/// Column lists in primary-key order (the first columns of `REF_COLUMNS` are its key).
+/// Column lists, in primary-key order.
 const TOKEN_COLUMNS: &[(&str, bool)] = &[
     ("res_type", TEXT),
     ("param", TEXT),
@@ -546,9 +560,6 @@ const REF_COLUMNS: &[(&str, bool)] = &[
     ("param", TEXT),
     ("target", TEXT),
     ("res_id", TEXT),
-    ("target_type", TEXT),
-    ("target_id", TEXT),
-    ("is_local", INT),
 ];
 const STRING_COLUMNS: &[(&str, bool)] = &[
     ("res_type", TEXT),

@@ -197,7 +197,10 @@ async fn task_updates_follow_the_referral_state_machine() {
     assert_eq!(app.put(&path, &task).await.status(), 200);
     // The index follows the new version: the old status no longer matches.
     assert!(app.search_ids("Task?status=requested").await.is_empty());
-    assert_eq!(app.search_ids("Task?status=accepted").await, vec![task_id.clone()]);
+    assert_eq!(
+        app.search_ids("Task?status=accepted").await,
+        vec![task_id.clone()]
+    );
     let store = open_store(&app).await;
     let referrals = store
         .referrals_for("cbo-riverside-food-bank")

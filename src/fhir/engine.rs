@@ -571,7 +571,7 @@ async fn record_referral(
                 &referral.id,
                 now,
             );
-            tx.stage_referral(referral, false, now);
+            tx.stage_referral(referral, now);
         }
         return Ok(());
     }
@@ -579,7 +579,7 @@ async fn record_referral(
         Some(organization) => {
             let referral = Referral { id: super::new_id(), organization, task_id: task_id.to_string(), status: cbo_status };
             tx.stage_event(&referral.organization, "referral.created", &referral.id, now);
-            tx.stage_referral(referral, true, now);
+            tx.stage_referral(referral, now);
         }
         None if task.get("owner").is_none() => warnings.push(Issue::warning(
             IssueCode::Informational,

@@ -373,7 +373,7 @@ struct Staged {
     index: IndexEntries,
 }
 
-/// A referral row staged for writing (`is_new`: insert, otherwise a status update).
+/// A referral: a referral Task addressed to a known organisation.
 #[derive(Debug, Clone)]
 pub struct Referral {
     pub id: String,
@@ -382,9 +382,8 @@ pub struct Referral {
     pub status: String,
 }
 
-struct StagedReferral {
+pub(super) struct StagedReferral {
     referral: Referral,
-    is_new: bool,
     at: i64,
 }
 
@@ -503,13 +502,9 @@ impl<'c> Tx<'c> {
         }))
     }
 
-    /// Stages a new referral (`is_new`) or a referral's new status.
-    pub fn stage_referral(&mut self, referral: Referral, is_new: bool, at: i64) {
-        self.referrals.push(StagedReferral {
-            referral,
-            is_new,
-            at,
-        });
+    /// Stages a new referral, or a known referral's new status.
+    pub fn stage_referral(&mut self, referral: Referral, at: i64) {
+        self.referrals.push(StagedReferral { referral, at });
     }
 
     /// Stages an event on an organisation's feed; its sequence number is assigned when
@@ -591,9 +586,10 @@ impl<'c> Tx<'c> {
                     .await?;
             }
         }
-        for r in std::mem::take(&mut self.referrals) {
-            let (text, args) = sql::write_referral(&r.referral, r.is_new, r.at);
-            sql::bind(sqlx::query(text), args)
+        let referrals = std::mem::take(&mut self.referrals);
+        if !referrals.is_empty() {
+            let (text, args) = sql::write_referrals(self.backend, &referrals);
+            sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
                 .execute(&mut *self.conn)
                 .await?;
         }

@@ -7,7 +7,7 @@ use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
-use super::{Backend, Referral, Staged};
+use super::{Backend, Staged, StagedReferral};
 use crate::fhir::search::{
     Filter, IndexEntries, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort,
 };
@@ -575,27 +575,32 @@ const DATE_COLUMNS: &[(&str, bool)] = &[
     ("res_id", TEXT),
 ];
 
-pub(super) fn write_referral(r: &Referral, is_new: bool, at: i64) -> (&'static str, Vec<Arg>) {
-    if is_new {
-        (
-            "INSERT INTO referrals (id, organization, task_id, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5)",
-            vec![
-                Arg::Text(r.id.clone()),
-                Arg::Text(r.organization.clone()),
-                Arg::Text(r.task_id.clone()),
-                Arg::Text(r.status.clone()),
-                Arg::Int(at),
-            ],
-        )
-    } else {
-        (
-            "UPDATE referrals SET status = $1, updated_at = $2 WHERE id = $3",
-            vec![
-                Arg::Text(r.status.clone()),
-                Arg::Int(at),
-                Arg::Text(r.id.clone()),
-            ],
-        )
+/// One upsert for every referral staged in the batch: new ones are inserted, known
+/// ones get their new status. A referral staged twice is written once, as last staged.
+pub(super) fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<Arg>) {
+    let mut rows: Vec<(&str, &str, &str, &str, i64, i64)> = Vec::new();
+    for s in staged {
+        let r = &s.referral;
+        match rows.iter_mut().find(|row| row.0 == r.id) {
+            Some(row) => {
+                row.3 = r.status.as_str();
+                row.5 = s.at;
+            }
+            None => rows.push((&r.id, &r.organization, &r.task_id, &r.status, s.at, s.at)),
+        }
     }
+    bulk_insert(
+        backend,
+        "referrals",
+        &[
+            ("id", TEXT),
+            ("organization", TEXT),
+            ("task_id", TEXT),
+            ("status", TEXT),
+            ("created_at", INT),
+            ("updated_at", INT),
+        ],
+        json_rows(&rows),
+        "WHERE true ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+    )
 }

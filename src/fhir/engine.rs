@@ -75,9 +75,13 @@ impl Fhir {
             Some(q) => Some(conditional_query(resource_type, q, "If-None-Exist")?),
             None => None,
         };
+        let id = super::new_id();
+        let prepared = Box::new(Prepared::new(resource_type, &resource, &id, 1, &self.ctx));
         let write = Write::Create {
             resource_type: resource_type.to_string(),
+            id,
             resource,
+            prepared,
             if_none_exist,
             must_resolve: checked.must_resolve,
             warnings: checked.warnings,
@@ -127,8 +131,21 @@ impl Fhir {
         with_resources: bool,
     ) -> Result<String, FhirError> {
         let plan = bundle::plan(body, self.ctx.own_base.as_deref())?;
+        // New resources are serialised and indexed here, in parallel with other requests;
+        // the writer redoes it only for entries whose references it has to rewrite.
+        let prepared = plan
+            .entries
+            .iter()
+            .map(|e| match (&e.request, &e.resource, &e.error) {
+                (EntryRequest::Create { id, .. }, Some(r), None) => {
+                    Some(Prepared::new(&e.resource_type, r, id, 1, &self.ctx))
+                }
+                _ => None,
+            })
+            .collect();
         let write = Write::Bundle {
             plan,
+            prepared,
             base: base.to_string(),
             with_resources,
         };
@@ -292,7 +309,9 @@ fn conditional_query(
 enum Write {
     Create {
         resource_type: String,
+        id: String,
         resource: Value,
+        prepared: Box<Prepared>,
         if_none_exist: Option<SearchQuery>,
         must_resolve: Vec<ReferenceCheck>,
         warnings: Vec<Issue>,
@@ -307,6 +326,8 @@ enum Write {
     },
     Bundle {
         plan: Plan,
+        /// By entry index: the prepared form of each new resource.
+        prepared: Vec<Option<Prepared>>,
         base: String,
         with_resources: bool,
     },
@@ -341,7 +362,9 @@ impl Command for WriteCommand {
             match self.write {
                 Write::Create {
                     resource_type,
+                    id,
                     resource,
+                    prepared,
                     if_none_exist,
                     must_resolve,
                     warnings,
@@ -358,11 +381,11 @@ impl Command for WriteCommand {
                     resolve_all(tx, &must_resolve).await?;
                     let one = One {
                         resource_type: &resource_type,
-                        id: super::new_id(),
+                        id,
                         create_only: true,
                         if_match: None,
                     };
-                    write_one(tx, ctx, one, resource, warnings, now)
+                    write_one(tx, ctx, one, resource, Some(*prepared), warnings, now)
                         .await
                         .map(Outcome::Written)
                 }
@@ -381,17 +404,18 @@ impl Command for WriteCommand {
                         create_only: false,
                         if_match,
                     };
-                    write_one(tx, ctx, one, resource, warnings, now)
+                    write_one(tx, ctx, one, resource, None, warnings, now)
                         .await
                         .map(Outcome::Written)
                 }
                 Write::Bundle {
                     plan,
+                    prepared,
                     base,
                     with_resources,
                 } => {
                     let kind = plan.kind;
-                    let results = run_bundle(tx, ctx, plan, &base, now).await?;
+                    let results = run_bundle(tx, ctx, plan, prepared, &base, now).await?;
                     Ok(Outcome::Bundle(bundle::response(
                         kind,
                         &base,
@@ -454,12 +478,36 @@ struct One<'r> {
     if_match: Option<i64>,
 }
 
+/// A new resource made ready for storage on the caller's thread, so that the writer
+/// (which is serial) only patches in the timestamp.
+struct Prepared {
+    serialized: super::Serialized,
+    index: search::IndexEntries,
+}
+
+impl Prepared {
+    fn new(
+        resource_type: &str,
+        resource: &Value,
+        id: &str,
+        version: i64,
+        ctx: &Context,
+    ) -> Prepared {
+        Prepared {
+            serialized: super::serialize(resource, id, version),
+            index: search::extract(resource_type, resource, ctx.own_base.as_deref()),
+        }
+    }
+}
+
 /// Writes one resource version (and the referral it implies) into the transaction.
+/// `prepared` is used when the version turns out to be a new resource's first.
 async fn write_one(
     tx: &mut Tx<'_>,
     ctx: &Context,
     one: One<'_>,
     resource: Value,
+    prepared: Option<Prepared>,
     mut warnings: Vec<Issue>,
     now: i64,
 ) -> Result<Written, FhirError> {
@@ -498,18 +546,32 @@ async fn write_one(
         }
     }
     let version = current.as_ref().map_or(1, |c| c.version + 1);
-    let stamped = super::stamp(resource, &one.id, version, &datetime::format_instant(now));
     if ty == "Task" {
-        record_referral(tx, ctx, &one.id, &stamped, old.as_ref(), now, &mut warnings).await?;
+        record_referral(
+            tx,
+            ctx,
+            &one.id,
+            &resource,
+            old.as_ref(),
+            now,
+            &mut warnings,
+        )
+        .await?;
     }
-    let index = search::extract(ty, &stamped, ctx.own_base.as_deref());
+    let prepared = match prepared {
+        Some(p) if version == 1 => p,
+        _ => Prepared::new(ty, &resource, &one.id, version, ctx),
+    };
     let stored = StoredResource {
         resource_type: ty.to_string(),
         id: one.id,
         version,
         last_updated: now,
-        body: serde_json::to_string(&stamped).expect("JSON values always serialise"),
+        body: prepared
+            .serialized
+            .with_last_updated(&datetime::format_instant(now)),
     };
+    let index = prepared.index;
     tx.stage(stored.clone(), index);
     Ok(Written {
         stored,
@@ -658,10 +720,12 @@ async fn run_bundle(
     tx: &mut Tx<'_>,
     ctx: &Context,
     plan: Plan,
+    mut prepared: Vec<Option<Prepared>>,
     base: &str,
     now: i64,
 ) -> Result<Vec<EntryResult>, FhirError> {
     let transaction = plan.kind == BundleKind::Transaction;
+    let searches = plan.searches;
     let mut results: Vec<Option<EntryResult>> = (0..plan.entries.len()).map(|_| None).collect();
     let mut reads = Vec::new();
     let mut deferred_checks = Vec::new();
@@ -705,6 +769,8 @@ async fn run_bundle(
         }
     }
 
+    // Only conditional references and matched conditional creates change references.
+    let may_rewrite = searches || !rewrites.is_empty();
     for e in entries {
         let i = e.index;
         if let Some(err) = e.error {
@@ -736,8 +802,11 @@ async fn run_bundle(
         };
         let mut resource = e.resource.expect("write entries carry a resource");
         let must_resolve = e.must_resolve;
+        let mut prepared = prepared[i].take();
         let outcome = async {
-            resolve_references(tx, &mut resource, &rewrites, i).await?;
+            if may_rewrite && resolve_references(tx, &mut resource, &rewrites, i).await? {
+                prepared = None;
+            }
             if !transaction {
                 resolve_all(tx, &must_resolve).await?;
             }
@@ -747,7 +816,7 @@ async fn run_bundle(
                 create_only,
                 if_match,
             };
-            write_one(tx, ctx, one, resource, e.warnings, now).await
+            write_one(tx, ctx, one, resource, prepared, e.warnings, now).await
         }
         .await;
         match outcome {
@@ -810,17 +879,19 @@ async fn resolve_references(
     resource: &mut Value,
     rewrites: &HashMap<String, String>,
     entry: usize,
-) -> Result<(), FhirError> {
+) -> Result<bool, FhirError> {
     let mut conditional = Vec::new();
+    let mut changed = false;
     reference::for_each_reference_mut(resource, &mut |r| {
         if let Some(to) = rewrites.get(r.as_str()) {
             *r = to.clone();
+            changed = true;
         } else if r.contains('?') {
             conditional.push(r.clone());
         }
     });
     if conditional.is_empty() {
-        return Ok(());
+        return Ok(changed);
     }
     let at = format!("Bundle.entry[{entry}].resource");
     let mut resolved = HashMap::new();
@@ -861,5 +932,5 @@ async fn resolve_references(
             *r = to.clone();
         }
     });
-    Ok(())
+    Ok(true)
 }

@@ -63,38 +63,67 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Stamps `id`, `meta.versionId` and `meta.lastUpdated` on a resource, keeping every
-/// other element (and `meta.profile`, `meta.tag`, …) where the client put it.
+/// A resource serialised for storage, waiting for its `meta.lastUpdated`.
+#[derive(Debug, Clone)]
+pub struct Serialized {
+    body: String,
+    /// Byte offset of the timestamp placeholder in `body`.
+    at: usize,
+}
+
+const PENDING_TIMESTAMP: &str = "0000-00-00T00:00:00.000000Z";
+
+impl Serialized {
+    /// The final JSON. The timestamp is set last, by the writer, so that
+    /// `meta.lastUpdated` follows commit order (what `_lastUpdated=gt…` polling needs).
+    pub fn with_last_updated(mut self, last_updated: &str) -> String {
+        debug_assert_eq!(last_updated.len(), PENDING_TIMESTAMP.len());
+        self.body
+            .replace_range(self.at..self.at + PENDING_TIMESTAMP.len(), last_updated);
+        self.body
+    }
+}
+
+/// Serialises a resource with `id`, `meta.versionId` and `meta.lastUpdated` stamped and
+/// every other element (`meta.profile`, `meta.tag`, …) where the client put it.
 /// `resourceType`, `id` and `meta` come first so stored JSON reads naturally.
-pub fn stamp(resource: Value, id: &str, version: i64, last_updated: &str) -> Value {
-    let Value::Object(fields) = resource else {
-        return resource;
-    };
-    let mut out = Map::with_capacity(fields.len() + 2);
-    let mut rest = Map::with_capacity(fields.len());
-    let mut meta = Map::new();
-    let mut resource_type = Value::Null;
-    for (k, v) in fields {
-        match k.as_str() {
-            "resourceType" => resource_type = v,
-            "id" => {}
-            "meta" => {
-                if let Value::Object(m) = v {
-                    meta = m;
-                }
-            }
-            _ => {
-                rest.insert(k, v);
-            }
+pub fn serialize(resource: &Value, id: &str, version: i64) -> Serialized {
+    let lit = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let value = |v: &Value| serde_json::to_string(v).expect("JSON values serialise");
+    let empty = Map::new();
+    let fields = resource.as_object().unwrap_or(&empty);
+    let mut body = String::with_capacity(256);
+    body.push_str("{\"resourceType\":");
+    body.push_str(&value(fields.get("resourceType").unwrap_or(&Value::Null)));
+    body.push_str(",\"id\":");
+    body.push_str(&lit(id));
+    body.push_str(",\"meta\":{");
+    if let Some(Value::Object(meta)) = fields.get("meta") {
+        for (k, v) in meta
+            .iter()
+            .filter(|(k, _)| *k != "versionId" && *k != "lastUpdated")
+        {
+            body.push_str(&lit(k));
+            body.push(':');
+            body.push_str(&value(v));
+            body.push(',');
         }
     }
-    meta.insert("versionId".into(), Value::String(version.to_string()));
-    meta.insert("lastUpdated".into(), Value::String(last_updated.into()));
-    out.insert("resourceType".into(), resource_type);
-    out.insert("id".into(), Value::String(id.into()));
-    out.insert("meta".into(), Value::Object(meta));
-    out.extend(rest);
-    Value::Object(out)
+    body.push_str(&format!("\"versionId\":\"{version}\",\"lastUpdated\":\""));
+    let at = body.len();
+    body.push_str(PENDING_TIMESTAMP);
+    body.push_str("\"}");
+    for (k, v) in fields
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "resourceType" | "id" | "meta"))
+    {
+        body.push(',');
+        body.push_str(&lit(k));
+        body.push(':');
+        body.push_str(&value(v));
+    }
+    body.push('}');
+    Serialized { body, at }
 }
 
 /// `meta.profile` values claimed by a resource.
@@ -111,13 +140,26 @@ pub fn profiles(resource: &Value) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     #[test]
-    fn stamp_keeps_everything_but_id_and_version_meta() {
+    fn serialize_keeps_everything_but_id_and_version_meta() {
         let sent: Value = serde_json::from_str(r#"{"resourceType":"Patient","meta":{"profile":["p"],"versionId":"9"},
             "extension":[{"url":"x","valueString":"y"}],"_birthDate":{"extension":[]},"unknownElement":1.50}"#).unwrap();
-        let stamped = stamp(sent, "abc", 2, "2026-01-01T00:00:00.000000Z");
+        let stored = serialize(&sent, "abc", 2).with_last_updated("2026-01-01T00:00:00.000000Z");
         assert_eq!(
-            serde_json::to_string(&stamped).unwrap(),
+            stored,
             r#"{"resourceType":"Patient","id":"abc","meta":{"profile":["p"],"versionId":"2","lastUpdated":"2026-01-01T00:00:00.000000Z"},"extension":[{"url":"x","valueString":"y"}],"_birthDate":{"extension":[]},"unknownElement":1.50}"#
+        );
+    }
+
+    #[test]
+    fn client_meta_timestamps_are_replaced_not_duplicated() {
+        let sent = serde_json::json!({"resourceType": "Task", "id": "old",
+            "meta": {"lastUpdated": "1999-01-01T00:00:00Z", "tag": [{"code": "t"}], "versionId": "7"}});
+        let stored = serialize(&sent, "new", 1).with_last_updated("2026-01-01T00:00:00.000000Z");
+        let v: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(v["id"], "new");
+        assert_eq!(
+            v["meta"],
+            serde_json::json!({"tag": [{"code": "t"}], "versionId": "1", "lastUpdated": "2026-01-01T00:00:00.000000Z"})
         );
     }
 

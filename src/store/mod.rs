@@ -141,6 +141,10 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        // The background checkpointer (see `writer`) copies the WAL into
+                        // the database; a commit checkpoints only once the WAL has grown
+                        // past ~40 MB, and then finds most of the work done.
+                        conn.execute("PRAGMA wal_autocheckpoint = 10000").await?;
                         // A larger page cache and memory-mapped reads keep a batch's index
                         // pages in memory instead of spilling and re-reading them.
                         conn.execute("PRAGMA cache_size = -32768").await?;

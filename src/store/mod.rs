@@ -238,7 +238,7 @@ impl Store {
 
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
         let mut conn = self.pool.acquire().await?;
-        search(&mut conn, query).await
+        search(&mut conn, self.backend, query).await
     }
 
     /// Referrals recorded for an organisation, oldest first: (referral id, Task id, status).
@@ -306,8 +306,12 @@ fn stored(resource_type: &str, id: &str, row: &sqlx::any::AnyRow) -> StoredResou
     }
 }
 
-async fn search(conn: &mut AnyConnection, query: &SearchQuery) -> Result<SearchPage> {
-    let (text, args) = sql::search(query);
+async fn search(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    query: &SearchQuery,
+) -> Result<SearchPage> {
+    let (text, args) = sql::search(backend, query);
     let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
         .fetch_all(&mut *conn)
         .await?;
@@ -543,7 +547,7 @@ impl<'c> Tx<'c> {
     /// sees them; commands that search therefore run in a savepoint (see `writer`).
     pub async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
         self.flush().await?;
-        search(self.conn, query).await
+        search(self.conn, self.backend, query).await
     }
 
     /// Serialises conflicting commands across gateway processes (PostgreSQL advisory

@@ -64,22 +64,40 @@ impl Params {
 }
 
 /// `SELECT id, version, last_updated, seq, body` for one page (+1 row to detect a next page).
-pub fn search(q: &SearchQuery) -> (String, Vec<Arg>) {
+pub fn search(backend: Backend, q: &SearchQuery) -> (String, Vec<Arg>) {
     let mut p = Params::default();
+    let ty = p.text(&q.resource_type);
+    // A filter that names one record (an identifier, a patient, a focus) matches few
+    // resources: the query starts from its matches. Otherwise it walks the resources in
+    // result order and probes each filter's primary key, stopping at a page.
+    let driver = q.filters.iter().position(drives);
+    // SQLite keeps the written join order only for CROSS JOIN; PostgreSQL plans by cost.
+    let join = match backend {
+        Backend::Sqlite => "CROSS JOIN",
+        Backend::Postgres => "JOIN",
+    };
+    let from = match driver {
+        Some(i) => format!(
+            "(SELECT DISTINCT res_id FROM ({}) d) m {join} resources r ON r.res_type = {ty} AND r.res_id = m.res_id",
+            matching_ids(&ty, &q.filters[i], &mut p)
+        ),
+        None => "resources r".to_string(),
+    };
     let mut sql = format!(
-        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body{} FROM resources r \
+        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body{} FROM {from} \
          JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
-         WHERE r.res_type = {}",
+         WHERE r.res_type = {ty}",
         if q.includes.is_empty() {
             ""
         } else {
             ", v.index_rows"
         },
-        p.text(&q.resource_type)
     );
-    for f in &q.filters {
-        sql.push_str(" AND ");
-        sql.push_str(&filter(&q.resource_type, f, &mut p));
+    for (i, f) in q.filters.iter().enumerate() {
+        if Some(i) != driver {
+            sql.push_str(" AND ");
+            sql.push_str(&filter(&ty, f, &mut p));
+        }
     }
     if let Some(c) = q.cursor {
         let cond = match q.sort {
@@ -116,28 +134,61 @@ fn table(kind: ParamType) -> &'static str {
 
 /// One filter as `r.res_id IN (…)`: an uncorrelated subquery that the index table's
 /// primary key (type, parameter, value) answers directly.
-fn filter(resource_type: &str, f: &Filter, p: &mut Params) -> String {
+/// Filters that identify one record's resources, and so match few of them.
+fn drives(f: &Filter) -> bool {
+    f.modifier == Modifier::None
+        && match f.param.kind {
+            ParamType::Token => f.param.name == "identifier",
+            ParamType::Reference => matches!(
+                f.param.name,
+                "patient" | "subject" | "focus" | "based-on" | "part-of" | "output"
+            ),
+            _ => false,
+        }
+}
+
+/// `SELECT x.res_id FROM <index> x WHERE …` for one filter's values.
+fn matching_ids(ty: &str, f: &Filter, p: &mut Params) -> String {
+    let alternatives: Vec<String> = f.values.iter().map(|v| value_condition(f, v, p)).collect();
+    format!(
+        "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND x.param = {} AND ({})",
+        table(f.param.kind),
+        p.text(f.param.name),
+        alternatives.join(" OR ")
+    )
+}
+
+/// One filter as a condition on `r`. Token and reference filters probe their index's
+/// primary key (type, parameter, value, id) for each candidate; string and date filters,
+/// whose keys do not end in the id, and `:missing` test membership in the matching set.
+fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
     let def = f.param;
     if f.modifier == Modifier::Missing {
         let sub = format!(
-            "SELECT x.res_id FROM {} x WHERE x.res_type = {} AND x.param = {}",
+            "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND x.param = {}",
             table(def.kind),
-            p.text(resource_type),
             p.text(def.name)
         );
         let op = if f.missing { "NOT IN" } else { "IN" };
         return format!("r.res_id {op} ({sub})");
     }
-    let alternatives: Vec<String> = f.values.iter().map(|v| value_condition(f, v, p)).collect();
-    let any = format!("({})", alternatives.join(" OR "));
     match def.kind {
-        ParamType::Id | ParamType::LastUpdated => any,
-        kind => format!(
-            "r.res_id IN (SELECT x.res_id FROM {} x WHERE x.res_type = {} AND x.param = {} AND {any})",
-            table(kind),
-            p.text(resource_type),
-            p.text(def.name)
-        ),
+        ParamType::Id | ParamType::LastUpdated => {
+            let alternatives: Vec<String> =
+                f.values.iter().map(|v| value_condition(f, v, p)).collect();
+            format!("({})", alternatives.join(" OR "))
+        }
+        ParamType::Token | ParamType::Uri | ParamType::Reference => {
+            let alternatives: Vec<String> =
+                f.values.iter().map(|v| value_condition(f, v, p)).collect();
+            format!(
+                "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.param = {} AND ({}) AND x.res_id = r.res_id)",
+                table(def.kind),
+                p.text(def.name),
+                alternatives.join(" OR ")
+            )
+        }
+        ParamType::String | ParamType::Date => format!("r.res_id IN ({})", matching_ids(ty, f, p)),
     }
 }
 

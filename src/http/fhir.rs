@@ -164,7 +164,7 @@ fn etag(version: i64) -> String {
 
 fn resource_response(
     status: StatusCode,
-    stored: &StoredResource,
+    stored: StoredResource,
     base: &str,
     ret: Return,
     warnings: &[Issue],
@@ -186,7 +186,7 @@ fn resource_response(
     }
     match ret {
         Return::Minimal => resp.finish(),
-        Return::Representation => resp.content_type(FHIR_JSON).body(stored.body.clone()),
+        Return::Representation => resp.content_type(FHIR_JSON).body(stored.body),
         Return::OperationOutcome => {
             let issues = if warnings.is_empty() {
                 vec![Issue {
@@ -221,7 +221,7 @@ fn written_response(w: Written, base: &str, ret: Return) -> HttpResponse {
             diagnostics = %warning.diagnostics,
         );
     }
-    resource_response(status, &w.stored, base, ret, &w.warnings)
+    resource_response(status, w.stored, base, ret, &w.warnings)
 }
 
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -285,7 +285,7 @@ async fn read(
     }
     Ok(resource_response(
         StatusCode::OK,
-        &stored,
+        stored,
         "",
         Return::Representation,
         &[],
@@ -319,7 +319,7 @@ async fn vread(
     let stored = state.fhir.vread(&resource_type, &id, &vid).await?;
     Ok(resource_response(
         StatusCode::OK,
-        &stored,
+        stored,
         "",
         Return::Representation,
         &[],

@@ -127,9 +127,10 @@ impl Store {
         }
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
+            // Enough for the writers plus a reader per concurrent request on 2 cores.
             .max_connections(match backend {
-                Backend::Sqlite => 6,
-                Backend::Postgres => 10,
+                Backend::Sqlite => 8,
+                Backend::Postgres => 20,
             })
             .acquire_timeout(std::time::Duration::from_secs(5))
             .after_connect(move |conn, _| {
@@ -141,10 +142,6 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // The background checkpointer (see `writer`) copies the WAL into
-                        // the database; a commit checkpoints only once the WAL has grown
-                        // past ~40 MB, and then finds most of the work done.
-                        conn.execute("PRAGMA wal_autocheckpoint = 10000").await?;
                         // A larger page cache and memory-mapped reads keep a batch's index
                         // pages in memory instead of spilling and re-reading them.
                         conn.execute("PRAGMA cache_size = -32768").await?;

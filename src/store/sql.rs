@@ -83,15 +83,9 @@ pub fn search(backend: Backend, q: &SearchQuery) -> (String, Vec<Arg>) {
         ),
         None => "resources r".to_string(),
     };
+    // The page is chosen on the narrow `resources` rows; bodies are joined to it after.
     let mut sql = format!(
-        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body{} FROM {from} \
-         JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
-         WHERE r.res_type = {ty}",
-        if q.includes.is_empty() {
-            ""
-        } else {
-            ", v.index_rows"
-        },
+        "SELECT r.res_id, r.version, r.last_updated, r.seq FROM {from} WHERE r.res_type = {ty}"
     );
     for (i, f) in q.filters.iter().enumerate() {
         if Some(i) != driver {
@@ -114,12 +108,21 @@ pub fn search(backend: Backend, q: &SearchQuery) -> (String, Vec<Arg>) {
         sql.push_str(" AND ");
         sql.push_str(&cond);
     }
-    sql.push_str(match q.sort {
-        Sort::Default => " ORDER BY r.seq",
-        Sort::LastUpdatedAsc => " ORDER BY r.last_updated, r.seq",
-        Sort::LastUpdatedDesc => " ORDER BY r.last_updated DESC, r.seq DESC",
-    });
-    sql.push_str(&format!(" LIMIT {}", p.int(q.count as i64 + 1)));
+    let order = match q.sort {
+        Sort::Default => "ORDER BY r.seq",
+        Sort::LastUpdatedAsc => "ORDER BY r.last_updated, r.seq",
+        Sort::LastUpdatedDesc => "ORDER BY r.last_updated DESC, r.seq DESC",
+    };
+    let sql = format!(
+        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body{} FROM ({sql} {order} LIMIT {}) r \
+         JOIN resource_versions v ON v.res_type = {ty} AND v.res_id = r.res_id AND v.version = r.version {order}",
+        if q.includes.is_empty() {
+            ""
+        } else {
+            ", v.index_rows"
+        },
+        p.int(q.count as i64 + 1)
+    );
     (sql, p.args)
 }
 
@@ -161,6 +164,8 @@ fn matching_ids(ty: &str, f: &Filter, p: &mut Params) -> String {
 /// One filter as a condition on `r`. Token and reference filters probe their index's
 /// primary key (type, parameter, value, id) for each candidate; string and date filters,
 /// whose keys do not end in the id, and `:missing` test membership in the matching set.
+/// The probe's `OFFSET 0` keeps PostgreSQL from turning it into a join over every match
+/// (it cannot tell a status shared by most rows from a rare one).
 fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
     let def = f.param;
     if f.modifier == Modifier::Missing {
@@ -182,7 +187,7 @@ fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
             let alternatives: Vec<String> =
                 f.values.iter().map(|v| value_condition(f, v, p)).collect();
             format!(
-                "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.param = {} AND ({}) AND x.res_id = r.res_id)",
+                "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.param = {} AND ({}) AND x.res_id = r.res_id LIMIT 1 OFFSET 0)",
                 table(def.kind),
                 p.text(def.name),
                 alternatives.join(" OR ")

@@ -20,17 +20,30 @@ use crate::store::StoredResource;
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metadata", web::get().to(metadata))
-        .route("", web::post().to(transaction))
-        .route("/", web::post().to(transaction))
-        .route("/{type}", web::get().to(search))
-        .route("/{type}", web::post().to(create))
-        .route("/{type}/_search", web::post().to(search_post))
-        .route("/{type}/{id}", web::get().to(read))
-        .route("/{type}/{id}", web::put().to(update))
-        .route("/{type}/{id}/_history", web::get().to(history))
-        .route("/{type}/{id}/_history/{vid}", web::get().to(vread))
+    // One resource per path, so each request is matched against each pattern once.
+    // `_search` comes before `{id}`, which would otherwise claim it.
+    cfg.service(resource("/metadata").route(web::get().to(metadata)))
+        .service(resource("").route(web::post().to(transaction)))
+        .service(resource("/").route(web::post().to(transaction)))
+        .service(resource("/{type}/_search").route(web::post().to(search_post)))
+        .service(
+            resource("/{type}/{id}")
+                .route(web::get().to(read))
+                .route(web::put().to(update)),
+        )
+        .service(
+            resource("/{type}")
+                .route(web::get().to(search))
+                .route(web::post().to(create)),
+        )
+        .service(resource("/{type}/{id}/_history").route(web::get().to(history)))
+        .service(resource("/{type}/{id}/_history/{vid}").route(web::get().to(vread)))
         .default_service(web::to(unsupported));
+}
+
+/// A path whose unsupported methods (DELETE, PATCH, …) get an OperationOutcome.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(unsupported))
 }
 
 /// Every FHIR error leaves through here, as an OperationOutcome.

@@ -7,6 +7,7 @@
 //!   requests into one transaction (group commit) and answers each only after COMMIT.
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
+mod recent;
 mod sql;
 pub mod writer;
 
@@ -103,6 +104,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite's write-ahead log, which the writer fsyncs itself (see `writer`).
     wal: Option<std::path::PathBuf>,
+    /// SQLite only: current versions served from memory (see `recent`).
+    recent: Option<std::sync::Arc<recent::RecentVersions>>,
 }
 
 impl Store {
@@ -159,7 +162,13 @@ impl Store {
             }
             Backend::Postgres => None,
         };
-        let store = Store { pool, backend, wal };
+        let recent = (backend == Backend::Sqlite).then(Default::default);
+        let store = Store {
+            pool,
+            backend,
+            wal,
+            recent,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -194,12 +203,19 @@ impl Store {
     }
 
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        if let Some(found) = self.recent.as_ref().and_then(|r| r.get(resource_type, id)) {
+            return Ok(Some(found));
+        }
         let row = sqlx::query(sql::READ_CURRENT)
             .bind(resource_type)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| stored(resource_type, id, &r)))
+        let found = row.map(|r| stored(resource_type, id, &r));
+        if let (Some(recent), Some(f)) = (&self.recent, &found) {
+            recent.offer(f.clone());
+        }
+        Ok(found)
     }
 
     pub async fn vread(
@@ -405,6 +421,7 @@ pub struct Mark {
     resources: usize,
     referrals: usize,
     events: usize,
+    written: usize,
     next_seq: i64,
 }
 
@@ -421,6 +438,8 @@ pub struct Tx<'c> {
     resources: Vec<Staged>,
     referrals: Vec<StagedReferral>,
     events: Vec<StagedEvent>,
+    /// Versions written to the database in this transaction, for `recent` after COMMIT.
+    written: Vec<StoredResource>,
     /// Index rows of current versions read for replacement: (type, id) → rows.
     replaced: HashMap<(String, String), String>,
 }
@@ -564,6 +583,7 @@ impl<'c> Tx<'c> {
             resources: self.resources.len(),
             referrals: self.referrals.len(),
             events: self.events.len(),
+            written: self.written.len(),
             next_seq: self.next_seq,
         }
     }
@@ -572,6 +592,7 @@ impl<'c> Tx<'c> {
         self.resources.truncate(m.resources);
         self.referrals.truncate(m.referrals);
         self.events.truncate(m.events);
+        self.written.truncate(m.written);
         self.next_seq = m.next_seq;
     }
 
@@ -590,6 +611,7 @@ impl<'c> Tx<'c> {
                     .execute(&mut *self.conn)
                     .await?;
             }
+            self.written.extend(staged.into_iter().map(|s| s.resource));
         }
         let referrals = std::mem::take(&mut self.referrals);
         if !referrals.is_empty() {

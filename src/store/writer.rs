@@ -21,6 +21,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::recent::RecentVersions;
 use super::{Backend, Store, StoreError, Tx};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -76,6 +77,7 @@ impl<C: Command> Writer<C> {
             tokio::spawn(run::<C>(
                 store.pool.clone(),
                 store.backend,
+                store.recent.clone(),
                 rx.clone(),
                 committed.clone(),
             ));
@@ -107,6 +109,7 @@ type Answers<C> = Vec<(
 async fn run<C: Command>(
     pool: AnyPool,
     backend: Backend,
+    recent: Option<Arc<RecentVersions>>,
     rx: Arc<Mutex<Queue<C>>>,
     committed: mpsc::UnboundedSender<Answers<C>>,
 ) {
@@ -139,7 +142,15 @@ async fn run<C: Command>(
                 }
             }
         }
-        match run_batch::<C>(c, backend, next_seq.unwrap_or(0), &mut batch).await {
+        match run_batch::<C>(
+            c,
+            backend,
+            recent.as_deref(),
+            next_seq.unwrap_or(0),
+            &mut batch,
+        )
+        .await
+        {
             Ok((seq, answers)) => {
                 next_seq = Some(seq);
                 let _ = committed.send(answers);
@@ -161,6 +172,7 @@ async fn run<C: Command>(
 async fn run_batch<C: Command>(
     conn: &mut AnyConnection,
     backend: Backend,
+    recent: Option<&RecentVersions>,
     next_seq: i64,
     batch: &mut Vec<(C, Reply<C>)>,
 ) -> Result<(i64, Answers<C>), String> {
@@ -181,6 +193,7 @@ async fn run_batch<C: Command>(
         resources: Vec::new(),
         referrals: Vec::new(),
         events: Vec::new(),
+        written: Vec::new(),
         replaced: HashMap::new(),
     };
     let mut broken: Option<String> = None;
@@ -214,6 +227,7 @@ async fn run_batch<C: Command>(
         broken = Some(e.to_string());
     }
     let seq = tx.next_seq;
+    let written = std::mem::take(&mut tx.written);
     let applied = started.elapsed();
     let committed = match broken {
         Some(msg) => Err(msg),
@@ -221,6 +235,9 @@ async fn run_batch<C: Command>(
     };
     match committed {
         Ok(()) => {
+            if let Some(recent) = recent {
+                recent.offer_all(written);
+            }
             tracing::debug!(
                 message = "Batch committed.",
                 size,

@@ -4,10 +4,11 @@ CREATE TABLE resource_versions (
     res_id TEXT NOT NULL,
     version BIGINT NOT NULL,
     last_updated BIGINT NOT NULL,
-    body TEXT NOT NULL,
     -- The search index rows this version produced, so that exactly those rows are
-    -- removed when it is replaced (no per-table "owner" index to maintain).
+    -- removed when it is replaced (no per-table "owner" index to maintain). Before
+    -- `body`, so reading it does not walk the body's overflow pages.
     index_rows TEXT NOT NULL,
+    body TEXT NOT NULL,
     PRIMARY KEY (res_type, res_id, version)
 );
 

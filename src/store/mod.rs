@@ -8,6 +8,8 @@
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
 mod recent;
+
+use recent::RecentVersions;
 mod sql;
 pub mod writer;
 
@@ -251,7 +253,7 @@ impl Store {
 
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
         let mut conn = self.pool.acquire().await?;
-        search(&mut conn, self.backend, query).await
+        search(&mut conn, self.backend, self.recent.as_deref(), query).await
     }
 
     /// Referrals recorded for an organisation, oldest first: (referral id, Task id, status).
@@ -322,39 +324,50 @@ fn stored(resource_type: &str, id: &str, row: &sqlx::any::AnyRow) -> StoredResou
 async fn search(
     conn: &mut AnyConnection,
     backend: Backend,
+    recent: Option<&RecentVersions>,
     query: &SearchQuery,
 ) -> Result<SearchPage> {
-    let (text, args) = sql::search(backend, query);
-    let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+    // With the embedded store's recent versions at hand, the page query fetches ids only.
+    let with_bodies = recent.is_none();
+    let (text, args) = sql::search(backend, query, with_bodies);
+    let mut rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
         .fetch_all(&mut *conn)
         .await?;
-    let mut matches: Vec<StoredResource> = rows
-        .iter()
-        .map(|r| StoredResource {
-            resource_type: query.resource_type.clone(),
-            id: r.get(0),
-            version: r.get(1),
+    let next = if rows.len() > query.count {
+        rows.truncate(query.count);
+        rows.last().map(|r| Cursor {
             last_updated: r.get(2),
-            body: r.get(4),
-        })
-        .collect();
-    let seqs: Vec<i64> = rows.iter().map(|r| r.get(3)).collect();
-    let next = if matches.len() > query.count {
-        matches.truncate(query.count);
-        let last = matches.len().checked_sub(1);
-        last.map(|i| Cursor {
-            last_updated: matches[i].last_updated,
-            seq: seqs[i],
+            seq: r.get(3),
         })
     } else {
         None
     };
+    let body_at = if query.includes.is_empty() { 4 } else { 5 };
+    let matches = match recent {
+        None => rows
+            .iter()
+            .map(|r| StoredResource {
+                resource_type: query.resource_type.clone(),
+                id: r.get(0),
+                version: r.get(1),
+                last_updated: r.get(2),
+                body: r.get(body_at),
+            })
+            .collect(),
+        Some(recent) => {
+            let keys: Vec<(String, String)> = rows
+                .iter()
+                .map(|r| (query.resource_type.clone(), r.get(0)))
+                .collect();
+            current_versions(conn, recent, &keys).await?
+        }
+    };
     let mut included = Vec::new();
-    if !query.includes.is_empty() && !rows.is_empty() {
+    if !query.includes.is_empty() {
         // Targets come from the matches' stored index rows: no reverse index to maintain.
         let mut keys: Vec<(String, String)> = Vec::new();
-        for r in rows.iter().take(matches.len()) {
-            let index_rows: String = r.get(5);
+        for r in &rows {
+            let index_rows: String = r.get(4);
             for include in &query.includes {
                 for key in sql::local_targets(&index_rows, include.param.name) {
                     if !keys.contains(&key) {
@@ -363,28 +376,69 @@ async fn search(
                 }
             }
         }
-        if !keys.is_empty() {
-            let (text, args) = sql::read_many(&keys);
-            let found = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-                .fetch_all(&mut *conn)
-                .await?;
-            included = found
-                .iter()
-                .map(|r| StoredResource {
-                    resource_type: r.get(0),
-                    id: r.get(1),
-                    version: r.get(2),
-                    last_updated: r.get(3),
-                    body: r.get(4),
-                })
-                .collect();
-        }
+        included = match recent {
+            Some(recent) => current_versions(conn, recent, &keys).await?,
+            None => read_many(conn, &keys).await?,
+        };
     }
     Ok(SearchPage {
         matches,
         included,
         next,
     })
+}
+
+/// Current versions of `keys`, in order, from memory where known and otherwise from the
+/// database (and then remembered).
+async fn current_versions(
+    conn: &mut AnyConnection,
+    recent: &RecentVersions,
+    keys: &[(String, String)],
+) -> Result<Vec<StoredResource>> {
+    let mut found: Vec<Option<StoredResource>> =
+        keys.iter().map(|(t, id)| recent.get(t, id)).collect();
+    let missing: Vec<(String, String)> = keys
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !missing.is_empty() {
+        let fetched = read_many(conn, &missing).await?;
+        recent.offer_all(fetched.iter().cloned());
+        for (slot, (t, id)) in found.iter_mut().zip(keys) {
+            if slot.is_none() {
+                *slot = fetched
+                    .iter()
+                    .find(|r| &r.resource_type == t && &r.id == id)
+                    .cloned();
+            }
+        }
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+async fn read_many(
+    conn: &mut AnyConnection,
+    keys: &[(String, String)],
+) -> Result<Vec<StoredResource>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (text, args) = sql::read_many(keys);
+    let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredResource {
+            resource_type: r.get(0),
+            id: r.get(1),
+            version: r.get(2),
+            last_updated: r.get(3),
+            body: r.get(4),
+        })
+        .collect())
 }
 
 /// A resource version staged for writing when the batch is flushed.
@@ -563,7 +617,7 @@ impl<'c> Tx<'c> {
     /// sees them; commands that search therefore run in a savepoint (see `writer`).
     pub async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage> {
         self.flush().await?;
-        search(self.conn, self.backend, query).await
+        search(self.conn, self.backend, None, query).await
     }
 
     /// Serialises conflicting commands across gateway processes (PostgreSQL advisory

@@ -64,7 +64,7 @@ impl Params {
 }
 
 /// `SELECT id, version, last_updated, seq, body` for one page (+1 row to detect a next page).
-pub fn search(backend: Backend, q: &SearchQuery) -> (String, Vec<Arg>) {
+pub fn search(backend: Backend, q: &SearchQuery, with_bodies: bool) -> (String, Vec<Arg>) {
     let mut p = Params::default();
     let ty = p.text(&q.resource_type);
     // A filter that names one record (an identifier, a patient, a focus) matches few
@@ -113,16 +113,24 @@ pub fn search(backend: Backend, q: &SearchQuery) -> (String, Vec<Arg>) {
         Sort::LastUpdatedAsc => "ORDER BY r.last_updated, r.seq",
         Sort::LastUpdatedDesc => "ORDER BY r.last_updated DESC, r.seq DESC",
     };
-    let sql = format!(
-        "SELECT r.res_id, r.version, r.last_updated, r.seq, v.body{} FROM ({sql} {order} LIMIT {}) r \
-         JOIN resource_versions v ON v.res_type = {ty} AND v.res_id = r.res_id AND v.version = r.version {order}",
-        if q.includes.is_empty() {
-            ""
-        } else {
-            ", v.index_rows"
-        },
-        p.int(q.count as i64 + 1)
-    );
+    // Columns: id, version, last_updated, seq, then index_rows (for `_include`) and the
+    // body when asked for.
+    let mut columns = String::from("r.res_id, r.version, r.last_updated, r.seq");
+    if !q.includes.is_empty() {
+        columns.push_str(", v.index_rows");
+    }
+    if with_bodies {
+        columns.push_str(", v.body");
+    }
+    let limit = p.int(q.count as i64 + 1);
+    let sql = if q.includes.is_empty() && !with_bodies {
+        format!("SELECT {columns} FROM ({sql} {order} LIMIT {limit}) r {order}")
+    } else {
+        format!(
+            "SELECT {columns} FROM ({sql} {order} LIMIT {limit}) r \
+             JOIN resource_versions v ON v.res_type = {ty} AND v.res_id = r.res_id AND v.version = r.version {order}"
+        )
+    };
     (sql, p.args)
 }
 
@@ -418,7 +426,7 @@ pub(super) fn write_resources(
         .collect();
 
     let mut out = Vec::new();
-    let versions: Vec<(&str, &str, i64, i64, &str, String)> = all
+    let versions: Vec<(&str, &str, i64, i64, String, &str)> = all
         .iter()
         .map(|s| {
             let r = &s.resource;
@@ -427,8 +435,8 @@ pub(super) fn write_resources(
                 r.id.as_str(),
                 r.version,
                 r.last_updated,
-                r.body.as_str(),
                 index_rows_json(&s.index),
+                r.body.as_str(),
             )
         })
         .collect();
@@ -440,8 +448,8 @@ pub(super) fn write_resources(
             ("res_id", TEXT),
             ("version", INT),
             ("last_updated", INT),
-            ("body", TEXT),
             ("index_rows", TEXT),
+            ("body", TEXT),
         ],
         json_rows(&versions),
         "",

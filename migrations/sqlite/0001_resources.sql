@@ -10,7 +10,7 @@ CREATE TABLE resource_versions (
     index_rows TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (res_type, res_id, version)
-) WITHOUT ROWID;
+);
 
 -- The current version of each logical resource; `seq` orders commits for paging.
 CREATE TABLE resources (

@@ -147,6 +147,10 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        // Checkpoints are mostly done by the background task (see
+                        // `writer`); a commit checkpoints only past ~16 MB of WAL, then
+                        // finds most pages already copied.
+                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
                         // A larger page cache and memory-mapped reads keep a batch's index
                         // pages in memory instead of spilling and re-reading them.
                         conn.execute("PRAGMA cache_size = -32768").await?;

@@ -329,7 +329,7 @@ async fn answer_when_durable<C: Command>(
 /// blocks the writer; it leaves the automatic checkpoint at commit little to copy, so
 /// commits keep their latency.
 async fn checkpoint(pool: AnyPool) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
         if pool.is_closed() {

@@ -21,7 +21,7 @@ CREATE TABLE resources (
     last_updated INTEGER NOT NULL,
     PRIMARY KEY (res_type, res_id)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX resources_type_seq ON resources (res_type, seq);
+-- Search pages walk this index; `seq` breaks ties between equal timestamps.
 CREATE INDEX resources_type_updated ON resources (res_type, last_updated, seq);
 
 -- Search indexes hold rows for current versions only. Each table's primary key is

@@ -456,8 +456,6 @@ pub struct Filter {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
-    /// Commit order: stable under concurrent writes.
-    Default,
     LastUpdatedAsc,
     LastUpdatedDesc,
 }
@@ -506,7 +504,8 @@ pub fn parse_query(
         resource_type: resource_type.to_string(),
         filters: Vec::new(),
         includes: Vec::new(),
-        sort: Sort::Default,
+        // Oldest first; with the commit sequence as tie-breaker the order is total.
+        sort: Sort::LastUpdatedAsc,
         count: DEFAULT_COUNT,
         cursor: None,
         echo: Vec::new(),

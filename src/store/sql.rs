@@ -95,7 +95,6 @@ pub fn search(backend: Backend, q: &SearchQuery, with_bodies: bool) -> (String, 
     }
     if let Some(c) = q.cursor {
         let cond = match q.sort {
-            Sort::Default => format!("r.seq > {}", p.int(c.seq)),
             Sort::LastUpdatedAsc => {
                 let (a, b) = (p.int(c.last_updated), p.int(c.seq));
                 format!("(r.last_updated > {a} OR (r.last_updated = {a} AND r.seq > {b}))")
@@ -109,7 +108,6 @@ pub fn search(backend: Backend, q: &SearchQuery, with_bodies: bool) -> (String, 
         sql.push_str(&cond);
     }
     let order = match q.sort {
-        Sort::Default => "ORDER BY r.seq",
         Sort::LastUpdatedAsc => "ORDER BY r.last_updated, r.seq",
         Sort::LastUpdatedDesc => "ORDER BY r.last_updated DESC, r.seq DESC",
     };

@@ -49,17 +49,35 @@ pub fn bind<'q>(
 #[derive(Default)]
 struct Params {
     args: Vec<Arg>,
+    /// `?` instead of `$n`: SQLite binds anonymous parameters without looking each
+    /// one's name up (a linear search per parameter). Each placeholder is then used once.
+    anonymous: bool,
 }
 
 impl Params {
+    /// Placeholders for a statement in which every argument appears once.
+    fn once(backend: Backend) -> Params {
+        Params {
+            args: Vec::new(),
+            anonymous: backend == Backend::Sqlite,
+        }
+    }
+
+    fn push(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        if self.anonymous {
+            "?".to_string()
+        } else {
+            format!("${}", self.args.len())
+        }
+    }
+
     fn text(&mut self, s: impl Into<String>) -> String {
-        self.args.push(Arg::Text(s.into()));
-        format!("${}", self.args.len())
+        self.push(Arg::Text(s.into()))
     }
 
     fn int(&mut self, i: i64) -> String {
-        self.args.push(Arg::Int(i));
-        format!("${}", self.args.len())
+        self.push(Arg::Int(i))
     }
 }
 
@@ -424,34 +442,41 @@ pub(super) fn write_resources(
         .collect();
 
     let mut out = Vec::new();
-    let versions: Vec<(&str, &str, i64, i64, String, &str)> = all
-        .iter()
-        .map(|s| {
-            let r = &s.resource;
-            (
-                r.resource_type.as_str(),
-                r.id.as_str(),
-                r.version,
-                r.last_updated,
-                index_rows_json(&s.index),
-                r.body.as_str(),
-            )
-        })
-        .collect();
-    out.push(bulk_insert(
-        backend,
-        "resource_versions",
-        &[
-            ("res_type", TEXT),
-            ("res_id", TEXT),
-            ("version", INT),
-            ("last_updated", INT),
-            ("index_rows", TEXT),
-            ("body", TEXT),
-        ],
-        json_rows(&versions),
-        "",
-    ));
+    // Bodies are bound directly rather than escaped into a JSON array, in groups of
+    // fixed sizes so that only a few statement texts are ever prepared.
+    let mut rest: &[Staged] = all;
+    while !rest.is_empty() {
+        let n = VERSION_GROUPS
+            .iter()
+            .copied()
+            .find(|&g| g <= rest.len())
+            .unwrap_or(1);
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let mut p = Params::once(backend);
+        let rows: Vec<String> = group
+            .iter()
+            .map(|s| {
+                let r = &s.resource;
+                format!(
+                    "({}, {}, {}, {}, {}, {})",
+                    p.text(&r.resource_type),
+                    p.text(&r.id),
+                    p.int(r.version),
+                    p.int(r.last_updated),
+                    p.text(index_rows_json(&s.index)),
+                    p.text(&r.body)
+                )
+            })
+            .collect();
+        out.push((
+            format!(
+                "INSERT INTO resource_versions (res_type, res_id, version, last_updated, index_rows, body) VALUES {}",
+                rows.join(", ")
+            ),
+            p.args,
+        ));
+    }
 
     let current: Vec<(&str, &str, i64, i64, i64)> = latest
         .iter()
@@ -608,6 +633,9 @@ pub(super) fn write_resources(
     }
     out
 }
+
+/// Row counts per `resource_versions` insert statement.
+const VERSION_GROUPS: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
 /// Column lists, in primary-key order.
 const TOKEN_COLUMNS: &[(&str, bool)] = &[

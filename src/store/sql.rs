@@ -442,41 +442,26 @@ pub(super) fn write_resources(
         .collect();
 
     let mut out = Vec::new();
-    // Bodies are bound directly rather than escaped into a JSON array, in groups of
-    // fixed sizes so that only a few statement texts are ever prepared.
-    let mut rest: &[Staged] = all;
-    while !rest.is_empty() {
-        let n = VERSION_GROUPS
-            .iter()
-            .copied()
-            .find(|&g| g <= rest.len())
-            .unwrap_or(1);
-        let (group, tail) = rest.split_at(n);
-        rest = tail;
-        let mut p = Params::once(backend);
-        let rows: Vec<String> = group
-            .iter()
+    // Bodies are bound directly rather than escaped into a JSON array.
+    let text = |v: &str| Arg::Text(v.to_string());
+    out.extend(insert_values(
+        backend,
+        "INSERT INTO resource_versions (res_type, res_id, version, last_updated, index_rows, body)",
+        all.iter()
             .map(|s| {
                 let r = &s.resource;
-                format!(
-                    "({}, {}, {}, {}, {}, {})",
-                    p.text(&r.resource_type),
-                    p.text(&r.id),
-                    p.int(r.version),
-                    p.int(r.last_updated),
-                    p.text(index_rows_json(&s.index)),
-                    p.text(&r.body)
-                )
+                vec![
+                    text(&r.resource_type),
+                    text(&r.id),
+                    Arg::Int(r.version),
+                    Arg::Int(r.last_updated),
+                    Arg::Text(index_rows_json(&s.index)),
+                    text(&r.body),
+                ]
             })
-            .collect();
-        out.push((
-            format!(
-                "INSERT INTO resource_versions (res_type, res_id, version, last_updated, index_rows, body) VALUES {}",
-                rows.join(", ")
-            ),
-            p.args,
-        ));
-    }
+            .collect(),
+        "",
+    ));
 
     let current: Vec<(&str, &str, i64, i64, i64)> = latest
         .iter()
@@ -634,8 +619,40 @@ pub(super) fn write_resources(
     out
 }
 
-/// Row counts per `resource_versions` insert statement.
-const VERSION_GROUPS: [usize; 6] = [32, 16, 8, 4, 2, 1];
+/// Rows per multi-row insert: a few fixed sizes, so only a few statement texts are ever
+/// prepared whatever the batch size.
+const GROUPS: [usize; 6] = [32, 16, 8, 4, 2, 1];
+
+/// `head VALUES (…), (…) suffix` for `rows`, in groups of [`GROUPS`] sizes, with every
+/// value bound (no escaping, nothing for the database to parse).
+fn insert_values(
+    backend: Backend,
+    head: &str,
+    rows: Vec<Vec<Arg>>,
+    suffix: &str,
+) -> Vec<(String, Vec<Arg>)> {
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    let mut left = rows.len();
+    while rows.peek().is_some() {
+        let n = GROUPS.iter().copied().find(|&g| g <= left).unwrap_or(1);
+        left -= n;
+        let mut p = Params::once(backend);
+        let values: Vec<String> = rows
+            .by_ref()
+            .take(n)
+            .map(|row| {
+                let cells: Vec<String> = row.into_iter().map(|a| p.push(a)).collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        out.push((
+            format!("{head} VALUES {} {suffix}", values.join(", ")),
+            p.args,
+        ));
+    }
+    out
+}
 
 /// Column lists, in primary-key order.
 const TOKEN_COLUMNS: &[(&str, bool)] = &[

@@ -61,98 +61,62 @@ async fn references_that_must_resolve_are_checked() {
 #[tokio::test]
 async fn malformed_requests() {
     let app = spawn_app().await;
-    let send = |method: reqwest::Method, path: &str, ct: &str, body: String| {
-        app.client
-            .request(method, app.url(path))
-            .header("content-type", ct)
-            .body(body)
-            .send()
-    };
-    let post = reqwest::Method::POST;
-
-    let oo = outcome(
-        send(
-            post.clone(),
-            "Patient",
-            FHIR_JSON,
-            "{\"resourceType\": ".into(),
-        )
-        .await
-        .unwrap(),
-        400,
-    )
-    .await;
-    assert!(
-        oo["issue"][0]["diagnostics"]
-            .as_str()
-            .unwrap()
-            .contains("not valid JSON")
-    );
-
-    let oo = outcome(
-        send(
-            post.clone(),
-            "Patient",
-            FHIR_JSON,
-            json!({"resourceType": "Task"}).to_string(),
-        )
-        .await
-        .unwrap(),
-        400,
-    )
-    .await;
-    assert_eq!(outcome_expressions(&oo), ["Patient.resourceType"]);
-
-    outcome(
-        send(post.clone(), "Patient", "text/plain", "{}".into())
-            .await
-            .unwrap(),
-        415,
-    )
-    .await;
-    outcome(
-        send(
-            post.clone(),
-            "Patient",
-            "application/fhir+xml",
-            "<Patient/>".into(),
-        )
-        .await
-        .unwrap(),
-        415,
-    )
-    .await;
-    outcome(
-        send(
-            post.clone(),
-            "Spaceship",
-            FHIR_JSON,
-            json!({"resourceType": "Spaceship"}).to_string(),
-        )
-        .await
-        .unwrap(),
-        404,
-    )
-    .await;
-    outcome(
-        send(post.clone(), "Patient", FHIR_JSON, "[1,2]".into())
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
-
     let huge = format!(
         "{{\"resourceType\":\"Patient\",\"text\":{{\"div\":\"{}\"}}}}",
         "x".repeat(9 * 1024 * 1024)
     );
-    outcome(
-        send(post.clone(), "Patient", FHIR_JSON, huge)
+    // (path, content type, body, status, what the diagnostics or expression must say)
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "Patient",
+            FHIR_JSON,
+            "{\"resourceType\": ".into(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "Patient",
+            FHIR_JSON,
+            json!({"resourceType": "Task"}).to_string(),
+            400,
+            "Patient.resourceType",
+        ),
+        (
+            "Patient",
+            "text/plain",
+            "{}".into(),
+            415,
+            "application/fhir+json",
+        ),
+        (
+            "Patient",
+            "application/fhir+xml",
+            "<Patient/>".into(),
+            415,
+            "application/fhir+json",
+        ),
+        (
+            "Spaceship",
+            FHIR_JSON,
+            json!({"resourceType": "Spaceship"}).to_string(),
+            404,
+            "Spaceship",
+        ),
+        ("Patient", FHIR_JSON, "[1,2]".into(), 400, "JSON object"),
+        ("Patient", FHIR_JSON, huge, 413, "exceeds"),
+    ];
+    for (path, content_type, body, status, says) in cases {
+        let resp = app
+            .client
+            .post(app.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
             .await
-            .unwrap(),
-        413,
-    )
-    .await;
+            .unwrap();
+        let oo = outcome(resp, status).await;
+        assert!(oo.to_string().contains(says), "{path} {content_type}: {oo}");
+    }
 
     outcome(
         app.client

@@ -12,8 +12,8 @@ use std::sync::RwLock;
 
 use super::StoredResource;
 
-/// Entries kept before the map is emptied and refilled by use.
-const CAPACITY: usize = 50_000;
+/// Entries kept before the map is emptied and refilled by use (~40 MB of typical JSON).
+const CAPACITY: usize = 20_000;
 
 #[derive(Default)]
 pub struct RecentVersions {

@@ -12,9 +12,9 @@ use crate::fhir::search::{
     Filter, IndexEntries, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort,
 };
 
-pub const READ_CURRENT: &str = "SELECT r.version, r.last_updated, v.body FROM resources r \
-     JOIN resource_versions v ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
-     WHERE r.res_type = $1 AND r.res_id = $2";
+/// The highest committed version is the current one (versions are never removed).
+pub const READ_CURRENT: &str = "SELECT version, last_updated, body FROM resource_versions \
+     WHERE res_type = $1 AND res_id = $2 ORDER BY version DESC LIMIT 1";
 
 /// The write path also needs the index rows the current version produced.
 pub const READ_CURRENT_TO_REPLACE: &str = "SELECT r.version, r.last_updated, v.body, v.index_rows FROM resources r \

@@ -664,3 +664,90 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// JSON built from the words Bundles and resources are made of, nested a few levels,
+    /// so that generated values often look almost valid.
+    fn fhirish_json() -> impl Strategy<Value = Value> {
+        const WORDS: &[&str] = &[
+            "Bundle",
+            "transaction",
+            "batch",
+            "POST",
+            "PUT",
+            "GET",
+            "DELETE",
+            "Patient",
+            "Task",
+            "ServiceRequest",
+            "Patient/1",
+            "urn:uuid:1",
+            "Patient?identifier=a|b",
+            "requested",
+            "order",
+            "fulfill",
+        ];
+        const KEYS: &[&str] = &[
+            "resourceType",
+            "type",
+            "entry",
+            "request",
+            "method",
+            "url",
+            "resource",
+            "fullUrl",
+            "reference",
+            "id",
+            "status",
+            "intent",
+            "ifNoneExist",
+            "ifMatch",
+            "focus",
+            "for",
+            "code",
+            "coding",
+            "meta",
+            "profile",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+            prop::sample::select(WORDS).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 96, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Planning and validation answer Ok or an error with a status for any JSON.
+        #[test]
+        fn any_json_plans_or_fails_cleanly(body in fhirish_json()) {
+            let mut bundle = body.clone();
+            if let Some(m) = bundle.as_object_mut() {
+                m.insert("resourceType".into(), Value::from("Bundle"));
+            }
+            for candidate in [body.clone(), bundle] {
+                if let Err(e) = super::plan(candidate, None) {
+                    prop_assert!((400..500).contains(&e.status()));
+                }
+            }
+            for ty in ["Task", "ServiceRequest", "Patient"] {
+                if let Err(e) = super::validate::validate(ty, &body, None) {
+                    prop_assert!((400..500).contains(&e.status()));
+                }
+            }
+        }
+    }
+}

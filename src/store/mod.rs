@@ -696,6 +696,9 @@ impl<'c> Tx<'c> {
                 None => next.push((e.organization.clone(), 1)),
             }
         }
+        // Counters are locked in one order by every writer, so two batches never wait
+        // on each other's counters (a deadlock).
+        next.sort();
         for (org, count) in next.iter_mut() {
             let last: i64 = sqlx::query(
                 "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, $2) \

@@ -4,6 +4,10 @@
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
+/// The same allocator as the gateway, so the comparison is like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr = std::env::args()

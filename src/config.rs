@@ -40,6 +40,15 @@ pub struct Settings {
     pub public_base_url: String,
     /// Largest accepted request body, in bytes (larger gets 413).
     pub max_body_bytes: usize,
+    /// Development only: honour `X-Crossway-Organization` on `/cbo/v1` as the caller's
+    /// organisation (`CROSSWAY_DEV_AUTH=1`). Never enable in production.
+    pub dev_auth: bool,
+    /// Where the declarative rules live (`mappings/`).
+    pub mappings_dir: PathBuf,
+    /// How long the CBO event feed keeps events; older cursors get 410.
+    pub event_retention_days: u32,
+    /// How often the background sweep expires overdue referrals and prunes old rows.
+    pub sweep_interval_ms: u64,
     /// Organisations the gateway knows: CBO tenants and referral sources.
     #[serde(rename = "organization")]
     pub organizations: Vec<OrganizationConfig>,
@@ -83,6 +92,10 @@ impl Default for Settings {
             log: "info".into(),
             public_base_url: String::new(),
             max_body_bytes: 8 * 1024 * 1024,
+            dev_auth: false,
+            mappings_dir: PathBuf::from("./mappings"),
+            event_retention_days: 30,
+            sweep_interval_ms: 30_000,
             organizations: Vec::new(),
         }
     }
@@ -132,6 +145,18 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_PUBLIC_BASE_URL") {
             self.public_base_url = v;
+        }
+        if let Some(v) = var("CROSSWAY_DEV_AUTH") {
+            self.dev_auth = v == "1" || v.eq_ignore_ascii_case("true");
+        }
+        if let Some(v) = var("CROSSWAY_MAPPINGS_DIR") {
+            self.mappings_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_EVENT_RETENTION_DAYS").and_then(|v| v.parse().ok()) {
+            self.event_retention_days = v;
+        }
+        if let Some(v) = var("CROSSWAY_SWEEP_INTERVAL_MS").and_then(|v| v.parse().ok()) {
+            self.sweep_interval_ms = v;
         }
     }
 

@@ -5,7 +5,10 @@ pub mod config;
 pub mod telemetry;
 
 pub mod fhir;
+pub mod mapping;
 pub mod referral;
+
+pub mod cbo;
 pub mod store;
 
 pub mod cache;

@@ -5,9 +5,11 @@ use std::net::{SocketAddr, TcpListener};
 use actix_web::{App, HttpServer, web};
 
 use crate::cache::Cache;
+use crate::cbo::Cbo;
 use crate::config::Settings;
 use crate::fhir::engine::{Context, Fhir};
 use crate::http::{self, AppState};
+use crate::mapping::Mappings;
 use crate::store::Store;
 
 pub struct Application {
@@ -42,13 +44,29 @@ impl Application {
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
+        let org_ids: Vec<String> = settings
+            .organizations
+            .iter()
+            .map(|o| o.id.clone())
+            .collect();
+        let mappings = Mappings::load(&settings.mappings_dir, &org_ids)
+            .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?;
+        let cbo = Cbo::new(
+            fhir.clone(),
+            mappings,
+            settings.organizations.clone(),
+            settings.event_retention_days,
+        );
+        tokio::spawn(sweep(cbo.clone(), settings.sweep_interval_ms));
 
         let listener = TcpListener::bind(&settings.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
         let addr = listener.local_addr()?;
         let state = web::Data::new(AppState {
             fhir,
+            cbo,
             cache,
+            dev_auth: settings.dev_auth,
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
@@ -72,5 +90,17 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then finishes in-flight requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Expires unanswered referrals and prunes old events and keys, forever.
+async fn sweep(cbo: Cbo, interval_ms: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(interval_ms.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = cbo.sweep().await {
+            tracing::warn!(message = "Referral sweep failed; retrying at the next tick.", error = %e);
+        }
     }
 }

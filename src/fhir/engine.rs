@@ -18,7 +18,8 @@ use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
 use crate::config::OrganizationConfig;
-use crate::referral::TaskStatus;
+use crate::referral::action::{self, Action, ActionError, Actor};
+use crate::referral::{CboStatus, projection};
 use crate::store::writer::{BoxFuture, Command, Writer};
 use crate::store::{Referral, Store, StoreError, StoredResource, Tx};
 
@@ -38,6 +39,45 @@ pub struct Written {
     /// create that matched an existing resource.
     pub status: u16,
     pub warnings: Vec<Issue>,
+}
+
+/// A CBO action on a referral, as the CBO face submits it.
+#[derive(Debug)]
+pub struct ActionRequest {
+    pub organization: String,
+    pub organization_name: String,
+    pub referral_id: String,
+    pub action: Action,
+    /// The referral version the caller last saw (`If-Match`).
+    pub if_match: Option<i64>,
+    pub idempotency: Option<IdempotencyKey>,
+    /// Projection paths this organisation may not see (its visibility rules).
+    pub omit: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A digest of the request, so a reused key with another payload is recognised.
+    pub fingerprint: String,
+}
+
+/// The answer to an action: the referral (or the note) as the CBO sees it.
+#[derive(Debug)]
+pub struct ActionDone {
+    pub status: u16,
+    pub body: String,
+    /// The answer first given to this Idempotency-Key, not a new effect.
+    pub replayed: bool,
+}
+
+/// Why an action changed nothing.
+#[derive(Debug)]
+pub enum Refusal {
+    NotFound,
+    VersionConflict { current: i64 },
+    Transition(ActionError),
+    IdempotencyKeyReused,
 }
 
 #[derive(Clone)]
@@ -88,7 +128,7 @@ impl Fhir {
         };
         match self.submit(write).await? {
             Outcome::Written(w) => Ok(w),
-            Outcome::Bundle(_) => unreachable!("a create yields one resource"),
+            _ => unreachable!("a create yields one resource"),
         }
     }
 
@@ -119,7 +159,7 @@ impl Fhir {
         };
         match self.submit(write).await? {
             Outcome::Written(w) => Ok(w),
-            Outcome::Bundle(_) => unreachable!("an update yields one resource"),
+            _ => unreachable!("an update yields one resource"),
         }
     }
 
@@ -151,8 +191,30 @@ impl Fhir {
         };
         match self.submit(write).await? {
             Outcome::Bundle(b) => Ok(b),
-            Outcome::Written(_) => unreachable!("a Bundle yields a Bundle"),
+            _ => unreachable!("a Bundle yields a Bundle"),
         }
+    }
+
+    /// Applies a CBO action in one transaction: the Task update, what the action
+    /// creates, the referral's new state, its events and the idempotency record.
+    pub async fn act(
+        &self,
+        request: ActionRequest,
+    ) -> Result<Result<ActionDone, Refusal>, FhirError> {
+        match self.submit(Write::Action(Box::new(request))).await? {
+            Outcome::Action(done) => Ok(done),
+            _ => unreachable!("an action yields an action outcome"),
+        }
+    }
+
+    /// Removes events and idempotency keys older than the given times (microseconds).
+    pub async fn prune(&self, events_before: i64, keys_before: i64) -> Result<(), FhirError> {
+        self.submit(Write::Prune {
+            events_before,
+            keys_before,
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn submit(&self, write: Write) -> Result<Outcome, FhirError> {
@@ -331,11 +393,18 @@ enum Write {
         base: String,
         with_resources: bool,
     },
+    Action(Box<ActionRequest>),
+    Prune {
+        events_before: i64,
+        keys_before: i64,
+    },
 }
 
 enum Outcome {
     Written(Written),
     Bundle(String),
+    Action(Result<ActionDone, Refusal>),
+    Pruned,
 }
 
 struct WriteCommand {
@@ -352,6 +421,7 @@ impl Command for WriteCommand {
             Write::Create { if_none_exist, .. } => if_none_exist.is_some(),
             Write::Update { .. } => false,
             Write::Bundle { plan, .. } => plan.searches,
+            Write::Action(_) | Write::Prune { .. } => false,
         }
     }
 
@@ -422,6 +492,16 @@ impl Command for WriteCommand {
                         &results,
                         with_resources,
                     )))
+                }
+                Write::Action(request) => run_action(tx, ctx, *request, now)
+                    .await
+                    .map(Outcome::Action),
+                Write::Prune {
+                    events_before,
+                    keys_before,
+                } => {
+                    tx.prune(events_before, keys_before).await?;
+                    Ok(Outcome::Pruned)
                 }
             }
         })
@@ -553,6 +633,7 @@ async fn write_one(
             &one.id,
             &resource,
             old.as_ref(),
+            version,
             now,
             &mut warnings,
         )
@@ -600,47 +681,206 @@ fn same_content(old: &Value, new: &Value) -> bool {
     strip(old) == strip(new)
 }
 
+async fn run_action(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    req: ActionRequest,
+    now: i64,
+) -> Result<Result<ActionDone, Refusal>, FhirError> {
+    if let Some(k) = &req.idempotency
+        && let Some(first) = tx.idempotent_response(&req.organization, &k.key).await?
+    {
+        if first.fingerprint != k.fingerprint {
+            return Ok(Err(Refusal::IdempotencyKeyReused));
+        }
+        return Ok(Ok(ActionDone {
+            status: first.status,
+            body: first.body,
+            replayed: true,
+        }));
+    }
+    let Some(referral) = tx
+        .referral(&req.referral_id)
+        .await?
+        .filter(|r| r.organization == req.organization)
+    else {
+        return Ok(Err(Refusal::NotFound));
+    };
+    if let Some(expected) = req.if_match
+        && expected != referral.version
+    {
+        return Ok(Err(Refusal::VersionConflict {
+            current: referral.version,
+        }));
+    }
+    let Some(current) = tx.current("Task", &referral.task_id).await? else {
+        return Ok(Err(Refusal::NotFound));
+    };
+    let task: Value = serde_json::from_str(&current.body).map_err(|_| {
+        FhirError::Conflict(format!(
+            "the stored Task/{} cannot be read",
+            referral.task_id
+        ))
+    })?;
+    let service_request = match local_target(task.get("focus"), ctx) {
+        Some((ty @ "ServiceRequest", id)) => tx
+            .peek(ty, id)
+            .await?
+            .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
+        _ => None,
+    };
+    let actor = Actor {
+        organization: &req.organization,
+        name: &req.organization_name,
+    };
+    let is_note = matches!(req.action, Action::Note { .. });
+    let at = datetime::format_instant(now);
+    let edit = match action::apply(
+        req.action,
+        &task,
+        service_request.as_ref(),
+        actor,
+        &at,
+        super::new_id,
+    ) {
+        Ok(edit) => edit,
+        Err(e) => return Ok(Err(Refusal::Transition(e))),
+    };
+    for (ty, id, resource) in edit.created {
+        validate::validate(ty, &resource, None)?;
+        let one = One {
+            resource_type: ty,
+            id,
+            create_only: true,
+            if_match: None,
+        };
+        write_one(tx, ctx, one, resource, None, vec![], now).await?;
+    }
+    validate::validate("Task", &edit.task, Some(&referral.task_id))?;
+    let one = One {
+        resource_type: "Task",
+        id: referral.task_id.clone(),
+        create_only: false,
+        if_match: None,
+    };
+    write_one(tx, ctx, one, edit.task.clone(), None, vec![], now).await?;
+    let updated = tx.referral(&req.referral_id).await?.unwrap_or(referral);
+    let (status, body) = match edit.note.filter(|_| is_note) {
+        Some(note) => (
+            201,
+            serde_json::json!({"author": "cbo", "at": note["time"], "text": note["text"]})
+                .to_string(),
+        ),
+        None => {
+            let related = projection::gather(&edit.task, &mut InTx(tx)).await?;
+            let summary = projection::summary(&updated, now);
+            (
+                200,
+                projection::project(&summary, &edit.task, &related, &req.omit).to_string(),
+            )
+        }
+    };
+    if let Some(k) = req.idempotency {
+        let response = crate::store::IdempotentResponse {
+            fingerprint: k.fingerprint,
+            status,
+            body: body.clone(),
+        };
+        tx.stage_idempotent_response(&req.organization, &k.key, response, now);
+    }
+    Ok(Ok(ActionDone {
+        status,
+        body,
+        replayed: false,
+    }))
+}
+
+/// Reads around a change inside its transaction.
+struct InTx<'a, 'c>(&'a mut Tx<'c>);
+
+impl projection::Fetch for InTx<'_, '_> {
+    type Error = StoreError;
+
+    async fn fetch(&mut self, resource_type: &str, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.0.peek(resource_type, id).await?.map(|s| s.body))
+    }
+}
+
 /// A referral Task owned by a known organisation becomes a referral with a
-/// `referral.created` event; later status changes are mirrored onto it.
+/// `referral.created` event; every later version updates it and appends the event that
+/// says what changed (status, a note, or other details).
+#[allow(clippy::too_many_arguments)]
 async fn record_referral(
     tx: &mut Tx<'_>,
     ctx: &Context,
     task_id: &str,
     task: &Value,
     old: Option<&Value>,
+    version: i64,
     now: i64,
     warnings: &mut Vec<Issue>,
 ) -> Result<(), FhirError> {
     if !validate::is_referral_task(task) {
         return Ok(());
     }
-    let Some(status) = task
-        .get("status")
-        .and_then(Value::as_str)
-        .and_then(TaskStatus::parse)
-    else {
+    let Some(status) = CboStatus::of_task(task) else {
         return Ok(());
     };
-    let cbo_status = status.cbo_status().to_string();
-    if old.is_some()
-        && let Some(mut referral) = tx.referral_for_task(task_id).await?
+    let service_request = match local_target(task.get("focus"), ctx) {
+        Some((ty @ "ServiceRequest", id)) => tx
+            .peek(ty, id)
+            .await?
+            .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
+        _ => None,
+    };
+    let (urgency, respond_by, domain) = projection::summary_fields(task, service_request.as_ref());
+    if let Some(old) = old
+        && let Some(referral) = tx.referral_for_task(task_id).await?
     {
-        if referral.status != cbo_status {
-            referral.status = cbo_status;
-            tx.stage_event(
-                &referral.organization,
-                "referral.status_changed",
-                &referral.id,
-                now,
-            );
-            tx.stage_referral(referral, now);
+        let status_changed = referral.status != status.as_str();
+        let next = Referral {
+            status: status.as_str().to_string(),
+            version,
+            urgency,
+            respond_by,
+            domain,
+            ..referral
+        };
+        if status_changed {
+            let event = match status {
+                CboStatus::Cancelled => "referral.cancelled",
+                CboStatus::Expired => "referral.expired",
+                _ => "referral.status_changed",
+            };
+            tx.stage_event(event, &next, now);
         }
+        if note_count(task) > note_count(old) {
+            tx.stage_event("referral.note_added", &next, now);
+        } else if !status_changed {
+            tx.stage_event("referral.updated", &next, now);
+        }
+        tx.stage_referral(next, now);
         return Ok(());
     }
     match route(tx, ctx, task).await? {
         Some(organization) => {
-            let referral = Referral { id: super::new_id(), organization, task_id: task_id.to_string(), status: cbo_status };
-            tx.stage_event(&referral.organization, "referral.created", &referral.id, now);
+            let client_ref = match local_target(task.get("for"), ctx) {
+                Some(("Patient", id)) => Some(tx.client_ref(id).await?),
+                _ => None,
+            };
+            let referral = Referral {
+                id: super::new_id(),
+                organization,
+                task_id: task_id.to_string(),
+                status: status.as_str().to_string(),
+                version,
+                urgency,
+                respond_by,
+                client_ref,
+                domain,
+                created_at: now,
+            };
+            tx.stage_event("referral.created", &referral, now);
             tx.stage_referral(referral, now);
         }
         None if task.get("owner").is_none() => warnings.push(Issue::warning(
@@ -655,6 +895,21 @@ async fn record_referral(
         )),
     }
     Ok(())
+}
+
+fn note_count(task: &Value) -> usize {
+    task.get("note")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
+}
+
+/// `(type, id)` of a Reference to a resource on this server.
+fn local_target<'v>(reference: Option<&'v Value>, ctx: &Context) -> Option<(&'v str, &'v str)> {
+    let r = reference?.get("reference")?.as_str()?;
+    match reference::parse(r, ctx.own_base.as_deref())? {
+        Target::Local { resource_type, id } => Some((resource_type, id)),
+        _ => None,
+    }
 }
 
 /// The configured organisation a Task's owner names: by `Organization/{id}`, by an

@@ -1,19 +1,24 @@
 //! The HTTP adapter: routes, request parsing and response writing. Only this module
 //! knows about actix-web; it turns requests into calls on the domain and errors into
-//! their wire format (OperationOutcome on `/fhir`).
+//! their wire format (OperationOutcome on `/fhir`, problem+json on `/cbo/v1`).
 
+mod cbo;
 mod fhir;
 mod health;
 
 use actix_web::{HttpResponse, web};
 
 use crate::cache::Cache;
+use crate::cbo::Cbo;
 use crate::fhir::engine::Fhir;
 
 /// Shared by every worker.
 pub struct AppState {
     pub fhir: Fhir,
+    pub cbo: Cbo,
     pub cache: Cache,
+    /// Honour the development tenant header on `/cbo/v1` (`CROSSWAY_DEV_AUTH=1`).
+    pub dev_auth: bool,
     /// Configured public base for `/fhir`; empty means "derive from the request".
     pub public_base_url: String,
     pub max_body_bytes: usize,
@@ -23,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .service(web::scope("/fhir").configure(fhir::routes))
+        .service(web::scope("/cbo/v1").configure(cbo::routes))
         .default_service(web::to(|| async {
             HttpResponse::NotFound()
                 .content_type("application/json")

@@ -1,7 +1,16 @@
-//! The referral: one lifecycle shared by the FHIR face (Task.status) and the CBO face.
+//! The referral: one lifecycle shared by the FHIR face (Task.status) and the CBO face,
+//! the CBO actions that move it (`action`), and the CBO's view of it (`projection`).
 //!
 //! Invariant: every status change on either face goes through [`TaskStatus::can_move_to`],
 //! so the two faces can never disagree about what is allowed.
+
+pub mod action;
+pub mod projection;
+
+pub use action::{Action, ActionError, CloseOutcome, DeclineReason, Edit};
+pub use projection::{Projection, Related};
+
+use serde_json::Value;
 
 /// Task.status values of the SDOHCC Task for Referral Management.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,19 +93,74 @@ impl TaskStatus {
             TaskStatus::Rejected | TaskStatus::Cancelled | TaskStatus::OnHold | TaskStatus::Failed
         )
     }
+}
 
-    /// The referral status a CBO sees (cbo-api.md lifecycle).
-    pub fn cbo_status(self) -> &'static str {
+/// The status a CBO sees (cbo-api.md lifecycle). Several Task statuses carry more than
+/// one CBO status (a `failed` Task is a closed or an expired referral), so the CBO
+/// status is derived from the whole Task, not from `Task.status` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CboStatus {
+    Pending,
+    Accepted,
+    InProgress,
+    OnHold,
+    Declined,
+    Closed,
+    Cancelled,
+    Expired,
+}
+
+impl CboStatus {
+    pub const ALL: [CboStatus; 8] = [
+        CboStatus::Pending,
+        CboStatus::Accepted,
+        CboStatus::InProgress,
+        CboStatus::OnHold,
+        CboStatus::Declined,
+        CboStatus::Closed,
+        CboStatus::Cancelled,
+        CboStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            TaskStatus::Draft | TaskStatus::Requested => "pending",
-            TaskStatus::Accepted => "accepted",
-            TaskStatus::Rejected => "declined",
-            TaskStatus::InProgress => "in_progress",
-            TaskStatus::OnHold => "on_hold",
-            TaskStatus::Completed => "closed",
-            TaskStatus::Cancelled | TaskStatus::EnteredInError => "cancelled",
-            TaskStatus::Failed => "expired",
+            CboStatus::Pending => "pending",
+            CboStatus::Accepted => "accepted",
+            CboStatus::InProgress => "in_progress",
+            CboStatus::OnHold => "on_hold",
+            CboStatus::Declined => "declined",
+            CboStatus::Closed => "closed",
+            CboStatus::Cancelled => "cancelled",
+            CboStatus::Expired => "expired",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<CboStatus> {
+        CboStatus::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The CBO status of a Task, or `None` when its status is not a Task status.
+    pub fn of_task(task: &Value) -> Option<CboStatus> {
+        let status = TaskStatus::parse(task.get("status")?.as_str()?)?;
+        Some(match status {
+            TaskStatus::Draft | TaskStatus::Requested => CboStatus::Pending,
+            TaskStatus::Accepted => CboStatus::Accepted,
+            TaskStatus::InProgress => CboStatus::InProgress,
+            TaskStatus::OnHold => CboStatus::OnHold,
+            TaskStatus::Rejected => CboStatus::Declined,
+            TaskStatus::Completed => CboStatus::Closed,
+            TaskStatus::Cancelled | TaskStatus::EnteredInError => CboStatus::Cancelled,
+            TaskStatus::Failed if action::is_expiry(task) => CboStatus::Expired,
+            TaskStatus::Failed => CboStatus::Closed,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            CboStatus::Declined | CboStatus::Closed | CboStatus::Cancelled | CboStatus::Expired
+        )
     }
 }
 
@@ -131,6 +195,17 @@ mod tests {
             Requested.next_statuses(),
             ["accepted", "rejected", "cancelled", "entered-in-error"]
         );
+    }
+
+    #[test]
+    fn a_failed_task_is_closed_unless_the_gateway_expired_it() {
+        let failed = serde_json::json!({"status": "failed"});
+        assert_eq!(CboStatus::of_task(&failed), Some(CboStatus::Closed));
+        let expired = serde_json::json!({"status": "failed", "statusReason": {
+            "coding": [{"system": action::STATUS_REASON_SYSTEM, "code": "expired"}]}});
+        assert_eq!(CboStatus::of_task(&expired), Some(CboStatus::Expired));
+        let received = serde_json::json!({"status": "received"});
+        assert_eq!(CboStatus::of_task(&received), Some(CboStatus::Pending));
     }
 
     #[test]

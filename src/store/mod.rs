@@ -8,10 +8,13 @@
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
 mod recent;
-
-use recent::RecentVersions;
+mod referrals;
 mod sql;
 pub mod writer;
+
+use recent::RecentVersions;
+pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
+use referrals::{StagedEvent, StagedKey, StagedReferral};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -259,52 +262,6 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         search(&mut conn, self.backend, self.recent.as_deref(), query).await
     }
-
-    /// Referrals recorded for an organisation, oldest first: (referral id, Task id, status).
-    pub async fn referrals_for(&self, organization: &str) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT id, task_id, status FROM referrals WHERE organization = $1 ORDER BY created_at, id",
-        )
-        .bind(organization)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>(0),
-                    r.get::<String, _>(1),
-                    r.get::<String, _>(2),
-                )
-            })
-            .collect())
-    }
-
-    /// An organisation's event feed after `after_seq`: (seq, event type, referral id).
-    pub async fn events_for(
-        &self,
-        organization: &str,
-        after_seq: i64,
-    ) -> Result<Vec<(i64, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT seq, event_type, referral_id FROM events \
-             WHERE organization = $1 AND seq > $2 ORDER BY seq",
-        )
-        .bind(organization)
-        .bind(after_seq)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<i64, _>(0),
-                    r.get::<String, _>(1),
-                    r.get::<String, _>(2),
-                )
-            })
-            .collect())
-    }
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
@@ -452,33 +409,14 @@ struct Staged {
     index: IndexEntries,
 }
 
-/// A referral: a referral Task addressed to a known organisation.
-#[derive(Debug, Clone)]
-pub struct Referral {
-    pub id: String,
-    pub organization: String,
-    pub task_id: String,
-    pub status: String,
-}
-
-pub(super) struct StagedReferral {
-    referral: Referral,
-    at: i64,
-}
-
-struct StagedEvent {
-    organization: String,
-    event_type: String,
-    referral_id: String,
-    at: i64,
-}
-
 /// Where a command's staged rows start, so a failed command can be undone in memory.
 #[derive(Clone, Copy)]
 pub struct Mark {
     resources: usize,
     referrals: usize,
     events: usize,
+    keys: usize,
+    clients: usize,
     written: usize,
     next_seq: i64,
 }
@@ -496,6 +434,8 @@ pub struct Tx<'c> {
     resources: Vec<Staged>,
     referrals: Vec<StagedReferral>,
     events: Vec<StagedEvent>,
+    keys: Vec<StagedKey>,
+    clients: Vec<(String, String)>,
     /// Versions written to the database in this transaction, for `recent` after COMMIT.
     written: Vec<StoredResource>,
     /// Index rows of current versions read for replacement: (type, id) → rows.
@@ -562,50 +502,6 @@ impl<'c> Tx<'c> {
         });
     }
 
-    /// The referral recorded for a Task, staged or committed.
-    pub async fn referral_for_task(&mut self, task_id: &str) -> Result<Option<Referral>> {
-        if let Some(r) = self
-            .referrals
-            .iter()
-            .rev()
-            .find(|r| r.referral.task_id == task_id)
-        {
-            return Ok(Some(r.referral.clone()));
-        }
-        let row = sqlx::query("SELECT id, organization, status FROM referrals WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        Ok(row.map(|r| Referral {
-            id: r.get(0),
-            organization: r.get(1),
-            task_id: task_id.to_string(),
-            status: r.get(2),
-        }))
-    }
-
-    /// Stages a new referral, or a known referral's new status.
-    pub fn stage_referral(&mut self, referral: Referral, at: i64) {
-        self.referrals.push(StagedReferral { referral, at });
-    }
-
-    /// Stages an event on an organisation's feed; its sequence number is assigned when
-    /// the batch is written.
-    pub fn stage_event(
-        &mut self,
-        organization: &str,
-        event_type: &str,
-        referral_id: &str,
-        at: i64,
-    ) {
-        self.events.push(StagedEvent {
-            organization: organization.to_string(),
-            event_type: event_type.to_string(),
-            referral_id: referral_id.to_string(),
-            at,
-        });
-    }
-
     /// Ids of current resources matching a query (conditional create / references).
     pub async fn search_ids(&mut self, query: &SearchQuery) -> Result<Vec<String>> {
         Ok(self
@@ -641,6 +537,8 @@ impl<'c> Tx<'c> {
             resources: self.resources.len(),
             referrals: self.referrals.len(),
             events: self.events.len(),
+            keys: self.keys.len(),
+            clients: self.clients.len(),
             written: self.written.len(),
             next_seq: self.next_seq,
         }
@@ -650,6 +548,8 @@ impl<'c> Tx<'c> {
         self.resources.truncate(m.resources);
         self.referrals.truncate(m.referrals);
         self.events.truncate(m.events);
+        self.keys.truncate(m.keys);
+        self.clients.truncate(m.clients);
         self.written.truncate(m.written);
         self.next_seq = m.next_seq;
     }
@@ -671,76 +571,7 @@ impl<'c> Tx<'c> {
             }
             self.written.extend(staged.into_iter().map(|s| s.resource));
         }
-        let referrals = std::mem::take(&mut self.referrals);
-        if !referrals.is_empty() {
-            let (text, args) = sql::write_referrals(self.backend, &referrals);
-            sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-                .execute(&mut *self.conn)
-                .await?;
-        }
-        let events = std::mem::take(&mut self.events);
-        if !events.is_empty() {
-            self.write_events(events).await?;
-        }
-        Ok(())
-    }
-
-    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<()> {
-        // One counter bump per organisation reserves a block of sequence numbers. The
-        // counter row stays locked until COMMIT, which keeps each organisation's feed
-        // gap-free and ordered across gateway processes.
-        let mut next: Vec<(String, i64)> = Vec::new();
-        for e in &events {
-            match next.iter_mut().find(|(o, _)| *o == e.organization) {
-                Some((_, n)) => *n += 1,
-                None => next.push((e.organization.clone(), 1)),
-            }
-        }
-        // Counters are locked in one order by every writer, so two batches never wait
-        // on each other's counters (a deadlock).
-        next.sort();
-        for (org, count) in next.iter_mut() {
-            let last: i64 = sqlx::query(
-                "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, $2) \
-                 ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + $2 \
-                 RETURNING last_seq",
-            )
-            .bind(org.as_str())
-            .bind(*count)
-            .fetch_one(&mut *self.conn)
-            .await?
-            .get(0);
-            *count = last - *count + 1;
-        }
-        let rows: Vec<(String, i64, String, String, i64)> = events
-            .into_iter()
-            .map(|e| {
-                let slot = next
-                    .iter_mut()
-                    .find(|(o, _)| *o == e.organization)
-                    .expect("counted above");
-                let seq = slot.1;
-                slot.1 += 1;
-                (e.organization, seq, e.event_type, e.referral_id, e.at)
-            })
-            .collect();
-        let (text, args) = sql::bulk_insert(
-            self.backend,
-            "events",
-            &[
-                ("organization", false),
-                ("seq", true),
-                ("event_type", false),
-                ("referral_id", false),
-                ("created_at", true),
-            ],
-            serde_json::to_string(&rows).expect("rows always serialise"),
-            "",
-        );
-        sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+        self.flush_referrals().await
     }
 }
 

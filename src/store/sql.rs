@@ -7,7 +7,7 @@ use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
-use super::{Backend, Staged, StagedReferral};
+use super::{Backend, Staged};
 use crate::fhir::search::{
     Filter, IndexEntries, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort,
 };
@@ -380,12 +380,12 @@ pub fn bulk_insert(
     (sql, vec![Arg::Text(rows)])
 }
 
-fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+pub(super) fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows always serialise")
 }
 
-const TEXT: bool = false;
-const INT: bool = true;
+pub(super) const TEXT: bool = false;
+pub(super) const INT: bool = true;
 
 fn key(s: &Staged) -> (&str, &str) {
     (s.resource.resource_type.as_str(), s.resource.id.as_str())
@@ -681,33 +681,3 @@ const DATE_COLUMNS: &[(&str, bool)] = &[
     ("hi", INT),
     ("res_id", TEXT),
 ];
-
-/// One upsert for every referral staged in the batch: new ones are inserted, known
-/// ones get their new status. A referral staged twice is written once, as last staged.
-pub(super) fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<Arg>) {
-    let mut rows: Vec<(&str, &str, &str, &str, i64, i64)> = Vec::new();
-    for s in staged {
-        let r = &s.referral;
-        match rows.iter_mut().find(|row| row.0 == r.id) {
-            Some(row) => {
-                row.3 = r.status.as_str();
-                row.5 = s.at;
-            }
-            None => rows.push((&r.id, &r.organization, &r.task_id, &r.status, s.at, s.at)),
-        }
-    }
-    bulk_insert(
-        backend,
-        "referrals",
-        &[
-            ("id", TEXT),
-            ("organization", TEXT),
-            ("task_id", TEXT),
-            ("status", TEXT),
-            ("created_at", INT),
-            ("updated_at", INT),
-        ],
-        json_rows(&rows),
-        "WHERE true ON CONFLICT (id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-    )
-}

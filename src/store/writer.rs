@@ -193,6 +193,8 @@ async fn run_batch<C: Command>(
         resources: Vec::new(),
         referrals: Vec::new(),
         events: Vec::new(),
+        keys: Vec::new(),
+        clients: Vec::new(),
         written: Vec::new(),
         replaced: HashMap::new(),
     };

@@ -53,13 +53,23 @@ async fn fresh_database_url(data_dir: &std::path::Path) -> String {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Like [`spawn_app`], with extra environment variables for the gateway.
+pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let data_dir = std::env::temp_dir().join(format!("crossway-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&data_dir).unwrap();
     let database_url = fresh_database_url(&data_dir).await;
-    start(data_dir, database_url, "127.0.0.1:0".into()).await
+    start(data_dir, database_url, "127.0.0.1:0".into(), env).await
 }
 
-async fn start(data_dir: PathBuf, database_url: String, http_addr: String) -> TestApp {
+async fn start(
+    data_dir: PathBuf,
+    database_url: String,
+    http_addr: String,
+    env: &[(&str, &str)],
+) -> TestApp {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_crossway"));
     cmd.args(["serve", "--config", config])
@@ -67,6 +77,12 @@ async fn start(data_dir: PathBuf, database_url: String, http_addr: String) -> Te
         .env("CROSSWAY_DATA_DIR", &data_dir)
         .env("CROSSWAY_DATABASE_URL", &database_url)
         .env("CROSSWAY_LOG", "info")
+        .env("CROSSWAY_DEV_AUTH", "1")
+        .env(
+            "CROSSWAY_MAPPINGS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"),
+        )
+        .env("CROSSWAY_SWEEP_INTERVAL_MS", "200")
         .env_remove("CROSSWAY_LOG_FORMAT")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -74,6 +90,7 @@ async fn start(data_dir: PathBuf, database_url: String, http_addr: String) -> Te
         Ok(url) => cmd.env("CROSSWAY_REDIS_URL", url),
         Err(_) => cmd.env_remove("CROSSWAY_REDIS_URL"),
     };
+    cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("spawn crossway");
     let stdout = child.stdout.take().unwrap();
     let logs = Arc::new(Mutex::new(String::new()));
@@ -124,7 +141,7 @@ impl TestApp {
         let (data_dir, database_url) = (self.data_dir.clone(), self.database_url.clone());
         self.keep_data = true;
         drop(self);
-        start(data_dir, database_url, "127.0.0.1:0".into()).await
+        start(data_dir, database_url, "127.0.0.1:0".into(), &[]).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -182,10 +199,108 @@ impl TestApp {
         json
     }
 
+    /// A client of the CBO API acting for organisation `org` (development header).
+    pub fn cbo(&self, org: &str) -> CboClient<'_> {
+        CboClient {
+            app: self,
+            org: org.to_string(),
+        }
+    }
+
     /// Ids of a searchset's matches.
     pub async fn search_ids(&self, query: &str) -> Vec<String> {
         let bundle = self.get_json(query).await;
         match_ids(&bundle)
+    }
+}
+
+/// `/cbo/v1` as one organisation sees it.
+pub struct CboClient<'a> {
+    app: &'a TestApp,
+    org: String,
+}
+
+/// An answer from the CBO API.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl CboClient<'_> {
+    fn url(&self, path: &str) -> String {
+        format!(
+            "http://{}/cbo/v1/{}",
+            self.app.addr,
+            path.trim_start_matches('/')
+        )
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req
+            .header("X-Crossway-Organization", &self.org)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.app.client.get(self.url(path))).await
+    }
+
+    /// POSTs a raw body with extra headers.
+    pub async fn post_raw(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self
+            .app
+            .client
+            .post(self.url(path))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_raw(path, &body.to_string(), &[]).await
+    }
+
+    /// The organisation's referral ids, in list order (all pages).
+    pub async fn referral_ids(&self) -> Vec<String> {
+        let r = self.get("referrals?limit=200").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Event types of the organisation's feed after `after`.
+    pub async fn event_types(&self, after: i64) -> Vec<String> {
+        let r = self.get(&format!("events?cursor={after}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
     }
 }
 
@@ -229,10 +344,4 @@ pub fn outcome_expressions(outcome: &Value) -> Vec<String> {
         .flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default())
         .map(|e| e.as_str().unwrap().to_string())
         .collect()
-}
-
-pub async fn open_store(app: &TestApp) -> crossway::store::Store {
-    crossway::store::Store::open(&app.database_url)
-        .await
-        .unwrap()
 }

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod cbo;
 mod conformance;
 mod crud;
 mod durability;

@@ -52,24 +52,20 @@ async fn a_gravity_referral_transaction_creates_everything_and_a_referral() {
         "day"
     );
 
-    let store = open_store(&app).await;
-    let referrals = store
-        .referrals_for("cbo-riverside-food-bank")
+    let cbo = app.cbo("cbo-riverside-food-bank");
+    let list = cbo.get("referrals").await.body;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let referral = &list["data"][0];
+    assert_eq!(referral["status"], "pending");
+    let full = cbo
+        .get(&format!("referrals/{}", referral["id"].as_str().unwrap()))
         .await
-        .unwrap();
-    assert_eq!(referrals.len(), 1);
-    assert_eq!(
-        (referrals[0].1.as_str(), referrals[0].2.as_str()),
-        (task.as_str(), "pending")
-    );
-    let events = store
-        .events_for("cbo-riverside-food-bank", 0)
-        .await
-        .unwrap();
-    assert_eq!(
-        events,
-        [(1, "referral.created".to_string(), referrals[0].0.clone())]
-    );
+        .body;
+    assert_eq!(full["task"], format!("Task/{task}"));
+    let events = cbo.get("events").await.body;
+    assert_eq!(events["data"][0]["type"], "referral.created");
+    assert_eq!(events["data"][0]["sequence"], 1);
+    assert_eq!(events["data"][0]["data"]["referral_id"], referral["id"]);
 }
 
 #[tokio::test]
@@ -201,17 +197,12 @@ async fn task_updates_follow_the_referral_state_machine() {
         app.search_ids("Task?status=accepted").await,
         vec![task_id.clone()]
     );
-    let store = open_store(&app).await;
-    let referrals = store
-        .referrals_for("cbo-riverside-food-bank")
-        .await
-        .unwrap();
-    assert_eq!(referrals[0].2, "accepted");
-    let events = store
-        .events_for("cbo-riverside-food-bank", 1)
-        .await
-        .unwrap();
-    assert_eq!(events[0].1, "referral.status_changed");
+    let cbo = app.cbo("cbo-riverside-food-bank");
+    assert_eq!(
+        cbo.get("referrals").await.body["data"][0]["status"],
+        "accepted"
+    );
+    assert_eq!(cbo.event_types(1).await, ["referral.status_changed"]);
 }
 
 #[tokio::test]
@@ -254,20 +245,13 @@ async fn received_is_stored_as_requested_and_unknown_owners_are_warned() {
         app.get_json(&format!("Task/{id}")).await["status"],
         "requested"
     );
-    let store = open_store(&app).await;
-    assert_eq!(store.referrals_for("4").await.unwrap().len(), 0);
+    let cbo = app.cbo("cbo-riverside-food-bank");
+    assert_eq!(cbo.referral_ids().await.len(), 1);
 
     // The owner named by identifier routes to the configured organisation.
     let mut by_identifier = task.clone();
     by_identifier["owner"] =
         json!({"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}});
     app.create(&by_identifier).await;
-    assert_eq!(
-        store
-            .referrals_for("cbo-riverside-food-bank")
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(cbo.referral_ids().await.len(), 2);
 }

@@ -1,0 +1,439 @@
+//! The CBO face without HTTP (cbo-api.md): referral lists and reads as the CBO sees
+//! them, actions with idempotency, the event feed, and the background sweep that
+//! expires unanswered referrals and prunes old events and keys.
+//!
+//! Writes go through the FHIR engine ([`Fhir::act`]), so a CBO action is a Task update
+//! like any other: the same state machine, the same group commit, the same events.
+
+mod body;
+mod error;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use error::{CboError, FieldError};
+
+use crate::config::{OrganizationConfig, OrganizationKind};
+use crate::fhir::datetime;
+use crate::fhir::engine::{ActionRequest, Fhir, IdempotencyKey, Refusal};
+use crate::mapping::Mappings;
+use crate::referral::projection::{self, Summary};
+use crate::store::{Event, ReferralFilter, StoreError};
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+/// Idempotency keys are kept at least this long (cbo-api.md §1 asks for ≥ 72 h).
+const KEY_RETENTION_HOURS: i64 = 96;
+
+#[derive(Clone)]
+pub struct Cbo {
+    fhir: Fhir,
+    mappings: Arc<Mappings>,
+    organizations: Arc<Vec<OrganizationConfig>>,
+    /// Idempotency keys whose first request is still running in this process.
+    in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    event_retention_days: u32,
+}
+
+/// A page of a list (cbo-api.md §1).
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
+/// An item of the event feed (thin: ids and status, no personal data).
+#[derive(Debug, Serialize)]
+pub struct FeedEvent {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub sequence: i64,
+    pub occurred_at: String,
+    pub data: FeedEventData,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FeedEventData {
+    pub referral_id: String,
+    pub status: String,
+    pub version: i64,
+}
+
+/// Query parameters of `GET /referrals`, as received.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub urgency: Option<String>,
+    pub updated_since: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// A state-changing call: which action, on what, with which preconditions.
+#[derive(Debug)]
+pub struct ActionCall<'a> {
+    pub referral_id: &'a str,
+    /// `accept`, `decline`, `start`, `hold`, `resume`, `close` or `notes`.
+    pub action: &'a str,
+    pub body: &'a [u8],
+    pub if_match: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The answer to an action.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub replayed: bool,
+}
+
+impl Cbo {
+    pub fn new(
+        fhir: Fhir,
+        mappings: Mappings,
+        organizations: Vec<OrganizationConfig>,
+        event_retention_days: u32,
+    ) -> Cbo {
+        Cbo {
+            fhir,
+            mappings: Arc::new(mappings),
+            organizations: Arc::new(organizations),
+            in_flight: Arc::default(),
+            event_retention_days,
+        }
+    }
+
+    /// The configured CBO organisation with this id: the tenant a request acts for.
+    pub fn tenant(&self, id: &str) -> Option<&OrganizationConfig> {
+        self.organizations
+            .iter()
+            .find(|o| o.id == id && o.kind == OrganizationKind::Cbo)
+    }
+
+    pub async fn list(&self, org: &str, q: &ListQuery) -> Result<Page<Summary>, CboError> {
+        let mut errors = Vec::new();
+        let status = q.status.clone();
+        if status
+            .as_deref()
+            .is_some_and(|s| crate::referral::CboStatus::parse(s).is_none())
+        {
+            errors.push(FieldError::query(
+                "status",
+                "must be one of pending, accepted, in_progress, on_hold, declined, closed, cancelled, expired",
+            ));
+        }
+        let urgency = q.urgency.clone();
+        if urgency
+            .as_deref()
+            .is_some_and(|u| !["routine", "urgent", "asap", "stat"].contains(&u))
+        {
+            errors.push(FieldError::query(
+                "urgency",
+                "must be one of routine, urgent, asap, stat",
+            ));
+        }
+        let updated_since = q.updated_since.as_deref().and_then(|t| {
+            let parsed = datetime::parse_range(t)
+                .filter(|_| t.contains('T'))
+                .map(|r| r.lo);
+            if parsed.is_none() {
+                errors.push(FieldError::query(
+                    "updated_since",
+                    "must be an RFC 3339 date-time, e.g. 2025-03-14T16:02:11Z",
+                ));
+            }
+            parsed
+        });
+        let limit = match q.limit.as_deref() {
+            None => DEFAULT_LIMIT,
+            Some(l) => match l.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::query(
+                        "limit",
+                        "must be an integer from 1 to 200",
+                    ));
+                    DEFAULT_LIMIT
+                }
+            },
+        };
+        let after = q.cursor.as_deref().and_then(|c| {
+            let parsed = c
+                .split_once('_')
+                .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())));
+            if parsed.is_none() {
+                errors.push(FieldError::query(
+                    "cursor",
+                    "is not a cursor this API returned",
+                ));
+            }
+            parsed
+        });
+        if !errors.is_empty() {
+            return Err(CboError::Validation(errors));
+        }
+        let filter = ReferralFilter {
+            status,
+            urgency,
+            updated_since,
+            after,
+            limit: limit + 1,
+        };
+        let mut rows = self.fhir.store().referrals(org, &filter).await?;
+        let has_more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = has_more
+            .then(|| {
+                rows.last()
+                    .map(|r| format!("{}_{}", r.updated_at, r.referral.id))
+            })
+            .flatten();
+        Ok(Page {
+            data: rows
+                .iter()
+                .map(|r| projection::summary(&r.referral, r.updated_at))
+                .collect(),
+            next_cursor,
+            has_more,
+        })
+    }
+
+    /// The referral as this organisation may see it, and its version (the ETag).
+    pub async fn get(&self, org: &str, id: &str) -> Result<(Value, i64), CboError> {
+        let store = self.fhir.store();
+        let row = store.referral(org, id).await?.ok_or(CboError::NotFound)?;
+        let task = store
+            .read("Task", &row.referral.task_id)
+            .await?
+            .and_then(|t| serde_json::from_str::<Value>(&t.body).ok())
+            .ok_or(CboError::NotFound)?;
+        let related = projection::gather(&task, &mut FromStore(store)).await?;
+        let summary = projection::summary(&row.referral, row.updated_at);
+        let view = projection::project(&summary, &task, &related, &self.mappings.omitted_for(org));
+        Ok((view, row.referral.version))
+    }
+
+    /// Runs an action for `org`. A retry with the same Idempotency-Key gets the first
+    /// answer again; the same key while the first is still running gets 409.
+    pub async fn act(
+        &self,
+        org: &OrganizationConfig,
+        call: ActionCall<'_>,
+    ) -> Result<Answer, CboError> {
+        let action = body::parse_action(call.action, call.body)?;
+        let if_match = call.if_match.map(parse_etag).transpose()?;
+        let idempotency = call.idempotency_key.map(|key| IdempotencyKey {
+            key: key.to_string(),
+            fingerprint: fingerprint(call.referral_id, call.action, call.body),
+        });
+        let _guard = match &idempotency {
+            Some(k) => Some(InFlight::enter(&self.in_flight, &org.id, &k.key)?),
+            None => None,
+        };
+        let request = ActionRequest {
+            organization: org.id.clone(),
+            organization_name: org.name.clone(),
+            referral_id: call.referral_id.to_string(),
+            action,
+            if_match,
+            idempotency,
+            omit: self.mappings.omitted_for(&org.id),
+        };
+        match self.fhir.act(request).await? {
+            Ok(done) => Ok(Answer {
+                status: done.status,
+                body: done.body,
+                replayed: done.replayed,
+            }),
+            Err(Refusal::NotFound) => Err(CboError::NotFound),
+            Err(Refusal::VersionConflict { current }) => Err(CboError::VersionConflict { current }),
+            Err(Refusal::IdempotencyKeyReused) => Err(CboError::IdempotencyKeyReused),
+            Err(Refusal::Transition(e)) => Err(CboError::from(e)),
+        }
+    }
+
+    /// The organisation's event feed after `after` (a sequence number).
+    pub async fn events(
+        &self,
+        org: &str,
+        after: Option<&str>,
+        limit: Option<&str>,
+    ) -> Result<Page<FeedEvent>, CboError> {
+        let after = match after {
+            None => 0,
+            Some(a) => a.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                CboError::Validation(vec![FieldError::query(
+                    "cursor",
+                    "must be a sequence number from this feed",
+                )])
+            })?,
+        };
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(l) => l
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    CboError::Validation(vec![FieldError::query(
+                        "limit",
+                        "must be an integer from 1 to 200",
+                    )])
+                })?,
+        };
+        let (events, pruned_through) = self.fhir.store().events(org, after, limit + 1).await?;
+        if after < pruned_through {
+            return Err(CboError::CursorExpired {
+                oldest: pruned_through,
+            });
+        }
+        let has_more = events.len() as i64 > limit;
+        let data: Vec<FeedEvent> = events
+            .into_iter()
+            .take(limit as usize)
+            .map(feed_event)
+            .collect();
+        Ok(Page {
+            next_cursor: data.last().map(|e| e.sequence.to_string()),
+            data,
+            has_more,
+        })
+    }
+
+    /// One referral's timeline.
+    pub async fn referral_events(&self, org: &str, id: &str) -> Result<Vec<FeedEvent>, CboError> {
+        let store = self.fhir.store();
+        store.referral(org, id).await?.ok_or(CboError::NotFound)?;
+        Ok(store
+            .referral_events(org, id)
+            .await?
+            .into_iter()
+            .map(feed_event)
+            .collect())
+    }
+
+    /// One pass of the background sweep: expire overdue referrals, prune old events
+    /// and idempotency keys. Returns how many referrals expired.
+    pub async fn sweep(&self) -> Result<usize, CboError> {
+        let now = datetime::now_micros();
+        let overdue = self.fhir.store().overdue_referrals(now, 500).await?;
+        let mut expired = 0;
+        for (id, org) in overdue {
+            let name = self
+                .organizations
+                .iter()
+                .find(|o| o.id == org)
+                .map_or(org.clone(), |o| o.name.clone());
+            let request = ActionRequest {
+                organization: org.clone(),
+                organization_name: name,
+                referral_id: id.clone(),
+                action: crate::referral::Action::Expire,
+                if_match: None,
+                idempotency: None,
+                omit: vec![],
+            };
+            // An error means it was answered between the query and the action.
+            if self.fhir.act(request).await?.is_ok() {
+                expired += 1;
+                tracing::info!(message = "Referral expired.", referral_id = %id, organization = %org);
+            }
+        }
+        let day = 24 * 3600 * 1_000_000_i64;
+        self.fhir
+            .prune(
+                now - i64::from(self.event_retention_days) * day,
+                now - KEY_RETENTION_HOURS * 3600 * 1_000_000,
+            )
+            .await?;
+        Ok(expired)
+    }
+}
+
+fn feed_event(e: Event) -> FeedEvent {
+    FeedEvent {
+        id: e.id,
+        event_type: e.event_type,
+        sequence: e.seq,
+        occurred_at: datetime::format_instant(e.created_at),
+        data: FeedEventData {
+            referral_id: e.referral_id,
+            status: e.status,
+            version: e.version,
+        },
+    }
+}
+
+fn parse_etag(s: &str) -> Result<i64, CboError> {
+    s.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map_err(|_| {
+            CboError::Validation(vec![FieldError::header(
+                "If-Match",
+                "must be an ETag this API returned, e.g. W/\"3\"",
+            )])
+        })
+}
+
+/// What makes two requests "the same" for an Idempotency-Key: target, action, body.
+fn fingerprint(referral_id: &str, action: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(referral_id.as_bytes());
+    h.update([0]);
+    h.update(action.as_bytes());
+    h.update([0]);
+    h.update(body);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Marks an Idempotency-Key as running in this process until dropped.
+struct InFlight {
+    set: Arc<Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn enter(
+        set: &Arc<Mutex<HashSet<(String, String)>>>,
+        org: &str,
+        key: &str,
+    ) -> Result<InFlight, CboError> {
+        let key = (org.to_string(), key.to_string());
+        let mut running = set.lock().unwrap_or_else(|e| e.into_inner());
+        if !running.insert(key.clone()) {
+            return Err(CboError::RequestInProgress);
+        }
+        Ok(InFlight {
+            set: set.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+struct FromStore<'a>(&'a crate::store::Store);
+
+impl projection::Fetch for FromStore<'_> {
+    type Error = StoreError;
+
+    async fn fetch(&mut self, resource_type: &str, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.0.read(resource_type, id).await?.map(|s| s.body))
+    }
+}

@@ -1,0 +1,418 @@
+//! Borrowed views over a parsed message. Every accessor returns raw (still escaped)
+//! slices of the input; call [`Message::unescape`] for text.
+
+use std::borrow::Cow;
+
+use super::delimiters::Delimiters;
+use super::error::Error;
+use super::parse::{Index, SegmentEntry, Span, is_header_id};
+use super::path::Path;
+
+/// A parsed message: the input plus its boundary index.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    input: &'a str,
+    delimiters: Delimiters,
+    index: Index,
+}
+
+impl<'a> Message<'a> {
+    pub(super) fn new(input: &'a str, delimiters: Delimiters, index: Index) -> Self {
+        Self {
+            input,
+            delimiters,
+            index,
+        }
+    }
+
+    pub(super) fn into_index(self) -> Index {
+        self.index
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.input
+    }
+
+    pub fn delimiters(&self) -> &Delimiters {
+        &self.delimiters
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.index.segments.len()
+    }
+
+    /// Segment by 0-based position in the message.
+    pub fn segment_at(&self, position: usize) -> Option<Segment<'_, 'a>> {
+        self.index.segments.get(position).map(|&entry| Segment {
+            msg: self,
+            entry,
+            position,
+        })
+    }
+
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_, 'a>> + '_ {
+        (0..self.segment_count()).filter_map(|i| self.segment_at(i))
+    }
+
+    /// The `occurrence`-th (1-based) segment with this id.
+    pub fn segment(&self, id: &str, occurrence: usize) -> Option<Segment<'_, 'a>> {
+        self.segments()
+            .filter(|s| s.id() == id)
+            .nth(occurrence.checked_sub(1)?)
+    }
+
+    /// Raw value at a path such as `PID-3[2].4.2`; `None` when the message does not reach
+    /// that far. An empty value is `Some("")`, an explicit null `Some("\"\"")`.
+    pub fn get(&self, path: &str) -> Result<Option<&'a str>, Error> {
+        Ok(self.get_path(&path.parse()?))
+    }
+
+    pub fn get_path(&self, path: &Path) -> Option<&'a str> {
+        let segment = self.segment(path.segment_id(), path.occurrence())?;
+        let repetition = segment.field(path.field())?.repetition(path.repetition())?;
+        let Some(c) = path.component() else {
+            return Some(repetition.raw());
+        };
+        let component = repetition.component(c)?;
+        match path.subcomponent() {
+            None => Some(component.raw()),
+            Some(s) => component.subcomponent(s),
+        }
+    }
+
+    /// Decodes escape sequences with this message's delimiters.
+    pub fn unescape(&self, raw: &'a str) -> Cow<'a, str> {
+        self.delimiters.unescape(raw)
+    }
+
+    /// Re-encodes from the index, each segment terminated by CR: for CR-terminated input
+    /// this reproduces the input byte for byte.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.input.len() + 1);
+        self.encode_into(&mut out);
+        out
+    }
+
+    pub fn encode_into(&self, out: &mut String) {
+        let d = &self.delimiters;
+        for segment in self.segments() {
+            out.push_str(segment.id());
+            let header = segment.is_header();
+            for field in segment.fields() {
+                if !(header && field.number <= 2) {
+                    out.push(d.field());
+                }
+                for (r, rep) in field.repetitions().enumerate() {
+                    if r > 0 {
+                        out.push(d.repetition());
+                    }
+                    for (c, comp) in rep.components().enumerate() {
+                        if c > 0 {
+                            out.push(d.component());
+                        }
+                        out.push_str(comp.raw());
+                    }
+                }
+            }
+            out.push('\r');
+        }
+    }
+
+    fn slice(&self, start: u32, end: u32) -> &'a str {
+        self.input
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    fn byte_range(&self, components: Span) -> &'a str {
+        let c = &self.index.components;
+        match (
+            c.get(components.start as usize),
+            c.get((components.end as usize).wrapping_sub(1)),
+        ) {
+            (Some(first), Some(last)) => self.slice(first.start, last.end),
+            _ => "",
+        }
+    }
+}
+
+/// One segment; field 0 is its id.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'m, 'a> {
+    msg: &'m Message<'a>,
+    entry: SegmentEntry,
+    position: usize,
+}
+
+impl<'m, 'a> Segment<'m, 'a> {
+    pub fn id(&self) -> &'a str {
+        let start = self.entry.bytes.start;
+        self.msg.slice(start, start + 3)
+    }
+
+    /// The segment without its terminator.
+    pub fn raw(&self) -> &'a str {
+        self.msg.slice(self.entry.bytes.start, self.entry.bytes.end)
+    }
+
+    /// 0-based position in the message.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Highest field number present (MSH counts MSH-1 and MSH-2).
+    pub fn field_count(&self) -> usize {
+        (self.entry.fields.end - self.entry.fields.start).saturating_sub(1) as usize
+    }
+
+    fn is_header(&self) -> bool {
+        is_header_id(self.id().as_bytes())
+    }
+
+    /// Field by HL7 number; 0 is the segment id.
+    pub fn field(&self, number: usize) -> Option<Field<'m, 'a>> {
+        if number > self.field_count() {
+            return None;
+        }
+        let at = self.entry.fields.start as usize + number;
+        let reps = *self.msg.index.fields.get(at)?;
+        Some(Field {
+            msg: self.msg,
+            reps,
+            number,
+            opaque: number == 0 || self.is_header() && number <= 2,
+        })
+    }
+
+    /// Fields 1..=field_count.
+    pub fn fields(&self) -> impl Iterator<Item = Field<'m, 'a>> + use<'m, 'a> {
+        let this = *self;
+        (1..=self.field_count()).filter_map(move |n| this.field(n))
+    }
+}
+
+/// A field with all its repetitions.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'m, 'a> {
+    msg: &'m Message<'a>,
+    reps: Span,
+    number: usize,
+    opaque: bool,
+}
+
+impl<'m, 'a> Field<'m, 'a> {
+    pub fn number(&self) -> usize {
+        self.number
+    }
+
+    pub fn raw(&self) -> &'a str {
+        let r = &self.msg.index.repetitions;
+        match (
+            r.get(self.reps.start as usize),
+            r.get((self.reps.end as usize).wrapping_sub(1)),
+        ) {
+            (Some(first), Some(last)) => self.msg.byte_range(Span {
+                start: first.start,
+                end: last.end,
+            }),
+            _ => "",
+        }
+    }
+
+    pub fn repetition_count(&self) -> usize {
+        (self.reps.end - self.reps.start) as usize
+    }
+
+    /// Repetition by 1-based number.
+    pub fn repetition(&self, number: usize) -> Option<Repetition<'m, 'a>> {
+        if number == 0 || number > self.repetition_count() {
+            return None;
+        }
+        let comps = *self
+            .msg
+            .index
+            .repetitions
+            .get(self.reps.start as usize + number - 1)?;
+        Some(Repetition {
+            msg: self.msg,
+            comps,
+            opaque: self.opaque,
+        })
+    }
+
+    pub fn repetitions(&self) -> impl Iterator<Item = Repetition<'m, 'a>> + use<'m, 'a> {
+        let this = *self;
+        (1..=self.repetition_count()).filter_map(move |n| this.repetition(n))
+    }
+}
+
+/// One repetition of a field.
+#[derive(Debug, Clone, Copy)]
+pub struct Repetition<'m, 'a> {
+    msg: &'m Message<'a>,
+    comps: Span,
+    opaque: bool,
+}
+
+impl<'m, 'a> Repetition<'m, 'a> {
+    pub fn raw(&self) -> &'a str {
+        self.msg.byte_range(self.comps)
+    }
+
+    pub fn component_count(&self) -> usize {
+        (self.comps.end - self.comps.start) as usize
+    }
+
+    /// Component by 1-based number.
+    pub fn component(&self, number: usize) -> Option<Component<'a>> {
+        if number == 0 || number > self.component_count() {
+            return None;
+        }
+        let span = *self
+            .msg
+            .index
+            .components
+            .get(self.comps.start as usize + number - 1)?;
+        Some(Component {
+            raw: self.msg.slice(span.start, span.end),
+            subcomponent: (!self.opaque).then(|| self.msg.delimiters.subcomponent_byte()),
+        })
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = Component<'a>> + use<'m, 'a> {
+        let this = *self;
+        (1..=self.component_count()).filter_map(move |n| this.component(n))
+    }
+}
+
+/// One component; subcomponents are split on demand since they are rare.
+#[derive(Debug, Clone, Copy)]
+pub struct Component<'a> {
+    raw: &'a str,
+    /// `None` for MSH-1/MSH-2, whose characters are not separators.
+    subcomponent: Option<u8>,
+}
+
+impl<'a> Component<'a> {
+    pub fn raw(&self) -> &'a str {
+        self.raw
+    }
+
+    /// Subcomponent by 1-based number.
+    pub fn subcomponent(&self, number: usize) -> Option<&'a str> {
+        self.subcomponents().nth(number.checked_sub(1)?)
+    }
+
+    pub fn subcomponents(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        let sub = self.subcomponent.map(char::from);
+        self.raw.split(move |c: char| Some(c) == sub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse;
+
+    const ADT: &str = "MSH|^~\\&|SEND|FAC|RECV|RFAC|20240101120000||ADT^A01^ADT_A01|MSG00001|P|2.5.1\r\
+EVN|A01|20240101120000\r\
+PID|1||123^^^HOSP^MR~456&x&y^^^SSA^SS||Doe^John^Q||19700101|M|||1 Main St\\T\\Apt^^Town^ST^12345\r\
+NK1|1|Doe^Jane|SPO|\"\"\r\
+NK1|2|Roe^Rick|BRO\r\
+ZPD|custom|\r";
+
+    #[test]
+    fn msh_numbering_follows_hl7() {
+        let m = parse(ADT).unwrap();
+        assert_eq!(m.get("MSH-1").unwrap(), Some("|"));
+        assert_eq!(m.get("MSH-2").unwrap(), Some("^~\\&"));
+        assert_eq!(m.get("MSH-9.1").unwrap(), Some("ADT"));
+        assert_eq!(m.get("MSH-9.2").unwrap(), Some("A01"));
+        assert_eq!(m.get("MSH-10").unwrap(), Some("MSG00001"));
+        assert_eq!(m.get("MSH-12").unwrap(), Some("2.5.1"));
+        let msh2 = m.segment_at(0).unwrap().field(2).unwrap();
+        assert_eq!(msh2.repetition_count(), 1);
+        let comp = msh2.repetition(1).unwrap().component(1).unwrap();
+        assert_eq!(comp.subcomponents().count(), 1);
+    }
+
+    #[test]
+    fn paths_reach_every_level() {
+        let m = parse(ADT).unwrap();
+        assert_eq!(m.get("PID-3").unwrap(), Some("123^^^HOSP^MR"));
+        assert_eq!(m.get("PID-3[2].4").unwrap(), Some("SSA"));
+        assert_eq!(m.get("PID-3[2].1.2").unwrap(), Some("x"));
+        assert_eq!(m.get("PID-3[2].1.4").unwrap(), None);
+        assert_eq!(m.get("PID-3[3]").unwrap(), None);
+        assert_eq!(m.get("PID-5.2").unwrap(), Some("John"));
+        assert_eq!(m.get("NK1[2]-2.1").unwrap(), Some("Roe"));
+        assert_eq!(m.get("NK1-2.1").unwrap(), Some("Doe"));
+        assert_eq!(m.get("NK1[3]-2").unwrap(), None);
+        assert_eq!(m.get("ZPD-1").unwrap(), Some("custom"));
+        assert_eq!(m.get("ZPD-2").unwrap(), Some(""));
+        assert_eq!(m.get("ZPD-3").unwrap(), None);
+        assert!(m.get("PID-0").is_err());
+    }
+
+    #[test]
+    fn empty_and_null_are_distinct() {
+        let m = parse(ADT).unwrap();
+        assert_eq!(m.get("NK1-4").unwrap(), Some("\"\""));
+        assert_eq!(m.get("PID-2").unwrap(), Some(""));
+    }
+
+    #[test]
+    fn unescape_values() {
+        let m = parse(ADT).unwrap();
+        let street = m.get("PID-11.1").unwrap().unwrap();
+        assert_eq!(street, "1 Main St\\T\\Apt");
+        assert_eq!(m.unescape(street), "1 Main St&Apt");
+    }
+
+    #[test]
+    fn segment_and_field_views() {
+        let m = parse(ADT).unwrap();
+        let ids: Vec<_> = m.segments().map(|s| s.id()).collect();
+        assert_eq!(ids, ["MSH", "EVN", "PID", "NK1", "NK1", "ZPD"]);
+        let pid = m.segment("PID", 1).unwrap();
+        assert_eq!(pid.position(), 2);
+        assert_eq!(pid.field_count(), 11);
+        assert_eq!(pid.field(0).unwrap().raw(), "PID");
+        let f3 = pid.field(3).unwrap();
+        assert_eq!(f3.raw(), "123^^^HOSP^MR~456&x&y^^^SSA^SS");
+        assert_eq!(f3.repetitions().count(), 2);
+        assert_eq!(m.segment_at(5).unwrap().raw(), "ZPD|custom|");
+    }
+
+    #[test]
+    fn line_endings_and_trailing_blank_lines() {
+        let lf = ADT.replace('\r', "\n");
+        let crlf = ADT.replace('\r', "\r\n") + "\r\n\r\n";
+        for input in [lf.as_str(), crlf.as_str(), ADT.trim_end()] {
+            let m = parse(input).unwrap();
+            assert_eq!(m.segment_count(), 6);
+            assert_eq!(m.encode(), ADT);
+        }
+    }
+
+    #[test]
+    fn custom_delimiters_and_truncation_char() {
+        let msg = "MSH#*!/$%#A#B###X*Y!Z$1\rPID#1#a/F/b*c$d\r";
+        let m = parse(msg).unwrap();
+        assert_eq!(m.delimiters().truncation(), Some('%'));
+        assert_eq!(m.get("MSH-2").unwrap(), Some("*!/$%"));
+        assert_eq!(m.get("MSH-7.1").unwrap(), Some("X"));
+        assert_eq!(m.get("MSH-7[2].1.2").unwrap(), Some("1"));
+        assert_eq!(m.get("PID-2.2.2").unwrap(), Some("d"));
+        assert_eq!(m.unescape(m.get("PID-2.1").unwrap().unwrap()), "a#b");
+        assert_eq!(m.encode(), msg);
+    }
+
+    #[test]
+    fn segments_without_fields_round_trip() {
+        let msg = "MSH|^~\\&\rZZZ\rPID|\rBHS|\r";
+        let m = parse(msg).unwrap();
+        assert_eq!(m.segment("ZZZ", 1).unwrap().field_count(), 0);
+        assert_eq!(m.segment("PID", 1).unwrap().field_count(), 1);
+        assert_eq!(m.encode(), msg);
+    }
+}

@@ -1,0 +1,696 @@
+//! What a CBO action does to the referral Task (cbo-api.md §5): the status it moves to,
+//! `statusReason`, notes, and on close the SDOHCC Procedure(s) and enrollment
+//! Observation referenced from `Task.output`.
+//!
+//! Pure: the caller reads the current Task and ServiceRequest inside its transaction,
+//! calls [`apply`], and writes the [`Edit`] through the FHIR write path, which checks
+//! the Task transition again and records the referral's new status and events.
+
+use serde_json::{Map, Value, json};
+
+use super::CboStatus;
+use super::TaskStatus;
+
+/// The gateway's code system for decline reasons, close outcomes, holds and expiry.
+pub const STATUS_REASON_SYSTEM: &str =
+    "https://crossway.dev/fhir/CodeSystem/referral-status-reason";
+const EXTENSION_BASE: &str = "https://crossway.dev/fhir/StructureDefinition/";
+const SDOHCC_TEMPORARY_CODES: &str =
+    "http://hl7.org/fhir/us/sdoh-clinicalcare/CodeSystem/SDOHCC-CodeSystemTemporaryCodes";
+const PROCEDURE_PROFILE: &str =
+    "http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/SDOHCC-Procedure";
+
+macro_rules! code_list {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $code:literal : $display:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn code(self) -> &'static str {
+                match self { $($name::$variant => $code),+ }
+            }
+
+            pub fn display(self) -> &'static str {
+                match self { $($name::$variant => $display),+ }
+            }
+
+            pub fn parse(code: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.code() == code)
+            }
+        }
+    };
+}
+
+code_list!(
+    /// Why a CBO declines a referral (cbo-api.md §2).
+    DeclineReason {
+        NoCapacity = "no_capacity": "No capacity",
+        NotEligible = "not_eligible": "Client not eligible",
+        OutOfServiceArea = "out_of_service_area": "Out of service area",
+        ServiceNotOffered = "service_not_offered": "Service not offered",
+        MissingInformation = "missing_information": "Missing information",
+        ClientDeclined = "client_declined": "Client declined",
+        Duplicate = "duplicate": "Duplicate referral",
+        Other = "other": "Other",
+    }
+);
+
+code_list!(
+    /// How a CBO closes a referral (cbo-api.md §2).
+    CloseOutcome {
+        Resolved = "resolved": "Need resolved",
+        PartiallyResolved = "partially_resolved": "Need partially resolved",
+        Unresolved = "unresolved": "Need not resolved",
+        ClientUnreachable = "client_unreachable": "Client unreachable",
+        ClientDeclined = "client_declined": "Client declined",
+        ReferredElsewhere = "referred_elsewhere": "Referred elsewhere",
+        NotEligibleAfterIntake = "not_eligible_after_intake": "Not eligible after intake",
+    }
+);
+
+impl CloseOutcome {
+    /// The IG's `completed` means the requested service was performed; every other
+    /// outcome is a `failed` Task whose reason says why.
+    fn task_status(self) -> TaskStatus {
+        match self {
+            CloseOutcome::Resolved | CloseOutcome::PartiallyResolved => TaskStatus::Completed,
+            _ => TaskStatus::Failed,
+        }
+    }
+}
+
+/// A service the CBO reports as provided: one SDOHCC Procedure each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceProvided {
+    pub system: String,
+    pub code: String,
+    pub display: Option<String>,
+    /// `YYYY-MM-DD` (or a dateTime); the action's time when absent.
+    pub date: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrollment {
+    pub program: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Accept {
+        assignee: Option<String>,
+        expected_contact_by: Option<String>,
+        note: Option<String>,
+    },
+    Decline {
+        reason: DeclineReason,
+        note: Option<String>,
+    },
+    Start {
+        note: Option<String>,
+    },
+    Hold {
+        reason: Option<String>,
+        note: Option<String>,
+    },
+    Resume {
+        note: Option<String>,
+    },
+    Close {
+        outcome: CloseOutcome,
+        services_provided: Vec<ServiceProvided>,
+        enrollment: Option<Enrollment>,
+        note: Option<String>,
+        external_case_id: Option<String>,
+    },
+    Note {
+        text: String,
+    },
+    /// The gateway's sweep: no answer by `respond_by`.
+    Expire,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Accept { .. } => "accept",
+            Action::Decline { .. } => "decline",
+            Action::Start { .. } => "start",
+            Action::Hold { .. } => "hold",
+            Action::Resume { .. } => "resume",
+            Action::Close { .. } => "close",
+            Action::Note { .. } => "note",
+            Action::Expire => "expire",
+        }
+    }
+
+    fn allowed_from(&self, s: CboStatus) -> bool {
+        use CboStatus::*;
+        match self {
+            Action::Accept { .. } | Action::Decline { .. } | Action::Expire => s == Pending,
+            Action::Start { .. } => s == Accepted,
+            Action::Hold { .. } => matches!(s, Accepted | InProgress),
+            Action::Resume { .. } => s == OnHold,
+            Action::Close { .. } => matches!(s, Accepted | InProgress),
+            Action::Note { .. } => !s.is_terminal(),
+        }
+    }
+}
+
+/// The actions a CBO may take on a referral in this status (for 409 answers).
+pub fn allowed_actions(s: CboStatus) -> Vec<&'static str> {
+    let samples = [
+        Action::Accept {
+            assignee: None,
+            expected_contact_by: None,
+            note: None,
+        },
+        Action::Decline {
+            reason: DeclineReason::Other,
+            note: None,
+        },
+        Action::Start { note: None },
+        Action::Hold {
+            reason: None,
+            note: None,
+        },
+        Action::Resume { note: None },
+        Action::Close {
+            outcome: CloseOutcome::Resolved,
+            services_provided: vec![],
+            enrollment: None,
+            note: None,
+            external_case_id: None,
+        },
+        Action::Note {
+            text: String::new(),
+        },
+    ];
+    samples
+        .iter()
+        .filter(|a| a.allowed_from(s))
+        .map(Action::name)
+        .collect()
+}
+
+/// Who acts: the CBO organisation that owns the referral, or the gateway itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub organization: &'a str,
+    pub name: &'a str,
+}
+
+/// What an action changes: the new Task and the resources to create beside it.
+#[derive(Debug)]
+pub struct Edit {
+    pub task: Value,
+    /// (resource type, id, resource)
+    pub created: Vec<(&'static str, String, Value)>,
+    /// The note this action added, if any (the answer to `POST …/notes`).
+    pub note: Option<Value>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ActionError {
+    #[error("the referral is '{}'; '{action}' is not allowed (allowed: {allowed:?})", current.as_str())]
+    InvalidTransition {
+        action: &'static str,
+        current: CboStatus,
+        allowed: Vec<&'static str>,
+    },
+    #[error("the Task's status is not one the referral lifecycle knows")]
+    UnknownStatus,
+}
+
+/// Whether a Task was failed by the gateway's expiry sweep.
+pub fn is_expiry(task: &Value) -> bool {
+    codings(task.pointer("/statusReason")).any(|c| {
+        c.get("system").and_then(Value::as_str) == Some(STATUS_REASON_SYSTEM)
+            && c.get("code").and_then(Value::as_str) == Some("expired")
+    })
+}
+
+fn codings(concept: Option<&Value>) -> impl Iterator<Item = &Value> {
+    concept
+        .and_then(|c| c.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// Applies `action` to `task`. `new_id` names the resources a close creates.
+pub fn apply(
+    action: Action,
+    task: &Value,
+    service_request: Option<&Value>,
+    actor: Actor<'_>,
+    now: &str,
+    mut new_id: impl FnMut() -> String,
+) -> Result<Edit, ActionError> {
+    let current = CboStatus::of_task(task).ok_or(ActionError::UnknownStatus)?;
+    if !action.allowed_from(current) {
+        return Err(ActionError::InvalidTransition {
+            action: action.name(),
+            current,
+            allowed: allowed_actions(current),
+        });
+    }
+    let mut task = task.clone();
+    let mut created = Vec::new();
+    let mut edit = TaskEdit {
+        task: &mut task,
+        actor,
+        now,
+    };
+    let note = match action {
+        Action::Accept {
+            assignee,
+            expected_contact_by,
+            note,
+        } => {
+            edit.status(TaskStatus::Accepted, None);
+            if let Some(a) = assignee {
+                edit.extension("cbo-assignee", json!({"valueString": a}));
+            }
+            if let Some(d) = expected_contact_by {
+                edit.extension("expected-contact-by", json!({"valueDateTime": d}));
+            }
+            note.map(|n| edit.note(&n))
+        }
+        Action::Decline { reason, note } => {
+            let text = note.clone().unwrap_or_else(|| reason.display().to_string());
+            edit.status(
+                TaskStatus::Rejected,
+                Some(reason_concept(reason.code(), reason.display(), &text)),
+            );
+            note.map(|n| edit.note(&n))
+        }
+        Action::Start { note } | Action::Resume { note } => {
+            edit.status(TaskStatus::InProgress, None);
+            note.map(|n| edit.note(&n))
+        }
+        Action::Hold { reason, note } => {
+            let text = reason.unwrap_or_else(|| "On hold".to_string());
+            edit.status(
+                TaskStatus::OnHold,
+                Some(reason_concept("on_hold", "On hold", &text)),
+            );
+            note.map(|n| edit.note(&n))
+        }
+        Action::Close {
+            outcome,
+            services_provided,
+            enrollment,
+            note,
+            external_case_id,
+        } => {
+            let text = note
+                .clone()
+                .unwrap_or_else(|| outcome.display().to_string());
+            let status = outcome.task_status();
+            let mut services = services_provided;
+            // A completed Task needs a resulting activity (IG refer-10): when the CBO
+            // names none, the service that was requested is the one performed.
+            if services.is_empty()
+                && status == TaskStatus::Completed
+                && let Some(requested) =
+                    service_request.and_then(|sr| codings(sr.get("code")).next())
+            {
+                services.push(ServiceProvided {
+                    system: str_at(requested, "system").unwrap_or_default().to_string(),
+                    code: str_at(requested, "code").unwrap_or_default().to_string(),
+                    display: str_at(requested, "display").map(str::to_string),
+                    date: None,
+                });
+            }
+            for s in &services {
+                let id = new_id();
+                created.push((
+                    "Procedure",
+                    id.clone(),
+                    procedure(s, edit.task, service_request, actor, now),
+                ));
+                edit.output(&format!("Procedure/{id}"));
+            }
+            if let Some(e) = enrollment {
+                let id = new_id();
+                created.push((
+                    "Observation",
+                    id.clone(),
+                    enrollment_observation(&e, edit.task, now),
+                ));
+                edit.output(&format!("Observation/{id}"));
+            }
+            if let Some(case) = external_case_id {
+                edit.identifier(&case);
+            }
+            edit.status(
+                status,
+                Some(reason_concept(outcome.code(), outcome.display(), &text)),
+            );
+            note.map(|n| edit.note(&n))
+        }
+        Action::Note { text } => Some(edit.note(&text)),
+        Action::Expire => {
+            edit.status(
+                TaskStatus::Failed,
+                Some(reason_concept(
+                    "expired",
+                    "No response by deadline",
+                    "no response by deadline",
+                )),
+            );
+            None
+        }
+    };
+    Ok(Edit {
+        task,
+        created,
+        note,
+    })
+}
+
+fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn reason_concept(code: &str, display: &str, text: &str) -> Value {
+    json!({
+        "coding": [{"system": STATUS_REASON_SYSTEM, "code": code, "display": display}],
+        "text": text,
+    })
+}
+
+struct TaskEdit<'t, 'a> {
+    task: &'t mut Value,
+    actor: Actor<'a>,
+    now: &'a str,
+}
+
+impl TaskEdit<'_, '_> {
+    fn object(&mut self) -> &mut Map<String, Value> {
+        if !self.task.is_object() {
+            *self.task = Value::Object(Map::new());
+        }
+        self.task.as_object_mut().expect("made an object above")
+    }
+
+    fn status(&mut self, status: TaskStatus, reason: Option<Value>) {
+        let now = self.now.to_string();
+        let t = self.object();
+        t.insert("status".into(), Value::String(status.as_str().into()));
+        match reason {
+            Some(r) => {
+                t.insert("statusReason".into(), r);
+            }
+            None => {
+                t.remove("statusReason");
+            }
+        }
+        t.insert("lastModified".into(), Value::String(now));
+    }
+
+    fn push(&mut self, key: &str, item: Value) {
+        let list = self
+            .object()
+            .entry(key)
+            .or_insert_with(|| Value::Array(vec![]));
+        if !list.is_array() {
+            *list = Value::Array(vec![]);
+        }
+        if let Value::Array(items) = list {
+            items.push(item);
+        }
+    }
+
+    fn note(&mut self, text: &str) -> Value {
+        let note = json!({
+            "authorReference": {
+                "reference": format!("Organization/{}", self.actor.organization),
+                "display": self.actor.name,
+            },
+            "time": self.now,
+            "text": text,
+        });
+        self.push("note", note.clone());
+        let now = self.now.to_string();
+        self.object()
+            .insert("lastModified".into(), Value::String(now));
+        note
+    }
+
+    fn output(&mut self, reference: &str) {
+        self.push(
+            "output",
+            json!({
+                "type": {"coding": [{"system": SDOHCC_TEMPORARY_CODES, "code": "resulting-activity"}]},
+                "valueReference": {"reference": reference},
+            }),
+        );
+    }
+
+    fn identifier(&mut self, case_id: &str) {
+        let system = format!("urn:crossway:cbo:{}:case-id", self.actor.organization);
+        self.push("identifier", json!({"system": system, "value": case_id}));
+    }
+
+    fn extension(&mut self, name: &str, value: Value) {
+        let url = format!("{EXTENSION_BASE}{name}");
+        if let Some(Value::Array(list)) = self.task.get_mut("extension") {
+            list.retain(|e| str_at(e, "url") != Some(url.as_str()));
+        }
+        let mut ext = json!({ "url": url });
+        if let (Value::Object(e), Value::Object(v)) = (&mut ext, value) {
+            e.extend(v);
+        }
+        self.push("extension", ext);
+    }
+}
+
+/// The SDOHCC Procedure for a provided service, `basedOn` the ServiceRequest.
+fn procedure(
+    s: &ServiceProvided,
+    task: &Value,
+    service_request: Option<&Value>,
+    actor: Actor<'_>,
+    now: &str,
+) -> Value {
+    let mut coding = json!({"system": s.system, "code": s.code});
+    if let Some(d) = &s.display {
+        coding["display"] = Value::String(d.clone());
+    }
+    let mut p = json!({
+        "resourceType": "Procedure",
+        "meta": {"profile": [PROCEDURE_PROFILE]},
+        "status": "completed",
+        "code": {"coding": [coding]},
+        "subject": subject(task, service_request),
+        "performedDateTime": s.date.as_deref().unwrap_or(now),
+        "performer": [{"actor": {
+            "reference": format!("Organization/{}", actor.organization),
+            "display": actor.name,
+        }}],
+    });
+    if let Some(sr) = service_request {
+        if let Some(id) = str_at(sr, "id") {
+            p["basedOn"] = json!([{"reference": format!("ServiceRequest/{id}")}]);
+        }
+        if let Some(category) = sr.pointer("/category/0") {
+            p["category"] = category.clone();
+        }
+        if let Some(reasons) = sr.get("reasonReference") {
+            p["reasonReference"] = reasons.clone();
+        }
+    }
+    p
+}
+
+/// Program enrollment reported at close, as an Observation.
+fn enrollment_observation(e: &Enrollment, task: &Value, now: &str) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "social-history",
+        }]}],
+        "code": {
+            "coding": [{"system": STATUS_REASON_SYSTEM, "code": "program-enrollment", "display": "Program enrollment status"}],
+            "text": format!("Enrollment in {}", e.program),
+        },
+        "subject": subject(task, None),
+        "effectiveDateTime": now,
+        "valueCodeableConcept": {"text": e.status},
+        "note": [{"text": format!("Program: {}", e.program)}],
+    })
+}
+
+fn subject(task: &Value, service_request: Option<&Value>) -> Value {
+    task.get("for")
+        .or_else(|| service_request.and_then(|sr| sr.get("subject")))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACTOR: Actor<'static> = Actor {
+        organization: "cbo-1",
+        name: "Food Bank",
+    };
+
+    fn task(status: &str) -> Value {
+        json!({"resourceType": "Task", "id": "t1", "status": status,
+               "for": {"reference": "Patient/p1"}, "focus": {"reference": "ServiceRequest/sr1"}})
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("new-{n}")
+        }
+    }
+
+    #[test]
+    fn close_resolved_completes_the_task_with_a_procedure_output() {
+        let sr = json!({"id": "sr1", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "467771000124109"}]},
+                        "category": [{"coding": [{"code": "food-insecurity"}]}]});
+        let close = Action::Close {
+            outcome: CloseOutcome::Resolved,
+            services_provided: vec![],
+            enrollment: Some(Enrollment {
+                program: "Weekly pantry".into(),
+                status: "enrolled".into(),
+            }),
+            note: Some("Enrolled".into()),
+            external_case_id: Some("APRICOT-1".into()),
+        };
+        let edit = apply(
+            close,
+            &task("in-progress"),
+            Some(&sr),
+            ACTOR,
+            "2025-03-17T10:00:00Z",
+            ids(),
+        )
+        .unwrap();
+        assert_eq!(edit.task["status"], "completed");
+        assert_eq!(
+            edit.task["output"][0]["valueReference"]["reference"],
+            "Procedure/new-1"
+        );
+        assert_eq!(
+            edit.task["output"][1]["valueReference"]["reference"],
+            "Observation/new-2"
+        );
+        assert_eq!(edit.task["statusReason"]["coding"][0]["code"], "resolved");
+        assert_eq!(edit.task["note"][0]["text"], "Enrolled");
+        assert_eq!(edit.task["identifier"][0]["value"], "APRICOT-1");
+        let (ty, _, procedure) = &edit.created[0];
+        assert_eq!(*ty, "Procedure");
+        assert_eq!(procedure["basedOn"][0]["reference"], "ServiceRequest/sr1");
+        assert_eq!(procedure["code"]["coding"][0]["code"], "467771000124109");
+        assert_eq!(procedure["subject"]["reference"], "Patient/p1");
+    }
+
+    #[test]
+    fn an_unresolved_close_fails_the_task_without_inventing_a_procedure() {
+        let close = Action::Close {
+            outcome: CloseOutcome::ClientUnreachable,
+            services_provided: vec![],
+            enrollment: None,
+            note: None,
+            external_case_id: None,
+        };
+        let edit = apply(
+            close,
+            &task("accepted"),
+            None,
+            ACTOR,
+            "2025-03-17T10:00:00Z",
+            ids(),
+        )
+        .unwrap();
+        assert_eq!(edit.task["status"], "failed");
+        assert!(edit.created.is_empty());
+        assert_eq!(CboStatus::of_task(&edit.task), Some(CboStatus::Closed));
+    }
+
+    #[test]
+    fn invalid_transitions_name_what_is_allowed() {
+        let err = apply(
+            Action::Start { note: None },
+            &task("requested"),
+            None,
+            ACTOR,
+            "now",
+            ids(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ActionError::InvalidTransition {
+                action: "start",
+                current: CboStatus::Pending,
+                allowed: vec!["accept", "decline", "note"],
+            }
+        );
+        assert!(allowed_actions(CboStatus::Declined).is_empty());
+        assert_eq!(allowed_actions(CboStatus::OnHold), ["resume", "note"]);
+    }
+
+    #[test]
+    fn every_action_lands_on_a_task_status_the_ig_allows() {
+        for from in ["requested", "accepted", "in-progress", "on-hold"] {
+            let t = task(from);
+            for action in [
+                Action::Accept {
+                    assignee: Some("Ana".into()),
+                    expected_contact_by: None,
+                    note: None,
+                },
+                Action::Decline {
+                    reason: DeclineReason::NoCapacity,
+                    note: None,
+                },
+                Action::Start { note: None },
+                Action::Hold {
+                    reason: None,
+                    note: None,
+                },
+                Action::Resume { note: None },
+                Action::Expire,
+            ] {
+                if let Ok(edit) = apply(action, &t, None, ACTOR, "now", ids()) {
+                    let old = TaskStatus::parse(from).unwrap();
+                    let new = TaskStatus::parse(edit.task["status"].as_str().unwrap()).unwrap();
+                    assert!(
+                        old.can_move_to(new) || is_expiry(&edit.task),
+                        "{from} -> {new:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_is_recognisable_on_the_task() {
+        let edit = apply(
+            Action::Expire,
+            &task("requested"),
+            None,
+            ACTOR,
+            "now",
+            ids(),
+        )
+        .unwrap();
+        assert!(is_expiry(&edit.task));
+        assert_eq!(CboStatus::of_task(&edit.task), Some(CboStatus::Expired));
+    }
+}

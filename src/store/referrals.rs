@@ -1,0 +1,586 @@
+//! Referrals, the per-organisation event feed, idempotency keys and client references:
+//! the rows behind the CBO face. Written through [`Tx`] in the same transaction as the
+//! FHIR resources they describe; read by the CBO API from the pool.
+
+use sqlx::Row;
+
+use super::sql::{self, INT, TEXT};
+use super::{Backend, Result, Store, StoredResource, Tx};
+
+/// A referral: a referral Task addressed to a known organisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Referral {
+    pub id: String,
+    pub organization: String,
+    pub task_id: String,
+    /// The CBO-facing status (`pending`, `accepted`, …).
+    pub status: String,
+    /// The Task's versionId: the referral's ETag.
+    pub version: i64,
+    pub urgency: String,
+    /// Microseconds since the epoch.
+    pub respond_by: Option<i64>,
+    pub client_ref: Option<String>,
+    pub domain: Option<String>,
+    /// Microseconds since the epoch; kept as first written.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReferralRow {
+    pub referral: Referral,
+    pub updated_at: i64,
+}
+
+/// A page request on an organisation's referrals, ordered by (`updated_at`, `id`).
+#[derive(Debug, Clone, Default)]
+pub struct ReferralFilter {
+    pub status: Option<String>,
+    pub urgency: Option<String>,
+    pub updated_since: Option<i64>,
+    /// Keyset cursor: the last row of the previous page.
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub seq: i64,
+    pub event_type: String,
+    pub referral_id: String,
+    pub status: String,
+    pub version: i64,
+    pub created_at: i64,
+}
+
+/// The first answer given to an Idempotency-Key.
+#[derive(Debug, Clone)]
+pub struct IdempotentResponse {
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: String,
+}
+
+pub(super) struct StagedReferral {
+    referral: Referral,
+    at: i64,
+}
+
+pub(super) struct StagedEvent {
+    id: String,
+    organization: String,
+    event_type: String,
+    referral_id: String,
+    status: String,
+    version: i64,
+    at: i64,
+}
+
+pub(super) struct StagedKey {
+    organization: String,
+    key: String,
+    response: IdempotentResponse,
+    at: i64,
+}
+
+const REFERRAL_COLUMNS: &str = "id, organization, task_id, status, version, urgency, respond_by, \
+     client_ref, domain, created_at, updated_at";
+
+fn referral_row(r: &sqlx::any::AnyRow) -> ReferralRow {
+    ReferralRow {
+        referral: Referral {
+            id: r.get(0),
+            organization: r.get(1),
+            task_id: r.get(2),
+            status: r.get(3),
+            version: r.get(4),
+            urgency: r.get(5),
+            respond_by: r.get(6),
+            client_ref: r.get(7),
+            domain: r.get(8),
+            created_at: r.get(9),
+        },
+        updated_at: r.get(10),
+    }
+}
+
+const EVENT_COLUMNS: &str = "id, seq, event_type, referral_id, status, version, created_at";
+
+fn event_row(r: &sqlx::any::AnyRow) -> Event {
+    Event {
+        id: r.get(0),
+        seq: r.get(1),
+        event_type: r.get(2),
+        referral_id: r.get(3),
+        status: r.get(4),
+        version: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
+impl Tx<'_> {
+    /// The referral recorded for a Task, staged or committed.
+    pub async fn referral_for_task(&mut self, task_id: &str) -> Result<Option<Referral>> {
+        if let Some(r) = self
+            .referrals
+            .iter()
+            .rev()
+            .find(|r| r.referral.task_id == task_id)
+        {
+            return Ok(Some(r.referral.clone()));
+        }
+        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE task_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(task_id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.map(|r| referral_row(&r).referral))
+    }
+
+    /// A referral by id, staged or committed.
+    pub async fn referral(&mut self, id: &str) -> Result<Option<Referral>> {
+        if let Some(r) = self.referrals.iter().rev().find(|r| r.referral.id == id) {
+            return Ok(Some(r.referral.clone()));
+        }
+        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.map(|r| referral_row(&r).referral))
+    }
+
+    /// Stages a new referral, or a known referral's new state.
+    pub fn stage_referral(&mut self, referral: Referral, at: i64) {
+        self.referrals.push(StagedReferral { referral, at });
+    }
+
+    /// Stages an event about `referral` on its organisation's feed; the sequence number
+    /// is assigned when the batch is written.
+    pub fn stage_event(&mut self, event_type: &str, referral: &Referral, at: i64) {
+        self.events.push(StagedEvent {
+            id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
+            organization: referral.organization.clone(),
+            event_type: event_type.to_string(),
+            referral_id: referral.id.clone(),
+            status: referral.status.clone(),
+            version: referral.version,
+            at,
+        });
+    }
+
+    /// The current version without locking it (for reading around a change).
+    pub async fn peek(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        if let Some(s) = self.staged(resource_type, id) {
+            return Ok(Some(s.resource.clone()));
+        }
+        let row = sqlx::query(sql::READ_CURRENT)
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.map(|r| super::stored(resource_type, id, &r)))
+    }
+
+    /// The answer already given to this Idempotency-Key. Takes the key's lock first, so
+    /// that a concurrent request with the same key in another process waits for the
+    /// first to commit and then finds its answer.
+    pub async fn idempotent_response(
+        &mut self,
+        organization: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentResponse>> {
+        self.lock(&format!("idempotency:{organization}:{key}"))
+            .await?;
+        if let Some(k) = self
+            .keys
+            .iter()
+            .find(|k| k.organization == organization && k.key == key)
+        {
+            return Ok(Some(k.response.clone()));
+        }
+        let row = sqlx::query(
+            "SELECT fingerprint, status, response FROM idempotency_keys \
+             WHERE organization = $1 AND idem_key = $2",
+        )
+        .bind(organization)
+        .bind(key)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        Ok(row.map(|r| IdempotentResponse {
+            fingerprint: r.get(0),
+            status: r.get::<i64, _>(1) as u16,
+            body: r.get(2),
+        }))
+    }
+
+    pub fn stage_idempotent_response(
+        &mut self,
+        organization: &str,
+        key: &str,
+        response: IdempotentResponse,
+        at: i64,
+    ) {
+        self.keys.push(StagedKey {
+            organization: organization.to_string(),
+            key: key.to_string(),
+            response,
+            at,
+        });
+    }
+
+    /// The client reference of a Patient, assigning a new one on first sight.
+    pub async fn client_ref(&mut self, patient_id: &str) -> Result<String> {
+        if let Some((_, c)) = self.clients.iter().find(|(p, _)| p == patient_id) {
+            return Ok(c.clone());
+        }
+        self.lock(&format!("client:{patient_id}")).await?;
+        let row = sqlx::query("SELECT client_ref FROM clients WHERE patient_id = $1")
+            .bind(patient_id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        if let Some(r) = row {
+            return Ok(r.get(0));
+        }
+        let client_ref = format!("cli_{}", uuid::Uuid::new_v4().simple());
+        self.clients
+            .push((patient_id.to_string(), client_ref.clone()));
+        Ok(client_ref)
+    }
+
+    /// Removes events and idempotency keys older than the given times. Each
+    /// organisation's `pruned_through` records how far its feed was cut.
+    /// Runs in the writer's transaction: on SQLite a second writer would contend for
+    /// the one write lock.
+    pub async fn prune(&mut self, events_before: i64, keys_before: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE tenant_counters SET pruned_through = COALESCE((SELECT MAX(seq) FROM events e \
+             WHERE e.organization = tenant_counters.organization AND e.created_at < $1), pruned_through)",
+        )
+        .bind(events_before)
+        .execute(&mut *self.conn)
+        .await?;
+        sqlx::query(
+            "DELETE FROM events WHERE seq <= (SELECT pruned_through FROM tenant_counters t \
+             WHERE t.organization = events.organization)",
+        )
+        .execute(&mut *self.conn)
+        .await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(keys_before)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn flush_referrals(&mut self) -> Result<()> {
+        let referrals = std::mem::take(&mut self.referrals);
+        if !referrals.is_empty() {
+            let (text, args) = write_referrals(self.backend, &referrals);
+            self.run(text, args).await?;
+        }
+        let events = std::mem::take(&mut self.events);
+        if !events.is_empty() {
+            self.write_events(events).await?;
+        }
+        let keys = std::mem::take(&mut self.keys);
+        if !keys.is_empty() {
+            let rows: Vec<(&str, &str, &str, u16, &str, i64)> = keys
+                .iter()
+                .map(|k| {
+                    let r = &k.response;
+                    (
+                        k.organization.as_str(),
+                        k.key.as_str(),
+                        r.fingerprint.as_str(),
+                        r.status,
+                        r.body.as_str(),
+                        k.at,
+                    )
+                })
+                .collect();
+            let (text, args) = sql::bulk_insert(
+                self.backend,
+                "idempotency_keys",
+                &[
+                    ("organization", TEXT),
+                    ("idem_key", TEXT),
+                    ("fingerprint", TEXT),
+                    ("status", INT),
+                    ("response", TEXT),
+                    ("created_at", INT),
+                ],
+                sql::json_rows(&rows),
+                "",
+            );
+            self.run(text, args).await?;
+        }
+        let clients = std::mem::take(&mut self.clients);
+        if !clients.is_empty() {
+            let (text, args) = sql::bulk_insert(
+                self.backend,
+                "clients",
+                &[("patient_id", TEXT), ("client_ref", TEXT)],
+                sql::json_rows(&clients),
+                "",
+            );
+            self.run(text, args).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, text: String, args: Vec<sql::Arg>) -> Result<()> {
+        sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<()> {
+        // One counter bump per organisation reserves a block of sequence numbers. The
+        // counter row stays locked until COMMIT, which keeps each organisation's feed
+        // gap-free and ordered across gateway processes.
+        let mut next: Vec<(String, i64)> = Vec::new();
+        for e in &events {
+            match next.iter_mut().find(|(o, _)| *o == e.organization) {
+                Some((_, n)) => *n += 1,
+                None => next.push((e.organization.clone(), 1)),
+            }
+        }
+        // Counters are locked in one order by every writer, so two batches never wait
+        // on each other's counters (a deadlock).
+        next.sort();
+        for (org, count) in next.iter_mut() {
+            let last: i64 = sqlx::query(
+                "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, $2) \
+                 ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + $2 \
+                 RETURNING last_seq",
+            )
+            .bind(org.as_str())
+            .bind(*count)
+            .fetch_one(&mut *self.conn)
+            .await?
+            .get(0);
+            *count = last - *count + 1;
+        }
+        let rows: Vec<EventRow> = events
+            .into_iter()
+            .map(|e| {
+                let slot = next
+                    .iter_mut()
+                    .find(|(o, _)| *o == e.organization)
+                    .expect("counted above");
+                let seq = slot.1;
+                slot.1 += 1;
+                EventRow(
+                    e.organization,
+                    seq,
+                    e.event_type,
+                    e.referral_id,
+                    e.at,
+                    e.id,
+                    e.status,
+                    e.version,
+                )
+            })
+            .collect();
+        let (text, args) = sql::bulk_insert(
+            self.backend,
+            "events",
+            &[
+                ("organization", TEXT),
+                ("seq", INT),
+                ("event_type", TEXT),
+                ("referral_id", TEXT),
+                ("created_at", INT),
+                ("id", TEXT),
+                ("status", TEXT),
+                ("version", INT),
+            ],
+            sql::json_rows(&rows),
+            "",
+        );
+        self.run(text, args).await
+    }
+}
+
+/// An `events` row in the column order of the insert (serialised as a JSON array).
+#[derive(serde::Serialize)]
+struct EventRow(String, i64, String, String, i64, String, String, i64);
+
+/// One upsert for the batch; a referral staged twice is written in its last state.
+fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<sql::Arg>) {
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        i64,
+        &'a str,
+        Option<i64>,
+        Option<&'a str>,
+        Option<&'a str>,
+        i64,
+        i64,
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    for s in staged {
+        let r = &s.referral;
+        let row: Row = (
+            &r.id,
+            &r.organization,
+            &r.task_id,
+            &r.status,
+            r.version,
+            &r.urgency,
+            r.respond_by,
+            r.client_ref.as_deref(),
+            r.domain.as_deref(),
+            r.created_at,
+            s.at,
+        );
+        match rows.iter_mut().find(|existing| existing.0 == r.id) {
+            Some(existing) => {
+                *existing = (
+                    row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, existing.9, s.at,
+                )
+            }
+            None => rows.push(row),
+        }
+    }
+    sql::bulk_insert(
+        backend,
+        "referrals",
+        &[
+            ("id", TEXT),
+            ("organization", TEXT),
+            ("task_id", TEXT),
+            ("status", TEXT),
+            ("version", INT),
+            ("urgency", TEXT),
+            ("respond_by", INT),
+            ("client_ref", TEXT),
+            ("domain", TEXT),
+            ("created_at", INT),
+            ("updated_at", INT),
+        ],
+        sql::json_rows(&rows),
+        "WHERE true ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+         version = excluded.version, urgency = excluded.urgency, \
+         respond_by = excluded.respond_by, client_ref = excluded.client_ref, \
+         domain = excluded.domain, updated_at = excluded.updated_at",
+    )
+}
+
+impl Store {
+    /// An organisation's referral by id (another organisation's is not found).
+    pub async fn referral(&self, organization: &str, id: &str) -> Result<Option<ReferralRow>> {
+        let text =
+            format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1 AND organization = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(id)
+            .bind(organization)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(referral_row))
+    }
+
+    /// A page of an organisation's referrals, oldest change first.
+    pub async fn referrals(
+        &self,
+        organization: &str,
+        f: &ReferralFilter,
+    ) -> Result<Vec<ReferralRow>> {
+        let mut text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE organization = $1");
+        let mut args = vec![sql::Arg::Text(organization.to_string())];
+        let arg = |a: sql::Arg, args: &mut Vec<sql::Arg>| {
+            args.push(a);
+            format!("${}", args.len())
+        };
+        if let Some(s) = &f.status {
+            text += &format!(
+                " AND status = {}",
+                arg(sql::Arg::Text(s.clone()), &mut args)
+            );
+        }
+        if let Some(u) = &f.urgency {
+            text += &format!(
+                " AND urgency = {}",
+                arg(sql::Arg::Text(u.clone()), &mut args)
+            );
+        }
+        if let Some(t) = f.updated_since {
+            text += &format!(" AND updated_at >= {}", arg(sql::Arg::Int(t), &mut args));
+        }
+        if let Some((at, id)) = &f.after {
+            let a = arg(sql::Arg::Int(*at), &mut args);
+            let b = arg(sql::Arg::Text(id.clone()), &mut args);
+            text += &format!(" AND (updated_at > {a} OR (updated_at = {a} AND id > {b}))");
+        }
+        text += &format!(
+            " ORDER BY updated_at, id LIMIT {}",
+            arg(sql::Arg::Int(f.limit), &mut args)
+        );
+        let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(referral_row).collect())
+    }
+
+    /// An organisation's feed after `after_seq`, and the highest sequence removed by
+    /// retention (a cursor below it has missed events).
+    pub async fn events(
+        &self,
+        organization: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<(Vec<Event>, i64)> {
+        let pruned: i64 =
+            sqlx::query("SELECT pruned_through FROM tenant_counters WHERE organization = $1")
+                .bind(organization)
+                .fetch_optional(&self.pool)
+                .await?
+                .map_or(0, |r| r.get(0));
+        let text = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE organization = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(organization)
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((rows.iter().map(event_row).collect(), pruned))
+    }
+
+    /// One referral's events, in order.
+    pub async fn referral_events(
+        &self,
+        organization: &str,
+        referral_id: &str,
+    ) -> Result<Vec<Event>> {
+        let text = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE referral_id = $1 AND organization = $2 ORDER BY seq"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(referral_id)
+            .bind(organization)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(event_row).collect())
+    }
+
+    /// Pending referrals whose `respond_by` has passed: (referral id, organisation).
+    pub async fn overdue_referrals(&self, now: i64, limit: i64) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, organization FROM referrals \
+             WHERE status = 'pending' AND respond_by < $1 ORDER BY respond_by LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

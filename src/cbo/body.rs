@@ -11,7 +11,8 @@ use crate::referral::{Action, CloseOutcome, DeclineReason};
 
 const MAX_TEXT: usize = 10_000;
 
-pub fn parse_action(action: &str, body: &[u8]) -> Result<Action, CboError> {
+/// The body as a JSON object; an empty body is an empty object.
+fn object(body: &[u8]) -> Result<Map<String, Value>, CboError> {
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
@@ -22,12 +23,119 @@ pub fn parse_action(action: &str, body: &[u8]) -> Result<Action, CboError> {
             )])
         })?
     };
-    let Value::Object(obj) = value else {
-        return Err(CboError::Validation(vec![FieldError::body(
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(CboError::Validation(vec![FieldError::body(
             "",
             "the body must be a JSON object",
-        )]));
+        )])),
+    }
+}
+
+/// A service of the organisation's catalogue, as `PUT /services/{id}` sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInput {
+    pub name: String,
+    pub description: Option<String>,
+    pub active: bool,
+    pub categories: Vec<ServiceProvided>,
+    pub languages: Vec<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub url: Option<String>,
+    pub eligibility: Option<String>,
+    pub service_area: Option<String>,
+}
+
+pub fn parse_service(body: &[u8]) -> Result<ServiceInput, CboError> {
+    let obj = object(body)?;
+    let mut r = Reader {
+        obj: &obj,
+        errors: Vec::new(),
     };
+    r.only(
+        &[
+            "name",
+            "description",
+            "active",
+            "categories",
+            "languages",
+            "phone",
+            "email",
+            "url",
+            "eligibility",
+            "service_area",
+            "capacity",
+            "id",
+        ],
+        "service",
+    );
+    let name = r.text("name");
+    if name.is_none() && !obj.contains_key("name") {
+        r.fail("/name", "is required");
+    }
+    let active = match obj.get("active") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            r.fail("/active", "must be true or false");
+            true
+        }
+    };
+    let categories = r.codes("categories");
+    let languages = r.texts("languages");
+    let input = ServiceInput {
+        name: name.unwrap_or_default(),
+        description: r.text("description"),
+        active,
+        categories,
+        languages,
+        phone: r.text("phone"),
+        email: r.text("email"),
+        url: r.text("url"),
+        eligibility: r.text("eligibility"),
+        service_area: r.text("service_area"),
+    };
+    if r.errors.is_empty() {
+        Ok(input)
+    } else {
+        Err(CboError::Validation(r.errors))
+    }
+}
+
+/// `PUT /services/{id}/capacity`: `available`, `waitlist` (with a wait band) or `full`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityInput {
+    pub status: String,
+    pub wait_band: Option<String>,
+}
+
+pub const CAPACITY_STATUSES: [&str; 3] = ["available", "waitlist", "full"];
+
+pub fn parse_capacity(body: &[u8]) -> Result<CapacityInput, CboError> {
+    let obj = object(body)?;
+    let mut r = Reader {
+        obj: &obj,
+        errors: Vec::new(),
+    };
+    r.only(&["status", "wait_band"], "capacity");
+    let status = r.code(
+        "status",
+        |s| CAPACITY_STATUSES.contains(&s).then(|| s.to_string()),
+        CAPACITY_STATUSES.into_iter(),
+    );
+    let wait_band = r.text("wait_band");
+    if wait_band.is_some() && status.as_deref() != Some("waitlist") {
+        r.fail("/wait_band", "is only meaningful when status is 'waitlist'");
+    }
+    match status {
+        Some(status) if r.errors.is_empty() => Ok(CapacityInput { status, wait_band }),
+        _ => Err(CboError::Validation(r.errors)),
+    }
+}
+
+pub fn parse_action(action: &str, body: &[u8]) -> Result<Action, CboError> {
+    let obj = object(body)?;
     let mut r = Reader {
         obj: &obj,
         errors: Vec::new(),
@@ -87,7 +195,7 @@ pub fn parse_action(action: &str, body: &[u8]) -> Result<Action, CboError> {
                     CloseOutcome::ALL.iter().map(|c| c.code()),
                 )
                 .unwrap_or(CloseOutcome::Resolved),
-            services_provided: r.services(),
+            services_provided: r.codes("services_provided"),
             enrollment: r.enrollment(),
             note: r.text("note"),
             external_case_id: r.text("external_case_id"),
@@ -178,17 +286,36 @@ impl Reader<'_> {
         parsed
     }
 
-    fn services(&mut self) -> Vec<ServiceProvided> {
-        let Some(v) = self.obj.get("services_provided") else {
+    /// An optional array of non-empty strings.
+    fn texts(&mut self, key: &str) -> Vec<String> {
+        let Some(v) = self.obj.get(key) else {
             return vec![];
         };
         let Some(items) = v.as_array() else {
-            self.fail("/services_provided", "must be an array");
+            self.fail(&pointer(&[key]), "must be an array of strings");
+            return vec![];
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                checked_text(item, &format!("{}/{i}", pointer(&[key])), &mut self.errors)
+            })
+            .collect()
+    }
+
+    /// An optional array of codes (`system`, `code`, `display`, `date`).
+    fn codes(&mut self, key: &str) -> Vec<ServiceProvided> {
+        let Some(v) = self.obj.get(key) else {
+            return vec![];
+        };
+        let Some(items) = v.as_array() else {
+            self.fail(&pointer(&[key]), "must be an array");
             return vec![];
         };
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let at = format!("/services_provided/{i}");
+            let at = format!("{}/{i}", pointer(&[key]));
             let Some(o) = item.as_object() else {
                 self.fail(&at, "must be an object with system and code");
                 continue;

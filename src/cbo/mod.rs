@@ -7,6 +7,7 @@
 
 mod body;
 mod error;
+mod services;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -319,6 +320,79 @@ impl Cbo {
             .collect())
     }
 
+    /// The organisation's service catalogue.
+    pub async fn services(&self, org: &str) -> Result<Vec<Value>, CboError> {
+        let params = [
+            ("organization".to_string(), format!("Organization/{org}")),
+            ("_count".to_string(), "200".to_string()),
+        ];
+        let query = crate::fhir::search::parse_query("HealthcareService", &params, false)?;
+        let page = self.fhir.store().search(&query).await?;
+        Ok(page
+            .matches
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(&m.body).ok())
+            .map(|hs| services::from_resource(org, &hs))
+            .collect())
+    }
+
+    pub async fn service(&self, org: &str, id: &str) -> Result<Value, CboError> {
+        let hs = self
+            .stored_service(org, id)
+            .await?
+            .ok_or(CboError::NotFound)?;
+        Ok(services::from_resource(org, &hs))
+    }
+
+    /// Creates or replaces a service; answers (201 or 200, the service).
+    pub async fn put_service(
+        &self,
+        org: &str,
+        id: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), CboError> {
+        let fid = service_fhir_id(org, id)?;
+        let input = body::parse_service(body)?;
+        let existing = self.stored_service(org, id).await?;
+        let mut resource = services::to_resource(org, id, &input, existing.as_ref());
+        resource["id"] = Value::String(fid.clone());
+        let written = self
+            .fhir
+            .update("HealthcareService", &fid, resource, None)
+            .await?;
+        let stored: Value = serde_json::from_str(&written.stored.body).unwrap_or(Value::Null);
+        Ok((written.status, services::from_resource(org, &stored)))
+    }
+
+    /// Reports a service's capacity (the IG's capacity-status extension).
+    pub async fn put_capacity(&self, org: &str, id: &str, body: &[u8]) -> Result<Value, CboError> {
+        let fid = service_fhir_id(org, id)?;
+        let input = body::parse_capacity(body)?;
+        let existing = self
+            .stored_service(org, id)
+            .await?
+            .ok_or(CboError::NotFound)?;
+        let resource = services::with_capacity(existing, &input);
+        let written = self
+            .fhir
+            .update("HealthcareService", &fid, resource, None)
+            .await?;
+        let stored: Value = serde_json::from_str(&written.stored.body).unwrap_or(Value::Null);
+        Ok(services::from_resource(org, &stored))
+    }
+
+    async fn stored_service(&self, org: &str, id: &str) -> Result<Option<Value>, CboError> {
+        let Some(fid) = services::fhir_id(org, id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .fhir
+            .store()
+            .read("HealthcareService", &fid)
+            .await?
+            .and_then(|s| serde_json::from_str(&s.body).ok()))
+    }
+
     /// One pass of the background sweep: expire overdue referrals, prune old events
     /// and idempotency keys. Returns how many referrals expired.
     pub async fn sweep(&self) -> Result<usize, CboError> {
@@ -369,6 +443,15 @@ fn feed_event(e: Event) -> FeedEvent {
             version: e.version,
         },
     }
+}
+
+fn service_fhir_id(org: &str, id: &str) -> Result<String, CboError> {
+    services::fhir_id(org, id).ok_or_else(|| {
+        CboError::Validation(vec![FieldError::body(
+            "",
+            format!("service id {id:?} must be 1-40 letters, digits or '-'"),
+        )])
+    })
 }
 
 fn parse_etag(s: &str) -> Result<i64, CboError> {

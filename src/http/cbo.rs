@@ -27,6 +27,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/referrals/{id}/{action}", web::post().to(act))
         .route("/events", web::get().to(events))
         .route("/me", web::get().to(me))
+        .route("/services", web::get().to(list_services))
+        .route("/services/{id}", web::get().to(get_service))
+        .route("/services/{id}", web::put().to(put_service))
+        .route("/services/{id}/capacity", web::put().to(put_capacity))
         .default_service(web::to(not_found));
 }
 
@@ -87,7 +91,7 @@ impl Problem {
                 s @ 400..=499 => (
                     if s == 400 { 422 } else { s },
                     "validation",
-                    "The change breaks a referral rule",
+                    "The change breaks a rule of the FHIR record behind it",
                 ),
                 s => (s, "unavailable", "The service is temporarily unavailable"),
             },
@@ -326,6 +330,64 @@ async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse
         "environment": "development",
     });
     Ok(json_response(StatusCode::OK, body.to_string()))
+}
+
+async fn list_services(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let org = tenant(&req, &state)?;
+    let data = state
+        .cbo
+        .services(&org.id)
+        .await
+        .map_err(|e| Problem::new(e, &req))?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "data": data }).to_string(),
+    ))
+}
+
+async fn get_service(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let org = tenant(&req, &state)?;
+    let service = state
+        .cbo
+        .service(&org.id, &path)
+        .await
+        .map_err(|e| Problem::new(e, &req))?;
+    Ok(json_response(StatusCode::OK, service.to_string()))
+}
+
+async fn put_service(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let org = tenant(&req, &state)?;
+    let (status, service) = state
+        .cbo
+        .put_service(&org.id, &path, &body)
+        .await
+        .map_err(|e| Problem::new(e, &req))?;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok(json_response(status, service.to_string()))
+}
+
+async fn put_capacity(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let org = tenant(&req, &state)?;
+    let service = state
+        .cbo
+        .put_capacity(&org.id, &path, &body)
+        .await
+        .map_err(|e| Problem::new(e, &req))?;
+    Ok(json_response(StatusCode::OK, service.to_string()))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -592,3 +592,62 @@ async fn a_cursor_older_than_retention_gets_410() {
     }
     assert_eq!(cbo.get("events?cursor=1").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_cbo_publishes_its_services_and_capacity_for_ehrs_to_find() {
+    let app = spawn_app().await;
+    let cbo = app.cbo(ORG);
+    let service = json!({
+        "name": "Weekly pantry", "description": "Groceries every Thursday",
+        "categories": [{"system": "http://hl7.org/fhir/us/sdoh-clinicalcare/CodeSystem/SDOHCC-CodeSystemTemporaryCodes", "code": "food-insecurity"}],
+        "languages": ["en", "es"], "phone": "+12175550100"
+    });
+    let created = cbo.put("services/weekly-pantry", &service).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["id"], "weekly-pantry");
+    let capacity = cbo
+        .put(
+            "services/weekly-pantry/capacity",
+            &json!({"status": "waitlist", "wait_band": "2-4 weeks"}),
+        )
+        .await;
+    assert_eq!(capacity.status, 200, "{}", capacity.body);
+    let updated = cbo.put("services/weekly-pantry", &service).await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(
+        updated.body["capacity"]["status"], "waitlist",
+        "a catalogue edit keeps capacity"
+    );
+
+    let listed = cbo.get("services").await.body;
+    assert_eq!(listed["data"][0]["capacity"]["wait_band"], "2-4 weeks");
+    // The EHR finds it on the FHIR side with the IG's capacity extension.
+    let bundle = app
+        .get_json("HealthcareService?organization=Organization/cbo-riverside-food-bank")
+        .await;
+    let hs = &bundle["entry"][0]["resource"];
+    assert_eq!(
+        hs["extension"][0]["valueCodeableConcept"]["coding"][0]["code"],
+        "waitlist"
+    );
+    assert_eq!(hs["name"], "Weekly pantry");
+    // Another organisation neither sees nor changes it.
+    let other = app.cbo("cbo-harbor-housing");
+    assert_eq!(other.get("services").await.body["data"], json!([]));
+    assert_eq!(other.get("services/weekly-pantry").await.status, 404);
+
+    let bad = cbo
+        .put(
+            "services/weekly-pantry",
+            &json!({"name": 5, "active": "yes"}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let pointers: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(pointers, ["/name", "/active"]);
+}

@@ -279,6 +279,16 @@ impl CboClient<'_> {
         self.post_raw(path, &body.to_string(), &[]).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        let req = self
+            .app
+            .client
+            .put(self.url(path))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.send(req).await
+    }
+
     /// The organisation's referral ids, in list order (all pages).
     pub async fn referral_ids(&self) -> Vec<String> {
         let r = self.get("referrals?limit=200").await;

@@ -1,6 +1,6 @@
 //! Parses the same ADT^A01 messages with Crossway's parser and crates.io parsers and
-//! prints a Markdown table. Usage: `hl7-parse-bench [--python-ns NS]` (NS = python-hl7
-//! nanoseconds per message, measured by python_hl7.py, to add a row and ratio).
+//! prints a Markdown table. Usage: `hl7-parse-bench [--python-ns NS] [--ours-only]`
+//! (NS = python-hl7 nanoseconds per message, measured by python_hl7.py).
 
 #[path = "../../../src/hl7v2/mod.rs"]
 #[allow(dead_code, unused_imports)]
@@ -96,7 +96,7 @@ fn main() {
     let avg_bytes = messages.iter().map(String::len).sum::<usize>() as f64 / messages.len() as f64;
 
     let mut parser = crossway_hl7::Parser::new();
-    let mut parser_row = {
+    let parser_row = {
         let mut touch = |m: &str| -> Result<usize, crossway_hl7::Error> {
             let msg = parser.parse(m)?;
             let n = msg.segments().map(|s| s.raw().len()).sum::<usize>() + msg.segment_count();
@@ -111,7 +111,7 @@ fn main() {
                 .map(|()| time(&messages, |m| touch(m).unwrap_or(0))),
         }
     };
-    parser_row.name = "crossway hl7v2 (reused Parser)";
+    let ours_only = args.iter().any(|a| a == "--ours-only");
     let mut rows = vec![
         parser_row,
         bench("crossway hl7v2 (parse(), fresh buffers)", &messages, |m| {
@@ -119,22 +119,24 @@ fn main() {
                 msg.segments().map(|s| s.raw().len()).sum::<usize>() + msg.segment_count()
             })
         }),
-        bench("hl7-parser 0.3", &messages, |m| {
+    ];
+    if !ours_only {
+        rows.push(bench("hl7-parser 0.3", &messages, |m| {
             hl7_parser::parse_message(m).map(|msg| {
                 msg.segments.iter().map(|s| s.name.len()).sum::<usize>() + msg.segments.len()
             })
-        }),
-        bench("rust-hl7 0.5", &messages, |m| {
+        }));
+        rows.push(bench("rust-hl7 0.5", &messages, |m| {
             rusthl7::message::Message::try_from(m).map(|msg| {
                 msg.segments.iter().map(|s| s.source.len()).sum::<usize>() + msg.segments.len()
             })
-        }),
-        bench("hl7v2 1.5", &messages, |m| {
+        }));
+        rows.push(bench("hl7v2 1.5", &messages, |m| {
             hl7v2::parse(m.as_bytes()).map(|msg| {
                 msg.segments.iter().map(|s| s.id.len()).sum::<usize>() + msg.segments.len()
             })
-        }),
-    ];
+        }));
+    }
     if let Some(ns) = python_ns {
         rows.push(Row {
             name: "python-hl7 (hl7.parse)",
@@ -165,8 +167,10 @@ fn main() {
             Err(e) => println!("| {} | failed: {e} | | | |", row.name),
         }
     }
-    let best_crate = rows[2..5]
+    let best_crate = rows
         .iter()
+        .skip(2)
+        .take(3)
         .filter_map(|r| r.result.as_ref().ok().map(|ns| (r.name, *ns)))
         .min_by(|a, b| a.1.total_cmp(&b.1));
     println!();

@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 
 use actix_web::{App, HttpServer, web};
+use utoipa_actix_web::AppExt;
 
 use crate::cache::Cache;
 use crate::cbo::Cbo;
@@ -70,11 +71,18 @@ impl Application {
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-                .listen(listener)?
-                .shutdown_timeout(20)
-                .run();
+        let server = HttpServer::new(move || {
+            // The CBO scope is registered through utoipa-actix-web, which also collects
+            // its OpenAPI document from these registrations (`http::cbo::openapi_document`).
+            let (app, _) = App::new()
+                .into_utoipa_app()
+                .service(utoipa_actix_web::scope("/cbo/v1").configure(http::cbo::routes))
+                .split_for_parts();
+            app.app_data(state.clone()).configure(http::routes)
+        })
+        .listen(listener)?
+        .shutdown_timeout(20)
+        .run();
         tracing::info!(
             message = "Crossway listening.",
             http_addr = %addr,

@@ -56,7 +56,7 @@ impl From<ActionError> for CboError {
 
 /// One problem in a request: where (a JSON pointer into the body, a query parameter or
 /// a header) and what rule it breaks.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FieldError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
@@ -64,6 +64,9 @@ pub struct FieldError {
     pub parameter: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// For rules of the FHIR record behind the request (e.g. `Task.output`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fhir_path: Option<String>,
     pub message: String,
 }
 
@@ -73,6 +76,7 @@ impl FieldError {
             pointer: Some(pointer.into()),
             parameter: None,
             header: None,
+            fhir_path: None,
             message: message.into(),
         }
     }
@@ -82,6 +86,17 @@ impl FieldError {
             pointer: None,
             parameter: Some(parameter.to_string()),
             header: None,
+            fhir_path: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn fhir(path: Option<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            pointer: None,
+            parameter: None,
+            header: None,
+            fhir_path: path,
             message: message.into(),
         }
     }
@@ -91,6 +106,7 @@ impl FieldError {
             pointer: None,
             parameter: None,
             header: Some(header.to_string()),
+            fhir_path: None,
             message: message.into(),
         }
     }

@@ -15,8 +15,14 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
+pub use body::{
+    AcceptRequest, CapacityInput, CloseRequest, DeclineRequest, HoldRequest, NoteRequest,
+    ProgressRequest, ServiceInput,
+};
 pub use error::{CboError, FieldError};
+pub use services::Service;
 
 use crate::config::{OrganizationConfig, OrganizationKind};
 use crate::fhir::datetime;
@@ -41,7 +47,7 @@ pub struct Cbo {
 }
 
 /// A page of a list (cbo-api.md §1).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
@@ -49,7 +55,7 @@ pub struct Page<T> {
 }
 
 /// An item of the event feed (thin: ids and status, no personal data).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FeedEvent {
     pub id: String,
     #[serde(rename = "type")]
@@ -59,7 +65,7 @@ pub struct FeedEvent {
     pub data: FeedEventData,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FeedEventData {
     pub referral_id: String,
     pub status: String,
@@ -321,7 +327,7 @@ impl Cbo {
     }
 
     /// The organisation's service catalogue.
-    pub async fn services(&self, org: &str) -> Result<Vec<Value>, CboError> {
+    pub async fn services(&self, org: &str) -> Result<Vec<Service>, CboError> {
         let params = [
             ("organization".to_string(), format!("Organization/{org}")),
             ("_count".to_string(), "200".to_string()),
@@ -336,7 +342,7 @@ impl Cbo {
             .collect())
     }
 
-    pub async fn service(&self, org: &str, id: &str) -> Result<Value, CboError> {
+    pub async fn service(&self, org: &str, id: &str) -> Result<Service, CboError> {
         let hs = self
             .stored_service(org, id)
             .await?
@@ -350,7 +356,7 @@ impl Cbo {
         org: &str,
         id: &str,
         body: &[u8],
-    ) -> Result<(u16, Value), CboError> {
+    ) -> Result<(u16, Service), CboError> {
         let fid = service_fhir_id(org, id)?;
         let input = body::parse_service(body)?;
         let existing = self.stored_service(org, id).await?;
@@ -365,7 +371,12 @@ impl Cbo {
     }
 
     /// Reports a service's capacity (the IG's capacity-status extension).
-    pub async fn put_capacity(&self, org: &str, id: &str, body: &[u8]) -> Result<Value, CboError> {
+    pub async fn put_capacity(
+        &self,
+        org: &str,
+        id: &str,
+        body: &[u8],
+    ) -> Result<Service, CboError> {
         let fid = service_fhir_id(org, id)?;
         let input = body::parse_capacity(body)?;
         let existing = self

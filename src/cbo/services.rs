@@ -2,7 +2,9 @@
 //! resources with the SDOH Clinical Care IG's capacity-status extension, so EHRs can
 //! search capacity on `/fhir` before they refer (the IG's capacity use case).
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::body::{CapacityInput, ServiceInput};
 
@@ -35,7 +37,7 @@ pub fn to_resource(
     let mut hs = json!({
         "resourceType": "HealthcareService",
         "identifier": [{"system": identifier_system(org), "value": service_id}],
-        "active": s.active,
+        "active": s.active.unwrap_or(true),
         "providedBy": {"reference": format!("Organization/{org}")},
         "name": s.name,
     });
@@ -43,9 +45,8 @@ pub fn to_resource(
     if let Some(d) = &s.description {
         o.insert("comment".into(), json!(d));
     }
-    if !s.categories.is_empty() {
-        let category: Vec<Value> = s
-            .categories
+    if let Some(categories) = s.categories.as_ref().filter(|c| !c.is_empty()) {
+        let category: Vec<Value> = categories
             .iter()
             .map(|c| {
                 let mut coding = json!({"system": c.system, "code": c.code});
@@ -64,9 +65,8 @@ pub fn to_resource(
     if !telecom.is_empty() {
         o.insert("telecom".into(), Value::Array(telecom));
     }
-    if !s.languages.is_empty() {
-        let languages: Vec<Value> = s
-            .languages
+    if let Some(languages) = s.languages.as_ref().filter(|l| !l.is_empty()) {
+        let languages: Vec<Value> = languages
             .iter()
             .map(|l| json!({"coding": [{"system": "urn:ietf:bcp:47", "code": l}]}))
             .collect();
@@ -113,89 +113,113 @@ fn capacity_extension(hs: &Value) -> Option<Value> {
         .cloned()
 }
 
+/// A service as the organisation sees it (HSDS-lite).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Service {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub active: bool,
+    pub categories: Vec<Value>,
+    pub languages: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eligibility: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_area: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Capacity>,
+    /// The HealthcareService behind it.
+    pub fhir: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Capacity {
+    /// available, waitlist, full (or unknown for a code this API does not map).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_band: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
 /// The HSDS-lite view of a stored HealthcareService.
-pub fn from_resource(org: &str, hs: &Value) -> Value {
-    let s = |k: &str| hs.get(k).and_then(Value::as_str);
+pub fn from_resource(org: &str, hs: &Value) -> Service {
+    let s = |k: &str| hs.get(k).and_then(Value::as_str).map(str::to_string);
     let system = identifier_system(org);
-    let id = hs
-        .get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|i| i.get("system").and_then(Value::as_str) == Some(system.as_str()))
-        .and_then(|i| i.get("value"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let mut out = Map::new();
-    out.insert("id".into(), id);
-    out.insert("name".into(), json!(s("name")));
-    if let Some(d) = s("comment") {
-        out.insert("description".into(), json!(d));
-    }
-    out.insert(
-        "active".into(),
-        json!(hs.get("active").and_then(Value::as_bool).unwrap_or(true)),
-    );
-    let categories: Vec<Value> = hs
-        .get("category")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.pointer("/coding/0"))
-        .cloned()
-        .collect();
-    out.insert("categories".into(), Value::Array(categories));
-    let languages: Vec<Value> = hs
-        .get("communication")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.pointer("/coding/0/code"))
-        .cloned()
-        .collect();
-    out.insert("languages".into(), Value::Array(languages));
-    for t in hs
-        .get("telecom")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let (Some(system), Some(value)) =
-            (t.get("system").and_then(Value::as_str), t.get("value"))
-        {
-            out.insert(system.to_string(), value.clone());
-        }
-    }
-    if let Some(e) = hs.pointer("/eligibility/0/comment") {
-        out.insert("eligibility".into(), e.clone());
-    }
-    if let Some(a) = s("extraDetails").and_then(|d| d.strip_prefix("Service area: ")) {
-        out.insert("service_area".into(), json!(a));
-    }
-    if let Some(ext) = capacity_extension(hs) {
-        let status = match ext
-            .pointer("/valueCodeableConcept/coding/0/code")
+    let telecom = |system: &str| {
+        hs.get("telecom")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|t| t.get("system").and_then(Value::as_str) == Some(system))
+            .and_then(|t| t.get("value").and_then(Value::as_str))
+            .map(str::to_string)
+    };
+    Service {
+        id: hs
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|i| i.get("system").and_then(Value::as_str) == Some(system.as_str()))
+            .and_then(|i| i.get("value").and_then(Value::as_str))
+            .map(str::to_string),
+        name: s("name"),
+        description: s("comment"),
+        active: hs.get("active").and_then(Value::as_bool).unwrap_or(true),
+        categories: hs
+            .get("category")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.pointer("/coding/0"))
+            .cloned()
+            .collect(),
+        languages: hs
+            .get("communication")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.pointer("/coding/0/code").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect(),
+        phone: telecom("phone"),
+        email: telecom("email"),
+        url: telecom("url"),
+        eligibility: hs
+            .pointer("/eligibility/0/comment")
             .and_then(Value::as_str)
-        {
-            Some("capacity") => "available",
-            Some("no-capacity") => "full",
-            Some("waitlist") => "waitlist",
-            _ => "unknown",
-        };
-        let mut capacity = json!({"status": status});
-        if let Some(band) = ext.pointer("/valueCodeableConcept/text") {
-            capacity["wait_band"] = band.clone();
-        }
-        if let Some(at) = hs.pointer("/meta/lastUpdated") {
-            capacity["updated_at"] = at.clone();
-        }
-        out.insert("capacity".into(), capacity);
+            .map(str::to_string),
+        service_area: s("extraDetails")
+            .and_then(|d| d.strip_prefix("Service area: ").map(str::to_string)),
+        capacity: capacity_extension(hs).map(|ext| Capacity {
+            status: match ext
+                .pointer("/valueCodeableConcept/coding/0/code")
+                .and_then(Value::as_str)
+            {
+                Some("capacity") => "available",
+                Some("no-capacity") => "full",
+                Some("waitlist") => "waitlist",
+                _ => "unknown",
+            },
+            wait_band: ext
+                .pointer("/valueCodeableConcept/text")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            updated_at: hs
+                .pointer("/meta/lastUpdated")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }),
+        fhir: format!("HealthcareService/{}", s("id").unwrap_or_default()),
     }
-    out.insert(
-        "fhir".into(),
-        json!(format!("HealthcareService/{}", s("id").unwrap_or_default())),
-    );
-    Value::Object(out)
 }
 
 #[cfg(test)]
@@ -206,9 +230,9 @@ mod tests {
         ServiceInput {
             name: "Weekly pantry".into(),
             description: Some("Groceries every week".into()),
-            active: true,
-            categories: vec![],
-            languages: vec!["en".into(), "es".into()],
+            active: None,
+            categories: None,
+            languages: Some(vec!["en".into(), "es".into()]),
             phone: Some("+12175550100".into()),
             email: None,
             url: None,
@@ -234,12 +258,13 @@ mod tests {
         let mut stored = hs.clone();
         stored["id"] = json!("cbo-1.pantry");
         let view = from_resource("cbo-1", &stored);
-        assert_eq!(view["id"], "pantry");
-        assert_eq!(view["languages"], json!(["en", "es"]));
-        assert_eq!(view["phone"], "+12175550100");
-        assert_eq!(view["service_area"], "Sangamon County");
-        assert_eq!(view["capacity"]["status"], "waitlist");
-        assert_eq!(view["capacity"]["wait_band"], "2-4 weeks");
+        assert_eq!(view.id.as_deref(), Some("pantry"));
+        assert_eq!(view.languages, ["en", "es"]);
+        assert_eq!(view.phone.as_deref(), Some("+12175550100"));
+        assert_eq!(view.service_area.as_deref(), Some("Sangamon County"));
+        let capacity = view.capacity.unwrap();
+        assert_eq!(capacity.status, "waitlist");
+        assert_eq!(capacity.wait_band.as_deref(), Some("2-4 weeks"));
         // Editing the service later keeps the capacity that was reported.
         let edited = to_resource("cbo-1", "pantry", &input(), Some(&stored));
         assert_eq!(edited["extension"], stored["extension"]);

@@ -124,12 +124,13 @@ impl<'a> Message<'a> {
             .unwrap_or_default()
     }
 
+    /// Bytes covered by a run of components (separators between them included).
     fn byte_range(&self, components: Span) -> &'a str {
-        let c = &self.index.components;
-        match (
-            c.get(components.start as usize),
-            c.get((components.end as usize).wrapping_sub(1)),
-        ) {
+        let first = self.index.component(components.start as usize);
+        let last = self
+            .index
+            .component((components.end as usize).wrapping_sub(1));
+        match (first, last) {
             (Some(first), Some(last)) => self.slice(first.start, last.end),
             _ => "",
         }
@@ -175,7 +176,7 @@ impl<'m, 'a> Segment<'m, 'a> {
             return None;
         }
         let at = self.entry.fields.start as usize + number;
-        let reps = *self.msg.index.fields.get(at)?;
+        let reps = self.msg.index.repetitions_of(at, at)?;
         Some(Field {
             msg: self.msg,
             reps,
@@ -206,17 +207,11 @@ impl<'m, 'a> Field<'m, 'a> {
     }
 
     pub fn raw(&self) -> &'a str {
-        let r = &self.msg.index.repetitions;
-        match (
-            r.get(self.reps.start as usize),
-            r.get((self.reps.end as usize).wrapping_sub(1)),
-        ) {
-            (Some(first), Some(last)) => self.msg.byte_range(Span {
-                start: first.start,
-                end: last.end,
-            }),
-            _ => "",
-        }
+        let last = (self.reps.end as usize).wrapping_sub(1);
+        self.msg
+            .index
+            .components_of(self.reps.start as usize, last)
+            .map_or("", |comps| self.msg.byte_range(comps))
     }
 
     pub fn repetition_count(&self) -> usize {
@@ -228,11 +223,8 @@ impl<'m, 'a> Field<'m, 'a> {
         if number == 0 || number > self.repetition_count() {
             return None;
         }
-        let comps = *self
-            .msg
-            .index
-            .repetitions
-            .get(self.reps.start as usize + number - 1)?;
+        let at = self.reps.start as usize + number - 1;
+        let comps = self.msg.index.components_of(at, at)?;
         Some(Repetition {
             msg: self.msg,
             comps,
@@ -268,11 +260,10 @@ impl<'m, 'a> Repetition<'m, 'a> {
         if number == 0 || number > self.component_count() {
             return None;
         }
-        let span = *self
+        let span = self
             .msg
             .index
-            .components
-            .get(self.comps.start as usize + number - 1)?;
+            .component(self.comps.start as usize + number - 1)?;
         Some(Component {
             raw: self.msg.slice(span.start, span.end),
             subcomponent: (!self.opaque).then(|| self.msg.delimiters.subcomponent_byte()),

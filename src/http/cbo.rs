@@ -2,16 +2,27 @@
 //! organisation, call [`crate::cbo::Cbo`], and write JSON; [`Problem`] is the single place
 //! CBO errors become problem+json (RFC 9457).
 
+use std::sync::OnceLock;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use serde_json::json;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, put, web};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa_actix_web::AppExt;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::AppState;
-use crate::cbo::{ActionCall, CboError, ListQuery};
+use crate::cbo::{
+    AcceptRequest, ActionCall, CapacityInput, CboError, CloseRequest, DeclineRequest, FeedEvent,
+    FieldError, HoldRequest, ListQuery, NoteRequest, Page, ProgressRequest, Service, ServiceInput,
+};
 use crate::config::OrganizationConfig;
 use crate::fhir::FhirError;
 use crate::fhir::bundle::parse_query_string;
+use crate::referral::projection::{Note, Projection, Summary};
 
 const JSON: &str = "application/json";
 const PROBLEM_JSON: &str = "application/problem+json";
@@ -20,18 +31,55 @@ const PROBLEM_BASE: &str = "https://crossway.dev/problems/";
 /// The development-only tenant header (`CROSSWAY_DEV_AUTH=1`).
 const DEV_ORG_HEADER: &str = "x-crossway-organization";
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/referrals", web::get().to(list))
-        .route("/referrals/{id}", web::get().to(get))
-        .route("/referrals/{id}/events", web::get().to(referral_events))
-        .route("/referrals/{id}/{action}", web::post().to(act))
-        .route("/events", web::get().to(events))
-        .route("/me", web::get().to(me))
-        .route("/services", web::get().to(list_services))
-        .route("/services/{id}", web::get().to(get_service))
-        .route("/services/{id}", web::put().to(put_service))
-        .route("/services/{id}/capacity", web::put().to(put_capacity))
+/// Registers every `/cbo/v1` handler. The OpenAPI document is collected from the same
+/// registrations (utoipa-actix-web), so a route cannot exist undocumented.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(list_referrals)
+        .service(get_referral)
+        .service(referral_events)
+        .service(accept)
+        .service(decline)
+        .service(start)
+        .service(hold)
+        .service(resume)
+        .service(close)
+        .service(add_note)
+        .service(events)
+        .service(me)
+        .service(list_services)
+        .service(get_service)
+        .service(put_service)
+        .service(put_capacity)
+        .service(openapi)
         .default_service(web::to(not_found));
+}
+
+/// The OpenAPI 3.1 document of `/cbo/v1`, built once from [`routes`].
+pub fn openapi_document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, mut api) = actix_web::App::new()
+            .into_utoipa_app()
+            .service(utoipa_actix_web::scope("/cbo/v1").configure(routes))
+            .split_for_parts();
+        api.info.title = "Crossway CBO API".into();
+        api.info.version = "1".into();
+        api.info.description = Some(
+            "Referrals addressed to a community organisation: list, read, act on and close them; \
+             the event feed; the service catalogue. See cbo-api.md."
+                .into(),
+        );
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "dev_organization",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                DEV_ORG_HEADER,
+                "Development only (CROSSWAY_DEV_AUTH=1): the organisation id the request acts for.",
+            ))),
+        );
+        api.to_pretty_json()
+            .expect("the OpenAPI document serialises")
+    })
 }
 
 /// Every CBO error leaves through here: problem+json with a trace id that is also logged.
@@ -111,35 +159,41 @@ impl ResponseError for Problem {
     fn error_response(&self) -> HttpResponse {
         let (status, slug, title) = self.kind();
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
-        let mut body = json!({
-            "type": format!("{PROBLEM_BASE}{slug}"),
-            "title": title,
-            "status": status,
-            "instance": self.instance,
-            "trace_id": trace_id,
-        });
-        if status >= 500 {
+        let detail = if status >= 500 {
             tracing::error!(message = "CBO request failed.", trace_id, error = %self.error);
-            body["detail"] = json!("the request could not be completed; retry later");
+            "the request could not be completed; retry later".to_string()
         } else {
-            body["detail"] = json!(self.error.to_string());
-        }
+            self.error.to_string()
+        };
+        let mut body = ProblemBody {
+            problem_type: format!("{PROBLEM_BASE}{slug}"),
+            title,
+            status,
+            detail,
+            instance: self.instance.clone(),
+            trace_id,
+            errors: None,
+            current_status: None,
+            allowed_actions: None,
+            current_version: None,
+            oldest_sequence: None,
+        };
         match &self.error {
-            CboError::Validation(errors) => body["errors"] = json!(errors),
+            CboError::Validation(errors) => body.errors = Some(errors.clone()),
             CboError::InvalidTransition {
                 current, allowed, ..
             } => {
-                body["current_status"] = json!(current.as_str());
-                body["allowed_actions"] = json!(allowed);
+                body.current_status = Some(current.as_str());
+                body.allowed_actions = Some(allowed.clone());
             }
-            CboError::VersionConflict { current } => body["current_version"] = json!(current),
-            CboError::CursorExpired { oldest } => body["oldest_sequence"] = json!(oldest),
+            CboError::VersionConflict { current } => body.current_version = Some(*current),
+            CboError::CursorExpired { oldest } => body.oldest_sequence = Some(*oldest),
             CboError::Fhir(FhirError::Unprocessable(issues) | FhirError::Invalid(issues)) => {
-                body["errors"] = json!(
+                body.errors = Some(
                     issues
                         .iter()
-                        .map(|i| json!({"fhir_path": i.expression, "message": i.diagnostics}))
-                        .collect::<Vec<_>>()
+                        .map(|i| FieldError::fhir(i.expression.clone(), i.diagnostics.clone()))
+                        .collect(),
                 );
             }
             _ => {}
@@ -148,8 +202,38 @@ impl ResponseError for Problem {
         if status == 503 {
             resp.insert_header((header::RETRY_AFTER, "1"));
         }
-        resp.content_type(PROBLEM_JSON).body(body.to_string())
+        resp.content_type(PROBLEM_JSON)
+            .body(serde_json::to_string(&body).expect("problems serialise"))
     }
+}
+
+/// An RFC 9457 problem with this API's extension members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    /// A URI naming the problem type, e.g. `…/problems/invalid-transition`.
+    #[serde(rename = "type")]
+    problem_type: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    /// The request path.
+    instance: String,
+    /// Also written to the gateway's log, to find the request there.
+    trace_id: String,
+    /// `validation`: one entry per problem, with a JSON pointer into the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<FieldError>>,
+    /// `invalid-transition`: the referral's status and what may be done from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_actions: Option<Vec<&'static str>>,
+    /// `version-conflict`: the version If-Match should carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<i64>,
+    /// `cursor-expired`: resume from this sequence (events up to it were pruned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oldest_sequence: Option<i64>,
 }
 
 type Result<T> = std::result::Result<T, Problem>;
@@ -204,7 +288,26 @@ fn param(params: &[(String, String)], name: &str) -> Option<String> {
         .map(|(_, v)| v.clone())
 }
 
-async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+#[utoipa::path(
+    tag = "referrals",
+    summary = "List the referrals addressed to my organisation",
+    description = "Ordered by last change (updated_at, then id); follow next_cursor until has_more is false.",
+    params(
+        ("status" = Option<String>, Query, description = "pending, accepted, in_progress, on_hold, declined, closed, cancelled or expired"),
+        ("urgency" = Option<String>, Query, description = "routine, urgent, asap or stat"),
+        ("updated_since" = Option<String>, Query, description = "RFC 3339 date-time"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "1-200, default 50"),
+    ),
+    responses(
+        (status = 200, description = "A page of referral summaries", body = Page<Summary>),
+        (status = 401, description = "No credential", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "A filter is invalid", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[get("/referrals")]
+async fn list_referrals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let org = tenant(&req, &state)?;
     let params = query(&req);
     let q = ListQuery {
@@ -225,7 +328,20 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     ))
 }
 
-async fn get(
+#[utoipa::path(
+    tag = "referrals",
+    summary = "Read a referral",
+    description = "The referral as this organisation may see it (minimum necessary); ETag is its version.",
+    params(("id" = String, Path, description = "Referral id")),
+    responses(
+        (status = 200, description = "The referral", body = Projection, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since If-None-Match"),
+        (status = 404, description = "No such referral for this organisation", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[get("/referrals/{id}")]
+async fn get_referral(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -250,18 +366,19 @@ async fn get(
         .body(view.to_string()))
 }
 
+/// Runs an action on behalf of the calling organisation.
 async fn act(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-    body: web::Bytes,
+    req: &HttpRequest,
+    state: &AppState,
+    id: &str,
+    action: &str,
+    body: &[u8],
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
-    let (id, action) = path.into_inner();
+    let org = tenant(req, state)?;
     let call = ActionCall {
-        referral_id: &id,
-        action: &action,
-        body: &body,
+        referral_id: id,
+        action,
+        body,
         if_match: header_str(req.headers(), "if-match"),
         idempotency_key: header_str(req.headers(), "idempotency-key"),
     };
@@ -269,7 +386,7 @@ async fn act(
         .cbo
         .act(org, call)
         .await
-        .map_err(|e| Problem::new(e, &req))?;
+        .map_err(|e| Problem::new(e, req))?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut resp = HttpResponse::build(status);
     resp.content_type(JSON);
@@ -277,32 +394,165 @@ async fn act(
         resp.insert_header(("Idempotent-Replayed", "true"));
     }
     if status == StatusCode::OK
-        && let Some(version) = serde_json::from_str::<serde_json::Value>(&answer.body)
+        && let Some(version) = serde_json::from_str::<Value>(&answer.body)
             .ok()
-            .and_then(|v| v.get("version").and_then(serde_json::Value::as_i64))
+            .and_then(|v| v.get("version").and_then(Value::as_i64))
     {
         resp.insert_header((header::ETAG, etag(version)));
     }
     Ok(resp.body(answer.body))
 }
 
+/// One documented endpoint per action, all answered by [`act`].
+macro_rules! action {
+    ($name:ident, $path:literal, $action:literal, $body:ty, $summary:literal) => {
+        #[utoipa::path(
+            tag = "referrals",
+            summary = $summary,
+            params(
+                ("id" = String, Path, description = "Referral id"),
+                ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first answer (kept for at least 72 h)"),
+                ("If-Match" = Option<String>, Header, description = "The ETag last read; 412 when the referral changed since"),
+            ),
+            request_body = $body,
+            responses(
+                (status = 200, description = "The referral after the action", body = Projection),
+                (status = 404, description = "No such referral for this organisation", body = ProblemBody, content_type = "application/problem+json"),
+                (status = 409, description = "Not allowed in the referral's current status (see allowed_actions), or the same Idempotency-Key is still running", body = ProblemBody, content_type = "application/problem+json"),
+                (status = 412, description = "If-Match does not match the current version", body = ProblemBody, content_type = "application/problem+json"),
+                (status = 422, description = "The body is invalid, or the Idempotency-Key was used for another request", body = ProblemBody, content_type = "application/problem+json"),
+            ),
+            security(("dev_organization" = [])),
+        )]
+        #[post($path)]
+        async fn $name(
+            req: HttpRequest,
+            state: web::Data<AppState>,
+            path: web::Path<String>,
+            body: web::Bytes,
+        ) -> Result<HttpResponse> {
+            act(&req, &state, &path, $action, &body).await
+        }
+    };
+}
+
+action!(
+    accept,
+    "/referrals/{id}/accept",
+    "accept",
+    AcceptRequest,
+    "Accept a pending referral"
+);
+action!(
+    decline,
+    "/referrals/{id}/decline",
+    "decline",
+    DeclineRequest,
+    "Decline a pending referral with a coded reason"
+);
+action!(
+    start,
+    "/referrals/{id}/start",
+    "start",
+    ProgressRequest,
+    "Start work on an accepted referral"
+);
+action!(
+    hold,
+    "/referrals/{id}/hold",
+    "hold",
+    HoldRequest,
+    "Put an accepted or in-progress referral on hold"
+);
+action!(
+    resume,
+    "/referrals/{id}/resume",
+    "resume",
+    ProgressRequest,
+    "Resume a referral on hold"
+);
+action!(
+    close,
+    "/referrals/{id}/close",
+    "close",
+    CloseRequest,
+    "Close a referral with its outcome"
+);
+
+#[utoipa::path(
+    tag = "referrals",
+    summary = "Add a note shared with the referrer",
+    params(
+        ("id" = String, Path, description = "Referral id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body get the first answer"),
+    ),
+    request_body = NoteRequest,
+    responses(
+        (status = 201, description = "The note as the referral shows it", body = Note),
+        (status = 404, description = "No such referral for this organisation", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The referral is closed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The body is invalid", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[post("/referrals/{id}/notes")]
+async fn add_note(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    act(&req, &state, &path, "notes", &body).await
+}
+
+#[derive(Serialize, ToSchema)]
+struct EventList {
+    data: Vec<FeedEvent>,
+}
+
+#[utoipa::path(
+    tag = "events",
+    summary = "A referral's timeline",
+    params(("id" = String, Path, description = "Referral id")),
+    responses(
+        (status = 200, description = "Every event of the referral, in order", body = EventList),
+        (status = 404, description = "No such referral for this organisation", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[get("/referrals/{id}/events")]
 async fn referral_events(
     req: HttpRequest,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let org = tenant(&req, &state)?;
-    let events = state
+    let data = state
         .cbo
         .referral_events(&org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
     Ok(json_response(
         StatusCode::OK,
-        json!({ "data": events }).to_string(),
+        serde_json::to_string(&EventList { data }).expect("events serialise"),
     ))
 }
 
+#[utoipa::path(
+    tag = "events",
+    summary = "My organisation's event feed",
+    description = "Gap-free and ordered by sequence; pass the last sequence seen as cursor. The same items webhooks carry.",
+    params(
+        ("cursor" = Option<i64>, Query, description = "The last sequence already processed (default 0)"),
+        ("limit" = Option<i64>, Query, description = "1-200, default 50"),
+    ),
+    responses(
+        (status = 200, description = "Events after the cursor", body = Page<FeedEvent>),
+        (status = 410, description = "The cursor is older than the feed's retention: resume from oldest_sequence and re-read referrals", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[get("/events")]
 async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let org = tenant(&req, &state)?;
     let params = query(&req);
@@ -321,17 +571,59 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     ))
 }
 
-async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
-    let body = json!({
-        "organization": {"id": org.id, "name": org.name, "fhir": format!("Organization/{}", org.id)},
-        "credential": "development-header",
-        "scopes": ["referrals:read", "referrals:write"],
-        "environment": "development",
-    });
-    Ok(json_response(StatusCode::OK, body.to_string()))
+#[derive(Serialize, ToSchema)]
+struct Me {
+    organization: MeOrganization,
+    credential: &'static str,
+    scopes: Vec<&'static str>,
+    environment: &'static str,
 }
 
+#[derive(Serialize, ToSchema)]
+struct MeOrganization {
+    id: String,
+    name: String,
+    /// The FHIR Organization that Task.owner names.
+    fhir: String,
+}
+
+#[utoipa::path(
+    tag = "organisation",
+    summary = "Who am I",
+    responses((status = 200, description = "The organisation this credential acts for", body = Me), (status = 401, description = "No credential", body = ProblemBody, content_type = "application/problem+json")),
+    security(("dev_organization" = [])),
+)]
+#[get("/me")]
+async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let org = tenant(&req, &state)?;
+    let body = Me {
+        organization: MeOrganization {
+            id: org.id.clone(),
+            name: org.name.clone(),
+            fhir: format!("Organization/{}", org.id),
+        },
+        credential: "development-header",
+        scopes: vec!["referrals:read", "referrals:write", "directory:write"],
+        environment: "development",
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&body).expect("serialises"),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+struct ServiceList {
+    data: Vec<Service>,
+}
+
+#[utoipa::path(
+    tag = "services",
+    summary = "My service catalogue",
+    responses((status = 200, description = "Every service of the organisation", body = ServiceList)),
+    security(("dev_organization" = [])),
+)]
+#[get("/services")]
 async fn list_services(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     let org = tenant(&req, &state)?;
     let data = state
@@ -341,10 +633,18 @@ async fn list_services(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         .map_err(|e| Problem::new(e, &req))?;
     Ok(json_response(
         StatusCode::OK,
-        json!({ "data": data }).to_string(),
+        serde_json::to_string(&ServiceList { data }).expect("serialises"),
     ))
 }
 
+#[utoipa::path(
+    tag = "services",
+    summary = "Read a service",
+    params(("id" = String, Path, description = "Service id (letters, digits, '-')")),
+    responses((status = 200, description = "The service", body = Service), (status = 404, description = "No such service", body = ProblemBody, content_type = "application/problem+json")),
+    security(("dev_organization" = [])),
+)]
+#[get("/services/{id}")]
 async fn get_service(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -356,9 +656,26 @@ async fn get_service(
         .service(&org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(StatusCode::OK, service.to_string()))
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&service).expect("serialises"),
+    ))
 }
 
+#[utoipa::path(
+    tag = "services",
+    summary = "Create or replace a service",
+    description = "Published as a FHIR HealthcareService (providedBy my organisation); a reported capacity is kept.",
+    params(("id" = String, Path, description = "Service id (letters, digits, '-')")),
+    request_body = ServiceInput,
+    responses(
+        (status = 200, description = "Replaced", body = Service),
+        (status = 201, description = "Created", body = Service),
+        (status = 422, description = "The body is invalid", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[put("/services/{id}")]
 async fn put_service(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -372,9 +689,26 @@ async fn put_service(
         .await
         .map_err(|e| Problem::new(e, &req))?;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    Ok(json_response(status, service.to_string()))
+    Ok(json_response(
+        status,
+        serde_json::to_string(&service).expect("serialises"),
+    ))
 }
 
+#[utoipa::path(
+    tag = "services",
+    summary = "Report a service's capacity",
+    description = "Sets the SDOH Clinical Care IG's capacity-status extension on the HealthcareService.",
+    params(("id" = String, Path, description = "Service id")),
+    request_body = CapacityInput,
+    responses(
+        (status = 200, description = "The service with its new capacity", body = Service),
+        (status = 404, description = "No such service", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The body is invalid", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("dev_organization" = [])),
+)]
+#[put("/services/{id}/capacity")]
 async fn put_capacity(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -387,7 +721,20 @@ async fn put_capacity(
         .put_capacity(&org.id, &path, &body)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(StatusCode::OK, service.to_string()))
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_string(&service).expect("serialises"),
+    ))
+}
+
+#[utoipa::path(
+    tag = "organisation",
+    summary = "This document (OpenAPI 3.1)",
+    responses((status = 200, description = "The OpenAPI document of /cbo/v1")),
+)]
+#[get("/openapi.json")]
+async fn openapi() -> HttpResponse {
+    json_response(StatusCode::OK, openapi_document().to_string())
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

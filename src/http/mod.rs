@@ -2,7 +2,7 @@
 //! knows about actix-web; it turns requests into calls on the domain and errors into
 //! their wire format (OperationOutcome on `/fhir`, problem+json on `/cbo/v1`).
 
-mod cbo;
+pub mod cbo;
 mod fhir;
 mod health;
 
@@ -28,7 +28,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .service(web::scope("/fhir").configure(fhir::routes))
-        .service(web::scope("/cbo/v1").configure(cbo::routes))
         .default_service(web::to(|| async {
             HttpResponse::NotFound()
                 .content_type("application/json")

@@ -98,7 +98,9 @@ impl TaskStatus {
 /// The status a CBO sees (cbo-api.md lifecycle). Several Task statuses carry more than
 /// one CBO status (a `failed` Task is a closed or an expired referral), so the CBO
 /// status is derived from the whole Task, not from `Task.status` alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CboStatus {
     Pending,

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::CboStatus;
 use super::action::{STATUS_REASON_SYSTEM, is_expiry};
@@ -29,7 +30,7 @@ impl Related {
 }
 
 /// The referral row the projection starts from (what the list also shows).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Summary {
     pub id: String,
     pub version: i64,
@@ -45,7 +46,7 @@ pub struct Summary {
     pub client_ref: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Projection {
     pub id: String,
     pub version: i64,
@@ -72,14 +73,14 @@ pub struct Projection {
     pub task: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Need {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     pub conditions: Vec<Code>,
 }
 
-#[derive(Debug, Serialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Clone, PartialEq, ToSchema)]
 pub struct Code {
     pub system: String,
     pub code: String,
@@ -87,13 +88,13 @@ pub struct Code {
     pub display: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested: Option<Code>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Client {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ref: Option<String>,
@@ -116,13 +117,13 @@ pub struct Client {
     pub contact_allowed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Name {
     pub given: String,
     pub family: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Consent {
     /// `granted`, `denied`, `revoked`, `pending` or `missing`.
     pub status: &'static str,
@@ -132,7 +133,7 @@ pub struct Consent {
     pub obtained_at: Option<String>,
 }
 
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, ToSchema)]
 pub struct Referrer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -144,7 +145,7 @@ pub struct Referrer {
     pub phone: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Note {
     /// `referrer` or `cbo`.
     pub author: &'static str,
@@ -153,7 +154,7 @@ pub struct Note {
     pub text: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatusReason {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,

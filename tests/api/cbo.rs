@@ -651,3 +651,81 @@ async fn a_cbo_publishes_its_services_and_capacity_for_ehrs_to_find() {
         .collect();
     assert_eq!(pointers, ["/name", "/active"]);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_real_responses() {
+    let app = spawn_app().await;
+    let (id, _) = referral(&app).await;
+    let cbo = app.cbo(ORG);
+    assert_eq!(
+        cbo.put("services/pantry", &json!({"name": "Pantry"}))
+            .await
+            .status,
+        201
+    );
+    let doc = cbo.get("openapi.json").await.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), p.clone()))
+        })
+        .collect();
+    assert_eq!(documented.len(), 17, "{documented:?}");
+    // Every documented operation is served (none falls through to "no such route").
+    for (method, path) in &documented {
+        let path = path.trim_start_matches("/cbo/v1/").replace(
+            "{id}",
+            if path.contains("services") {
+                "pantry"
+            } else {
+                &id
+            },
+        );
+        let reply = match method.as_str() {
+            "get" => cbo.get(&path).await,
+            "post" => cbo.post(&path, &json!({})).await,
+            "put" => {
+                cbo.put(&path, &json!({"status": "full", "name": "Pantry"}))
+                    .await
+            }
+            other => panic!("unexpected method {other}"),
+        };
+        assert!(
+            ![404, 405].contains(&reply.status),
+            "{method} {path} answered {}: {}",
+            reply.status,
+            reply.body
+        );
+    }
+    // What the server sends is what the document describes.
+    let schemas = &doc["components"]["schemas"];
+    let view = cbo.get(&format!("referrals/{id}")).await.body;
+    for (key, schema) in [
+        ("Projection", &view),
+        ("Summary", &cbo.get("referrals").await.body["data"][0]),
+    ] {
+        let documented = schemas[key]["properties"].as_object().unwrap();
+        for field in schema.as_object().unwrap().keys() {
+            assert!(
+                documented.contains_key(field),
+                "{key}.{field} is not documented"
+            );
+        }
+    }
+    let problem = cbo
+        .post(&format!("referrals/{id}/start"), &json!({}))
+        .await
+        .body;
+    let documented = schemas["ProblemBody"]["properties"].as_object().unwrap();
+    for field in problem.as_object().unwrap().keys() {
+        assert!(
+            documented.contains_key(field),
+            "problem member {field} is not documented"
+        );
+    }
+}

@@ -137,7 +137,7 @@ pub fn members<T: PartialSchema>() -> Vec<String> {
 pub fn parse_action(action: &str, body: &[u8]) -> Result<Action, CboError> {
     let obj = object(body)?;
     let mut c = Checker::new(&obj);
-    let parsed = match action {
+    match action {
         "accept" => {
             c.only::<AcceptRequest>(action);
             c.text("note");
@@ -194,9 +194,8 @@ pub fn parse_action(action: &str, body: &[u8]) -> Result<Action, CboError> {
             c.finish::<NoteRequest>()
                 .map(|r| Action::Note { text: r.text })
         }
-        _ => return Err(CboError::NotFound),
-    };
-    parsed
+        _ => Err(CboError::NotFound),
+    }
 }
 
 fn close(r: CloseRequest) -> Action {

@@ -29,7 +29,7 @@ use crate::fhir::datetime;
 use crate::fhir::engine::{ActionRequest, Fhir, IdempotencyKey, Refusal};
 use crate::mapping::Mappings;
 use crate::referral::projection::{self, Summary};
-use crate::store::{Event, ReferralFilter, StoreError};
+use crate::store::{Event, ReferralFilter, StoreError, StoredResource};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
@@ -215,11 +215,12 @@ impl Cbo {
     /// The referral as this organisation may see it, and its version (the ETag).
     pub async fn get(&self, org: &str, id: &str) -> Result<(Value, i64), CboError> {
         let store = self.fhir.store();
-        let row = store.referral(org, id).await?.ok_or(CboError::NotFound)?;
-        let task = store
-            .read("Task", &row.referral.task_id)
+        let (row, task) = store
+            .referral_with_task(org, id)
             .await?
-            .and_then(|t| serde_json::from_str::<Value>(&t.body).ok())
+            .ok_or(CboError::NotFound)?;
+        let task = task
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .ok_or(CboError::NotFound)?;
         let related = projection::gather(&task, &mut FromStore(store)).await?;
         let summary = projection::summary(&row.referral, row.updated_at);
@@ -244,6 +245,21 @@ impl Cbo {
             Some(k) => Some(InFlight::enter(&self.in_flight, &org.id, &k.key)?),
             None => None,
         };
+        // What the answer shows besides the Task (ServiceRequest, Patient, Consent …) is
+        // not changed by an action, so it is read here, in parallel with other requests,
+        // rather than inside the serial writer.
+        let store = self.fhir.store();
+        let (related, task_hint) = match store.referral_with_task(&org.id, call.referral_id).await?
+        {
+            Some((row, Some(task))) => match serde_json::from_str::<Value>(&task) {
+                Ok(task) => (
+                    projection::gather(&task, &mut FromStore(store)).await?,
+                    Some(row.referral.task_id),
+                ),
+                Err(_) => (Default::default(), None),
+            },
+            _ => (Default::default(), None),
+        };
         let request = ActionRequest {
             organization: org.id.clone(),
             organization_name: org.name.clone(),
@@ -252,6 +268,8 @@ impl Cbo {
             if_match,
             idempotency,
             omit: self.mappings.omitted_for(&org.id),
+            related,
+            task_hint,
         };
         match self.fhir.act(request).await? {
             Ok(done) => Ok(Answer {
@@ -424,6 +442,8 @@ impl Cbo {
                 if_match: None,
                 idempotency: None,
                 omit: vec![],
+                related: Default::default(),
+                task_hint: None,
             };
             // An error means it was answered between the query and the action.
             if self.fhir.act(request).await?.is_ok() {
@@ -527,7 +547,10 @@ struct FromStore<'a>(&'a crate::store::Store);
 impl projection::Fetch for FromStore<'_> {
     type Error = StoreError;
 
-    async fn fetch(&mut self, resource_type: &str, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.0.read(resource_type, id).await?.map(|s| s.body))
+    async fn fetch(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        self.0.read_current(keys).await
     }
 }

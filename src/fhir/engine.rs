@@ -19,9 +19,10 @@ use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
 use crate::config::OrganizationConfig;
 use crate::referral::action::{self, Action, ActionError, Actor};
-use crate::referral::{CboStatus, projection};
+use crate::referral::projection::Fetch;
+use crate::referral::{CboStatus, Related, projection};
 use crate::store::writer::{BoxFuture, Command, Writer};
-use crate::store::{Referral, Store, StoreError, StoredResource, Tx};
+use crate::store::{Preload, Referral, Store, StoreError, StoredResource, Tx};
 
 /// What the engine needs to know about this deployment.
 #[derive(Debug, Default)]
@@ -53,6 +54,11 @@ pub struct ActionRequest {
     pub idempotency: Option<IdempotencyKey>,
     /// Projection paths this organisation may not see (its visibility rules).
     pub omit: Vec<String>,
+    /// Resources around the Task, read before submitting; what is missing is read
+    /// inside the transaction.
+    pub related: Related,
+    /// The Task's id when known, so the writer reads it with the rest of its batch.
+    pub task_hint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -425,6 +431,21 @@ impl Command for WriteCommand {
         }
     }
 
+    fn preload(&self, wanted: &mut Preload) {
+        match &self.write {
+            Write::Update {
+                resource_type, id, ..
+            } => wanted.resources.push((resource_type.clone(), id.clone())),
+            Write::Action(a) => {
+                wanted.referrals.push(a.referral_id.clone());
+                if let Some(task) = &a.task_hint {
+                    wanted.resources.push(("Task".into(), task.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Outcome, FhirError>> {
         Box::pin(async move {
             let ctx = &self.ctx;
@@ -722,13 +743,16 @@ async fn run_action(
             referral.task_id
         ))
     })?;
-    let service_request = match local_target(task.get("focus"), ctx) {
-        Some((ty @ "ServiceRequest", id)) => tx
-            .peek(ty, id)
-            .await?
-            .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
-        _ => None,
-    };
+    let mut related = req.related;
+    let missing = projection::wanted(&task, &related);
+    if !missing.is_empty() {
+        let found = InTx(tx).fetch(&missing).await?;
+        related.add(&missing, found);
+    }
+    let service_request = related
+        .get(task.get("focus"))
+        .filter(|v| !v.is_null())
+        .cloned();
     let actor = Actor {
         organization: &req.organization,
         name: &req.organization_name,
@@ -772,7 +796,6 @@ async fn run_action(
                 .to_string(),
         ),
         None => {
-            let related = projection::gather(&edit.task, &mut InTx(tx)).await?;
             let summary = projection::summary(&updated, now);
             (
                 200,
@@ -801,8 +824,15 @@ struct InTx<'a, 'c>(&'a mut Tx<'c>);
 impl projection::Fetch for InTx<'_, '_> {
     type Error = StoreError;
 
-    async fn fetch(&mut self, resource_type: &str, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.0.peek(resource_type, id).await?.map(|s| s.body))
+    async fn fetch(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let mut found = Vec::new();
+        for (ty, id) in keys {
+            found.extend(self.0.peek(ty, id).await?);
+        }
+        Ok(found)
     }
 }
 
@@ -826,24 +856,22 @@ async fn record_referral(
     let Some(status) = CboStatus::of_task(task) else {
         return Ok(());
     };
-    let service_request = match local_target(task.get("focus"), ctx) {
-        Some((ty @ "ServiceRequest", id)) => tx
-            .peek(ty, id)
-            .await?
-            .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
-        _ => None,
-    };
-    let (urgency, respond_by, domain) = projection::summary_fields(task, service_request.as_ref());
     if let Some(old) = old
         && let Some(referral) = tx.referral_for_task(task_id).await?
     {
+        // The ServiceRequest is not re-read on every Task change: the need's domain is
+        // kept, and the Task's own priority wins over the one recorded.
+        let (urgency, respond_by, _) = projection::summary_fields(task, None);
         let status_changed = referral.status != status.as_str();
         let next = Referral {
             status: status.as_str().to_string(),
             version,
-            urgency,
+            urgency: if task.get("priority").is_some() {
+                urgency
+            } else {
+                referral.urgency.clone()
+            },
             respond_by,
-            domain,
             ..referral
         };
         if status_changed {
@@ -862,6 +890,14 @@ async fn record_referral(
         tx.stage_referral(next, now);
         return Ok(());
     }
+    let service_request = match local_target(task.get("focus"), ctx) {
+        Some((ty @ "ServiceRequest", id)) => tx
+            .peek(ty, id)
+            .await?
+            .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
+        _ => None,
+    };
+    let (urgency, respond_by, domain) = projection::summary_fields(task, service_request.as_ref());
     match route(tx, ctx, task).await? {
         Some(organization) => {
             let client_ref = match local_target(task.get("for"), ctx) {

@@ -4,9 +4,11 @@
 //! the benchmark can include it with `#[path]`.
 //!
 //! # Parsing
-//! [`parse`] makes one pass over the input and records every segment, field, repetition
-//! and component boundary in flat `u32` offset vectors; lookups are then index
-//! arithmetic. Nothing is copied: values are raw, still-escaped slices of the input, and
+//! [`parse`] records every segment, field, repetition and component boundary in flat
+//! `u32` offset vectors; lookups are then index arithmetic. Pass 1 finds delimiter bytes
+//! 64 at a time (SSE2 on x86_64 — the module's only `unsafe`, a call guarded by
+//! `cfg(target_feature = "sse2")` — or a portable `u64` fallback); pass 2 turns them
+//! into entries without a branch per delimiter. Nothing is copied: values are raw, still-escaped slices of the input, and
 //! [`Message::unescape`] decodes one when text is needed (borrowing if it has no escape).
 //! Subcomponents are split on demand. A long-lived [`Parser`] reuses its buffers.
 //!

@@ -129,33 +129,6 @@ impl Parser {
     }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-const WORD: usize = 8;
-
-/// Marks (high bit) bytes of `x` that are zero. Bytes above a zero byte may be marked
-/// too; candidates are re-checked, so only misses would matter, and there are none.
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(ONES) & !x
-}
-
-/// Eight bytes from `at`, zero-padded past the end.
-#[inline(always)]
-fn word_at(b: &[u8], at: usize) -> u64 {
-    let mut buf = [0u8; 8];
-    match b.get(at..at + WORD) {
-        Some(s) => buf.copy_from_slice(s),
-        None => {
-            let tail = b.get(at..).unwrap_or(&[]);
-            if let Some(dst) = buf.get_mut(..tail.len()) {
-                dst.copy_from_slice(tail);
-            }
-        }
-    }
-    u64::from_le_bytes(buf)
-}
-
 /// Grows a scratch buffer to at least `len` entries (never shrinks, so a reused
 /// [`Parser`] stops allocating once it has seen its largest message).
 fn ensure<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
@@ -164,48 +137,142 @@ fn ensure<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     }
 }
 
+/// Bytes per pass-1 step; also the slack `candidates` needs in its output buffer.
+const BLOCK: usize = 64;
+
 /// Pass 1: offsets of every byte that may be a delimiter (field, component, repetition
-/// separator or a control character), eight bytes per step. Writing a fixed four
-/// offsets per word, whatever the count, keeps this loop free of data-dependent
-/// branches; the rare word with more than four takes one extra branch.
+/// separator, CR, LF), in order. Offsets are written a fixed batch at a time whatever
+/// the count, so the loop has almost no data-dependent branches. The list may hold extra
+/// bytes (pass 2 re-checks each one) but never misses one.
 fn candidates(b: &[u8], d: &Delimiters, out: &mut Vec<u32>) -> usize {
-    let n = b.len();
-    ensure(out, n + 2 * WORD);
-    let splat_field = ONES * u64::from(d.field_byte());
-    let splat_component = ONES * u64::from(d.component_byte());
-    let splat_repetition = ONES * u64::from(d.repetition_byte());
-    let below_space = ONES * 0x20;
-    let mut len = 0;
-    let mut base = 0;
-    while base < n {
-        let w = word_at(b, base);
-        let mut marks = (zero_bytes(w ^ splat_field)
-            | zero_bytes(w ^ splat_component)
-            | zero_bytes(w ^ splat_repetition)
-            | (w.wrapping_sub(below_space) & !w))
-            & HIGHS;
-        let valid = n - base;
-        if valid < WORD {
-            marks &= (1u64 << (valid * 8)) - 1;
-        }
-        let count = marks.count_ones() as usize;
-        if let Some(dst) = out.get_mut(len..len + WORD) {
-            let (low, high) = dst.split_at_mut(WORD / 2);
-            for slot in low {
-                *slot = base as u32 + (marks.trailing_zeros() >> 3);
-                marks &= marks.wrapping_sub(1);
+    ensure(out, b.len() + 2 * BLOCK);
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    // SAFETY: the cfg guarantees SSE2, the only feature `simd::candidates` enables.
+    return unsafe { simd::candidates(b, d, out) };
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    swar::candidates(b, d, out)
+}
+
+/// Copies up to `N` bytes from `at`, zero-padded past the end of `b`.
+#[inline(always)]
+fn chunk<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    let tail = b.get(at..).unwrap_or(&[]);
+    let take = tail.len().min(N);
+    if let (Some(dst), Some(src)) = (out.get_mut(..take), tail.get(..take)) {
+        dst.copy_from_slice(src);
+    }
+    out
+}
+
+/// Block scanner on SSE2, which every x86_64 CPU has: 16 bytes per compare.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+mod simd {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set_epi64x, _mm_set1_epi8,
+    };
+
+    use super::{BLOCK, Delimiters, chunk};
+
+    /// `out` must hold `b.len() + 2 * BLOCK` entries; returns how many are meaningful.
+    #[target_feature(enable = "sse2")]
+    pub(super) fn candidates(b: &[u8], d: &Delimiters, out: &mut [u32]) -> usize {
+        let splat = |c: u8| _mm_set1_epi8(i8::from_ne_bytes([c]));
+        let targets = [
+            splat(d.field_byte()),
+            splat(d.component_byte()),
+            splat(d.repetition_byte()),
+            splat(b'\r'),
+            splat(b'\n'),
+        ];
+        let mut len = 0;
+        let mut base = 0;
+        while base < b.len() {
+            let padded: [u8; BLOCK];
+            let block: &[u8; BLOCK] = match b.get(base..base + BLOCK).map(<&[u8; BLOCK]>::try_from)
+            {
+                Some(Ok(full)) => full,
+                _ => {
+                    padded = chunk(b, base);
+                    &padded
+                }
+            };
+            let mut marks = 0u64;
+            for (i, lane) in block.as_chunks::<16>().0.iter().enumerate() {
+                let (halves, _) = lane.as_chunks::<8>();
+                let half = |h: usize| halves.get(h).map_or(0, |&x| i64::from_le_bytes(x));
+                let v = _mm_set_epi64x(half(1), half(0));
+                let hit = targets.iter().fold(_mm_set1_epi8(0), |acc, &t| {
+                    _mm_or_si128(acc, _mm_cmpeq_epi8(v, t))
+                });
+                let bits = _mm_movemask_epi8(hit).cast_unsigned() & 0xFFFF;
+                marks |= u64::from(bits) << (16 * i);
             }
-            if count > WORD / 2 {
-                for slot in high {
+            let count = marks.count_ones() as usize;
+            if let Some(dst) = out.get_mut(len..len + BLOCK) {
+                let (first, rest) = dst.split_at_mut(16);
+                for slot in first {
+                    *slot = base as u32 + marks.trailing_zeros();
+                    marks &= marks.wrapping_sub(1);
+                }
+                for slot in rest.iter_mut().take(count.saturating_sub(16)) {
+                    *slot = base as u32 + marks.trailing_zeros();
+                    marks &= marks.wrapping_sub(1);
+                }
+            }
+            len += count;
+            base += BLOCK;
+        }
+        len
+    }
+}
+
+/// Portable fallback: the same search eight bytes at a time in a `u64`.
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
+mod swar {
+    use super::{Delimiters, chunk};
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// Marks (high bit) zero bytes of `x`; bytes above a zero byte may be marked too,
+    /// which only adds candidates.
+    fn zero_bytes(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x
+    }
+
+    pub(super) fn candidates(b: &[u8], d: &Delimiters, out: &mut [u32]) -> usize {
+        let splat_field = ONES * u64::from(d.field_byte());
+        let splat_component = ONES * u64::from(d.component_byte());
+        let splat_repetition = ONES * u64::from(d.repetition_byte());
+        let below_space = ONES * 0x20;
+        let mut len = 0;
+        let mut base = 0;
+        while base < b.len() {
+            let w = u64::from_le_bytes(chunk(b, base));
+            let mut marks = (zero_bytes(w ^ splat_field)
+                | zero_bytes(w ^ splat_component)
+                | zero_bytes(w ^ splat_repetition)
+                | (w.wrapping_sub(below_space) & !w))
+                & HIGHS;
+            let valid = b.len() - base;
+            if valid < 8 {
+                marks &= (1u64 << (valid * 8)) - 1;
+            }
+            // Marks sit on bit 7 of each byte: one multiply sums them (no popcnt in the
+            // baseline instruction set).
+            let count = ((marks >> 7).wrapping_mul(ONES) >> 56) as usize;
+            if let Some(dst) = out.get_mut(len..len + 8) {
+                for slot in dst {
                     *slot = base as u32 + (marks.trailing_zeros() >> 3);
                     marks &= marks.wrapping_sub(1);
                 }
             }
+            len += count;
+            base += 8;
         }
-        len += count;
-        base += WORD;
+        len
     }
-    len
 }
 
 /// Pass-2 state: counts of committed entries and the open component's start.
@@ -254,13 +321,80 @@ impl Out<'_> {
     }
 }
 
+/// The hot loop: closes entries up to the segment's terminator (or the end of input).
+/// Returns how many candidates it used and where the segment ends. State lives in
+/// locals so it stays in registers.
+#[inline(never)]
+fn segment_body(
+    b: &[u8],
+    class: &[u8; 256],
+    cands: &[u32],
+    counts: &mut Counts,
+    out: Out<'_>,
+) -> (usize, usize) {
+    let Out {
+        fields,
+        repetitions,
+        components,
+    } = out;
+    let Counts {
+        fields: mut nf,
+        repetitions: mut nr,
+        components: mut nc,
+        component_start: mut start,
+    } = *counts;
+    let mut used = 0;
+    let mut end = b.len();
+    let mut class_of_end = SEGMENT;
+    for &at in cands {
+        used += 1;
+        let k = b.get(at as usize).map_or(0, |&x| class[usize::from(x)]);
+        if k == 0 {
+            continue;
+        }
+        if let Some(slot) = components.get_mut(nc) {
+            *slot = Span { start, end: at };
+        }
+        nc += 1;
+        start = at + 1;
+        if let Some(slot) = repetitions.get_mut(nr) {
+            *slot = nc as u32;
+        }
+        nr += usize::from(k >= REPETITION);
+        if let Some(slot) = fields.get_mut(nf) {
+            *slot = nr as u32;
+        }
+        nf += usize::from(k >= FIELD);
+        if k == SEGMENT {
+            end = at as usize;
+            class_of_end = 0;
+            break;
+        }
+    }
+    *counts = Counts {
+        fields: nf,
+        repetitions: nr,
+        components: nc,
+        component_start: start,
+    };
+    if class_of_end == SEGMENT {
+        let mut out = Out {
+            fields,
+            repetitions,
+            components,
+        };
+        out.close(counts, SEGMENT, end as u32);
+    }
+    (used, end)
+}
+
 fn is_eol(c: u8) -> bool {
     c == b'\r' || c == b'\n'
 }
 
 fn scan(b: &[u8], index: &mut Index, cands: &mut Vec<u32>) -> Result<Delimiters, Error> {
     index.segments.clear();
-    if b.len() >= u32::MAX as usize - 4 * WORD {
+    if b.len() >= u32::MAX as usize - 4 * BLOCK {
         return Err(Error::TooLarge);
     }
     let start = b.iter().position(|&c| !is_eol(c)).ok_or(Error::Empty)?;
@@ -291,7 +425,7 @@ fn index_segments(
 
     // Each candidate closes at most one entry per level; header segments add three
     // opaque fields each and the end of input one more, budgeted as they come.
-    let mut budget = cands.len() + WORD;
+    let mut budget = cands.len() + 4;
     ensure(&mut index.components, budget);
     ensure(&mut index.repetitions, budget);
     ensure(&mut index.fields, budget);
@@ -352,26 +486,19 @@ fn index_segments(
         let end = match header_end {
             Some(end) => end,
             None => {
-                let mut out = Out {
-                    fields: &mut index.fields,
-                    repetitions: &mut index.repetitions,
-                    components: &mut index.components,
-                };
-                loop {
-                    let Some(&at) = cands.get(next) else {
-                        out.close(&mut c, SEGMENT, n as u32);
-                        break n;
-                    };
-                    next += 1;
-                    let k = b.get(at as usize).map_or(0, |&x| class[usize::from(x)]);
-                    if k == 0 {
-                        continue;
-                    }
-                    out.close(&mut c, k, at);
-                    if k == SEGMENT {
-                        break at as usize;
-                    }
-                }
+                let (used, end) = segment_body(
+                    b,
+                    &class,
+                    cands.get(next..).unwrap_or(&[]),
+                    &mut c,
+                    Out {
+                        fields: &mut index.fields,
+                        repetitions: &mut index.repetitions,
+                        components: &mut index.components,
+                    },
+                );
+                next += used;
+                end
             }
         };
         index.segments.push(SegmentEntry {
@@ -418,6 +545,28 @@ mod tests {
             parse_bytes(b"MSH|^~\\&|\xff").unwrap_err(),
             Error::InvalidUtf8 { offset: 9 }
         );
+    }
+
+    proptest::proptest! {
+        /// The SSE2 and portable pass 1 must agree on every real delimiter.
+        #[test]
+        fn candidate_scanners_agree(body in "[A-Z0-9|^~&\\\\#\r\n\t }{\x00]{0,300}") {
+            let input = format!("MSH|^~\\&|{body}");
+            let b = input.as_bytes();
+            let d = Delimiters::default();
+            let mut simd_out = Vec::new();
+            let len = candidates(b, &d, &mut simd_out);
+            let mut swar_out = vec![0; b.len() + 2 * BLOCK];
+            let swar_len = swar::candidates(b, &d, &mut swar_out);
+            let real = |out: &[u32]| -> Vec<u32> {
+                out.iter()
+                    .copied()
+                    .filter(|&p| matches!(b.get(p as usize), Some(b'|' | b'^' | b'~' | b'\r' | b'\n')))
+                    .collect()
+            };
+            proptest::prop_assert_eq!(real(&simd_out[..len]), real(&swar_out[..swar_len]));
+            proptest::prop_assert_eq!(real(&simd_out[..len]).len(), len);
+        }
     }
 
     #[test]

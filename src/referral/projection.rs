@@ -14,17 +14,32 @@ use utoipa::ToSchema;
 use super::CboStatus;
 use super::action::{STATUS_REASON_SYSTEM, is_expiry};
 use crate::fhir::reference::{self, Target};
+use crate::store::StoredResource;
 
 /// Resources around a referral Task, keyed `Type/id`.
 #[derive(Debug, Default)]
 pub struct Related(pub HashMap<String, Value>);
 
 impl Related {
-    fn get(&self, reference: Option<&Value>) -> Option<&Value> {
+    /// The resource a Reference points at, if it was read.
+    pub fn get(&self, reference: Option<&Value>) -> Option<&Value> {
         let r = reference?.get("reference")?.as_str()?;
         match reference::parse(r, None)? {
             Target::Local { resource_type, id } => self.0.get(&format!("{resource_type}/{id}")),
             _ => None,
+        }
+    }
+
+    /// Records what was read for `keys`; a key with no resource is remembered as
+    /// missing (null) so it is not asked for again.
+    pub fn add(&mut self, keys: &[(String, String)], found: Vec<StoredResource>) {
+        for (ty, id) in keys {
+            let value = found
+                .iter()
+                .find(|r| r.resource_type == *ty && r.id == *id)
+                .and_then(|r| serde_json::from_str(&r.body).ok())
+                .unwrap_or(Value::Null);
+            self.0.insert(format!("{ty}/{id}"), value);
         }
     }
 }
@@ -209,16 +224,15 @@ pub fn summary(r: &crate::store::Referral, updated_at: i64) -> Summary {
 /// Where [`gather`] reads resources from: the store, or a transaction in progress.
 pub trait Fetch {
     type Error;
-    /// A resource's stored JSON text.
+    /// The current versions of those of `keys` (type, id) that exist.
     fn fetch(
         &mut self,
-        resource_type: &str,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<String>, Self::Error>> + Send;
+        keys: &[(String, String)],
+    ) -> impl Future<Output = Result<Vec<StoredResource>, Self::Error>> + Send;
 }
 
-/// Reads what [`project`] needs, level by level (Task → ServiceRequest → Consent …).
-/// Unreadable or missing resources are left out of the view.
+/// Reads what [`project`] needs, level by level (Task → ServiceRequest → Consent …),
+/// one batch per level. Unreadable or missing resources are left out of the view.
 pub async fn gather<F: Fetch + Send>(task: &Value, fetch: &mut F) -> Result<Related, F::Error> {
     let mut related = Related::default();
     for _ in 0..3 {
@@ -226,13 +240,8 @@ pub async fn gather<F: Fetch + Send>(task: &Value, fetch: &mut F) -> Result<Rela
         if want.is_empty() {
             break;
         }
-        for (ty, id) in want {
-            let body = fetch.fetch(&ty, &id).await?;
-            let value = body
-                .and_then(|b| serde_json::from_str(&b).ok())
-                .unwrap_or(Value::Null);
-            related.0.insert(format!("{ty}/{id}"), value);
-        }
+        let found = fetch.fetch(&want).await?;
+        related.add(&want, found);
     }
     Ok(related)
 }

@@ -14,6 +14,15 @@ pub mod writer;
 
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
+
+/// What a batch's commands will read, so the writer can read it all at once.
+#[derive(Debug, Default)]
+pub struct Preload {
+    /// (type, id) of current versions.
+    pub resources: Vec<(String, String)>,
+    /// Referral ids.
+    pub referrals: Vec<String>,
+}
 use referrals::{StagedEvent, StagedKey, StagedReferral};
 
 use std::collections::HashMap;
@@ -258,6 +267,18 @@ impl Store {
         Ok(rows.iter().map(|r| stored(resource_type, id, r)).collect())
     }
 
+    /// Current versions of several resources in one round trip (those that exist).
+    pub async fn read_current(&self, keys: &[(String, String)]) -> Result<Vec<StoredResource>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        match &self.recent {
+            Some(recent) => current_versions(&mut conn, recent, keys).await,
+            None => read_many(&mut conn, keys).await,
+        }
+    }
+
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
         let mut conn = self.pool.acquire().await?;
         search(&mut conn, self.backend, self.recent.as_deref(), query).await
@@ -417,6 +438,7 @@ pub struct Mark {
     events: usize,
     keys: usize,
     clients: usize,
+    loaded: usize,
     written: usize,
     next_seq: i64,
 }
@@ -436,6 +458,12 @@ pub struct Tx<'c> {
     events: Vec<StagedEvent>,
     keys: Vec<StagedKey>,
     clients: Vec<(String, String)>,
+    /// Referrals read from the database in this transaction (a command reads a
+    /// referral, then the Task write it causes looks it up again).
+    loaded: Vec<Referral>,
+    /// Current versions (with their index rows) read for the whole batch in one query
+    /// before its commands run; taken out on first use (see [`Tx::preload`]).
+    preloaded: HashMap<(String, String), (StoredResource, String)>,
     /// Versions written to the database in this transaction, for `recent` after COMMIT.
     written: Vec<StoredResource>,
     /// Index rows of current versions read for replacement: (type, id) → rows.
@@ -453,6 +481,11 @@ impl<'c> Tx<'c> {
         if let Some(s) = self.staged(resource_type, id) {
             return Ok(Some(s.resource.clone()));
         }
+        let key = (resource_type.to_string(), id.to_string());
+        if let Some((found, index_rows)) = self.preloaded.remove(&key) {
+            self.replaced.insert(key, index_rows);
+            return Ok(Some(found));
+        }
         let text = match self.backend {
             Backend::Sqlite => sql::READ_CURRENT_TO_REPLACE,
             Backend::Postgres => sql::READ_CURRENT_TO_REPLACE_LOCKED,
@@ -468,6 +501,33 @@ impl<'c> Tx<'c> {
                 .insert((resource_type.to_string(), id.to_string()), r.get(3));
             stored(resource_type, id, &r)
         }))
+    }
+
+    /// Reads, in one round trip each, the current versions and referrals the batch's
+    /// commands are about to need (on PostgreSQL locking the rows, as `current` does),
+    /// instead of one round trip per command on the writer's serial path.
+    pub async fn preload(&mut self, wanted: &Preload) -> Result<()> {
+        if !wanted.resources.is_empty() {
+            let (mut text, args) = sql::read_many_to_replace(&wanted.resources);
+            if self.backend == Backend::Postgres {
+                text.push_str(" FOR UPDATE OF r");
+            }
+            let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                .fetch_all(&mut *self.conn)
+                .await?;
+            for r in &rows {
+                let found = StoredResource {
+                    resource_type: r.get(0),
+                    id: r.get(1),
+                    version: r.get(2),
+                    last_updated: r.get(3),
+                    body: r.get(4),
+                };
+                let key = (found.resource_type.clone(), found.id.clone());
+                self.preloaded.insert(key, (found, r.get(5)));
+            }
+        }
+        self.preload_referrals(&wanted.referrals).await
     }
 
     fn staged(&self, resource_type: &str, id: &str) -> Option<&Staged> {
@@ -539,6 +599,7 @@ impl<'c> Tx<'c> {
             events: self.events.len(),
             keys: self.keys.len(),
             clients: self.clients.len(),
+            loaded: self.loaded.len(),
             written: self.written.len(),
             next_seq: self.next_seq,
         }
@@ -550,6 +611,7 @@ impl<'c> Tx<'c> {
         self.events.truncate(m.events);
         self.keys.truncate(m.keys);
         self.clients.truncate(m.clients);
+        self.loaded.truncate(m.loaded);
         self.written.truncate(m.written);
         self.next_seq = m.next_seq;
     }

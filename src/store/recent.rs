@@ -12,18 +12,26 @@ use std::sync::RwLock;
 
 use super::StoredResource;
 
-/// Entries kept before the map is emptied and refilled by use (~40 MB of typical JSON).
-const CAPACITY: usize = 20_000;
+/// JSON kept before the map is emptied and refilled by use: enough for the current
+/// versions of a few hundred thousand typical referral resources.
+const MAX_BYTES: usize = 256 << 20;
 
 #[derive(Default)]
 pub struct RecentVersions {
-    map: RwLock<HashMap<(String, String), StoredResource>>,
+    map: RwLock<Map>,
+}
+
+#[derive(Default)]
+struct Map {
+    entries: HashMap<(String, String), StoredResource>,
+    bytes: usize,
 }
 
 impl RecentVersions {
     pub fn get(&self, resource_type: &str, id: &str) -> Option<StoredResource> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&(resource_type.to_string(), id.to_string()))
+        map.entries
+            .get(&(resource_type.to_string(), id.to_string()))
             .cloned()
     }
 
@@ -35,14 +43,18 @@ impl RecentVersions {
     pub fn offer_all(&self, versions: impl IntoIterator<Item = StoredResource>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for r in versions {
-            if map.len() >= CAPACITY {
-                map.clear();
+            if map.bytes >= MAX_BYTES {
+                map.entries.clear();
+                map.bytes = 0;
             }
             let key = (r.resource_type.clone(), r.id.clone());
-            match map.get(&key) {
+            match map.entries.get(&key) {
                 Some(known) if known.version >= r.version => {}
                 _ => {
-                    map.insert(key, r);
+                    map.bytes += r.body.len();
+                    if let Some(old) = map.entries.insert(key, r) {
+                        map.bytes -= old.body.len();
+                    }
                 }
             }
         }

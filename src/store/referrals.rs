@@ -126,29 +126,63 @@ impl Tx<'_> {
             .referrals
             .iter()
             .rev()
-            .find(|r| r.referral.task_id == task_id)
+            .map(|s| &s.referral)
+            .chain(&self.loaded)
+            .find(|r| r.task_id == task_id)
         {
-            return Ok(Some(r.referral.clone()));
+            return Ok(Some(r.clone()));
         }
         let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE task_id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(text))
             .bind(task_id)
             .fetch_optional(&mut *self.conn)
             .await?;
-        Ok(row.map(|r| referral_row(&r).referral))
+        Ok(self.remember(row.map(|r| referral_row(&r).referral)))
     }
 
     /// A referral by id, staged or committed.
     pub async fn referral(&mut self, id: &str) -> Result<Option<Referral>> {
-        if let Some(r) = self.referrals.iter().rev().find(|r| r.referral.id == id) {
-            return Ok(Some(r.referral.clone()));
+        if let Some(r) = self
+            .referrals
+            .iter()
+            .rev()
+            .map(|s| &s.referral)
+            .chain(&self.loaded)
+            .find(|r| r.id == id)
+        {
+            return Ok(Some(r.clone()));
         }
         let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(text))
             .bind(id)
             .fetch_optional(&mut *self.conn)
             .await?;
-        Ok(row.map(|r| referral_row(&r).referral))
+        Ok(self.remember(row.map(|r| referral_row(&r).referral)))
+    }
+
+    pub(super) async fn preload_referrals(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let text = format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let args = ids.iter().map(|i| sql::Arg::Text(i.clone())).collect();
+        let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        self.loaded
+            .extend(rows.iter().map(|r| referral_row(r).referral));
+        Ok(())
+    }
+
+    fn remember(&mut self, r: Option<Referral>) -> Option<Referral> {
+        if let Some(r) = &r {
+            self.loaded.push(r.clone());
+        }
+        r
     }
 
     /// Stages a new referral, or a known referral's new state.
@@ -351,18 +385,26 @@ impl Tx<'_> {
         // Counters are locked in one order by every writer, so two batches never wait
         // on each other's counters (a deadlock).
         next.sort();
-        for (org, count) in next.iter_mut() {
-            let last: i64 = sqlx::query(
-                "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, $2) \
-                 ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + $2 \
-                 RETURNING last_seq",
-            )
-            .bind(org.as_str())
-            .bind(*count)
-            .fetch_one(&mut *self.conn)
-            .await?
-            .get(0);
-            *count = last - *count + 1;
+        let counts: Vec<(&str, i64)> = next.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        let (text, args) = sql::bulk_insert(
+            self.backend,
+            "tenant_counters",
+            &[("organization", TEXT), ("last_seq", INT)],
+            sql::json_rows(&counts),
+            "WHERE true ON CONFLICT (organization) DO UPDATE \
+             SET last_seq = tenant_counters.last_seq + excluded.last_seq \
+             RETURNING organization, last_seq",
+        );
+        let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        for r in &rows {
+            let org: String = r.get(0);
+            let last: i64 = r.get(1);
+            if let Some((_, n)) = next.iter_mut().find(|(o, _)| *o == org) {
+                // From the count to the first number of the reserved block.
+                *n = last - *n + 1;
+            }
         }
         let rows: Vec<EventRow> = events
             .into_iter()
@@ -484,6 +526,31 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(referral_row))
+    }
+
+    /// An organisation's referral and the current JSON of its Task, in one round trip.
+    pub async fn referral_with_task(
+        &self,
+        organization: &str,
+        id: &str,
+    ) -> Result<Option<(ReferralRow, Option<String>)>> {
+        let columns: Vec<String> = REFERRAL_COLUMNS
+            .split(", ")
+            .map(|c| format!("f.{c}"))
+            .collect();
+        let text = format!(
+            "SELECT {}, v.body FROM referrals f \
+             LEFT JOIN resources r ON r.res_type = 'Task' AND r.res_id = f.task_id \
+             LEFT JOIN resource_versions v ON v.res_type = 'Task' AND v.res_id = f.task_id AND v.version = r.version \
+             WHERE f.id = $1 AND f.organization = $2",
+            columns.join(", ")
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(id)
+            .bind(organization)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (referral_row(&r), r.get(11))))
     }
 
     /// A page of an organisation's referrals, oldest change first.

@@ -323,6 +323,15 @@ pub fn read_many(keys: &[(String, String)]) -> (String, Vec<Arg>) {
     (sql, p.args)
 }
 
+/// As [`read_many`], with each version's index rows (for replacing it).
+pub fn read_many_to_replace(keys: &[(String, String)]) -> (String, Vec<Arg>) {
+    let (text, args) = read_many(keys);
+    (
+        text.replacen("v.body FROM", "v.body, v.index_rows FROM", 1),
+        args,
+    )
+}
+
 /// The `(type, id)` targets of local references made by one search parameter, read
 /// from a version's stored index rows.
 pub fn local_targets(index_rows: &str, param: &str) -> Vec<(String, String)> {
@@ -498,27 +507,58 @@ pub(super) fn write_resources(
     }
     out.push((sql, args));
 
-    // Index rows describe the current version only: remove exactly the rows of the
-    // versions replaced, by primary key.
-    let (mut gt, mut gr, mut gs, mut gd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Index rows describe the current version only. A new version usually changes few
+    // of them (a status, a date), so only rows that differ from the replaced version's
+    // are deleted and inserted, by primary key: every row is a B-tree write.
+    let (mut gone, mut added) = (IndexChanges::default(), IndexChanges::default());
     for s in &latest {
-        let Some(stored) = replaced.get(&(s.resource.resource_type.clone(), s.resource.id.clone()))
-        else {
-            continue;
-        };
-        let Ok(rows) = serde_json::from_str::<IndexRows<String, i64>>(stored) else {
-            tracing::error!(message = "Stored index rows are unreadable.", resource_type = %s.resource.resource_type, id = %s.resource.id);
-            continue;
-        };
         let (ty, id) = key(s);
-        gt.extend(
-            rows.t
-                .into_iter()
-                .map(|(p, code, sys)| (ty, p, code, sys, id)),
-        );
-        gr.extend(rows.r.into_iter().map(|(p, target)| (ty, p, target, id)));
-        gs.extend(rows.s.into_iter().map(|(p, v)| (ty, p, v, id)));
-        gd.extend(rows.d.into_iter().map(|(p, lo, hi)| (ty, p, lo, hi, id)));
+        let old = match replaced.get(&(ty.to_string(), id.to_string())) {
+            Some(stored) => serde_json::from_str::<IndexRows<String, i64>>(stored).unwrap_or_else(|_| {
+                tracing::error!(message = "Stored index rows are unreadable.", resource_type = %ty, id = %id);
+                IndexRows::default()
+            }),
+            None => IndexRows::default(),
+        };
+        let new = IndexRows::<String, i64> {
+            t: s.index
+                .tokens
+                .iter()
+                .map(|(p, sys, code)| (p.to_string(), code.clone(), sys.clone()))
+                .collect(),
+            r: s.index
+                .references
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.clone()))
+                .collect(),
+            s: s.index
+                .strings
+                .iter()
+                .map(|(p, v)| (p.to_string(), v.clone()))
+                .collect(),
+            d: s.index
+                .dates
+                .iter()
+                .map(|(p, r)| (p.to_string(), r.lo, r.hi))
+                .collect(),
+        };
+        for (from, to, rows) in [(&old, &new, &mut gone), (&new, &old, &mut added)] {
+            let owner = |v: &str| v.to_string();
+            rows.t.extend(
+                only_in(&from.t, &to.t)
+                    .map(|(p, c, sy)| (owner(ty), p.clone(), c.clone(), sy.clone(), owner(id))),
+            );
+            rows.r.extend(
+                only_in(&from.r, &to.r).map(|(p, t)| (owner(ty), p.clone(), t.clone(), owner(id))),
+            );
+            rows.s.extend(
+                only_in(&from.s, &to.s).map(|(p, v)| (owner(ty), p.clone(), v.clone(), owner(id))),
+            );
+            rows.d.extend(
+                only_in(&from.d, &to.d)
+                    .map(|(p, lo, hi)| (owner(ty), p.clone(), *lo, *hi, owner(id))),
+            );
+        }
     }
     let delete = |table: &str, columns: &[(&str, bool)], rows: String| {
         let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
@@ -531,92 +571,69 @@ pub(super) fn write_resources(
             vec![Arg::Text(rows)],
         )
     };
-    if !gt.is_empty() {
-        out.push(delete("search_tokens", TOKEN_COLUMNS, json_rows(&gt)));
+    if !gone.t.is_empty() {
+        out.push(delete("search_tokens", TOKEN_COLUMNS, json_rows(&gone.t)));
     }
-    if !gr.is_empty() {
-        out.push(delete("search_refs", REF_COLUMNS, json_rows(&gr)));
+    if !gone.r.is_empty() {
+        out.push(delete("search_refs", REF_COLUMNS, json_rows(&gone.r)));
     }
-    if !gs.is_empty() {
-        out.push(delete("search_strings", STRING_COLUMNS, json_rows(&gs)));
+    if !gone.s.is_empty() {
+        out.push(delete("search_strings", STRING_COLUMNS, json_rows(&gone.s)));
     }
-    if !gd.is_empty() {
-        out.push(delete("search_dates", DATE_COLUMNS, json_rows(&gd)));
+    if !gone.d.is_empty() {
+        out.push(delete("search_dates", DATE_COLUMNS, json_rows(&gone.d)));
     }
-
-    let tokens: Vec<(&str, &str, &str, &str, &str)> = latest
-        .iter()
-        .flat_map(|s| {
-            s.index
-                .tokens
-                .iter()
-                .map(move |(p, sys, code)| (key(s).0, *p, code.as_str(), sys.as_str(), key(s).1))
-        })
-        .collect();
-    if !tokens.is_empty() {
+    if !added.t.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_tokens",
             TOKEN_COLUMNS,
-            json_rows(&tokens),
+            json_rows(&added.t),
             "",
         ));
     }
-    let refs: Vec<(&str, &str, &str, &str)> = latest
-        .iter()
-        .flat_map(|s| {
-            s.index
-                .references
-                .iter()
-                .map(move |(p, target)| (key(s).0, *p, target.as_str(), key(s).1))
-        })
-        .collect();
-    if !refs.is_empty() {
+    if !added.r.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_refs",
             REF_COLUMNS,
-            json_rows(&refs),
+            json_rows(&added.r),
             "",
         ));
     }
-    let strings: Vec<(&str, &str, &str, &str)> = latest
-        .iter()
-        .flat_map(|s| {
-            s.index
-                .strings
-                .iter()
-                .map(move |(p, v)| (key(s).0, *p, v.as_str(), key(s).1))
-        })
-        .collect();
-    if !strings.is_empty() {
+    if !added.s.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_strings",
             STRING_COLUMNS,
-            json_rows(&strings),
+            json_rows(&added.s),
             "",
         ));
     }
-    let dates: Vec<(&str, &str, i64, i64, &str)> = latest
-        .iter()
-        .flat_map(|s| {
-            s.index
-                .dates
-                .iter()
-                .map(move |(p, r)| (key(s).0, *p, r.lo, r.hi, key(s).1))
-        })
-        .collect();
-    if !dates.is_empty() {
+    if !added.d.is_empty() {
         out.push(bulk_insert(
             backend,
             "search_dates",
             DATE_COLUMNS,
-            json_rows(&dates),
+            json_rows(&added.d),
             "",
         ));
     }
     out
+}
+
+/// Full index rows (with resource type and id) to delete or insert, per table.
+#[derive(Default)]
+struct IndexChanges {
+    t: Vec<(String, String, String, String, String)>,
+    r: Vec<(String, String, String, String)>,
+    s: Vec<(String, String, String, String)>,
+    d: Vec<(String, String, i64, i64, String)>,
+}
+
+/// Rows of `a` that `b` does not have (a resource has a few dozen at most).
+fn only_in<'a, T: PartialEq>(a: &'a [T], b: &'a [T]) -> impl Iterator<Item = &'a T> {
+    a.iter().filter(move |x| !b.contains(x))
 }
 
 /// Rows per multi-row insert: a few fixed sizes, so only a few statement texts are ever

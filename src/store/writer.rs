@@ -22,7 +22,7 @@ use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::recent::RecentVersions;
-use super::{Backend, Store, StoreError, Tx};
+use super::{Backend, Preload, Store, StoreError, Tx};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -34,6 +34,9 @@ pub trait Command: Send + 'static {
     /// Whether the command searches the store inside the transaction and so needs a
     /// savepoint of its own.
     fn isolated(&self) -> bool;
+
+    /// What the command will read, so the batch reads it in one round trip.
+    fn preload(&self, _wanted: &mut Preload) {}
 
     fn apply<'a, 'c: 'a>(
         self,
@@ -195,10 +198,16 @@ async fn run_batch<C: Command>(
         events: Vec::new(),
         keys: Vec::new(),
         clients: Vec::new(),
+        loaded: Vec::new(),
+        preloaded: HashMap::new(),
         written: Vec::new(),
         replaced: HashMap::new(),
     };
-    let mut broken: Option<String> = None;
+    let mut wanted = Preload::default();
+    for (command, _) in batch.iter() {
+        command.preload(&mut wanted);
+    }
+    let mut broken: Option<String> = tx.preload(&wanted).await.err().map(|e| e.to_string());
     for (command, reply) in batch.drain(..) {
         if broken.is_some() {
             results.push((reply, None));
@@ -223,6 +232,7 @@ async fn run_batch<C: Command>(
         };
         results.push((reply, Some(result)));
     }
+    let commands_done = started.elapsed();
     if broken.is_none()
         && let Err(e) = tx.flush().await
     {
@@ -243,6 +253,7 @@ async fn run_batch<C: Command>(
             tracing::debug!(
                 message = "Batch committed.",
                 size,
+                commands_us = commands_done.as_micros() as u64,
                 apply_us = applied.as_micros() as u64,
                 commit_us = (started.elapsed() - applied).as_micros() as u64,
             );

@@ -5,6 +5,7 @@ pub mod config;
 pub mod telemetry;
 
 pub mod fhir;
+pub mod hl7v2;
 pub mod mapping;
 pub mod referral;
 

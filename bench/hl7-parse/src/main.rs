@@ -64,7 +64,10 @@ fn time(messages: &[String], mut f: impl FnMut(&str) -> usize) -> f64 {
 
 /// Checks a parser accepts every message before timing it, so a failing crate is
 /// reported instead of timed on its error path.
-fn check<E: std::fmt::Debug>(messages: &[String], f: impl Fn(&str) -> Result<usize, E>) -> Result<(), String> {
+fn check<E: std::fmt::Debug>(
+    messages: &[String],
+    f: impl Fn(&str) -> Result<usize, E>,
+) -> Result<(), String> {
     for m in messages {
         let segments = f(m).map_err(|e| format!("parse error: {e:?}"))?;
         let expected = m.split('\r').filter(|s| !s.is_empty()).count();
@@ -149,7 +152,10 @@ fn main() {
         "{} messages, {:.0} bytes and {:.1} segments on average; median of {ROUNDS} rounds\n",
         messages.len(),
         avg_bytes,
-        messages.iter().map(|m| m.split('\r').filter(|s| !s.is_empty()).count()).sum::<usize>() as f64
+        messages
+            .iter()
+            .map(|m| m.split('\r').filter(|s| !s.is_empty()).count())
+            .sum::<usize>() as f64
             / messages.len() as f64
     );
     println!("| parser | µs/msg | msgs/s | MB/s | ours is × faster |");
@@ -175,10 +181,16 @@ fn main() {
         .min_by(|a, b| a.1.total_cmp(&b.1));
     println!();
     if let Some((name, ns)) = best_crate {
-        println!("ours vs best crate ({name}): {:.1}× (target ≥ 20×)", ns / ours);
+        println!(
+            "ours vs best crate ({name}): {:.1}× (target ≥ 20×)",
+            ns / ours
+        );
     }
     if let Some(ns) = python_ns {
         println!("ours vs python-hl7: {:.0}× (target ≥ 500×)", ns / ours);
     }
-    println!("ours: {:.0} msgs/s on one core (target ≥ 1,000,000)", 1e9 / ours);
+    println!(
+        "ours: {:.0} msgs/s on one core (target ≥ 1,000,000)",
+        1e9 / ours
+    );
 }

@@ -10,7 +10,10 @@ fn sources(dir: &Path) -> Vec<(String, String)> {
         if path.is_dir() {
             out.extend(sources(&path));
         } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+            out.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
         }
     }
     out
@@ -34,7 +37,10 @@ fn only_the_http_adapter_knows_actix() {
     for (path, text) in sources(&src) {
         let adapter = path.contains("/src/http/") || path.ends_with("/startup.rs");
         if !adapter {
-            assert!(!text.contains("actix"), "{path} uses actix outside the HTTP adapter");
+            assert!(
+                !text.contains("actix"),
+                "{path} uses actix outside the HTTP adapter"
+            );
         }
     }
 }

@@ -6,8 +6,8 @@ wrk scripts read.
 Posts transaction Bundles of 100 referrals (Patient, ServiceRequest, Task each; five
 referrals per Patient), four at a time, to BASE_URL/fhir; referral i is owned by
 organisation cbo-bench-(i mod ORGS). Then lists every organisation's referrals over the
-CBO API and writes OUT_DIR/ids.lua: `orgs` (organisation ids) and `ids` ({org, id}
-pairs in a shuffled order).
+CBO API and writes OUT_DIR/ids.txt: one `organisation referral-id` pair per line, in a
+shuffled order (a Lua table literal of 100,000 entries is too large for LuaJIT).
 """
 import concurrent.futures
 import json
@@ -75,7 +75,6 @@ for o in range(orgs):
             break
         cursor = page["next_cursor"]
 random.Random(7).shuffle(pairs)
-with open(f"{out}/ids.lua", "w") as f:
-    f.write("orgs = {" + ",".join(f'"{org(o)}"' for o in range(orgs)) + "}\n")
-    f.write("ids = {" + ",".join(f'{{"{o}","{i}"}}' for o, i in pairs) + "}\n")
+with open(f"{out}/ids.txt", "w") as f:
+    f.writelines(f"{o} {i}\n" for o, i in pairs)
 print(f"listed {len(pairs)} referrals", file=sys.stderr)

@@ -1,14 +1,23 @@
 -- wrk script for the CBO API benchmark (bench/cbo). WORKLOAD (set by the runner through
--- `wrk ... -- WORKLOAD IDS_FILE`) is one of: list, read, act, mixed.
+-- `wrk ... -- WORKLOAD IDS_FILE`, IDS_FILE from bench/cbo-seed.py) is one of: list, read, act, mixed.
 --   list:  GET /cbo/v1/referrals?limit=50 for a random organisation
 --   read:  GET /cbo/v1/referrals/{id} for a random referral of its organisation
 --   act:   POST .../accept, each referral once, in order (durable Task updates)
 --   mixed: 90% read, 10% POST .../notes
 local workload, next_act = "read", 0
+local ids, orgs = {}, {}
 
 function init(args)
     workload = args[1]
-    dofile(args[2])
+    local seen = {}
+    for line in io.lines(args[2]) do
+        local org, id = line:match("^(%S+) (%S+)$")
+        ids[#ids + 1] = { org, id }
+        if not seen[org] then
+            seen[org] = true
+            orgs[#orgs + 1] = org
+        end
+    end
     math.randomseed(os.time())
 end
 

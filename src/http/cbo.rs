@@ -273,6 +273,13 @@ fn json_response(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type(JSON).body(body)
 }
 
+fn json_of<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    json_response(
+        status,
+        serde_json::to_string(value).expect("API types always serialise"),
+    )
+}
+
 fn etag(version: i64) -> String {
     format!("W/\"{version}\"")
 }
@@ -322,10 +329,7 @@ async fn list_referrals(req: HttpRequest, state: web::Data<AppState>) -> Result<
         .list(&org.id, &q)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&page).expect("pages serialise"),
-    ))
+    Ok(json_of(StatusCode::OK, &page))
 }
 
 #[utoipa::path(
@@ -532,10 +536,7 @@ async fn referral_events(
         .referral_events(&org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&EventList { data }).expect("events serialise"),
-    ))
+    Ok(json_of(StatusCode::OK, &EventList { data }))
 }
 
 #[utoipa::path(
@@ -565,10 +566,7 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
         )
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&page).expect("pages serialise"),
-    ))
+    Ok(json_of(StatusCode::OK, &page))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -606,10 +604,7 @@ async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse
         scopes: vec!["referrals:read", "referrals:write", "directory:write"],
         environment: "development",
     };
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&body).expect("serialises"),
-    ))
+    Ok(json_of(StatusCode::OK, &body))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -631,10 +626,7 @@ async fn list_services(req: HttpRequest, state: web::Data<AppState>) -> Result<H
         .services(&org.id)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&ServiceList { data }).expect("serialises"),
-    ))
+    Ok(json_of(StatusCode::OK, &ServiceList { data }))
 }
 
 #[utoipa::path(
@@ -656,10 +648,7 @@ async fn get_service(
         .service(&org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&service).expect("serialises"),
-    ))
+    Ok(json_of(StatusCode::OK, &service))
 }
 
 #[utoipa::path(
@@ -689,10 +678,7 @@ async fn put_service(
         .await
         .map_err(|e| Problem::new(e, &req))?;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    Ok(json_response(
-        status,
-        serde_json::to_string(&service).expect("serialises"),
-    ))
+    Ok(json_of(status, &service))
 }
 
 #[utoipa::path(
@@ -721,10 +707,7 @@ async fn put_capacity(
         .put_capacity(&org.id, &path, &body)
         .await
         .map_err(|e| Problem::new(e, &req))?;
-    Ok(json_response(
-        StatusCode::OK,
-        serde_json::to_string(&service).expect("serialises"),
-    ))
+    Ok(json_of(StatusCode::OK, &service))
 }
 
 #[utoipa::path(

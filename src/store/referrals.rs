@@ -119,45 +119,54 @@ fn event_row(r: &sqlx::any::AnyRow) -> Event {
     }
 }
 
+/// How a referral is looked up.
+#[derive(Clone, Copy)]
+enum Key {
+    Id,
+    Task,
+}
+
 impl Tx<'_> {
     /// The referral recorded for a Task, staged or committed.
     pub async fn referral_for_task(&mut self, task_id: &str) -> Result<Option<Referral>> {
-        if let Some(r) = self
-            .referrals
-            .iter()
-            .rev()
-            .map(|s| &s.referral)
-            .chain(&self.loaded)
-            .find(|r| r.task_id == task_id)
-        {
-            return Ok(Some(r.clone()));
-        }
-        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE task_id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(text))
-            .bind(task_id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        Ok(self.remember(row.map(|r| referral_row(&r).referral)))
+        self.find_referral(Key::Task, task_id).await
     }
 
     /// A referral by id, staged or committed.
     pub async fn referral(&mut self, id: &str) -> Result<Option<Referral>> {
+        self.find_referral(Key::Id, id).await
+    }
+
+    /// Staged first, then read earlier in this transaction, then the database.
+    async fn find_referral(&mut self, key: Key, value: &str) -> Result<Option<Referral>> {
+        let matches = |r: &Referral| match key {
+            Key::Id => r.id == value,
+            Key::Task => r.task_id == value,
+        };
         if let Some(r) = self
             .referrals
             .iter()
             .rev()
             .map(|s| &s.referral)
             .chain(&self.loaded)
-            .find(|r| r.id == id)
+            .find(|r| matches(r))
         {
             return Ok(Some(r.clone()));
         }
-        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1");
+        let column = match key {
+            Key::Id => "id",
+            Key::Task => "task_id",
+        };
+        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE {column} = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(text))
-            .bind(id)
+            .bind(value)
             .fetch_optional(&mut *self.conn)
             .await?;
-        Ok(self.remember(row.map(|r| referral_row(&r).referral)))
+        let found = row.map(|r| referral_row(&r).referral);
+        if let Some(r) = &found {
+            self.loaded.push(r.clone());
+        }
+        Ok(found)
     }
 
     pub(super) async fn preload_referrals(&mut self, ids: &[String]) -> Result<()> {
@@ -176,13 +185,6 @@ impl Tx<'_> {
         self.loaded
             .extend(rows.iter().map(|r| referral_row(r).referral));
         Ok(())
-    }
-
-    fn remember(&mut self, r: Option<Referral>) -> Option<Referral> {
-        if let Some(r) = &r {
-            self.loaded.push(r.clone());
-        }
-        r
     }
 
     /// Stages a new referral, or a known referral's new state.

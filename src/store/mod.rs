@@ -8,6 +8,7 @@
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
 mod recent;
+mod referral_index;
 mod referrals;
 mod sql;
 pub mod writer;
@@ -120,6 +121,8 @@ pub struct Store {
     wal: Option<std::path::PathBuf>,
     /// SQLite only: current versions served from memory (see `recent`).
     recent: Option<std::sync::Arc<recent::RecentVersions>>,
+    /// SQLite only: every referral row in memory (see `referral_index`).
+    referral_index: Option<std::sync::Arc<referral_index::ReferralIndex>>,
 }
 
 impl Store {
@@ -181,13 +184,19 @@ impl Store {
             Backend::Postgres => None,
         };
         let recent = (backend == Backend::Sqlite).then(Default::default);
-        let store = Store {
+        let mut store = Store {
             pool,
             backend,
             wal,
             recent,
+            referral_index: None,
         };
         store.migrate().await?;
+        if backend == Backend::Sqlite {
+            let index = referral_index::ReferralIndex::default();
+            index.apply(store.all_referrals().await?);
+            store.referral_index = Some(std::sync::Arc::new(index));
+        }
         Ok(store)
     }
 
@@ -440,6 +449,7 @@ pub struct Mark {
     clients: usize,
     loaded: usize,
     written: usize,
+    written_referrals: usize,
     next_seq: i64,
 }
 
@@ -464,6 +474,8 @@ pub struct Tx<'c> {
     /// Current versions (with their index rows) read for the whole batch in one query
     /// before its commands run; taken out on first use (see [`Tx::preload`]).
     preloaded: HashMap<(String, String), (StoredResource, String)>,
+    /// Referral rows written in this transaction, for `referral_index` after COMMIT.
+    written_referrals: Vec<ReferralRow>,
     /// Versions written to the database in this transaction, for `recent` after COMMIT.
     written: Vec<StoredResource>,
     /// Index rows of current versions read for replacement: (type, id) → rows.
@@ -600,6 +612,7 @@ impl<'c> Tx<'c> {
             keys: self.keys.len(),
             clients: self.clients.len(),
             loaded: self.loaded.len(),
+            written_referrals: self.written_referrals.len(),
             written: self.written.len(),
             next_seq: self.next_seq,
         }
@@ -612,6 +625,7 @@ impl<'c> Tx<'c> {
         self.keys.truncate(m.keys);
         self.clients.truncate(m.clients);
         self.loaded.truncate(m.loaded);
+        self.written_referrals.truncate(m.written_referrals);
         self.written.truncate(m.written);
         self.next_seq = m.next_seq;
     }

@@ -315,6 +315,11 @@ impl Tx<'_> {
         if !referrals.is_empty() {
             let (text, args) = write_referrals(self.backend, &referrals);
             self.run(text, args).await?;
+            self.written_referrals
+                .extend(referrals.into_iter().map(|s| ReferralRow {
+                    referral: s.referral,
+                    updated_at: s.at,
+                }));
         }
         let events = std::mem::take(&mut self.events);
         if !events.is_empty() {
@@ -518,8 +523,20 @@ fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<
 }
 
 impl Store {
+    /// Every referral row (to fill `referral_index` at open).
+    pub(super) async fn all_referrals(&self) -> Result<Vec<ReferralRow>> {
+        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(referral_row).collect())
+    }
+
     /// An organisation's referral by id (another organisation's is not found).
     pub async fn referral(&self, organization: &str, id: &str) -> Result<Option<ReferralRow>> {
+        if let Some(index) = &self.referral_index {
+            return Ok(index.get(organization, id));
+        }
         let text =
             format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1 AND organization = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(text))
@@ -536,6 +553,13 @@ impl Store {
         organization: &str,
         id: &str,
     ) -> Result<Option<(ReferralRow, Option<String>)>> {
+        if let Some(index) = &self.referral_index {
+            let Some(row) = index.get(organization, id) else {
+                return Ok(None);
+            };
+            let task = self.read("Task", &row.referral.task_id).await?;
+            return Ok(Some((row, task.map(|t| t.body))));
+        }
         let columns: Vec<String> = REFERRAL_COLUMNS
             .split(", ")
             .map(|c| format!("f.{c}"))
@@ -561,6 +585,9 @@ impl Store {
         organization: &str,
         f: &ReferralFilter,
     ) -> Result<Vec<ReferralRow>> {
+        if let Some(index) = &self.referral_index {
+            return Ok(index.page(organization, f));
+        }
         let mut text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE organization = $1");
         let mut args = vec![sql::Arg::Text(organization.to_string())];
         let arg = |a: sql::Arg, args: &mut Vec<sql::Arg>| {

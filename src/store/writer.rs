@@ -22,6 +22,13 @@ use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::recent::RecentVersions;
+use super::referral_index::ReferralIndex;
+
+/// The embedded store's in-memory views, brought up to date after each COMMIT.
+struct Memory {
+    recent: Option<Arc<RecentVersions>>,
+    referrals: Option<Arc<ReferralIndex>>,
+}
 use super::{Backend, Preload, Store, StoreError, Tx};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -80,7 +87,10 @@ impl<C: Command> Writer<C> {
             tokio::spawn(run::<C>(
                 store.pool.clone(),
                 store.backend,
-                store.recent.clone(),
+                Memory {
+                    recent: store.recent.clone(),
+                    referrals: store.referral_index.clone(),
+                },
                 rx.clone(),
                 committed.clone(),
             ));
@@ -112,7 +122,7 @@ type Answers<C> = Vec<(
 async fn run<C: Command>(
     pool: AnyPool,
     backend: Backend,
-    recent: Option<Arc<RecentVersions>>,
+    memory: Memory,
     rx: Arc<Mutex<Queue<C>>>,
     committed: mpsc::UnboundedSender<Answers<C>>,
 ) {
@@ -145,15 +155,7 @@ async fn run<C: Command>(
                 }
             }
         }
-        match run_batch::<C>(
-            c,
-            backend,
-            recent.as_deref(),
-            next_seq.unwrap_or(0),
-            &mut batch,
-        )
-        .await
-        {
+        match run_batch::<C>(c, backend, &memory, next_seq.unwrap_or(0), &mut batch).await {
             Ok((seq, answers)) => {
                 next_seq = Some(seq);
                 let _ = committed.send(answers);
@@ -175,7 +177,7 @@ async fn run<C: Command>(
 async fn run_batch<C: Command>(
     conn: &mut AnyConnection,
     backend: Backend,
-    recent: Option<&RecentVersions>,
+    memory: &Memory,
     next_seq: i64,
     batch: &mut Vec<(C, Reply<C>)>,
 ) -> Result<(i64, Answers<C>), String> {
@@ -200,6 +202,7 @@ async fn run_batch<C: Command>(
         clients: Vec::new(),
         loaded: Vec::new(),
         preloaded: HashMap::new(),
+        written_referrals: Vec::new(),
         written: Vec::new(),
         replaced: HashMap::new(),
     };
@@ -240,6 +243,7 @@ async fn run_batch<C: Command>(
     }
     let seq = tx.next_seq;
     let written = std::mem::take(&mut tx.written);
+    let written_referrals = std::mem::take(&mut tx.written_referrals);
     let applied = started.elapsed();
     let committed = match broken {
         Some(msg) => Err(msg),
@@ -247,8 +251,11 @@ async fn run_batch<C: Command>(
     };
     match committed {
         Ok(()) => {
-            if let Some(recent) = recent {
+            if let Some(recent) = &memory.recent {
                 recent.offer_all(written);
+            }
+            if let Some(referrals) = &memory.referrals {
+                referrals.apply(written_referrals);
             }
             tracing::debug!(
                 message = "Batch committed.",

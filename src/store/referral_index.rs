@@ -1,0 +1,131 @@
+//! Every referral row in memory, for the embedded store: CBO lists and reads are
+//! answered without a query (each query is a round trip to SQLite's worker thread).
+//!
+//! Only for SQLite, where this process is the only writer: the rows are loaded at open
+//! and the writer applies each batch's rows after COMMIT, so the index is never older
+//! than the database. As with `recent`, a reader may see a commit a few milliseconds
+//! before its fsync completes; only the writer's client is promised durability.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::RwLock;
+
+use super::{ReferralFilter, ReferralRow};
+
+#[derive(Default)]
+pub struct ReferralIndex {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, ReferralRow>,
+    /// Per organisation, the list order: (updated_at, id).
+    by_org: HashMap<String, BTreeSet<(i64, String)>>,
+}
+
+impl ReferralIndex {
+    /// Rows as committed, in commit order.
+    pub fn apply(&self, rows: impl IntoIterator<Item = ReferralRow>) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for row in rows {
+            let id = row.referral.id.clone();
+            if let Some(old) = inner.by_id.get(&id) {
+                let key = (old.updated_at, id.clone());
+                let org = old.referral.organization.clone();
+                if let Some(set) = inner.by_org.get_mut(&org) {
+                    set.remove(&key);
+                }
+            }
+            inner
+                .by_org
+                .entry(row.referral.organization.clone())
+                .or_default()
+                .insert((row.updated_at, id.clone()));
+            inner.by_id.insert(id, row);
+        }
+    }
+
+    pub fn get(&self, organization: &str, id: &str) -> Option<ReferralRow> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_id
+            .get(id)
+            .filter(|r| r.referral.organization == organization)
+            .cloned()
+    }
+
+    /// A page in list order; the same rows the SQL query of `Store::referrals` returns.
+    pub fn page(&self, organization: &str, f: &ReferralFilter) -> Vec<ReferralRow> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let Some(order) = inner.by_org.get(organization) else {
+            return Vec::new();
+        };
+        let start = match &f.after {
+            Some((at, id)) => std::ops::Bound::Excluded((*at, id.clone())),
+            None => std::ops::Bound::Unbounded,
+        };
+        order
+            .range((start, std::ops::Bound::Unbounded))
+            .filter_map(|(_, id)| inner.by_id.get(id))
+            .filter(|r| f.status.as_ref().is_none_or(|s| *s == r.referral.status))
+            .filter(|r| f.urgency.as_ref().is_none_or(|u| *u == r.referral.urgency))
+            .filter(|r| f.updated_since.is_none_or(|t| r.updated_at >= t))
+            .take(usize::try_from(f.limit).unwrap_or(0))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Referral;
+
+    fn row(id: &str, org: &str, status: &str, at: i64) -> ReferralRow {
+        ReferralRow {
+            referral: Referral {
+                id: id.into(),
+                organization: org.into(),
+                task_id: format!("t-{id}"),
+                status: status.into(),
+                version: 1,
+                urgency: "routine".into(),
+                respond_by: None,
+                client_ref: None,
+                domain: None,
+                created_at: 0,
+            },
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn pages_follow_the_last_change_and_stay_per_organisation() {
+        let index = ReferralIndex::default();
+        index.apply([
+            row("a", "o1", "pending", 1),
+            row("b", "o1", "pending", 2),
+            row("c", "o2", "pending", 3),
+        ]);
+        index.apply([row("a", "o1", "accepted", 4)]);
+        let all = ReferralFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        let ids =
+            |rows: Vec<ReferralRow>| rows.into_iter().map(|r| r.referral.id).collect::<Vec<_>>();
+        assert_eq!(ids(index.page("o1", &all)), ["b", "a"]);
+        let after_b = ReferralFilter {
+            after: Some((2, "b".into())),
+            ..all.clone()
+        };
+        assert_eq!(ids(index.page("o1", &after_b)), ["a"]);
+        let accepted = ReferralFilter {
+            status: Some("accepted".into()),
+            ..all.clone()
+        };
+        assert_eq!(ids(index.page("o1", &accepted)), ["a"]);
+        assert!(index.get("o2", "a").is_none());
+        assert_eq!(index.get("o1", "a").unwrap().referral.status, "accepted");
+    }
+}

@@ -153,6 +153,9 @@ impl Store {
                 Backend::Postgres => 20,
             })
             .acquire_timeout(std::time::Duration::from_secs(5))
+            // A ping before every acquire is a round trip per query. A connection that
+            // died fails its query instead (a 503 the client retries) and is replaced.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -280,6 +283,13 @@ impl Store {
     pub async fn read_current(&self, keys: &[(String, String)]) -> Result<Vec<StoredResource>> {
         if keys.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(recent) = &self.recent {
+            let known: Vec<StoredResource> =
+                keys.iter().filter_map(|(t, id)| recent.get(t, id)).collect();
+            if known.len() == keys.len() {
+                return Ok(known);
+            }
         }
         let mut conn = self.pool.acquire().await?;
         match &self.recent {
@@ -472,7 +482,8 @@ pub struct Tx<'c> {
     /// referral, then the Task write it causes looks it up again).
     loaded: Vec<Referral>,
     /// Current versions (with their index rows) read for the whole batch in one query
-    /// before its commands run; taken out on first use (see [`Tx::preload`]).
+    /// before its commands run (see [`Tx::preload`]); dropped once a newer version
+    /// is written.
     preloaded: HashMap<(String, String), (StoredResource, String)>,
     /// Referral rows written in this transaction, for `referral_index` after COMMIT.
     written_referrals: Vec<ReferralRow>,
@@ -494,8 +505,9 @@ impl<'c> Tx<'c> {
             return Ok(Some(s.resource.clone()));
         }
         let key = (resource_type.to_string(), id.to_string());
-        if let Some((found, index_rows)) = self.preloaded.remove(&key) {
-            self.replaced.insert(key, index_rows);
+        if let Some((found, index_rows)) = self.preloaded.get(&key) {
+            let found = found.clone();
+            self.replaced.insert(key, index_rows.clone());
             return Ok(Some(found));
         }
         let text = match self.backend {
@@ -640,6 +652,11 @@ impl<'c> Tx<'c> {
         if !self.resources.is_empty() {
             let staged = std::mem::take(&mut self.resources);
             let replaced = std::mem::take(&mut self.replaced);
+            // Once written, the database has newer versions than what was preloaded.
+            for s in &staged {
+                self.preloaded
+                    .remove(&(s.resource.resource_type.clone(), s.resource.id.clone()));
+            }
             for (text, args) in sql::write_resources(self.backend, &staged, &replaced) {
                 sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
                     .execute(&mut *self.conn)

@@ -285,8 +285,10 @@ impl Store {
             return Ok(Vec::new());
         }
         if let Some(recent) = &self.recent {
-            let known: Vec<StoredResource> =
-                keys.iter().filter_map(|(t, id)| recent.get(t, id)).collect();
+            let known: Vec<StoredResource> = keys
+                .iter()
+                .filter_map(|(t, id)| recent.get(t, id))
+                .collect();
             if known.len() == keys.len() {
                 return Ok(known);
             }

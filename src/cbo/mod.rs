@@ -486,16 +486,12 @@ fn service_fhir_id(org: &str, id: &str) -> Result<String, CboError> {
 }
 
 fn parse_etag(s: &str) -> Result<i64, CboError> {
-    s.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| {
-            CboError::Validation(vec![FieldError::header(
-                "If-Match",
-                "must be an ETag this API returned, e.g. W/\"3\"",
-            )])
-        })
+    crate::fhir::version_from_etag(s).ok_or_else(|| {
+        CboError::Validation(vec![FieldError::header(
+            "If-Match",
+            "must be an ETag this API returned, e.g. W/\"3\"",
+        )])
+    })
 }
 
 /// What makes two requests "the same" for an Idempotency-Key: target, action, body.

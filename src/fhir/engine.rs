@@ -329,18 +329,13 @@ fn not_found(resource_type: &str, id: &str) -> FhirError {
     }
 }
 
-/// `W/"3"` (or a bare `3`) to a version number.
 fn parse_etag(s: &str) -> Result<i64, FhirError> {
-    s.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| {
-            FhirError::invalid(
-                "If-Match",
-                format!("{s:?} is not an ETag this server issued (W/\"n\")"),
-            )
-        })
+    super::version_from_etag(s).ok_or_else(|| {
+        FhirError::invalid(
+            "If-Match",
+            format!("{s:?} is not an ETag this server issued (W/\"n\")"),
+        )
+    })
 }
 
 fn conditional_query(

@@ -59,6 +59,15 @@ pub fn is_valid_id(id: &str) -> bool {
 /// A new server-assigned logical id. Time-ordered (UUID v7) so that new rows land at
 /// the right edge of every index instead of on random pages: random v4 keys made each
 /// group commit dirty thousands of pages.
+/// The version an ETag names: `W/"3"` (or a bare `3`), as both faces issue them.
+pub fn version_from_etag(s: &str) -> Option<i64> {
+    s.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, put, web};
 use serde::Serialize;
 use serde_json::Value;
@@ -14,7 +14,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use super::AppState;
+use super::{AppState, etag, header_str};
 use crate::cbo::{
     AcceptRequest, ActionCall, CapacityInput, CboError, CloseRequest, DeclineRequest, FeedEvent,
     FieldError, HoldRequest, ListQuery, NoteRequest, Page, ProgressRequest, Service, ServiceInput,
@@ -238,10 +238,6 @@ pub struct ProblemBody {
 
 type Result<T> = std::result::Result<T, Problem>;
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 /// The organisation this request acts for. Until credentials exist (the security
 /// issue), only the development header is accepted, and only when enabled.
 fn tenant<'s>(req: &HttpRequest, state: &'s AppState) -> Result<&'s OrganizationConfig> {
@@ -278,10 +274,6 @@ fn json_of<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
         status,
         serde_json::to_string(value).expect("API types always serialise"),
     )
-}
-
-fn etag(version: i64) -> String {
-    format!("W/\"{version}\"")
 }
 
 fn query(req: &HttpRequest) -> Vec<(String, String)> {

@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::AppState;
+use super::{AppState, etag, header_str};
 use crate::fhir::bundle::parse_query_string;
 use crate::fhir::capability::capability_statement;
 use crate::fhir::datetime;
@@ -93,10 +93,6 @@ fn base(req: &HttpRequest, state: &AppState) -> String {
     format!("{}://{}/fhir", info.scheme(), info.host())
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Return {
     Minimal,
@@ -169,10 +165,6 @@ async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
         )])
         .into()
     })
-}
-
-fn etag(version: i64) -> String {
-    format!("W/\"{version}\"")
 }
 
 fn resource_response(

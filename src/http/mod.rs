@@ -12,6 +12,15 @@ use crate::cache::Cache;
 use crate::cbo::Cbo;
 use crate::fhir::engine::Fhir;
 
+fn header_str<'a>(headers: &'a actix_web::http::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The weak ETag of a version, on both faces.
+fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
 /// Shared by every worker.
 pub struct AppState {
     pub fhir: Fhir,

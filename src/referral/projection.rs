@@ -12,7 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::CboStatus;
-use super::action::{STATUS_REASON_SYSTEM, is_expiry};
+use super::action::STATUS_REASON_SYSTEM;
 use crate::fhir::reference::{self, Target};
 use crate::store::StoredResource;
 
@@ -323,11 +323,7 @@ pub fn project(summary: &Summary, task: &Value, related: &Related, omit: &[Strin
     let view = Projection {
         id: summary.id.clone(),
         version: summary.version,
-        status: if is_expiry(task) {
-            CboStatus::Expired
-        } else {
-            summary.status
-        },
+        status: summary.status,
         created_at: summary.created_at.clone(),
         updated_at: summary.updated_at.clone(),
         respond_by: summary.respond_by.clone(),

@@ -3,7 +3,9 @@
 //! Invariant: the cache is never the source of truth; it may be flushed at any time
 //! without losing anything.
 
-use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 #[derive(Clone)]
 pub struct Cache {
@@ -15,13 +17,24 @@ impl Cache {
         Cache { redis: None }
     }
 
-    /// Connects to Redis. The connection manager reconnects by itself after a restart.
-    pub async fn redis(url: &str) -> Result<Cache, redis::RedisError> {
+    /// Redis, connected lazily: the gateway starts while Redis is down and the
+    /// connection manager reconnects by itself after a restart. Short timeouts, so a
+    /// stalled Redis costs a lookup milliseconds before it falls back to the store.
+    pub fn redis(url: &str) -> Result<Cache, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let manager = ConnectionManager::new(client).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Cache {
             redis: Some(manager),
         })
+    }
+
+    /// The shared Redis connection, when configured.
+    pub fn redis_manager(&self) -> Option<ConnectionManager> {
+        self.redis.clone()
     }
 
     /// Which cache is in use, once it answers.

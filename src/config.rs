@@ -49,6 +49,13 @@ pub struct Settings {
     pub event_retention_days: u32,
     /// How often the background sweep expires overdue referrals and prunes old rows.
     pub sweep_interval_ms: u64,
+    /// MLLP listen address for HL7 v2 feeds; empty disables the listener.
+    pub mllp_addr: String,
+    /// PEM certificate chain and key for MLLP over TLS; both empty means plain TCP.
+    pub mllp_tls_cert: PathBuf,
+    pub mllp_tls_key: PathBuf,
+    /// Largest accepted HL7 v2 message, in bytes (larger gets AR).
+    pub mllp_max_message_bytes: usize,
     /// Organisations the gateway knows: CBO tenants and referral sources.
     #[serde(rename = "organization")]
     pub organizations: Vec<OrganizationConfig>,
@@ -96,6 +103,10 @@ impl Default for Settings {
             mappings_dir: PathBuf::from("./mappings"),
             event_retention_days: 30,
             sweep_interval_ms: 30_000,
+            mllp_addr: "127.0.0.1:2575".into(),
+            mllp_tls_cert: PathBuf::new(),
+            mllp_tls_key: PathBuf::new(),
+            mllp_max_message_bytes: 16 * 1024 * 1024,
             organizations: Vec::new(),
         }
     }
@@ -158,6 +169,18 @@ impl Settings {
         if let Some(v) = var("CROSSWAY_SWEEP_INTERVAL_MS").and_then(|v| v.parse().ok()) {
             self.sweep_interval_ms = v;
         }
+        if let Some(v) = var("CROSSWAY_MLLP_ADDR") {
+            self.mllp_addr = v;
+        }
+        if let Some(v) = var("CROSSWAY_MLLP_TLS_CERT") {
+            self.mllp_tls_cert = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_MLLP_TLS_KEY") {
+            self.mllp_tls_key = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_MLLP_MAX_MESSAGE_BYTES").and_then(|v| v.parse().ok()) {
+            self.mllp_max_message_bytes = v;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -166,6 +189,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "database_url",
                 message: "must start with sqlite:// or postgres://".into(),
+            });
+        }
+        if self.mllp_tls_cert.as_os_str().is_empty() != self.mllp_tls_key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "mllp_tls_cert",
+                message: "MLLP over TLS needs both mllp_tls_cert and mllp_tls_key".into(),
             });
         }
         let mut seen = std::collections::HashSet::new();

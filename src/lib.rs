@@ -5,8 +5,11 @@ pub mod config;
 pub mod telemetry;
 
 pub mod fhir;
+pub mod hie;
 pub mod hl7v2;
+pub mod identity;
 pub mod mapping;
+pub mod mllp;
 pub mod referral;
 
 pub mod cbo;

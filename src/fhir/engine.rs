@@ -18,6 +18,8 @@ use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
 use crate::config::OrganizationConfig;
+use crate::identity::IdentityRules;
+pub use super::ingest::{Inbound, Ingested};
 use crate::referral::action::{self, Action, ActionError, Actor};
 use crate::referral::projection::Fetch;
 use crate::referral::{CboStatus, Related, projection};
@@ -30,6 +32,8 @@ pub struct Context {
     /// Our public `/fhir` base, when configured: absolute references to it are local.
     pub own_base: Option<String>,
     pub organizations: Vec<OrganizationConfig>,
+    /// How Patient identifiers become person identifiers.
+    pub identity: IdentityRules,
 }
 
 /// The result of a create or update.
@@ -210,6 +214,14 @@ impl Fhir {
         match self.submit(Write::Action(Box::new(request))).await? {
             Outcome::Action(done) => Ok(done),
             _ => unreachable!("an action yields an action outcome"),
+        }
+    }
+
+    /// Applies (or only records) a feed message in one transaction with its raw text.
+    pub async fn ingest(&self, inbound: Inbound) -> Result<Ingested, FhirError> {
+        match self.submit(Write::Ingest(Box::new(inbound))).await? {
+            Outcome::Ingested(done) => Ok(done),
+            _ => unreachable!("an ingest yields an ingest outcome"),
         }
     }
 
@@ -395,6 +407,7 @@ enum Write {
         with_resources: bool,
     },
     Action(Box<ActionRequest>),
+    Ingest(Box<Inbound>),
     Prune {
         events_before: i64,
         keys_before: i64,
@@ -405,6 +418,7 @@ enum Outcome {
     Written(Written),
     Bundle(String),
     Action(Result<ActionDone, Refusal>),
+    Ingested(Ingested),
     Pruned,
 }
 
@@ -419,9 +433,18 @@ impl Command for WriteCommand {
 
     fn isolated(&self) -> bool {
         match &self.write {
-            Write::Create { if_none_exist, .. } => if_none_exist.is_some(),
-            Write::Update { .. } => false,
-            Write::Bundle { plan, .. } => plan.searches,
+            // Identity rows are written straight to the transaction (see
+            // `store::identity`), so whatever links a Patient runs in a savepoint.
+            Write::Create {
+                if_none_exist,
+                resource_type,
+                ..
+            } => if_none_exist.is_some() || resource_type == "Patient",
+            Write::Update { resource_type, .. } => resource_type == "Patient",
+            Write::Bundle { plan, .. } => {
+                plan.searches || plan.entries.iter().any(|e| e.resource_type == "Patient")
+            }
+            Write::Ingest(_) => true,
             Write::Action(_) | Write::Prune { .. } => false,
         }
     }
@@ -512,6 +535,9 @@ impl Command for WriteCommand {
                 Write::Action(request) => run_action(tx, ctx, *request, now)
                     .await
                     .map(Outcome::Action),
+                Write::Ingest(inbound) => super::ingest::ingest(tx, ctx, *inbound, now)
+                    .await
+                    .map(Outcome::Ingested),
                 Write::Prune {
                     events_before,
                     keys_before,
@@ -596,6 +622,25 @@ impl Prepared {
     }
 }
 
+/// Creates or replaces a resource the gateway itself maintains (feed Patients and
+/// Encounters, re-pointed Tasks), inside the current transaction.
+pub(super) async fn put(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    resource_type: &str,
+    id: &str,
+    resource: Value,
+    now: i64,
+) -> Result<Written, FhirError> {
+    let one = One {
+        resource_type,
+        id: id.to_string(),
+        create_only: false,
+        if_match: None,
+    };
+    write_one(tx, ctx, one, resource, None, Vec::new(), now).await
+}
+
 /// Writes one resource version (and the referral it implies) into the transaction.
 /// `prepared` is used when the version turns out to be a new resource's first.
 async fn write_one(
@@ -642,6 +687,9 @@ async fn write_one(
         }
     }
     let version = current.as_ref().map_or(1, |c| c.version + 1);
+    if ty == "Patient" {
+        link_patient(tx, ctx, &one.id, &resource, now, &mut warnings).await?;
+    }
     if ty == "Task" {
         record_referral(
             tx,
@@ -833,6 +881,34 @@ impl projection::Fetch for InTx<'_, '_> {
 
 /// A referral Task owned by a known organisation becomes a referral with a
 /// `referral.created` event; every later version updates it and appends the event that
+/// Links a Patient being written to its person. Identifiers that name someone else are
+/// not merged: the conflict is recorded for review and reported as a warning.
+async fn link_patient(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    id: &str,
+    resource: &Value,
+    now: i64,
+    warnings: &mut Vec<Issue>,
+) -> Result<(), FhirError> {
+    let linked = crate::identity::link_patient(tx, &ctx.identity, id, resource, now).await?;
+    for (path, why) in linked.skipped {
+        let text = format!("{path} is not used to identify the person: {why}");
+        warnings.push(Issue::warning(IssueCode::Value, path, text));
+    }
+    if !linked.conflict.is_empty() {
+        let reason = "Patient identifiers belong to another person; not merged";
+        tx.record_conflict("fhir", &format!("Patient/{id}"), reason, &linked.conflict, now)
+            .await?;
+        warnings.push(Issue::warning(
+            IssueCode::Conflict,
+            "Patient.identifier",
+            format!("{reason}: held for identity review"),
+        ));
+    }
+    Ok(())
+}
+
 /// says what changed (status, a note, or other details).
 #[allow(clippy::too_many_arguments)]
 async fn record_referral(
@@ -858,7 +934,15 @@ async fn record_referral(
         // kept, and the Task's own priority wins over the one recorded.
         let (urgency, respond_by, _) = projection::summary_fields(task, None);
         let status_changed = referral.status != status.as_str();
+        // A Task re-pointed at another Patient (a merge) is that Patient's client's.
+        let client_ref = match local_target(task.get("for"), ctx) {
+            Some(("Patient", id)) if task.get("for") != old.get("for") => {
+                Some(tx.client_ref(id, now).await?)
+            }
+            _ => referral.client_ref.clone(),
+        };
         let next = Referral {
+            client_ref,
             status: status.as_str().to_string(),
             version,
             urgency: if task.get("priority").is_some() {
@@ -896,7 +980,7 @@ async fn record_referral(
     match route(tx, ctx, task).await? {
         Some(organization) => {
             let client_ref = match local_target(task.get("for"), ctx) {
-                Some(("Patient", id)) => Some(tx.client_ref(id).await?),
+                Some(("Patient", id)) => Some(tx.client_ref(id, now).await?),
                 _ => None,
             };
             let referral = Referral {
@@ -935,7 +1019,7 @@ fn note_count(task: &Value) -> usize {
 }
 
 /// `(type, id)` of a Reference to a resource on this server.
-fn local_target<'v>(reference: Option<&'v Value>, ctx: &Context) -> Option<(&'v str, &'v str)> {
+pub(super) fn local_target<'v>(reference: Option<&'v Value>, ctx: &Context) -> Option<(&'v str, &'v str)> {
     let r = reference?.get("reference")?.as_str()?;
     match reference::parse(r, ctx.own_base.as_deref())? {
         Target::Local { resource_type, id } => Some((resource_type, id)),

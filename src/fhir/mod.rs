@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod capability;
 pub mod datetime;
 pub mod engine;
+mod ingest;
 pub mod outcome;
 pub mod reference;
 pub mod search;
@@ -16,6 +17,7 @@ pub mod validate;
 
 use serde_json::{Map, Value};
 
+pub use engine::Fhir;
 pub use outcome::{FhirError, Issue, IssueCode};
 
 /// Resource types the `/fhir` endpoint serves. Keep in step with the CapabilityStatement,
@@ -26,6 +28,7 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "Consent",
     "Device",
     "DocumentReference",
+    "Encounter",
     "Goal",
     "Group",
     "HealthcareService",

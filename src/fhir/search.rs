@@ -86,6 +86,7 @@ pub fn type_params(resource_type: &str) -> &'static [ParamDef] {
         "ServiceRequest" => SERVICE_REQUEST_PARAMS,
         "Patient" => PATIENT_PARAMS,
         "Procedure" => PROCEDURE_PARAMS,
+        "Encounter" => ENCOUNTER_PARAMS,
         "Observation" => OBSERVATION_PARAMS,
         "Condition" => CONDITION_PARAMS,
         "Consent" => CONSENT_PARAMS,
@@ -149,6 +150,14 @@ static PROCEDURE_PARAMS: &[ParamDef] = &[
     r("subject", &["subject"], &[]),
     r("patient", &["subject"], PATIENT),
     r("performer", &["performer.actor"], &[]),
+];
+
+static ENCOUNTER_PARAMS: &[ParamDef] = &[
+    p("status", Token, &["status"]),
+    p("class", Token, &["class"]),
+    p("date", Date, &["period"]),
+    r("subject", &["subject"], &[]),
+    r("patient", &["subject"], PATIENT),
 ];
 
 static OBSERVATION_PARAMS: &[ParamDef] = &[

@@ -38,6 +38,7 @@ fn base_required(resource_type: &str) -> &'static [&'static str] {
         "Task" => &["status", "intent"],
         "ServiceRequest" => &["status", "intent", "subject"],
         "Procedure" => &["status", "subject"],
+        "Encounter" => &["status", "class"],
         "Observation" => &["status", "code"],
         "Condition" => &["subject"],
         "Consent" => &["status", "scope", "category"],

@@ -25,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/metadata").route(web::get().to(metadata)))
         .service(resource("").route(web::post().to(transaction)))
         .service(resource("/").route(web::post().to(transaction)))
+        .service(resource("/$process-message").route(web::post().to(process_message)))
         .service(resource("/{type}/_search").route(web::post().to(search_post)))
         .service(
             resource("/{type}/{id}")
@@ -372,15 +373,96 @@ async fn search_post(
 async fn run_search(
     req: &HttpRequest,
     resource_type: &str,
-    params: Vec<(String, String)>,
+    mut params: Vec<(String, String)>,
     state: &AppState,
 ) -> Result<HttpResponse> {
     let lenient = prefer(req).1;
+    if resource_type == "Patient" {
+        patients_by_person(&mut params, state).await?;
+    }
     let body = state
         .fhir
         .search(resource_type, &params, lenient, &base(req, state))
         .await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
+}
+
+/// `Patient?identifier=system|value` finds the Patients of the person the identifier
+/// names, through the identity index, so a retired (merged) identifier still finds
+/// them: the parameter becomes an `_id` list.
+async fn patients_by_person(params: &mut [(String, String)], state: &AppState) -> Result<()> {
+    for (name, value) in params.iter_mut() {
+        if name != "identifier" || value.contains(',') {
+            continue;
+        }
+        let Some((system, id)) = value.split_once('|') else {
+            continue;
+        };
+        if system.is_empty() || id.is_empty() {
+            continue;
+        }
+        let wanted = crate::identity::Identifier::new(system, id, None);
+        let store = state.fhir.store();
+        let person = state
+            .identities
+            .lookup(store, std::slice::from_ref(&wanted))
+            .await
+            .map_err(FhirError::from)?
+            .pop()
+            .flatten();
+        let ids = match person {
+            Some(p) => store.patients_of(&p.id).await.map_err(FhirError::from)?,
+            None => Vec::new(),
+        };
+        *name = "_id".into();
+        // No Patient: an id no resource can have, so the search finds nothing.
+        *value = if ids.is_empty() {
+            "-".into()
+        } else {
+            ids.join(",")
+        };
+    }
+    Ok(())
+}
+
+/// `$process-message`: a Da Vinci notification Bundle, answered 200 only after its
+/// effects committed. A resent Bundle (same identifier) is answered 200 and applied once.
+async fn process_message(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    use crate::hie::feed::{FeedError, Taken};
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let text = body.to_string();
+    let taken = match state.feed.notification(&body, text).await {
+        Ok(t) => t,
+        Err(FeedError::Invalid(e)) => {
+            let issue = vec![Issue::error(
+                crate::fhir::IssueCode::Invalid,
+                e.path.clone(),
+                e.rule.clone(),
+            )];
+            return Err(if e.reject {
+                FhirError::Invalid(issue)
+            } else {
+                FhirError::Unprocessable(issue)
+            }
+            .into());
+        }
+        Err(e @ FeedError::Conflict(_)) => {
+            return Err(FhirError::Conflict(e.to_string()).into());
+        }
+        Err(FeedError::Store(e)) => return Err(e.into()),
+    };
+    let text = match taken {
+        Taken::Applied => "notification applied",
+        Taken::Duplicate => "notification already received; applied once",
+        Taken::Ignored => "notification stored; its event is not acted on",
+    };
+    let outcome = serde_json::json!({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "informational", "diagnostics": text}]});
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).json(outcome))
 }
 
 async fn transaction(

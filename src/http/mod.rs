@@ -11,6 +11,8 @@ use actix_web::{HttpResponse, web};
 use crate::cache::Cache;
 use crate::cbo::Cbo;
 use crate::fhir::engine::Fhir;
+use crate::hie::Feed;
+use crate::identity::cache::IdentityCache;
 
 fn header_str<'a>(headers: &'a actix_web::http::header::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -26,6 +28,8 @@ pub struct AppState {
     pub fhir: Fhir,
     pub cbo: Cbo,
     pub cache: Cache,
+    pub identities: std::sync::Arc<IdentityCache>,
+    pub feed: Feed,
     /// Honour the development tenant header on `/cbo/v1` (`CROSSWAY_DEV_AUTH=1`).
     pub dev_auth: bool,
     /// Configured public base for `/fhir`; empty means "derive from the request".

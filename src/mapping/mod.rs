@@ -1,6 +1,7 @@
 //! The declarative rules in `mappings/`, loaded and checked once at start (never per
-//! message). Today: which parts of the referral projection each organisation sees
-//! (`mappings/cbo/visibility.toml`).
+//! message): which parts of the referral projection each organisation sees
+//! (`cbo/visibility.toml`), how identifiers from each source become person identifiers
+//! (`identity/sources.toml`), and the HIE feed tables (`hie/feeds.toml`).
 //!
 //! Invariant: a rule that names an unknown field or organisation stops the gateway at
 //! start with the file and rule id, rather than silently showing or hiding data.
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::hie::FeedTables;
+use crate::identity::IdentityRules;
 use crate::referral::projection::OMITTABLE;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,23 +54,35 @@ pub struct Mappings {
     omit: HashMap<String, Vec<String>>,
     /// Paths omitted for every organisation.
     omit_all: Vec<String>,
+    pub identity: IdentityRules,
+    pub feeds: FeedTables,
 }
 
 impl Mappings {
     /// Loads `dir`; `organizations` are the configured organisation ids, which rules
     /// must name. A missing directory or file means "no rules".
     pub fn load(dir: &Path, organizations: &[String]) -> Result<Mappings, MappingError> {
-        let path = dir.join("cbo/visibility.toml");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Mappings::default()),
-            Err(source) => return Err(MappingError::Read { path, source }),
-        };
-        let file: VisibilityFile = toml::from_str(&text).map_err(|e| MappingError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
         let mut m = Mappings::default();
+        let path = dir.join("identity/sources.toml");
+        if let Some(file) = read_toml(&path)? {
+            m.identity = IdentityRules::build(file).map_err(|(rule, message)| MappingError::Rule {
+                path: path.clone(),
+                rule,
+                message,
+            })?;
+        }
+        let path = dir.join("hie/feeds.toml");
+        if let Some(file) = read_toml(&path)? {
+            m.feeds = FeedTables::build(file).map_err(|(rule, message)| MappingError::Rule {
+                path: path.clone(),
+                rule,
+                message,
+            })?;
+        }
+        let path = dir.join("cbo/visibility.toml");
+        let Some(file) = read_toml::<VisibilityFile>(&path)? else {
+            return Ok(m);
+        };
         for rule in file.rule {
             let fail = |message: String| MappingError::Rule {
                 path: path.clone(),
@@ -104,6 +119,26 @@ impl Mappings {
         all.extend(self.omit.get(organization).into_iter().flatten().cloned());
         all
     }
+}
+
+/// A TOML file's contents; `None` when it does not exist (no rules).
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, MappingError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(MappingError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| MappingError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 #[cfg(test)]

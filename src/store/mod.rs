@@ -7,12 +7,14 @@
 //!   requests into one transaction (group commit) and answers each only after COMMIT.
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
+mod identity;
 mod recent;
 mod referral_index;
 mod referrals;
 mod sql;
 pub mod writer;
 
+pub use identity::{Conflict, InboundMessage, MergeRecord};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
 
@@ -458,7 +460,6 @@ pub struct Mark {
     referrals: usize,
     events: usize,
     keys: usize,
-    clients: usize,
     loaded: usize,
     written: usize,
     written_referrals: usize,
@@ -479,7 +480,6 @@ pub struct Tx<'c> {
     referrals: Vec<StagedReferral>,
     events: Vec<StagedEvent>,
     keys: Vec<StagedKey>,
-    clients: Vec<(String, String)>,
     /// Referrals read from the database in this transaction (a command reads a
     /// referral, then the Task write it causes looks it up again).
     loaded: Vec<Referral>,
@@ -624,7 +624,6 @@ impl<'c> Tx<'c> {
             referrals: self.referrals.len(),
             events: self.events.len(),
             keys: self.keys.len(),
-            clients: self.clients.len(),
             loaded: self.loaded.len(),
             written_referrals: self.written_referrals.len(),
             written: self.written.len(),
@@ -637,7 +636,6 @@ impl<'c> Tx<'c> {
         self.referrals.truncate(m.referrals);
         self.events.truncate(m.events);
         self.keys.truncate(m.keys);
-        self.clients.truncate(m.clients);
         self.loaded.truncate(m.loaded);
         self.written_referrals.truncate(m.written_referrals);
         self.written.truncate(m.written);

@@ -266,23 +266,42 @@ impl Tx<'_> {
         });
     }
 
-    /// The client reference of a Patient, assigning a new one on first sight.
-    pub async fn client_ref(&mut self, patient_id: &str) -> Result<String> {
-        if let Some((_, c)) = self.clients.iter().find(|(p, _)| p == patient_id) {
-            return Ok(c.clone());
+    /// The client reference of a Patient: its person's, a new person on first sight.
+    pub async fn client_ref(&mut self, patient_id: &str, now: i64) -> Result<String> {
+        let id = crate::identity::Identifier::patient(patient_id);
+        self.lock_identifiers(std::slice::from_ref(&id)).await?;
+        if let Some(owner) = self.identifier_owner(&id).await?
+            && let Some(person) = self.person(&owner).await?
+        {
+            return Ok(person.client_ref);
         }
-        self.lock(&format!("client:{patient_id}")).await?;
-        let row = sqlx::query("SELECT client_ref FROM clients WHERE patient_id = $1")
-            .bind(patient_id)
-            .fetch_optional(&mut *self.conn)
+        let person = self.new_person(now).await?;
+        self.attach(&person.id, &[id], "fhir", now).await?;
+        Ok(person.client_ref)
+    }
+
+    /// Open referrals (not closed, declined, cancelled or expired) of a client.
+    pub async fn open_referrals_of(&mut self, client_ref: &str) -> Result<Vec<Referral>> {
+        let text = format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE client_ref = $1 \
+             AND status IN ('pending', 'accepted', 'in_progress', 'on_hold') ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(client_ref)
+            .fetch_all(&mut *self.conn)
             .await?;
-        if let Some(r) = row {
-            return Ok(r.get(0));
+        let mut found: Vec<Referral> = rows.iter().map(|r| referral_row(r).referral).collect();
+        // Staged rows are newer than the database's.
+        for s in &self.referrals {
+            found.retain(|r| r.id != s.referral.id);
+            if s.referral.client_ref.as_deref() == Some(client_ref)
+                && ["pending", "accepted", "in_progress", "on_hold"]
+                    .contains(&s.referral.status.as_str())
+            {
+                found.push(s.referral.clone());
+            }
         }
-        let client_ref = format!("cli_{}", uuid::Uuid::new_v4().simple());
-        self.clients
-            .push((patient_id.to_string(), client_ref.clone()));
-        Ok(client_ref)
+        Ok(found)
     }
 
     /// Removes events and idempotency keys older than the given times. Each
@@ -353,17 +372,6 @@ impl Tx<'_> {
                     ("created_at", INT),
                 ],
                 sql::json_rows(&rows),
-                "",
-            );
-            self.run(text, args).await?;
-        }
-        let clients = std::mem::take(&mut self.clients);
-        if !clients.is_empty() {
-            let (text, args) = sql::bulk_insert(
-                self.backend,
-                "clients",
-                &[("patient_id", TEXT), ("client_ref", TEXT)],
-                sql::json_rows(&clients),
                 "",
             );
             self.run(text, args).await?;

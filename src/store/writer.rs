@@ -199,7 +199,6 @@ async fn run_batch<C: Command>(
         referrals: Vec::new(),
         events: Vec::new(),
         keys: Vec::new(),
-        clients: Vec::new(),
         loaded: Vec::new(),
         preloaded: HashMap::new(),
         written_referrals: Vec::new(),

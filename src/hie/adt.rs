@@ -1,0 +1,359 @@
+//! HL7 v2 ADT → [`Notice`]: who the message is about (PID-3, MRG-1 through the identity
+//! rules), what happened (the event table), the Patient it describes and the encounter
+//! it changes. Pure: no store, no clock.
+
+use serde_json::{Map, Value, json};
+
+use super::tables::{Effect, FeedTables};
+use super::{EncounterChange, Notice, NoticeError, hl7_time};
+use crate::hl7v2::{ErrorCode, Message, Repetition};
+use crate::identity::{IdentityRules, Identifier, rules::Cx};
+
+fn text(msg: &Message<'_>, path: &str) -> String {
+    let raw = msg.get(path).ok().flatten().unwrap_or("");
+    if crate::hl7v2::is_null(raw) {
+        return String::new();
+    }
+    msg.unescape(raw).into_owned()
+}
+
+/// Reads a message the feed accepted at the MLLP level into a notice.
+pub fn notice(
+    msg: &Message<'_>,
+    tables: &FeedTables,
+    rules: &IdentityRules,
+) -> Result<Notice, NoticeError> {
+    let facility_ns = text(msg, "MSH-4.1");
+    let facility_id = text(msg, "MSH-4.2");
+    let source = if facility_ns.is_empty() {
+        facility_id.clone()
+    } else {
+        facility_ns.clone()
+    };
+    let control_id = text(msg, "MSH-10");
+    if control_id.is_empty() {
+        return Err(NoticeError::reject(
+            ErrorCode::RequiredFieldMissing,
+            "MSH-10",
+            "message control id is required (it is the deduplication key)",
+        ));
+    }
+    if source.is_empty() {
+        return Err(NoticeError::reject(
+            ErrorCode::RequiredFieldMissing,
+            "MSH-4",
+            "sending facility is required (it is half of the deduplication key)",
+        ));
+    }
+    let Some(facility) = tables.facility(&facility_ns, &facility_id) else {
+        return Err(NoticeError::reject(
+            ErrorCode::UnknownKey,
+            "MSH-4",
+            &format!("sending facility {source:?} is not configured in mappings/hie/feeds.toml"),
+        ));
+    };
+    let processing = text(msg, "MSH-11.1");
+    if !tables.accepts_processing_id(&processing) {
+        return Err(NoticeError::reject(
+            ErrorCode::UnsupportedProcessingId,
+            "MSH-11",
+            &format!("processing id {processing:?} is not accepted"),
+        ));
+    }
+    let kind = text(msg, "MSH-9.1");
+    let mut trigger = text(msg, "MSH-9.2");
+    if trigger.is_empty() {
+        trigger = text(msg, "EVN-1");
+    }
+    let event = format!("{kind}^{trigger}");
+    if kind != "ADT" {
+        return Err(NoticeError::reject(
+            ErrorCode::UnsupportedMessageType,
+            "MSH-9",
+            &format!("message type {kind:?} is not accepted (ADT only)"),
+        ));
+    }
+    let effect = tables.effect(&trigger);
+    let offset = facility.utc_offset.as_deref();
+    let mut notice = Notice {
+        source: source.clone(),
+        control_id,
+        format: "hl7v2",
+        event,
+        effect,
+        identifiers: Vec::new(),
+        warnings: Vec::new(),
+        patient: Value::Null,
+        encounter: None,
+        retired: Vec::new(),
+    };
+    if effect == Effect::Ignore {
+        return Ok(notice);
+    }
+    if msg.segment("PID", 1).is_none() {
+        return Err(NoticeError::error(
+            ErrorCode::SegmentSequence,
+            "PID",
+            "the PID segment is required for this event",
+        ));
+    }
+    notice.identifiers = identifiers(msg, "PID", 1, 3, &source, rules, &mut notice.warnings);
+    if notice.identifiers.is_empty() {
+        return Err(NoticeError::error(
+            ErrorCode::RequiredFieldMissing,
+            "PID-3",
+            "no trusted person-level identifier (empty CX.1, untrusted authority or visit-level type)",
+        ));
+    }
+    notice.patient = patient(msg, &notice.identifiers);
+    match effect {
+        Effect::Merge => {
+            if msg.segment("MRG", 1).is_none() {
+                return Err(NoticeError::error(
+                    ErrorCode::SegmentSequence,
+                    "MRG",
+                    "a merge needs the MRG segment naming the retired identifier",
+                ));
+            }
+            notice.retired = identifiers(msg, "MRG", 1, 1, &source, rules, &mut notice.warnings);
+            if notice.retired.is_empty() {
+                return Err(NoticeError::error(
+                    ErrorCode::RequiredFieldMissing,
+                    "MRG-1",
+                    "no trusted identifier to retire",
+                ));
+            }
+        }
+        Effect::Unlink => {
+            // A37 carries the two records to separate in two PID segments.
+            notice.retired = identifiers(msg, "PID", 2, 3, &source, rules, &mut notice.warnings);
+            if notice.retired.is_empty() {
+                return Err(NoticeError::error(
+                    ErrorCode::RequiredFieldMissing,
+                    "PID[2]-3",
+                    "an unlink needs a second PID naming the record to separate",
+                ));
+            }
+        }
+        Effect::Admit
+        | Effect::Discharge
+        | Effect::Transfer
+        | Effect::CancelAdmit
+        | Effect::CancelDischarge => {
+            notice.encounter = Some(encounter(msg, effect, tables, offset, &notice)?);
+        }
+        Effect::Update | Effect::Ignore => {}
+    }
+    Ok(notice)
+}
+
+/// Trusted, person-level identifiers of a CX field, sorted so that resolution never
+/// depends on repetition order. Skipped repetitions become warnings.
+fn identifiers(
+    msg: &Message<'_>,
+    segment: &str,
+    occurrence: usize,
+    field: usize,
+    source: &str,
+    rules: &IdentityRules,
+    warnings: &mut Vec<String>,
+) -> Vec<Identifier> {
+    let Some(f) = msg.segment(segment, occurrence).and_then(|s| s.field(field)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (n, rep) in f.repetitions().enumerate() {
+        let part = |rep: &Repetition<'_, '_>, c: usize, s: usize| -> String {
+            let raw = rep
+                .component(c)
+                .and_then(|comp| comp.subcomponent(s))
+                .unwrap_or("");
+            msg.unescape(raw).into_owned()
+        };
+        let value = part(&rep, 1, 1);
+        let (namespace, universal_id, universal_id_type) =
+            (part(&rep, 4, 1), part(&rep, 4, 2), part(&rep, 4, 3));
+        let kind = part(&rep, 5, 1);
+        let cx = Cx {
+            value: &value,
+            namespace: &namespace,
+            universal_id: &universal_id,
+            universal_id_type: &universal_id_type,
+            kind: &kind,
+        };
+        match rules.from_cx(source, &cx) {
+            Ok(id) => out.push(id),
+            Err(why) => warnings.push(format!(
+                "{segment}{}-{field}[{}] ignored: {why}",
+                if occurrence > 1 {
+                    format!("[{occurrence}]")
+                } else {
+                    String::new()
+                },
+                n + 1
+            )),
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.system == b.system && a.value == b.value);
+    out
+}
+
+fn patient(msg: &Message<'_>, ids: &[Identifier]) -> Value {
+    let mut p = Map::new();
+    p.insert("resourceType".into(), json!("Patient"));
+    let identifiers: Vec<Value> = ids
+        .iter()
+        .map(|i| {
+            let mut v = json!({"system": i.system, "value": i.value});
+            if let Some(kind) = &i.kind {
+                v["type"] = json!({"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": kind}]});
+            }
+            v
+        })
+        .collect();
+    p.insert("identifier".into(), Value::Array(identifiers));
+    let family = text(msg, "PID-5.1.1");
+    let given: Vec<String> = [text(msg, "PID-5.2"), text(msg, "PID-5.3")]
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .collect();
+    if !family.is_empty() || !given.is_empty() {
+        let mut name = Map::new();
+        if !family.is_empty() {
+            name.insert("family".into(), json!(family));
+        }
+        if !given.is_empty() {
+            name.insert("given".into(), json!(given));
+        }
+        p.insert("name".into(), Value::Array(vec![Value::Object(name)]));
+    }
+    let dob = text(msg, "PID-7.1");
+    if dob.len() >= 8 && dob[..8].bytes().all(|b| b.is_ascii_digit()) {
+        // A birth date stays a date, whatever precision the sender gave.
+        p.insert(
+            "birthDate".into(),
+            json!(format!("{}-{}-{}", &dob[..4], &dob[4..6], &dob[6..8])),
+        );
+    }
+    let gender = match text(msg, "PID-8").as_str() {
+        "F" => Some("female"),
+        "M" => Some("male"),
+        "O" | "A" | "N" => Some("other"),
+        "U" => Some("unknown"),
+        _ => None,
+    };
+    if let Some(g) = gender {
+        p.insert("gender".into(), json!(g));
+    }
+    let line: Vec<String> = [text(msg, "PID-11.1.1"), text(msg, "PID-11.2")]
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !line.is_empty() {
+        let mut a = json!({"line": line});
+        for (key, path) in [
+            ("city", "PID-11.3"),
+            ("state", "PID-11.4"),
+            ("postalCode", "PID-11.5"),
+            ("country", "PID-11.6"),
+        ] {
+            let v = text(msg, path);
+            if !v.is_empty() {
+                a[key] = json!(v);
+            }
+        }
+        p.insert("address".into(), json!([a]));
+    }
+    let phone = {
+        let area = text(msg, "PID-13.6");
+        let local = text(msg, "PID-13.7");
+        let plain = text(msg, "PID-13.1");
+        if !local.is_empty() {
+            format!("{area}{local}")
+        } else {
+            plain
+        }
+    };
+    if !phone.is_empty() {
+        p.insert(
+            "telecom".into(),
+            json!([{"system": "phone", "value": phone}]),
+        );
+    }
+    Value::Object(p)
+}
+
+fn encounter(
+    msg: &Message<'_>,
+    effect: Effect,
+    tables: &FeedTables,
+    offset: Option<&str>,
+    notice: &Notice,
+) -> Result<EncounterChange, NoticeError> {
+    let time = |path: &str| -> Result<Option<String>, NoticeError> {
+        let raw = text(msg, path);
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        hl7_time(&raw, offset).map(Some).ok_or_else(|| {
+            NoticeError::error(
+                ErrorCode::DataType,
+                path,
+                &format!("{raw:?} is not an HL7 DTM (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])"),
+            )
+        })
+    };
+    // The event time: when it occurred (EVN-6), else when it was recorded (EVN-2).
+    let occurred = match time("EVN-6.1")? {
+        Some(t) => Some(t),
+        None => time("EVN-2.1")?,
+    };
+    let visit = text(msg, "PV1-19.1");
+    let class_code = text(msg, "PV1-2");
+    let class = match class_code.as_str() {
+        "" => None,
+        c => Some(tables.patient_class(c).map(str::to_string).ok_or_else(|| {
+            NoticeError::error(
+                ErrorCode::TableValueNotFound,
+                "PV1-2",
+                &format!("patient class {c:?} has no mapping in mappings/hie/feeds.toml [patient_class]"),
+            )
+        })?),
+    };
+    let disposition = match text(msg, "PV1-36").as_str() {
+        "" => None,
+        d => Some(tables.discharge_disposition(d).map(str::to_string).ok_or_else(|| {
+            NoticeError::error(
+                ErrorCode::TableValueNotFound,
+                "PV1-36",
+                &format!("discharge disposition {d:?} has no mapping in mappings/hie/feeds.toml [discharge_disposition]"),
+            )
+        })?),
+    };
+    let start = match time("PV1-44.1")? {
+        Some(t) => Some(t),
+        None if effect == Effect::Admit => occurred.clone(),
+        None => None,
+    };
+    let end = match time("PV1-45.1")? {
+        Some(t) => Some(t),
+        None if effect == Effect::Discharge => occurred.clone(),
+        None => None,
+    };
+    Ok(EncounterChange {
+        // Without a visit number the message itself is the only key: the encounter
+        // cannot be matched by later messages, which the warning says.
+        key: if visit.is_empty() {
+            format!("msg:{}", notice.control_id)
+        } else {
+            format!("visit:{visit}")
+        },
+        class,
+        start,
+        end,
+        disposition,
+        occurred,
+    })
+}

@@ -1,0 +1,339 @@
+//! The feed service: bytes or Bundles in, an acknowledgement out, after the commit.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Effect, FeedTables, Notice, NoticeError, adt, notification};
+use crate::fhir::engine::{Inbound, Ingested};
+use crate::fhir::{Fhir, FhirError, datetime};
+use crate::hl7v2::{self, AckCode, AckError, ErrorCode, ErrorLocation, Severity};
+use crate::identity::{IdentityRules, Identifier};
+use crate::identity::cache::IdentityCache;
+use crate::store::InboundMessage;
+
+#[derive(Clone)]
+pub struct Feed {
+    fhir: Fhir,
+    tables: Arc<FeedTables>,
+    rules: Arc<IdentityRules>,
+    cache: Arc<IdentityCache>,
+}
+
+/// How a notification Bundle was taken (the HTTP status is its only acknowledgement).
+#[derive(Debug)]
+pub enum Taken {
+    Applied,
+    /// Seen before; answered as the first time.
+    Duplicate,
+    Ignored,
+}
+
+/// Why a notification was refused; the message is kept as a dead letter unless it
+/// could not even be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error(transparent)]
+    Invalid(#[from] NoticeError),
+    #[error("the message names several persons ({0}); it is held for identity review")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] FhirError),
+}
+
+/// The message's stored row before its fate is known.
+fn row(source: &str, control_id: &str, format: &str, event: &str, body: String) -> InboundMessage {
+    InboundMessage {
+        id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+        source: source.to_string(),
+        control_id: control_id.to_string(),
+        format: format.to_string(),
+        event: event.to_string(),
+        status: String::new(),
+        error: None,
+        body,
+        received_at: datetime::now_micros(),
+    }
+}
+
+fn hl7_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}+0000",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+fn ack_id() -> String {
+    format!("ACK{}", uuid::Uuid::now_v7().simple())
+}
+
+/// ERR-2 from a path like `PID-3` or `PID[2]-3`.
+fn location(path: &str) -> Option<ErrorLocation> {
+    let (segment, field) = path.split_once('-').unwrap_or((path, ""));
+    let (id, occurrence) = match segment.split_once('[') {
+        Some((id, rest)) => (id, rest.trim_end_matches(']').parse().ok()),
+        None => (segment, Some(1)),
+    };
+    if id.len() != 3 {
+        return None;
+    }
+    Some(ErrorLocation {
+        segment_id: id.to_string(),
+        sequence: occurrence,
+        field: field.parse().ok(),
+        ..ErrorLocation::default()
+    })
+}
+
+impl Feed {
+    pub fn new(
+        fhir: Fhir,
+        tables: Arc<FeedTables>,
+        rules: Arc<IdentityRules>,
+        cache: Arc<IdentityCache>,
+    ) -> Feed {
+        Feed {
+            fhir,
+            tables,
+            rules,
+            cache,
+        }
+    }
+
+    /// Handles one HL7 v2 message; returns the ACK to send, or `None` when the store
+    /// could not take it (no ACK: the sender keeps it and resends).
+    pub async fn hl7v2(&self, bytes: &[u8]) -> Option<String> {
+        let msg = match hl7v2::parse_bytes(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(message = "HL7 v2 message rejected: it does not parse.", error = %e);
+                let body = String::from_utf8_lossy(bytes).into_owned();
+                let mut r = row("(unparsed)", &ack_id(), "hl7v2", "", body);
+                r.status = "rejected".into();
+                r.error = Some(e.to_string());
+                self.fhir.ingest(Inbound::record(r)).await.ok()?;
+                return Some(hl7v2::reject(bytes, &e, &ack_id(), &hl7_now()));
+            }
+        };
+        let body = msg.as_str().to_string();
+        let answer = |code: AckCode, errors: &[AckError]| {
+            Some(hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors))
+        };
+        let notice = adt::notice(&msg, &self.tables, &self.rules);
+        let control = msg
+            .get("MSH-10")
+            .ok()
+            .flatten()
+            .unwrap_or("")
+            .to_string();
+        let source = msg
+            .get("MSH-4.1")
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .or(msg.get("MSH-4.2").ok().flatten())
+            .unwrap_or("")
+            .to_string();
+        let event = format!(
+            "{}^{}",
+            msg.get("MSH-9.1").ok().flatten().unwrap_or(""),
+            msg.get("MSH-9.2").ok().flatten().unwrap_or("")
+        );
+        match self.take(notice, &source, &control, "hl7v2", &event, body).await {
+            Ok(Taken::Applied | Taken::Ignored) => answer(AckCode::Accept, &[]),
+            Ok(Taken::Duplicate) => answer(AckCode::Accept, &[]),
+            Err(FeedError::Invalid(e)) => {
+                let err = AckError {
+                    code: e.code,
+                    severity: Severity::Error,
+                    location: location(&e.path),
+                    message: e.to_string(),
+                };
+                let code = if e.reject {
+                    AckCode::Reject
+                } else {
+                    AckCode::Error
+                };
+                answer(code, &[err])
+            }
+            Err(e @ FeedError::Conflict(_)) => answer(
+                AckCode::Error,
+                &[AckError {
+                    code: ErrorCode::DuplicateKey,
+                    severity: Severity::Error,
+                    location: location("PID-3"),
+                    message: e.to_string(),
+                }],
+            ),
+            Err(FeedError::Store(e)) => {
+                tracing::warn!(message = "HL7 v2 message not acknowledged: the store did not take it.", error = %e);
+                None
+            }
+        }
+    }
+
+    /// The AR for a message longer than the listener accepts, answered from its head
+    /// (the MSH segment) so the sender can correlate it. Not stored: it was not read.
+    pub fn too_large(&self, head: &[u8], len: usize, limit: usize) -> String {
+        let line_end = head
+            .iter()
+            .position(|&c| c == b'\r' || c == b'\n')
+            .unwrap_or(head.len());
+        let error = AckError {
+            code: ErrorCode::InternalError,
+            severity: Severity::Error,
+            location: None,
+            message: format!("message of {len} bytes is larger than the limit of {limit} bytes"),
+        };
+        tracing::warn!(message = "HL7 v2 message rejected: too large.", bytes = len, limit);
+        match hl7v2::parse_bytes(&head[..line_end]) {
+            Ok(msg) => hl7v2::ack(&msg, AckCode::Reject, &ack_id(), &hl7_now(), &[error]),
+            Err(e) => hl7v2::reject(head, &e, &ack_id(), &hl7_now()),
+        }
+    }
+
+    /// Handles one Da Vinci notification Bundle (`$process-message`).
+    pub async fn notification(&self, bundle: &Value, body: String) -> Result<Taken, FeedError> {
+        let (source, control) = notification::key(bundle).map_err(FeedError::Invalid)?;
+        let event = notification::event(bundle);
+        let notice = notification::notice(bundle, &self.rules);
+        self.take(notice, &source, &control, "fhir", &event, body)
+            .await
+    }
+
+    /// Stores and applies a notice (or stores why it is not applicable).
+    async fn take(
+        &self,
+        notice: Result<Notice, NoticeError>,
+        source: &str,
+        control: &str,
+        format: &str,
+        event: &str,
+        body: String,
+    ) -> Result<Taken, FeedError> {
+        let mut record = row(source, control, format, event, body);
+        let invalid = match notice {
+            Ok(n) => {
+                for w in &n.warnings {
+                    tracing::warn!(message = "Feed message: identifier ignored.", source, control_id = control, detail = %w);
+                }
+                return self.apply(Inbound::notice(n, record, false)).await;
+            }
+            Err(e) => e,
+        };
+        if source.is_empty() || control.is_empty() {
+            // Without a key it cannot be deduplicated or replayed; still kept for
+            // forensics under a key of its own.
+            record.source = "(unidentified)".into();
+            record.control_id = ack_id();
+        }
+        record.status = if invalid.reject { "rejected" } else { "dead" }.into();
+        record.error = Some(invalid.to_string());
+        tracing::warn!(message = "Feed message not applied.", source, control_id = control, status = %record.status, error = %invalid);
+        match self.fhir.ingest(Inbound::record(record)).await? {
+            // A resend of a message that was applied the first time is answered so.
+            Ingested::Duplicate(first) if first.status == "applied" => Ok(Taken::Duplicate),
+            _ => Err(FeedError::Invalid(invalid)),
+        }
+    }
+
+    async fn apply(&self, inbound: Inbound) -> Result<Taken, FeedError> {
+        match self.fhir.ingest(inbound).await? {
+            Ingested::Applied { invalidate } => {
+                self.cache.invalidate(&invalidate).await;
+                Ok(Taken::Applied)
+            }
+            Ingested::Ignored => Ok(Taken::Ignored),
+            Ingested::Duplicate(first) => match first.status.as_str() {
+                "dead" | "rejected" => Err(FeedError::Invalid(NoticeError::error(
+                    ErrorCode::InternalError,
+                    "",
+                    first.error.as_deref().unwrap_or("not applicable"),
+                ))),
+                "conflict" => Err(FeedError::Conflict(
+                    first.error.unwrap_or_else(|| "see identity conflicts".into()),
+                )),
+                _ => Ok(Taken::Duplicate),
+            },
+            Ingested::Conflict(persons) => {
+                tracing::warn!(message = "Feed message names several persons; held for review.", persons = persons.len());
+                Err(FeedError::Conflict(persons.join(", ")))
+            }
+            Ingested::Dead(why) => Err(FeedError::Invalid(why)),
+        }
+    }
+
+    /// An operator's merge (`retire` into `survive`) or, with no `survive`, unlink of
+    /// `retire`: applied like an A40/A37, recorded like a feed message.
+    pub async fn operator(
+        &self,
+        survive: Option<Identifier>,
+        retire: Identifier,
+    ) -> Result<Taken, FeedError> {
+        let control = format!("op_{}", uuid::Uuid::now_v7().simple());
+        let (effect, event) = match survive {
+            Some(_) => (Effect::Merge, "operator-merge"),
+            None => (Effect::Unlink, "operator-unlink"),
+        };
+        let body = serde_json::json!({"survivor": survive.as_ref().map(Identifier::token), "retired": retire.token()});
+        let notice = Notice {
+            source: "operator".into(),
+            control_id: control.clone(),
+            format: "operator",
+            event: event.into(),
+            effect,
+            identifiers: survive.into_iter().collect(),
+            warnings: Vec::new(),
+            patient: Value::Null,
+            encounter: None,
+            retired: vec![retire],
+        };
+        let record = row("operator", &control, "operator", event, body.to_string());
+        self.apply(Inbound::notice(notice, record, false)).await
+    }
+
+    /// Re-runs a stored message through the current mappings (dead letters after a fix).
+    pub async fn replay(&self, message: &InboundMessage) -> Result<Taken, FeedError> {
+        let mut record = message.clone();
+        record.status = String::new();
+        record.error = None;
+        let notice = match message.format.as_str() {
+            "fhir" => match serde_json::from_str::<Value>(&message.body) {
+                Ok(bundle) => notification::notice(&bundle, &self.rules),
+                Err(e) => Err(NoticeError::reject(
+                    ErrorCode::DataType,
+                    "Bundle",
+                    &format!("stored body is not JSON: {e}"),
+                )),
+            },
+            "operator" => Err(NoticeError::reject(
+                ErrorCode::UnsupportedMessageType,
+                "",
+                "operator commands are not replayed; run them again",
+            )),
+            _ => match hl7v2::parse(&message.body) {
+                Ok(msg) => adt::notice(&msg, &self.tables, &self.rules),
+                Err(e) => Err(NoticeError::reject(
+                    e.hl7_code(),
+                    "MSH",
+                    &e.to_string(),
+                )),
+            },
+        };
+        match notice {
+            Ok(n) => self.apply(Inbound::notice(n, record, true)).await,
+            Err(e) => {
+                record.status = if e.reject { "rejected" } else { "dead" }.into();
+                record.error = Some(e.to_string());
+                self.fhir.ingest(Inbound::replayed_record(record)).await?;
+                Err(FeedError::Invalid(e))
+            }
+        }
+    }
+}

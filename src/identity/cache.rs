@@ -1,0 +1,285 @@
+//! Read-through cache of identifier → person: Redis when configured (shared by every
+//! gateway process), in process on the embedded store, none on PostgreSQL without Redis
+//! (a per-process cache there could serve a mapping another process has merged away).
+//!
+//! No process serves a stale mapping after a merge has committed: the writer drops the
+//! merged identifiers' keys *after* COMMIT, and a fill only lands if no invalidation
+//! happened since the reader started (a generation counter checked by a Lua script), so
+//! a reader that read the store before the merge cannot put the old answer back.
+//! When Redis fails, lookups go to the store and the failure is counted; the
+//! connection manager reconnects by itself. An invalidation that could not reach Redis
+//! is made good once it answers again by bumping the key epoch, which retires every
+//! entry at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::{Identifier, Person};
+use crate::store::{Result, Store};
+
+const GENERATION_KEY: &str = "crossway:identity:generation";
+const EPOCH_KEY: &str = "crossway:identity:epoch";
+/// A safety net: an entry lives at most this long even if an invalidation were lost.
+const TTL_SECONDS: u64 = 3600;
+/// Largest in-process cache; cleared when full (the store is the truth).
+const MAX_LOCAL: usize = 2_000_000;
+
+enum Backend {
+    None,
+    Local(Mutex<HashMap<String, Person>>),
+    Redis(ConnectionManager),
+}
+
+pub struct IdentityCache {
+    backend: Backend,
+    redis_ok: AtomicBool,
+    redis_errors: AtomicU64,
+    /// The key epoch last seen in Redis.
+    epoch: AtomicU64,
+    /// An invalidation failed: bump the epoch as soon as Redis answers.
+    lost_invalidation: AtomicBool,
+    fill: redis::Script,
+    drop: redis::Script,
+}
+
+fn key(epoch: u64, id: &Identifier) -> String {
+    format!("crossway:identity:{epoch}:{}", id.token())
+}
+
+fn encode(p: &Person) -> String {
+    format!("{} {}", p.id, p.client_ref)
+}
+
+fn decode(s: &str) -> Option<Person> {
+    let (id, client_ref) = s.split_once(' ')?;
+    Some(Person {
+        id: id.to_string(),
+        client_ref: client_ref.to_string(),
+    })
+}
+
+impl IdentityCache {
+    /// No cache: every lookup reads the store.
+    pub fn none() -> IdentityCache {
+        IdentityCache::with(Backend::None)
+    }
+
+    pub fn in_process() -> IdentityCache {
+        IdentityCache::with(Backend::Local(Mutex::new(HashMap::new())))
+    }
+
+    pub fn redis(manager: ConnectionManager) -> IdentityCache {
+        IdentityCache::with(Backend::Redis(manager))
+    }
+
+    fn with(backend: Backend) -> IdentityCache {
+        IdentityCache {
+            backend,
+            redis_ok: AtomicBool::new(true),
+            redis_errors: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            lost_invalidation: AtomicBool::new(false),
+            // Sets the entry only if the generation is still the one read before the
+            // store was.
+            fill: redis::Script::new(
+                "if (redis.call('GET', KEYS[1]) or '0') == ARGV[1] then \
+                   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) end return 1",
+            ),
+            // Bumps the generation (so fills in flight are dropped) and deletes the
+            // keys under the epoch Redis holds now, whatever this process last saw.
+            drop: redis::Script::new(
+                "local e = redis.call('GET', KEYS[1]) or '0' \
+                 redis.call('INCR', KEYS[2]) \
+                 for _, t in ipairs(ARGV) do redis.call('DEL', 'crossway:identity:' .. e .. ':' .. t) end \
+                 return 1",
+            ),
+        }
+    }
+
+    /// `none`, `in-process` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::None => "none",
+            Backend::Local(_) => "in-process",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// False after a Redis call failed, until one succeeds again.
+    pub fn healthy(&self) -> bool {
+        self.redis_ok.load(Ordering::Relaxed)
+    }
+
+    pub fn redis_errors(&self) -> u64 {
+        self.redis_errors.load(Ordering::Relaxed)
+    }
+
+    fn redis_failed(&self, e: &redis::RedisError) {
+        self.redis_errors.fetch_add(1, Ordering::Relaxed);
+        if self.redis_ok.swap(false, Ordering::Relaxed) {
+            tracing::warn!(message = "Redis failed; identity lookups read the store until it is back.", error = %e);
+        }
+    }
+
+    fn redis_worked(&self) {
+        if !self.redis_ok.swap(true, Ordering::Relaxed) {
+            tracing::info!(message = "Redis is back; identity lookups use the cache again.");
+        }
+    }
+
+    /// The live person each identifier names, in order (`None`: unknown).
+    pub async fn lookup(&self, store: &Store, ids: &[Identifier]) -> Result<Vec<Option<Person>>> {
+        match &self.backend {
+            Backend::None => read_store(store, ids).await,
+            Backend::Local(map) => {
+                let mut found: Vec<Option<Person>> = {
+                    let map = map.lock().expect("identity cache lock");
+                    ids.iter().map(|i| map.get(&i.token()).cloned()).collect()
+                };
+                for (n, id) in ids.iter().enumerate() {
+                    if found[n].is_none()
+                        && let Some(p) = store.identifier_owner(id).await?
+                    {
+                        let mut map = map.lock().expect("identity cache lock");
+                        if map.len() >= MAX_LOCAL {
+                            map.clear();
+                        }
+                        map.insert(id.token(), p.clone());
+                        found[n] = Some(p);
+                    }
+                }
+                Ok(found)
+            }
+            Backend::Redis(manager) => match self.lookup_redis(manager, store, ids).await {
+                Ok(found) => {
+                    self.redis_worked();
+                    Ok(found)
+                }
+                Err(Fallback::Redis(e)) => {
+                    self.redis_failed(&e);
+                    read_store(store, ids).await
+                }
+                Err(Fallback::Store(e)) => Err(e),
+            },
+        }
+    }
+
+    async fn lookup_redis(
+        &self,
+        manager: &ConnectionManager,
+        store: &Store,
+        ids: &[Identifier],
+    ) -> std::result::Result<Vec<Option<Person>>, Fallback> {
+        let mut conn = manager.clone();
+        if self.lost_invalidation.load(Ordering::Relaxed) {
+            let _: u64 = redis::cmd("INCR")
+                .arg(EPOCH_KEY)
+                .query_async(&mut conn)
+                .await
+                .map_err(Fallback::Redis)?;
+            self.lost_invalidation.store(false, Ordering::Relaxed);
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let mut keys: Vec<String> = ids.iter().map(|i| key(epoch, i)).collect();
+        // One round trip: the epoch and generation (for fills), then every key.
+        let (current, generation, mut cached): (Option<u64>, Option<String>, Vec<Option<String>>) =
+            redis::pipe()
+                .get(EPOCH_KEY)
+                .get(GENERATION_KEY)
+                .mget(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(Fallback::Redis)?;
+        let current = current.unwrap_or(0);
+        if current != epoch {
+            // Entries under the old epoch are retired: treat all as misses.
+            self.epoch.store(current, Ordering::Relaxed);
+            keys = ids.iter().map(|i| key(current, i)).collect();
+            cached = vec![None; ids.len()];
+        }
+        let generation = generation.unwrap_or_else(|| "0".into());
+        let mut found = Vec::with_capacity(ids.len());
+        for (n, id) in ids.iter().enumerate() {
+            match cached.get(n).cloned().flatten().as_deref().and_then(decode) {
+                Some(p) => found.push(Some(p)),
+                None => {
+                    let p = store.identifier_owner(id).await.map_err(Fallback::Store)?;
+                    if let Some(p) = &p {
+                        self.fill
+                            .key(GENERATION_KEY)
+                            .key(&keys[n])
+                            .arg(&generation)
+                            .arg(encode(p))
+                            .arg(TTL_SECONDS)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                            .map_err(Fallback::Redis)?;
+                    }
+                    found.push(p);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops these identifiers' entries; called after the COMMIT that changed them.
+    /// A Redis failure here is logged and retried a few times: the TTL bounds the
+    /// damage of one that never lands.
+    pub async fn invalidate(&self, ids: &[Identifier]) {
+        if ids.is_empty() {
+            return;
+        }
+        match &self.backend {
+            Backend::None => {}
+            Backend::Local(map) => {
+                let mut map = map.lock().expect("identity cache lock");
+                for id in ids {
+                    map.remove(&id.token());
+                }
+            }
+            Backend::Redis(manager) => {
+                let tokens: Vec<String> = ids.iter().map(Identifier::token).collect();
+                for attempt in 0..5u32 {
+                    let mut conn = manager.clone();
+                    let mut call = self.drop.key(EPOCH_KEY);
+                    call.key(GENERATION_KEY);
+                    for t in &tokens {
+                        call.arg(t);
+                    }
+                    let done: redis::RedisResult<i64> = call.invoke_async(&mut conn).await;
+                    match done {
+                        Ok(_) => {
+                            self.redis_worked();
+                            return;
+                        }
+                        Err(e) => {
+                            self.redis_failed(&e);
+                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        }
+                    }
+                }
+                self.lost_invalidation.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    message = "Could not drop merged identifiers from Redis; every entry is retired once it answers again."
+                );
+            }
+        }
+    }
+}
+
+enum Fallback {
+    Redis(redis::RedisError),
+    Store(crate::store::StoreError),
+}
+
+async fn read_store(store: &Store, ids: &[Identifier]) -> Result<Vec<Option<Person>>> {
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        found.push(store.identifier_owner(id).await?);
+    }
+    Ok(found)
+}

@@ -1,0 +1,155 @@
+//! Applying identity decisions inside the writer's transaction.
+//!
+//! Every identifier is locked (PostgreSQL advisory lock, in one global order) before it
+//! is looked up, so two messages for the same new patient — on two connections or two
+//! gateway processes — create one person: the second waits, then finds the first's.
+
+use serde_json::Value;
+
+use super::{Decision, IdentityRules, Identifier, Person, Skipped, decide};
+use crate::store::{MergeRecord, Result, Tx};
+
+/// The person a message is about, or why it cannot be told.
+#[derive(Debug)]
+pub enum Resolved {
+    Person { person: Person, created: bool },
+    /// Several persons: nothing was attached.
+    Conflict(Vec<String>),
+}
+
+/// Resolves a message's identifiers: none known → a new person; one person → that
+/// person, with the identifiers it did not have attached; several → a conflict.
+pub async fn resolve(
+    tx: &mut Tx<'_>,
+    ids: &[Identifier],
+    source: &str,
+    now: i64,
+) -> Result<Resolved> {
+    tx.lock_identifiers(ids).await?;
+    let mut owners = Vec::with_capacity(ids.len());
+    let mut unknown = Vec::new();
+    for id in ids {
+        match tx.identifier_owner(id).await? {
+            Some(owner) => owners.push(owner),
+            None => unknown.push(id.clone()),
+        }
+    }
+    let (person, created) = match decide(owners.iter().map(String::as_str)) {
+        Decision::Conflict(persons) => return Ok(Resolved::Conflict(persons)),
+        Decision::Known(id) => match tx.person(&id).await? {
+            Some(p) => (p, false),
+            None => (tx.new_person(now).await?, true),
+        },
+        Decision::New => (tx.new_person(now).await?, true),
+    };
+    tx.attach(&person.id, &unknown, source, now).await?;
+    Ok(Resolved::Person { person, created })
+}
+
+/// What linking a FHIR Patient resource found.
+#[derive(Debug)]
+pub struct Linked {
+    pub person: Person,
+    /// Identifiers left out, with why (reported as warnings).
+    pub skipped: Vec<(String, Skipped)>,
+    /// Other persons its identifiers name (recorded for review, not merged).
+    pub conflict: Vec<String>,
+}
+
+/// Links a Patient resource being written to its person: the resource's own id decides
+/// when it is already known; otherwise its identifiers do.
+pub async fn link_patient(
+    tx: &mut Tx<'_>,
+    rules: &IdentityRules,
+    patient_id: &str,
+    resource: &Value,
+    now: i64,
+) -> Result<Linked> {
+    let mut ids = vec![Identifier::patient(patient_id)];
+    let mut skipped = Vec::new();
+    for (n, element) in resource
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match rules.from_fhir(element) {
+            Ok(id) => ids.push(id),
+            Err(why) => skipped.push((format!("Patient.identifier[{n}]"), why)),
+        }
+    }
+    tx.lock_identifiers(&ids).await?;
+    let own = tx.identifier_owner(&ids[0]).await?;
+    let mut others = Vec::new();
+    let mut unknown = Vec::new();
+    for id in &ids[1..] {
+        match tx.identifier_owner(id).await? {
+            Some(owner) => others.push(owner),
+            None => unknown.push(id.clone()),
+        }
+    }
+    let (person, conflict) = match own {
+        Some(own) => {
+            others.retain(|o| *o != own);
+            others.sort();
+            others.dedup();
+            (tx.person(&own).await?, others)
+        }
+        None => match decide(others.iter().map(String::as_str)) {
+            Decision::Known(id) => (tx.person(&id).await?, Vec::new()),
+            Decision::New => (None, Vec::new()),
+            Decision::Conflict(persons) => (None, persons),
+        },
+    };
+    let person = match person {
+        Some(p) => p,
+        None => tx.new_person(now).await?,
+    };
+    let mut attach = vec![ids[0].clone()];
+    if conflict.is_empty() {
+        attach.extend(unknown);
+    }
+    tx.attach(&person.id, &attach, "fhir", now).await?;
+    Ok(Linked {
+        person,
+        skipped,
+        conflict,
+    })
+}
+
+/// Merges the person named by `retired` into the one named by `survivor` (both already
+/// resolved). Returns `None` when they are already one person.
+pub async fn merge(
+    tx: &mut Tx<'_>,
+    retired: &Person,
+    survivor: &Person,
+    source: &str,
+    cause: &str,
+    now: i64,
+) -> Result<Option<MergeRecord>> {
+    if retired.id == survivor.id {
+        return Ok(None);
+    }
+    tx.merge_persons(&retired.id, &survivor.id, source, cause, now)
+        .await
+        .map(Some)
+}
+
+/// Undoes the merge that made `identifier` an alias (an A37 unlink or an operator's
+/// command): its old person is live again with exactly the identifiers it had.
+pub async fn unmerge(
+    tx: &mut Tx<'_>,
+    identifier: &Identifier,
+    now: i64,
+) -> Result<Option<MergeRecord>> {
+    tx.lock_identifiers(std::slice::from_ref(identifier)).await?;
+    let Some(owner) = tx.identifier_owner(identifier).await? else {
+        return Ok(None);
+    };
+    let Some(record) = tx.merge_moving(&owner, identifier).await? else {
+        return Ok(None);
+    };
+    tx.undo_merge(&record, now).await?;
+    Ok(Some(record))
+}

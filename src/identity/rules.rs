@@ -1,0 +1,377 @@
+//! Per-source identity rules (`mappings/identity/sources.toml`): which assigning
+//! authorities a source is trusted for, how an authority (CX.4) becomes a system URI,
+//! and which identifier types name a person.
+//!
+//! Out of the box, with no rule for a source, an authority with an ISO universal id
+//! maps to `urn:oid:<id>` and is trusted, and a namespace-only authority maps under
+//! `namespace_prefix`, so a new feed works before anyone writes rules.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Identifier;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default = "default_prefix")]
+    namespace_prefix: String,
+    #[serde(default = "default_person_types")]
+    person_types: Vec<String>,
+    /// Whether an identifier without a type (CX.5 empty) names a person.
+    #[serde(default = "yes")]
+    untyped: bool,
+    #[serde(default)]
+    authority: Vec<AuthorityRule>,
+    #[serde(default)]
+    source: Vec<SourceRule>,
+}
+
+impl Default for RulesFile {
+    fn default() -> Self {
+        RulesFile {
+            namespace_prefix: default_prefix(),
+            person_types: default_person_types(),
+            untyped: true,
+            authority: Vec::new(),
+            source: Vec::new(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "urn:crossway:authority:".into()
+}
+
+fn default_person_types() -> Vec<String> {
+    ["MR", "PI", "PT", "MB", "SS", "NI"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorityRule {
+    id: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    oid: Option<String>,
+    system: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceRule {
+    id: String,
+    /// MSH-4 namespace or universal id, or a FHIR source's name.
+    facility: String,
+    /// Authorities (namespace, OID or system URI) this source may assert identifiers for.
+    trusted: Vec<String>,
+    #[serde(default)]
+    person_types: Option<Vec<String>>,
+}
+
+/// Why an identifier a source sent does not take part in resolution. Not an error:
+/// the message is still applied, with a warning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skipped {
+    #[error("the identifier value is empty")]
+    EmptyValue,
+    #[error("no assigning authority or system")]
+    NoAuthority,
+    #[error("authority {0} is not trusted for this source")]
+    Untrusted(String),
+    #[error("identifier type {0} does not name a person")]
+    NotPersonLevel(String),
+}
+
+/// The parts of an HL7 CX value resolution needs (already unescaped).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cx<'a> {
+    pub value: &'a str,
+    /// CX.4.1, CX.4.2, CX.4.3.
+    pub namespace: &'a str,
+    pub universal_id: &'a str,
+    pub universal_id_type: &'a str,
+    /// CX.5.
+    pub kind: &'a str,
+}
+
+/// The loaded rules.
+#[derive(Debug, Clone)]
+pub struct IdentityRules {
+    prefix: String,
+    person_types: Vec<String>,
+    untyped: bool,
+    /// Namespace, OID or system → system URI.
+    authorities: HashMap<String, String>,
+    sources: HashMap<String, Source>,
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    trusted: Vec<String>,
+    person_types: Option<Vec<String>>,
+}
+
+impl Default for IdentityRules {
+    fn default() -> Self {
+        IdentityRules::build(RulesFile::default()).expect("the defaults are valid")
+    }
+}
+
+impl IdentityRules {
+    /// Checks a parsed rules file; an error names the rule id.
+    pub fn build(file: RulesFile) -> Result<IdentityRules, (String, String)> {
+        let mut authorities = HashMap::new();
+        for a in &file.authority {
+            if a.namespace.is_none() && a.oid.is_none() {
+                return Err((a.id.clone(), "needs a namespace or an oid".into()));
+            }
+            if !a.system.contains(':') {
+                return Err((a.id.clone(), format!("system {:?} is not a URI", a.system)));
+            }
+            for key in [&a.namespace, &a.oid].into_iter().flatten() {
+                if let Some(other) = authorities.insert(key.clone(), a.system.clone())
+                    && other != a.system
+                {
+                    return Err((
+                        a.id.clone(),
+                        format!("{key:?} is already mapped to {other:?}"),
+                    ));
+                }
+            }
+        }
+        let mut sources = HashMap::new();
+        for s in file.source {
+            let source = Source {
+                trusted: s.trusted,
+                person_types: s.person_types,
+            };
+            if sources.insert(s.facility.clone(), source).is_some() {
+                return Err((s.id, format!("facility {:?} has two rules", s.facility)));
+            }
+        }
+        Ok(IdentityRules {
+            prefix: file.namespace_prefix,
+            person_types: file.person_types,
+            untyped: file.untyped,
+            authorities,
+            sources,
+        })
+    }
+
+    /// The system URI an authority maps to.
+    fn system_of(&self, cx: &Cx) -> Option<String> {
+        for key in [cx.universal_id, cx.namespace] {
+            if let Some(system) = self.authorities.get(key).filter(|_| !key.is_empty()) {
+                return Some(system.clone());
+            }
+        }
+        if !cx.universal_id.is_empty() && cx.universal_id_type.eq_ignore_ascii_case("ISO") {
+            return Some(format!("urn:oid:{}", cx.universal_id));
+        }
+        if !cx.namespace.is_empty() {
+            return Some(format!("{}{}", self.prefix, cx.namespace));
+        }
+        None
+    }
+
+    fn person_level(&self, source: Option<&Source>, kind: &str) -> Result<(), Skipped> {
+        if kind.is_empty() {
+            return if self.untyped {
+                Ok(())
+            } else {
+                Err(Skipped::NotPersonLevel("(none)".into()))
+            };
+        }
+        let types = source
+            .and_then(|s| s.person_types.as_ref())
+            .unwrap_or(&self.person_types);
+        if types.iter().any(|t| t.eq_ignore_ascii_case(kind)) {
+            Ok(())
+        } else {
+            Err(Skipped::NotPersonLevel(kind.to_string()))
+        }
+    }
+
+    /// An HL7 CX repetition from `facility` (MSH-4) as an identifier.
+    pub fn from_cx(&self, facility: &str, cx: &Cx) -> Result<Identifier, Skipped> {
+        let value = cx.value.trim();
+        if value.is_empty() || value == "\"\"" {
+            return Err(Skipped::EmptyValue);
+        }
+        let system = self.system_of(cx).ok_or(Skipped::NoAuthority)?;
+        let source = self.sources.get(facility);
+        if let Some(s) = source {
+            let trusted = s.trusted.iter().any(|t| {
+                t == &system
+                    || (!cx.namespace.is_empty() && t == cx.namespace)
+                    || (!cx.universal_id.is_empty() && t == cx.universal_id)
+            });
+            if !trusted {
+                return Err(Skipped::Untrusted(system));
+            }
+        }
+        self.person_level(source, cx.kind)?;
+        Ok(Identifier::new(
+            &system,
+            value,
+            Some(cx.kind).filter(|k| !k.is_empty()),
+        ))
+    }
+
+    /// A FHIR `Identifier` element as a person identifier (EHRs are trusted for the
+    /// systems they send).
+    pub fn from_fhir(&self, identifier: &Value) -> Result<Identifier, Skipped> {
+        let value = identifier.get("value").and_then(Value::as_str).unwrap_or("");
+        if value.trim().is_empty() {
+            return Err(Skipped::EmptyValue);
+        }
+        let system = identifier
+            .get("system")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(Skipped::NoAuthority)?;
+        let kind = identifier
+            .pointer("/type/coding")
+            .and_then(Value::as_array)
+            .and_then(|codings| {
+                codings.iter().find(|c| {
+                    c.get("system").and_then(Value::as_str)
+                        == Some("http://terminology.hl7.org/CodeSystem/v2-0203")
+                })
+            })
+            .and_then(|c| c.get("code"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        self.person_level(None, kind)?;
+        Ok(Identifier::new(
+            system,
+            value.trim(),
+            Some(kind).filter(|k| !k.is_empty()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> IdentityRules {
+        IdentityRules::build(toml::from_str(text).unwrap()).unwrap()
+    }
+
+    fn cx<'a>(value: &'a str, namespace: &'a str, oid: &'a str, kind: &'a str) -> Cx<'a> {
+        Cx {
+            value,
+            namespace,
+            universal_id: oid,
+            universal_id_type: if oid.is_empty() { "" } else { "ISO" },
+            kind,
+        }
+    }
+
+    #[test]
+    fn without_rules_oids_and_namespaces_become_systems() {
+        let r = IdentityRules::default();
+        let id = r.from_cx("RVH", &cx("123", "RVH", "1.2.3", "MR")).unwrap();
+        assert_eq!(
+            (id.system.as_str(), id.value.as_str()),
+            ("urn:oid:1.2.3", "123")
+        );
+        let id = r.from_cx("RVH", &cx("9", "STATEHIE", "", "PI")).unwrap();
+        assert_eq!(id.system, "urn:crossway:authority:STATEHIE");
+    }
+
+    #[test]
+    fn empty_values_visit_numbers_and_untrusted_authorities_are_skipped() {
+        let r = rules(
+            r#"
+            [[source]]
+            id = "source.rvh"
+            facility = "RVH"
+            trusted = ["RVH"]
+            "#,
+        );
+        assert_eq!(
+            r.from_cx("RVH", &cx("", "RVH", "", "MR")),
+            Err(Skipped::EmptyValue)
+        );
+        assert_eq!(
+            r.from_cx("RVH", &cx("\"\"", "RVH", "", "MR")),
+            Err(Skipped::EmptyValue)
+        );
+        assert_eq!(
+            r.from_cx("RVH", &cx("A1", "RVH", "", "AN")),
+            Err(Skipped::NotPersonLevel("AN".into()))
+        );
+        assert!(matches!(
+            r.from_cx("RVH", &cx("7", "OTHER", "", "MR")),
+            Err(Skipped::Untrusted(_))
+        ));
+        assert!(r.from_cx("RVH", &cx("7", "RVH", "", "MR")).is_ok());
+        assert!(r.from_cx("ELSEWHERE", &cx("7", "OTHER", "", "MR")).is_ok());
+    }
+
+    #[test]
+    fn an_authority_rule_maps_namespace_and_oid_to_one_system() {
+        let r = rules(
+            r#"
+            [[authority]]
+            id = "authority.rvh"
+            namespace = "RVH"
+            oid = "2.16.840.1.113883.3.9999.1"
+            system = "https://rvh.example.org/mrn"
+            "#,
+        );
+        let a = r.from_cx("X", &cx("1", "RVH", "", "MR")).unwrap();
+        let b = r
+            .from_cx("X", &cx("1", "", "2.16.840.1.113883.3.9999.1", "MR"))
+            .unwrap();
+        assert_eq!(a.system, "https://rvh.example.org/mrn");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn conflicting_authority_rules_are_refused_by_id() {
+        let file: RulesFile = toml::from_str(
+            r#"
+            [[authority]]
+            id = "a1"
+            namespace = "RVH"
+            system = "urn:x:1"
+            [[authority]]
+            id = "a2"
+            namespace = "RVH"
+            system = "urn:x:2"
+            "#,
+        )
+        .unwrap();
+        let (rule, message) = IdentityRules::build(file).unwrap_err();
+        assert_eq!(rule, "a2");
+        assert!(message.contains("RVH"), "{message}");
+    }
+
+    #[test]
+    fn fhir_identifiers_need_a_system_and_a_person_level_type() {
+        let r = IdentityRules::default();
+        let mr = serde_json::json!({"system": "urn:oid:1.2", "value": "5",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}});
+        assert_eq!(r.from_fhir(&mr).unwrap().kind.as_deref(), Some("MR"));
+        let visit = serde_json::json!({"system": "urn:oid:1.2", "value": "5",
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "VN"}]}});
+        assert!(r.from_fhir(&visit).is_err());
+        assert_eq!(
+            r.from_fhir(&serde_json::json!({"value": "5"})),
+            Err(Skipped::NoAuthority)
+        );
+    }
+}

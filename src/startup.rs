@@ -66,6 +66,11 @@ impl Application {
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
+        tokio::spawn(
+            identities
+                .clone()
+                .watch(fhir.store().clone(), std::time::Duration::from_millis(500)),
+        );
         let feed = Feed::new(
             fhir.clone(),
             Arc::new(mappings.feeds.clone()),

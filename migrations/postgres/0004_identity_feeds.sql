@@ -41,6 +41,14 @@ CREATE TABLE person_merges (
 );
 CREATE INDEX person_merges_retired ON person_merges (retired);
 
+-- Bumped by every merge and unmerge, so a process with an in-process identity cache
+-- notices changes another process (an operator command) committed.
+CREATE TABLE identity_generation (
+    id BIGINT PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
+INSERT INTO identity_generation (id, generation) VALUES (1, 0);
+
 -- Messages that named several persons: applied to none, waiting for a person to decide.
 CREATE TABLE identity_conflicts (
     id TEXT PRIMARY KEY,

@@ -226,6 +226,25 @@ impl IdentityCache {
         Ok(found)
     }
 
+    /// Keeps an in-process cache honest about merges committed by other processes (an
+    /// operator command beside the embedded gateway): clears it whenever the store's
+    /// identity generation moves. Runs forever; a no-op for other backends.
+    pub async fn watch(self: std::sync::Arc<Self>, store: Store, every: Duration) {
+        let Backend::Local(map) = &self.backend else {
+            return;
+        };
+        let mut seen = None;
+        loop {
+            if let Ok(generation) = store.identity_generation().await {
+                if seen.is_some_and(|s| s != generation) {
+                    map.lock().expect("identity cache lock").clear();
+                }
+                seen = Some(generation);
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// Drops these identifiers' entries; called after the COMMIT that changed them.
     /// A Redis failure here is logged and retried a few times: the TTL bounds the
     /// damage of one that never lands.

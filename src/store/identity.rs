@@ -214,6 +214,7 @@ impl Tx<'_> {
         .bind(now)
         .execute(&mut *self.conn)
         .await?;
+        self.bump_identity_generation().await?;
         let record = MergeRecord {
             id: format!("mrg_{}", uuid::Uuid::now_v7().simple()),
             survivor: survivor.to_string(),
@@ -288,6 +289,13 @@ impl Tx<'_> {
             .bind(now)
             .execute(&mut *self.conn)
             .await?;
+        self.bump_identity_generation().await
+    }
+
+    async fn bump_identity_generation(&mut self) -> Result<()> {
+        sqlx::query("UPDATE identity_generation SET generation = generation + 1 WHERE id = 1")
+            .execute(&mut *self.conn)
+            .await?;
         Ok(())
     }
 
@@ -355,6 +363,14 @@ impl Tx<'_> {
 }
 
 impl Store {
+    /// Changes with every merge and unmerge, in any process.
+    pub async fn identity_generation(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT generation FROM identity_generation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// The live person an identifier names (a cache miss's read).
     pub async fn identifier_owner(&self, id: &Identifier) -> Result<Option<Person>> {
         let row = sqlx::query(

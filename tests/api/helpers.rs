@@ -17,6 +17,8 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 
 pub struct TestApp {
     pub addr: String,
+    /// The MLLP listener's address.
+    pub mllp_addr: String,
     /// `http://addr/fhir`
     pub base: String,
     pub client: reqwest::Client,
@@ -64,6 +66,13 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     start(data_dir, database_url, "127.0.0.1:0".into(), env).await
 }
 
+/// A second gateway process on the same store as `app` (its own data dir and port).
+pub async fn spawn_sibling(app: &TestApp, env: &[(&str, &str)]) -> TestApp {
+    let data_dir = std::env::temp_dir().join(format!("crossway-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    start(data_dir, app.database_url.clone(), "127.0.0.1:0".into(), env).await
+}
+
 async fn start(
     data_dir: PathBuf,
     database_url: String,
@@ -83,6 +92,7 @@ async fn start(
             concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"),
         )
         .env("CROSSWAY_SWEEP_INTERVAL_MS", "200")
+        .env("CROSSWAY_MLLP_ADDR", "127.0.0.1:0")
         .env_remove("CROSSWAY_LOG_FORMAT")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -102,14 +112,20 @@ async fn start(
             if let Some(addr) = line.split("http_addr=").nth(1)
                 && let Some(t) = tx.take()
             {
-                let _ = t.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                let mllp = line
+                    .split("mllp_addr=")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .unwrap_or("");
+                let http = addr.split_whitespace().next().unwrap_or("");
+                let _ = t.send((http.to_string(), mllp.to_string()));
             }
             let mut l = sink.lock().unwrap();
             l.push_str(&line);
             l.push('\n');
         }
     });
-    let addr = rx
+    let (addr, mllp_addr) = rx
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| {
             panic!(
@@ -120,6 +136,7 @@ async fn start(
     TestApp {
         base: format!("http://{addr}/fhir"),
         addr,
+        mllp_addr,
         client: reqwest::Client::new(),
         database_url,
         data_dir,
@@ -150,6 +167,12 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// A JSON document from a path outside `/fhir` (`/readyz`).
+    pub async fn get_json_abs(&self, path: &str) -> Value {
+        let url = format!("http://{}{path}", self.addr);
+        self.client.get(url).send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -205,6 +228,39 @@ impl TestApp {
             app: self,
             org: org.to_string(),
         }
+    }
+
+    /// Sends one HL7 v2 message over MLLP on a new connection; returns the ACK with
+    /// segments on separate lines.
+    pub async fn send_hl7(&self, message: &str) -> String {
+        let mut client = crossway::mllp::Client::connect(&self.mllp_addr)
+            .await
+            .expect("connect to the MLLP listener");
+        hl7_reply(&mut client, message).await
+    }
+
+    /// Runs a `crossway` operator command against this app's store; returns stdout.
+    pub fn operator(&self, args: &[&str]) -> String {
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
+        let out = Command::new(env!("CARGO_BIN_EXE_crossway"))
+            .args(args)
+            .args(["--config", config])
+            .env("CROSSWAY_DATA_DIR", &self.data_dir)
+            .env("CROSSWAY_DATABASE_URL", &self.database_url)
+            .env(
+                "CROSSWAY_MAPPINGS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"),
+            )
+            .env("CROSSWAY_LOG", "warn")
+            .env_remove("CROSSWAY_REDIS_URL")
+            .output()
+            .expect("run crossway");
+        assert!(
+            out.status.success(),
+            "crossway {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// Ids of a searchset's matches.
@@ -332,6 +388,81 @@ pub fn match_ids(bundle: &Value) -> Vec<String> {
         .filter(|e| e["search"]["mode"] == "match")
         .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Sends a message on an open MLLP connection; returns the ACK, one segment per line.
+pub async fn hl7_reply(client: &mut crossway::mllp::Client, message: &str) -> String {
+    let ack = client
+        .send(message.replace('\n', "\r").as_bytes())
+        .await
+        .expect("an ACK");
+    String::from_utf8_lossy(&ack).replace('\r', "\n")
+}
+
+/// MSA-1 of an ACK.
+pub fn ack_code(ack: &str) -> &str {
+    ack.lines()
+        .find(|l| l.starts_with("MSA|"))
+        .and_then(|l| l.split('|').nth(1))
+        .unwrap_or("")
+}
+
+/// A Redis of the test's own, so the test can kill and restart it.
+pub struct RedisServer {
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = RedisServer {
+            port,
+            child: Mutex::new(None),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and waits until it answers.
+    pub fn restart(&self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        *self.child.lock().unwrap() = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 pub fn referral_bundle() -> Value {

@@ -7,5 +7,6 @@ mod conformance;
 mod crud;
 mod durability;
 mod errors;
+mod feeds;
 mod search;
 mod transaction;

@@ -1,0 +1,375 @@
+//! HIE feeds over real MLLP and `$process-message`: acknowledgements after commit,
+//! deduplication, ordering, dead letters, identity resolution and merges.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    TestApp, ack_code, entry_id, hl7_reply, spawn_app, spawn_app_with, spawn_sibling,
+};
+
+const CBO: &str = "cbo-riverside-food-bank";
+const MRN_SYSTEM: &str = "http://hospital.example.org/mrn";
+
+/// An ADT message from St. Mary (`SMH`) for MRN `mrn`, visit `visit`.
+fn adt(trigger: &str, control: &str, pid3: &str, visit: &str) -> String {
+    let structure = match trigger {
+        "A01" | "A04" | "A08" | "A11" | "A13" => "ADT_A01",
+        "A40" => "ADT_A39",
+        other => &format!("ADT_{other}"),
+    };
+    format!(
+        "MSH|^~\\&|EPIC|SMH|CROSSWAY|GW|20250314153012-0500||ADT^{trigger}^{structure}|{control}|P|2.5.1\n\
+         EVN|{trigger}|20250314152900-0500\n\
+         PID|1||{pid3}||DOE^JANE||19800101|F\n\
+         PV1|1|I|4W^412^B^SMH||||||||||||||||{visit}|||||||||||||||||01|||SMH|||||20250310081500-0500|20250314152500-0500\n"
+    )
+}
+
+fn mrn(value: &str) -> String {
+    format!("{value}^^^SMH^MR")
+}
+
+/// The Patients the identity index finds for an MRN (current or retired).
+async fn patients(app: &TestApp, mrn: &str) -> Vec<String> {
+    app.search_ids(&format!("Patient?identifier={MRN_SYSTEM}|{mrn}"))
+        .await
+}
+
+async fn encounters(app: &TestApp, patient: &str) -> Vec<Value> {
+    let bundle = app
+        .get_json(&format!("Encounter?subject=Patient/{patient}"))
+        .await;
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn admit_and_discharge_reach_the_cbo_of_an_open_referral_once() {
+    let app = spawn_app().await;
+    app.post_referral().await;
+    let cbo = app.cbo(CBO);
+    let before = cbo.get("events").await.body["data"].as_array().unwrap().len();
+
+    let ack = app
+        .send_hl7(&adt("A01", "SMH-1", &mrn("MRN-10001"), "V1"))
+        .await;
+    assert_eq!(ack_code(&ack), "AA", "{ack}");
+    assert!(ack.contains("MSA|AA|SMH-1"), "MSA-2 echoes MSH-10: {ack}");
+    let discharge = adt("A03", "SMH-2", &mrn("MRN-10001"), "V1");
+    assert_eq!(ack_code(&app.send_hl7(&discharge).await), "AA");
+    // A resend is acknowledged again and changes nothing.
+    assert_eq!(ack_code(&app.send_hl7(&discharge).await), "AA");
+
+    let events = cbo.get("events").await.body["data"].clone();
+    let new: Vec<&Value> = events.as_array().unwrap()[before..].iter().collect();
+    let types: Vec<&str> = new.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["client.admitted", "client.discharged"]);
+    // Only that it happened: no diagnosis, no location.
+    let text = serde_json::to_string(&new).unwrap();
+    assert!(!text.contains("E11") && !text.contains("4W"), "{text}");
+
+    // The referral's Patient and the feed's are one person.
+    let ids = patients(&app, "MRN-10001").await;
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let feed_patient = ids.iter().find(|i| i.starts_with("hie-")).unwrap();
+    let enc = encounters(&app, feed_patient).await;
+    assert_eq!(enc.len(), 1);
+    assert_eq!(enc[0]["status"], "finished");
+    assert_eq!(enc[0]["period"]["end"], "2025-03-14T15:25:00-05:00");
+    assert_eq!(enc[0]["meta"]["versionId"], "2", "A01 then A03, the resend not applied");
+}
+
+#[tokio::test]
+async fn a_discharge_before_its_admit_ends_up_consistent() {
+    let app = spawn_app().await;
+    let msg = |t, c| adt(t, c, &mrn("MRN-3"), "V9").replace("|20250310081500-0500|", "||");
+    assert_eq!(ack_code(&app.send_hl7(&msg("A03", "c1")).await), "AA");
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A01", "c2", &mrn("MRN-3"), "V9")).await),
+        "AA"
+    );
+    let patient = patients(&app, "MRN-3").await.remove(0);
+    let enc = encounters(&app, &patient).await;
+    assert_eq!(enc.len(), 1);
+    assert_eq!(enc[0]["status"], "finished");
+    assert_eq!(enc[0]["period"]["start"], "2025-03-10T08:15:00-05:00");
+    assert!(enc[0]["period"]["end"].is_string());
+
+    // A13 retracts the discharge.
+    let cancel = adt("A13", "c3", &mrn("MRN-3"), "V9").replace("|20250314152500-0500", "|");
+    assert_eq!(ack_code(&app.send_hl7(&cancel).await), "AA");
+    let enc = encounters(&app, &patient).await;
+    assert_eq!(enc[0]["status"], "in-progress");
+    assert!(enc[0]["period"].get("end").is_none(), "{}", enc[0]);
+}
+
+#[tokio::test]
+async fn a_malformed_message_between_good_ones_is_rejected_alone() {
+    let app = spawn_app().await;
+    let mut c = crossway::mllp::Client::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    let first = hl7_reply(&mut c, &adt("A01", "m1", &mrn("A-1"), "V1")).await;
+    let bad = hl7_reply(&mut c, "PID|1||X\nMSH|^~\\&|broken").await;
+    let last = hl7_reply(&mut c, &adt("A01", "m2", &mrn("A-2"), "V2")).await;
+    assert_eq!(
+        (ack_code(&first), ack_code(&bad), ack_code(&last)),
+        ("AA", "AR", "AA")
+    );
+    assert!(bad.contains("ERR|"), "{bad}");
+    assert_eq!(patients(&app, "A-1").await.len(), 1);
+    assert_eq!(patients(&app, "A-2").await.len(), 1);
+}
+
+#[tokio::test]
+async fn senders_that_are_not_accepted_get_ar_and_unmappable_messages_ae() {
+    let app = spawn_app().await;
+    let unknown = adt("A01", "u1", &mrn("B-1"), "V1").replace("|SMH|CROSSWAY", "|NOWHERE|CROSSWAY");
+    let ack = app.send_hl7(&unknown).await;
+    assert_eq!(ack_code(&ack), "AR", "{ack}");
+    assert!(ack.contains("MSH^1^4") || ack.contains("MSH^1^4^"), "ERR names MSH-4: {ack}");
+
+    let training = adt("A01", "u2", &mrn("B-1"), "V1").replace("|u2|P|", "|u2|T|");
+    assert_eq!(ack_code(&app.send_hl7(&training).await), "AR");
+
+    // Patient class Z is in no table: parsed but not applicable → AE and a dead letter.
+    let odd = adt("A01", "u3", &mrn("B-1"), "V1").replace("PV1|1|I|", "PV1|1|Z|");
+    let ack = app.send_hl7(&odd).await;
+    assert_eq!(ack_code(&ack), "AE", "{ack}");
+    assert!(ack.contains("PV1-2") && ack.contains("patient class"), "{ack}");
+    let dlq = app.operator(&["dlq", "list"]);
+    assert!(dlq.contains("u3") && dlq.contains("dead"), "{dlq}");
+    // A resend gets the same answer and is not stored twice.
+    assert_eq!(ack_code(&app.send_hl7(&odd).await), "AE");
+    assert_eq!(app.operator(&["dlq", "list"]).matches(" u3 ").count(), 1);
+
+    let id = dlq
+        .lines()
+        .find(|l| l.contains(" u3 "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let shown = app.operator(&["dlq", "show", id]);
+    assert!(shown.contains("PV1|1|Z|"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_sender_that_drops_the_connection_before_the_ack_resends_and_is_applied_once() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let msg = adt("A01", "d1", &mrn("C-1"), "V1");
+    let mut raw = tokio::net::TcpStream::connect(&app.mllp_addr).await.unwrap();
+    let framed = [&[0x0b][..], msg.replace('\n', "\r").as_bytes(), &[0x1c, 0x0d]].concat();
+    raw.write_all(&framed).await.unwrap();
+    drop(raw);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(ack_code(&app.send_hl7(&msg).await), "AA");
+    let patient = patients(&app, "C-1").await.remove(0);
+    let enc = encounters(&app, &patient).await;
+    assert_eq!(enc.len(), 1);
+    assert_eq!(enc[0]["meta"]["versionId"], "1", "applied once");
+}
+
+#[tokio::test]
+async fn two_patients_on_two_connections_and_a_1_mb_message() {
+    let app = spawn_app().await;
+    let mut a = crossway::mllp::Client::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    let mut b = crossway::mllp::Client::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let (ma, mb) = (
+            adt("A08", &format!("pa{i}"), &mrn("P-A"), "VA"),
+            adt("A08", &format!("pb{i}"), &mrn("P-B"), "VB"),
+        );
+        let (ra, rb) = tokio::join!(hl7_reply(&mut a, &ma), hl7_reply(&mut b, &mb));
+        assert_eq!((ack_code(&ra), ack_code(&rb)), ("AA", "AA"));
+    }
+    assert_eq!(patients(&app, "P-A").await.len(), 1);
+    assert_eq!(patients(&app, "P-B").await.len(), 1);
+    assert_ne!(patients(&app, "P-A").await, patients(&app, "P-B").await);
+
+    let big = format!(
+        "{}ZXT|1|{}\n",
+        adt("A08", "big", &mrn("P-C"), "VC"),
+        "x".repeat(1024 * 1024)
+    );
+    assert_eq!(ack_code(&hl7_reply(&mut a, &big).await), "AA");
+    assert_eq!(patients(&app, "P-C").await.len(), 1);
+}
+
+#[tokio::test]
+async fn identifiers_resolve_whatever_their_order_and_empty_repeats_are_ignored() {
+    let app = spawn_app().await;
+    let pid = format!("{}~{}", mrn("R-1"), "E55^^^STATEHIE&2.16.840.1.113883.3.9999.100&ISO^PI");
+    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "o1", &pid, "")).await), "AA");
+    let reordered = format!(
+        "^^^SMH^MR~E55^^^STATEHIE&2.16.840.1.113883.3.9999.100&ISO^PI~{}",
+        mrn("R-1")
+    );
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A08", "o2", &reordered, "")).await),
+        "AA"
+    );
+    let by_mrn = patients(&app, "R-1").await;
+    assert_eq!(by_mrn.len(), 1, "one person, one feed Patient");
+    let by_hie = app
+        .search_ids("Patient?identifier=urn:oid:2.16.840.1.113883.3.9999.100|E55")
+        .await;
+    assert_eq!(by_mrn, by_hie);
+}
+
+#[tokio::test]
+async fn identifiers_of_two_persons_in_one_message_are_held_for_review() {
+    let app = spawn_app().await;
+    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "k1", &mrn("K-1"), "")).await), "AA");
+    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "k2", &mrn("K-2"), "")).await), "AA");
+    let both = format!("{}~{}", mrn("K-1"), mrn("K-2"));
+    let ack = app.send_hl7(&adt("A08", "k3", &both, "")).await;
+    assert_eq!(ack_code(&ack), "AE", "{ack}");
+    assert_ne!(patients(&app, "K-1").await, patients(&app, "K-2").await, "no silent merge");
+    let conflicts = app.operator(&["identity", "conflicts"]);
+    assert!(conflicts.contains("SMH"), "{conflicts}");
+    assert!(app.operator(&["dlq", "list"]).contains("conflict"));
+}
+
+#[tokio::test]
+async fn concurrent_messages_for_one_new_patient_create_one_person() {
+    let app = spawn_app().await;
+    let sends = (0..8).map(|i| {
+        let app = &app;
+        async move {
+            app.send_hl7(&adt("A08", &format!("n{i}"), &mrn("NEW-1"), ""))
+                .await
+        }
+    });
+    for ack in futures::future::join_all(sends).await {
+        assert_eq!(ack_code(&ack), "AA", "{ack}");
+    }
+    assert_eq!(patients(&app, "NEW-1").await.len(), 1);
+}
+
+/// A40 with a referral on the survivor: the CBO sees the same client; with a referral
+/// on the retired record: the Task is re-pointed to the survivor's Patient.
+#[tokio::test]
+async fn a_merge_moves_open_referrals_to_the_survivor() {
+    let app = spawn_app().await;
+    let response = app.post_referral().await;
+    let task_id = entry_id(&response, 4);
+    let referral_patient = entry_id(&response, 0);
+    let cbo = app.cbo(CBO);
+    let referral = cbo.referral_ids().await.remove(0);
+    let client_before = cbo.get(&format!("referrals/{referral}")).await.body["client"]
+        ["client_ref"]
+        .clone();
+
+    // A duplicate record is merged into the referral's patient: nothing moves.
+    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "x1", &mrn("DUP-1"), "")).await), "AA");
+    let merge = adt("A40", "x2", &mrn("MRN-10001"), "") + &format!("MRG|{}\n", mrn("DUP-1"));
+    assert_eq!(ack_code(&app.send_hl7(&merge).await), "AA");
+    let after = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    assert_eq!(client_before, after);
+    assert!(patients(&app, "DUP-1").await.contains(&referral_patient));
+
+    // Now the referral's patient is merged into another person.
+    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "x3", &mrn("SURV-1"), "")).await), "AA");
+    let survivor_patient = patients(&app, "SURV-1").await.remove(0);
+    let merge = adt("A40", "x4", &mrn("SURV-1"), "") + &format!("MRG|{}\n", mrn("MRN-10001"));
+    assert_eq!(ack_code(&app.send_hl7(&merge).await), "AA");
+    let task = app.get_json(&format!("Task/{task_id}")).await;
+    assert_eq!(task["for"]["reference"], format!("Patient/{survivor_patient}"));
+    let moved = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    assert_ne!(moved, client_before, "the survivor's client");
+    // The retired MRN still finds the person.
+    assert!(patients(&app, "MRN-10001").await.contains(&survivor_patient));
+
+    // Unlink (operator) gives the old person its identifiers back.
+    let out = app.operator(&["identity", "unmerge", &format!("{MRN_SYSTEM}|MRN-10001")]);
+    assert!(out.contains("Applied"), "{out}");
+    // The gateway's in-process cache learns of another process's unmerge within 0.5 s.
+    let mut separated = false;
+    for _ in 0..40 {
+        if !patients(&app, "MRN-10001").await.contains(&survivor_patient) {
+            separated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(separated, "the unmerged MRN no longer names the survivor");
+}
+
+#[tokio::test]
+async fn da_vinci_notifications_are_applied_once_after_commit() {
+    let app = spawn_app().await;
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "message",
+        "identifier": {"system": "urn:oid:2.16.840.1.113883.3.9999.1.7", "value": "N-1"},
+        "timestamp": "2025-03-14T15:30:12-05:00",
+        "entry": [
+            {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001", "resource": {"resourceType": "MessageHeader",
+              "eventCoding": {"system": "http://hl7.org/fhir/us/davinci-alerts/CodeSystem/notification-event", "code": "notification-discharge"},
+              "source": {"endpoint": "https://hie.example.org/fhir"},
+              "focus": [{"reference": "urn:uuid:00000000-0000-4000-8000-000000000002"}]}},
+            {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002", "resource": {"resourceType": "Encounter", "status": "finished",
+              "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1.9", "value": "V77"}],
+              "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+              "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000003"},
+              "period": {"start": "2025-03-10T08:15:00-05:00", "end": "2025-03-14T15:25:00-05:00"}}},
+            {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000003", "resource": {"resourceType": "Patient",
+              "identifier": [{"system": MRN_SYSTEM, "value": "DV-1"}], "birthDate": "1968-04-12"}}
+        ]
+    });
+    for _ in 0..2 {
+        let r = app.post("$process-message", &bundle).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let patient = patients(&app, "DV-1").await.remove(0);
+    let enc = encounters(&app, &patient).await;
+    assert_eq!(enc.len(), 1);
+    assert_eq!(enc[0]["meta"]["versionId"], "1");
+    assert_eq!(enc[0]["status"], "finished");
+
+    let mut broken = bundle.clone();
+    broken["identifier"] = json!({"value": "N-2"});
+    let r = app.post("$process-message", &broken).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["issue"][0]["expression"][0], "Bundle.identifier");
+}
+
+/// Two gateway processes share a Redis identity cache: a merge through one is seen by
+/// the other at once; with Redis killed, lookups fall back to the store; after Redis
+/// restarts, the cache serves again.
+#[tokio::test]
+async fn merges_are_seen_across_processes_and_survive_a_redis_restart() {
+    let redis = crate::helpers::RedisServer::start();
+    let url = redis.url();
+    let env = [("CROSSWAY_REDIS_URL", url.as_str())];
+    let a = spawn_app_with(&env).await;
+    let b = spawn_sibling(&a, &env).await;
+    for (c, m) in [("r1", "ONE"), ("r2", "TWO")] {
+        assert_eq!(ack_code(&a.send_hl7(&adt("A08", c, &mrn(m), "")).await), "AA");
+    }
+    let two = patients(&b, "TWO").await;
+    assert_eq!(two.len(), 1);
+    // B has TWO's person cached; A merges TWO into ONE; B must not serve the old answer.
+    let merge = adt("A40", "r3", &mrn("ONE"), "") + &format!("MRG|{}\n", mrn("TWO"));
+    assert_eq!(ack_code(&a.send_hl7(&merge).await), "AA");
+    let one = patients(&a, "ONE").await;
+    assert!(patients(&b, "TWO").await.contains(&one[0]));
+
+    redis.kill();
+    assert!(patients(&b, "ONE").await.contains(&one[0]), "store fallback");
+    let ready: Value = b.get_json_abs("/readyz").await;
+    assert_eq!(ready["cache"], "unavailable");
+    redis.restart();
+    assert!(patients(&b, "TWO").await.contains(&one[0]));
+}

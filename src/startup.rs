@@ -41,7 +41,7 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?
         };
         let identities = Arc::new(match (cache.redis_manager(), store.backend()) {
-            (Some(manager), _) => IdentityCache::redis(manager),
+            (Some(manager), _) => IdentityCache::redis(manager, &url),
             (None, Backend::Sqlite) => IdentityCache::in_process(),
             // Another process could merge what a local cache holds.
             (None, Backend::Postgres) => IdentityCache::none(),
@@ -176,7 +176,7 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)
         let manager = Cache::redis(&settings.redis_url)?
             .redis_manager()
             .expect("a Redis cache has a manager");
-        IdentityCache::redis(manager)
+        IdentityCache::redis(manager, &settings.effective_database_url())
     };
     let feed = Feed::new(
         fhir,

@@ -21,8 +21,7 @@ use redis::aio::ConnectionManager;
 use super::{Identifier, Person};
 use crate::store::{Result, Store};
 
-const GENERATION_KEY: &str = "crossway:identity:generation";
-const EPOCH_KEY: &str = "crossway:identity:epoch";
+
 /// A safety net: an entry lives at most this long even if an invalidation were lost.
 const TTL_SECONDS: u64 = 3600;
 /// Largest in-process cache; cleared when full (the store is the truth).
@@ -31,7 +30,12 @@ const MAX_LOCAL: usize = 2_000_000;
 enum Backend {
     None,
     Local(Mutex<HashMap<String, Person>>),
-    Redis(ConnectionManager),
+    Redis {
+        manager: ConnectionManager,
+        /// Key prefix: one per store, so deployments (or test databases) sharing a
+        /// Redis never read each other's persons.
+        prefix: String,
+    },
 }
 
 pub struct IdentityCache {
@@ -46,8 +50,8 @@ pub struct IdentityCache {
     drop: redis::Script,
 }
 
-fn key(epoch: u64, id: &Identifier) -> String {
-    format!("crossway:identity:{epoch}:{}", id.token())
+fn key(prefix: &str, epoch: u64, id: &Identifier) -> String {
+    format!("{prefix}{epoch}:{}", id.token())
 }
 
 fn encode(p: &Person) -> String {
@@ -72,8 +76,15 @@ impl IdentityCache {
         IdentityCache::with(Backend::Local(Mutex::new(HashMap::new())))
     }
 
-    pub fn redis(manager: ConnectionManager) -> IdentityCache {
-        IdentityCache::with(Backend::Redis(manager))
+    /// `store_key` names the store (its URL): processes sharing a store share entries.
+    pub fn redis(manager: ConnectionManager, store_key: &str) -> IdentityCache {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(store_key.as_bytes());
+        let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        IdentityCache::with(Backend::Redis {
+            manager,
+            prefix: format!("crossway:{tag}:identity:"),
+        })
     }
 
     fn with(backend: Backend) -> IdentityCache {
@@ -94,7 +105,7 @@ impl IdentityCache {
             drop: redis::Script::new(
                 "local e = redis.call('GET', KEYS[1]) or '0' \
                  redis.call('INCR', KEYS[2]) \
-                 for _, t in ipairs(ARGV) do redis.call('DEL', 'crossway:identity:' .. e .. ':' .. t) end \
+                 for i = 2, #ARGV do redis.call('DEL', ARGV[1] .. e .. ':' .. ARGV[i]) end \
                  return 1",
             ),
         }
@@ -105,7 +116,7 @@ impl IdentityCache {
         match self.backend {
             Backend::None => "none",
             Backend::Local(_) => "in-process",
-            Backend::Redis(_) => "redis",
+            Backend::Redis { .. } => "redis",
         }
     }
 
@@ -154,7 +165,10 @@ impl IdentityCache {
                 }
                 Ok(found)
             }
-            Backend::Redis(manager) => match self.lookup_redis(manager, store, ids).await {
+            Backend::Redis { manager, prefix } => match self
+                .lookup_redis(manager, prefix, store, ids)
+                .await
+            {
                 Ok(found) => {
                     self.redis_worked();
                     Ok(found)
@@ -171,25 +185,27 @@ impl IdentityCache {
     async fn lookup_redis(
         &self,
         manager: &ConnectionManager,
+        prefix: &str,
         store: &Store,
         ids: &[Identifier],
     ) -> std::result::Result<Vec<Option<Person>>, Fallback> {
+        let (epoch_key, generation_key) = (format!("{prefix}epoch"), format!("{prefix}generation"));
         let mut conn = manager.clone();
         if self.lost_invalidation.load(Ordering::Relaxed) {
             let _: u64 = redis::cmd("INCR")
-                .arg(EPOCH_KEY)
+                .arg(&epoch_key)
                 .query_async(&mut conn)
                 .await
                 .map_err(Fallback::Redis)?;
             self.lost_invalidation.store(false, Ordering::Relaxed);
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let mut keys: Vec<String> = ids.iter().map(|i| key(epoch, i)).collect();
+        let mut keys: Vec<String> = ids.iter().map(|i| key(prefix, epoch, i)).collect();
         // One round trip: the epoch and generation (for fills), then every key.
         let (current, generation, mut cached): (Option<u64>, Option<String>, Vec<Option<String>>) =
             redis::pipe()
-                .get(EPOCH_KEY)
-                .get(GENERATION_KEY)
+                .get(&epoch_key)
+                .get(&generation_key)
                 .mget(&keys)
                 .query_async(&mut conn)
                 .await
@@ -198,7 +214,7 @@ impl IdentityCache {
         if current != epoch {
             // Entries under the old epoch are retired: treat all as misses.
             self.epoch.store(current, Ordering::Relaxed);
-            keys = ids.iter().map(|i| key(current, i)).collect();
+            keys = ids.iter().map(|i| key(prefix, current, i)).collect();
             cached = vec![None; ids.len()];
         }
         let generation = generation.unwrap_or_else(|| "0".into());
@@ -210,7 +226,7 @@ impl IdentityCache {
                     let p = store.identifier_owner(id).await.map_err(Fallback::Store)?;
                     if let Some(p) = &p {
                         self.fill
-                            .key(GENERATION_KEY)
+                            .key(&generation_key)
                             .key(&keys[n])
                             .arg(&generation)
                             .arg(encode(p))
@@ -260,12 +276,13 @@ impl IdentityCache {
                     map.remove(&id.token());
                 }
             }
-            Backend::Redis(manager) => {
+            Backend::Redis { manager, prefix } => {
                 let tokens: Vec<String> = ids.iter().map(Identifier::token).collect();
                 for attempt in 0..5u32 {
                     let mut conn = manager.clone();
-                    let mut call = self.drop.key(EPOCH_KEY);
-                    call.key(GENERATION_KEY);
+                    let mut call = self.drop.key(format!("{prefix}epoch"));
+                    call.key(format!("{prefix}generation"));
+                    call.arg(prefix);
                     for t in &tokens {
                         call.arg(t);
                     }

@@ -13,7 +13,7 @@ async fn metadata_states_what_is_implemented() {
         "http://hl7.org/fhir/us/sdoh-clinicalcare/CapabilityStatement/SDOHCC-CoordinationPlatform"
     );
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    assert_eq!(resources.len(), 20);
+    assert_eq!(resources.len(), 21);
     // Every advertised search parameter is accepted by the server.
     for r in resources {
         let ty = r["type"].as_str().unwrap();

@@ -294,7 +294,8 @@ async fn a_merge_moves_open_referrals_to_the_survivor() {
     // Unlink (operator) gives the old person its identifiers back.
     let out = app.operator(&["identity", "unmerge", &format!("{MRN_SYSTEM}|MRN-10001")]);
     assert!(out.contains("Applied"), "{out}");
-    // The gateway's in-process cache learns of another process's unmerge within 0.5 s.
+    // The gateway's cache learns of another process's unmerge: at once through Redis,
+    // within 0.5 s for an in-process cache.
     let mut separated = false;
     for _ in 0..40 {
         if !patients(&app, "MRN-10001").await.contains(&survivor_patient) {

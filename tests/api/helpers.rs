@@ -253,6 +253,8 @@ impl TestApp {
             )
             .env("CROSSWAY_LOG", "warn")
             .env_remove("CROSSWAY_REDIS_URL")
+            // The same cache as the gateways this suite starts, which it must keep right.
+            .envs(std::env::var("CROSSWAY_TEST_REDIS_URL").map(|u| ("CROSSWAY_REDIS_URL", u)))
             .output()
             .expect("run crossway");
         assert!(

@@ -58,3 +58,72 @@ async fn kill_9_during_creates_loses_nothing_that_was_answered_201() {
         );
     }
 }
+
+/// 10,000 HL7 v2 messages stream in on 8 connections; the gateway is killed mid-stream.
+/// Every message that got `AA` is there after the restart, once, and a resend of it
+/// is acknowledged again without a second person.
+#[tokio::test]
+async fn kill_9_during_an_mllp_stream_loses_no_message_that_was_acknowledged() {
+    let mut app = spawn_app().await;
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let message = |mrn: &str| {
+        format!(
+            "MSH|^~\\&|EPIC|SMH|CROSSWAY|GW|20250314153012-0500||ADT^A08^ADT_A01|{mrn}|P|2.5.1\r\
+             EVN|A08|20250314152900-0500\rPID|1||{mrn}^^^SMH^MR||DOE^JANE||19800101|F\r"
+        )
+    };
+    let mut senders = Vec::new();
+    for w in 0..8 {
+        let (addr, acked, stop) = (app.mllp_addr.clone(), acknowledged.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let Ok(mut client) = crossway::mllp::Client::connect(&addr).await else {
+                return;
+            };
+            for i in 0..1250 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mrn = format!("KILL-{w}-{i}");
+                match client.send(message(&mrn).as_bytes()).await {
+                    Ok(ack) if String::from_utf8_lossy(&ack).contains("MSA|AA|") => {
+                        acked.lock().await.push(mrn)
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    while acknowledged.lock().await.len() < 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    app.kill();
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acknowledged.lock().await.clone();
+    let app = app.restart().await;
+    for mrn in &acked {
+        let found = app
+            .search_ids(&format!(
+                "Patient?identifier=http://hospital.example.org/mrn|{mrn}"
+            ))
+            .await;
+        assert_eq!(found.len(), 1, "{mrn} was acknowledged AA before the kill");
+    }
+    let mut client = crossway::mllp::Client::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    let again = hl7_reply(&mut client, &message(&acked[0])).await;
+    assert_eq!(ack_code(&again), "AA", "{again}");
+    assert_eq!(
+        app.search_ids(&format!(
+            "Patient?identifier=http://hospital.example.org/mrn|{}",
+            acked[0]
+        ))
+        .await
+        .len(),
+        1
+    );
+}

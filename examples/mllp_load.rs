@@ -1,0 +1,68 @@
+//! MLLP load generator for `bench/mllp`: N connections, each sending an ADT^A08 for a
+//! new patient and waiting for its ACK before the next, for S seconds. Prints one line
+//! of JSON: messages/s, p50/p99 ACK latency in ms, and how many ACKs were not AA.
+//!
+//!   cargo run --release --example mllp_load -- ADDR [CONNECTIONS] [SECONDS]
+
+use std::time::{Duration, Instant};
+
+use crossway::mllp::Client;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let addr = args.get(1).expect("usage: mllp_load ADDR [CONNECTIONS] [SECONDS]").clone();
+    let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(32);
+    let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (addr, run) = (addr.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await.expect("connect");
+            let mut latencies = Vec::new();
+            let mut not_aa = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let mrn = format!("B{}-{c}-{i}", &run[..8]);
+                let msg = format!(
+                    "MSH|^~\\&|EPIC|SMH|CROSSWAY|GW|20250314153012-0500||ADT^A08^ADT_A01|{mrn}|P|2.5.1\r\
+                     EVN|A08|20250314152900-0500\r\
+                     PID|1||{mrn}^^^SMH^MR~E{mrn}^^^STATEHIE&2.16.840.1.113883.3.9999.100&ISO^PI||DOE^JANE^Q||19800101|F|||1 MAIN ST^^SPRINGFIELD^IL^62704||^PRN^PH^^1^217^5550142\r\
+                     PV1|1|O|CLINIC^1^1^SMH||||||||||||||||V{mrn}\r"
+                );
+                let sent = Instant::now();
+                let ack = client.send(msg.as_bytes()).await.expect("ACK");
+                latencies.push(sent.elapsed());
+                if !ack.windows(7).any(|w| w == b"MSA|AA|") {
+                    not_aa += 1;
+                }
+            }
+            (latencies, not_aa)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut not_aa = 0;
+    for t in tasks {
+        let (l, n) = t.await.expect("sender");
+        all.extend(l);
+        not_aa += n;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{{\"messages\": {}, \"per_second\": {:.0}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}, \"not_aa\": {}}}",
+        all.len(),
+        all.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        not_aa
+    );
+}

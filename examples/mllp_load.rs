@@ -11,7 +11,10 @@ use crossway::mllp::Client;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr = args.get(1).expect("usage: mllp_load ADDR [CONNECTIONS] [SECONDS]").clone();
+    let addr = args
+        .get(1)
+        .expect("usage: mllp_load ADDR [CONNECTIONS] [SECONDS]")
+        .clone();
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(32);
     let seconds: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     let run = uuid::Uuid::new_v4().simple().to_string();

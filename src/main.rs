@@ -127,9 +127,17 @@ mod operator {
                     .inbound_message(&id)
                     .await?
                     .ok_or_else(|| anyhow::anyhow!("no message {id}"))?;
-                println!("id: {}\nreceived: {}\nstatus: {}\nsource: {}\ncontrol id: {}\nformat: {}\nevent: {}\nerror: {}\n",
-                    m.id, format_instant(m.received_at), m.status, m.source, m.control_id, m.format, m.event,
-                    m.error.as_deref().unwrap_or(""));
+                println!(
+                    "id: {}\nreceived: {}\nstatus: {}\nsource: {}\ncontrol id: {}\nformat: {}\nevent: {}\nerror: {}\n",
+                    m.id,
+                    format_instant(m.received_at),
+                    m.status,
+                    m.source,
+                    m.control_id,
+                    m.format,
+                    m.event,
+                    m.error.as_deref().unwrap_or("")
+                );
                 println!("{}", m.body.replace('\r', "\n"));
             }
             DlqCommand::Replay { id, all } => {

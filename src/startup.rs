@@ -157,11 +157,14 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)
     let store = Store::open(&settings.effective_database_url())
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
-    let org_ids: Vec<String> = settings.organizations.iter().map(|o| o.id.clone()).collect();
+    let org_ids: Vec<String> = settings
+        .organizations
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
     let mappings = Mappings::load(&settings.mappings_dir, &org_ids)
         .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?;
-    let own_base =
-        (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
+    let own_base = (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
     let fhir = Fhir::new(
         store.clone(),
         Context {
@@ -213,7 +216,10 @@ async fn start_mllp(
     let tls = if settings.mllp_tls_cert.as_os_str().is_empty() {
         None
     } else {
-        Some(mllp::tls_acceptor(&settings.mllp_tls_cert, &settings.mllp_tls_key)?)
+        Some(mllp::tls_acceptor(
+            &settings.mllp_tls_cert,
+            &settings.mllp_tls_key,
+        )?)
     };
     let listener = tokio::net::TcpListener::bind(&settings.mllp_addr)
         .await

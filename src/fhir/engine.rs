@@ -13,17 +13,17 @@ use serde_json::Value;
 
 use super::bundle::{self, BundleKind, EntryRequest, EntryResult, Plan};
 use super::datetime;
+pub use super::ingest::{Inbound, Ingested};
 use super::reference::{self, Target};
 use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
 use crate::config::OrganizationConfig;
 use crate::identity::IdentityRules;
-pub use super::ingest::{Inbound, Ingested};
 use crate::referral::action::{self, Action, ActionError, Actor};
 use crate::referral::projection::Fetch;
 use crate::referral::{CboStatus, Related, projection};
-use crate::store::writer::{BoxFuture, Command, Writer};
+use crate::store::writer::{BoxFuture, Command, Isolation, Writer};
 use crate::store::{Preload, Referral, Store, StoreError, StoredResource, Tx};
 
 /// What the engine needs to know about this deployment.
@@ -431,21 +431,33 @@ impl Command for WriteCommand {
     type Output = Outcome;
     type Error = FhirError;
 
-    fn isolated(&self) -> bool {
-        match &self.write {
-            // Identity rows are written straight to the transaction (see
-            // `store::identity`), so whatever links a Patient runs in a savepoint.
-            Write::Create {
-                if_none_exist,
-                resource_type,
-                ..
-            } => if_none_exist.is_some() || resource_type == "Patient",
-            Write::Update { resource_type, .. } => resource_type == "Patient",
-            Write::Bundle { plan, .. } => {
-                plan.searches || plan.entries.iter().any(|e| e.resource_type == "Patient")
+    fn isolation(&self) -> Isolation {
+        // Identity rows are written straight to the transaction (see `store::identity`),
+        // so whatever links a Patient runs in a savepoint.
+        let linking = |ty: &str| {
+            if ty == "Patient" {
+                Isolation::Savepoint
+            } else {
+                Isolation::None
             }
-            Write::Ingest(_) => true,
-            Write::Action(_) | Write::Prune { .. } => false,
+        };
+        match &self.write {
+            Write::Create {
+                if_none_exist: Some(_),
+                ..
+            } => Isolation::Search,
+            Write::Create { resource_type, .. } | Write::Update { resource_type, .. } => {
+                linking(resource_type)
+            }
+            Write::Bundle { plan, .. } if plan.searches => Isolation::Search,
+            Write::Bundle { plan, .. } => plan
+                .entries
+                .iter()
+                .map(|e| linking(&e.resource_type))
+                .find(|i| *i != Isolation::None)
+                .unwrap_or(Isolation::None),
+            Write::Ingest(_) => Isolation::Savepoint,
+            Write::Action(_) | Write::Prune { .. } => Isolation::None,
         }
     }
 
@@ -493,6 +505,7 @@ impl Command for WriteCommand {
                         id,
                         create_only: true,
                         if_match: None,
+                        link: true,
                     };
                     write_one(tx, ctx, one, resource, Some(*prepared), warnings, now)
                         .await
@@ -512,6 +525,7 @@ impl Command for WriteCommand {
                         id,
                         create_only: false,
                         if_match,
+                        link: true,
                     };
                     write_one(tx, ctx, one, resource, None, warnings, now)
                         .await
@@ -598,6 +612,8 @@ struct One<'r> {
     id: String,
     create_only: bool,
     if_match: Option<i64>,
+    /// Link a Patient to its person (not when the caller has resolved it already).
+    link: bool,
 }
 
 /// A new resource made ready for storage on the caller's thread, so that the writer
@@ -623,7 +639,8 @@ impl Prepared {
 }
 
 /// Creates or replaces a resource the gateway itself maintains (feed Patients and
-/// Encounters, re-pointed Tasks), inside the current transaction.
+/// Encounters, re-pointed Tasks), inside the current transaction. The caller has
+/// resolved identity: a Patient written here is not linked again.
 pub(super) async fn put(
     tx: &mut Tx<'_>,
     ctx: &Context,
@@ -637,6 +654,7 @@ pub(super) async fn put(
         id: id.to_string(),
         create_only: false,
         if_match: None,
+        link: false,
     };
     write_one(tx, ctx, one, resource, None, Vec::new(), now).await
 }
@@ -687,7 +705,7 @@ async fn write_one(
         }
     }
     let version = current.as_ref().map_or(1, |c| c.version + 1);
-    if ty == "Patient" {
+    if ty == "Patient" && one.link {
         link_patient(tx, ctx, &one.id, &resource, now, &mut warnings).await?;
     }
     if ty == "Task" {
@@ -820,6 +838,7 @@ async fn run_action(
             id,
             create_only: true,
             if_match: None,
+            link: true,
         };
         write_one(tx, ctx, one, resource, None, vec![], now).await?;
     }
@@ -829,6 +848,7 @@ async fn run_action(
         id: referral.task_id.clone(),
         create_only: false,
         if_match: None,
+        link: true,
     };
     write_one(tx, ctx, one, edit.task.clone(), None, vec![], now).await?;
     let updated = tx.referral(&req.referral_id).await?.unwrap_or(referral);
@@ -898,8 +918,14 @@ async fn link_patient(
     }
     if !linked.conflict.is_empty() {
         let reason = "Patient identifiers belong to another person; not merged";
-        tx.record_conflict("fhir", &format!("Patient/{id}"), reason, &linked.conflict, now)
-            .await?;
+        tx.record_conflict(
+            "fhir",
+            &format!("Patient/{id}"),
+            reason,
+            &linked.conflict,
+            now,
+        )
+        .await?;
         warnings.push(Issue::warning(
             IssueCode::Conflict,
             "Patient.identifier",
@@ -1019,7 +1045,10 @@ fn note_count(task: &Value) -> usize {
 }
 
 /// `(type, id)` of a Reference to a resource on this server.
-pub(super) fn local_target<'v>(reference: Option<&'v Value>, ctx: &Context) -> Option<(&'v str, &'v str)> {
+pub(super) fn local_target<'v>(
+    reference: Option<&'v Value>,
+    ctx: &Context,
+) -> Option<(&'v str, &'v str)> {
     let r = reference?.get("reference")?.as_str()?;
     match reference::parse(r, ctx.own_base.as_deref())? {
         Target::Local { resource_type, id } => Some((resource_type, id)),
@@ -1185,6 +1214,7 @@ async fn run_bundle(
                 id,
                 create_only,
                 if_match,
+                link: true,
             };
             write_one(tx, ctx, one, resource, prepared, e.warnings, now).await
         }

@@ -76,13 +76,22 @@ pub(super) async fn ingest(
         mut record,
         replay,
     } = inbound;
-    if !replay && let Some(first) = tx.inbound(&record.source, &record.control_id).await? {
-        return Ok(Ingested::Duplicate(first));
-    }
     let Some(notice) = notice else {
+        if !replay && let Some(first) = tx.inbound(&record.source, &record.control_id).await? {
+            return Ok(Ingested::Duplicate(first));
+        }
         tx.record_inbound(&record).await?;
         return Ok(Ingested::Ignored);
     };
+    // Claimed as applied up front (one statement on the common path); a message that
+    // ends otherwise has its status rewritten below.
+    record.status = "applied".into();
+    if replay {
+        tx.record_inbound(&record).await?;
+    } else if !tx.claim_inbound(&record).await? {
+        let first = tx.inbound(&record.source, &record.control_id).await?;
+        return Ok(Ingested::Duplicate(first.unwrap_or(record)));
+    }
     let outcome = match notice.effect {
         Effect::Ignore => Ingested::Ignored,
         Effect::Unlink => unlink(tx, &notice, now).await?,
@@ -97,7 +106,9 @@ pub(super) async fn ingest(
         ),
         Ingested::Dead(e) => ("dead".into(), Some(e.to_string())),
     };
-    tx.record_inbound(&record).await?;
+    if record.status != "applied" {
+        tx.record_inbound(&record).await?;
+    }
     Ok(outcome)
 }
 
@@ -108,28 +119,29 @@ async fn apply(
     message_id: &str,
     now: i64,
 ) -> Result<Ingested, FhirError> {
-    let person = match identity::resolve(tx, &notice.identifiers, &notice.source, now).await? {
-        Resolved::Person { person, .. } => person,
-        Resolved::Conflict(persons) => {
-            tx.record_conflict(
-                &notice.source,
-                message_id,
-                "the message's identifiers belong to different persons",
-                &persons,
-                now,
-            )
-            .await?;
-            return Ok(Ingested::Conflict(persons));
-        }
-    };
+    let (person, created) =
+        match identity::resolve(tx, &notice.identifiers, &notice.source, now).await? {
+            Resolved::Person { person, created } => (person, created),
+            Resolved::Conflict(persons) => {
+                tx.record_conflict(
+                    &notice.source,
+                    message_id,
+                    "the message's identifiers belong to different persons",
+                    &persons,
+                    now,
+                )
+                .await?;
+                return Ok(Ingested::Conflict(persons));
+            }
+        };
     let patient_id = if notice.patient.is_null() {
         // An operator's merge describes no one: keep the person's Patient as it is.
         match tx.patients_of(&person.id).await?.into_iter().next() {
             Some(id) => id,
-            None => person_patient(tx, ctx, &person, &json!({}), now).await?,
+            None => person_patient(tx, ctx, &person, created, &json!({}), now).await?,
         }
     } else {
-        person_patient(tx, ctx, &person, &notice.patient, now).await?
+        person_patient(tx, ctx, &person, created, &notice.patient, now).await?
     };
     let mut invalidate = Vec::new();
     if notice.effect == Effect::Merge {
@@ -148,13 +160,24 @@ async fn person_patient(
     tx: &mut Tx<'_>,
     ctx: &Context,
     person: &Person,
+    new_person: bool,
     patient: &Value,
     now: i64,
 ) -> Result<String, FhirError> {
     let id = format!("hie-{}", person.id);
-    let mut next = match tx.current("Patient", &id).await? {
+    // A person created just now has no Patient yet: no need to look.
+    let current = if new_person {
+        None
+    } else {
+        tx.current("Patient", &id).await?
+    };
+    let mut next = match current {
         Some(stored) => serde_json::from_str::<Value>(&stored.body).unwrap_or(json!({})),
-        None => json!({"resourceType": "Patient"}),
+        None => {
+            tx.attach(&person.id, &[Identifier::patient(&id)], "feed", now)
+                .await?;
+            json!({"resourceType": "Patient"})
+        }
     };
     if let (Some(next), Some(new)) = (next.as_object_mut(), patient.as_object()) {
         for (key, value) in new {
@@ -162,7 +185,9 @@ async fn person_patient(
                 let ids = next.entry("identifier").or_insert_with(|| json!([]));
                 if let Some(ids) = ids.as_array_mut() {
                     for v in value.as_array().into_iter().flatten() {
-                        let same = |o: &Value| o.get("system") == v.get("system") && o.get("value") == v.get("value");
+                        let same = |o: &Value| {
+                            o.get("system") == v.get("system") && o.get("value") == v.get("value")
+                        };
                         if !ids.iter().any(same) {
                             ids.push(v.clone());
                         }
@@ -215,7 +240,8 @@ async fn encounter(
     }
     enc["subject"] = json!({"reference": format!("Patient/{patient_id}")});
     if let Some(class) = &change.class {
-        enc["class"] = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class});
+        enc["class"] =
+            json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class});
     }
     let had_start = enc.pointer("/period/start").is_some();
     let had_end = enc.pointer("/period/end").is_some();
@@ -307,7 +333,8 @@ async fn merge(
     retired.sort();
     retired.dedup();
     // Identifiers first seen in MRG-1 become aliases: a late message still resolves.
-    tx.attach(&survivor.id, &unknown, &notice.source, now).await?;
+    tx.attach(&survivor.id, &unknown, &notice.source, now)
+        .await?;
     let mut moved = Vec::new();
     for person_id in retired {
         let Some(person) = tx.person(&person_id).await? else {
@@ -320,7 +347,16 @@ async fn merge(
         };
         moved.extend(record.moved);
         for referral in tx.open_referrals_of(&person.client_ref).await? {
-            repoint(tx, ctx, "Task", &referral.task_id, "for", survivor_patient, now).await?;
+            repoint(
+                tx,
+                ctx,
+                "Task",
+                &referral.task_id,
+                "for",
+                survivor_patient,
+                now,
+            )
+            .await?;
         }
         let old_patient = format!("hie-{}", person.id);
         if let Some(stored) = tx.current("Patient", &old_patient).await? {
@@ -363,7 +399,16 @@ async fn repoint(
     }
     put(tx, ctx, resource_type, id, resource, now).await?;
     if let Some(sr) = focus {
-        Box::pin(repoint(tx, ctx, "ServiceRequest", &sr, "subject", patient_id, now)).await?;
+        Box::pin(repoint(
+            tx,
+            ctx,
+            "ServiceRequest",
+            &sr,
+            "subject",
+            patient_id,
+            now,
+        ))
+        .await?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::tables::{Effect, FeedTables};
 use super::{EncounterChange, Notice, NoticeError, hl7_time};
 use crate::hl7v2::{ErrorCode, Message, Repetition};
-use crate::identity::{IdentityRules, Identifier, rules::Cx};
+use crate::identity::{Identifier, IdentityRules, rules::Cx};
 
 fn text(msg: &Message<'_>, path: &str) -> String {
     let raw = msg.get(path).ok().flatten().unwrap_or("");
@@ -158,7 +158,10 @@ fn identifiers(
     rules: &IdentityRules,
     warnings: &mut Vec<String>,
 ) -> Vec<Identifier> {
-    let Some(f) = msg.segment(segment, occurrence).and_then(|s| s.field(field)) else {
+    let Some(f) = msg
+        .segment(segment, occurrence)
+        .and_then(|s| s.field(field))
+    else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -318,7 +321,9 @@ fn encounter(
             NoticeError::error(
                 ErrorCode::TableValueNotFound,
                 "PV1-2",
-                &format!("patient class {c:?} has no mapping in mappings/hie/feeds.toml [patient_class]"),
+                &format!(
+                    "patient class {c:?} has no mapping in mappings/hie/feeds.toml [patient_class]"
+                ),
             )
         })?),
     };

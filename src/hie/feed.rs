@@ -8,8 +8,8 @@ use super::{Effect, FeedTables, Notice, NoticeError, adt, notification};
 use crate::fhir::engine::{Inbound, Ingested};
 use crate::fhir::{Fhir, FhirError, datetime};
 use crate::hl7v2::{self, AckCode, AckError, ErrorCode, ErrorLocation, Severity};
-use crate::identity::{IdentityRules, Identifier};
 use crate::identity::cache::IdentityCache;
+use crate::identity::{Identifier, IdentityRules};
 use crate::store::InboundMessage;
 
 #[derive(Clone)]
@@ -126,12 +126,7 @@ impl Feed {
             Some(hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors))
         };
         let notice = adt::notice(&msg, &self.tables, &self.rules);
-        let control = msg
-            .get("MSH-10")
-            .ok()
-            .flatten()
-            .unwrap_or("")
-            .to_string();
+        let control = msg.get("MSH-10").ok().flatten().unwrap_or("").to_string();
         let source = msg
             .get("MSH-4.1")
             .ok()
@@ -145,7 +140,10 @@ impl Feed {
             msg.get("MSH-9.1").ok().flatten().unwrap_or(""),
             msg.get("MSH-9.2").ok().flatten().unwrap_or("")
         );
-        match self.take(notice, &source, &control, "hl7v2", &event, body).await {
+        match self
+            .take(notice, &source, &control, "hl7v2", &event, body)
+            .await
+        {
             Ok(Taken::Applied | Taken::Ignored) => answer(AckCode::Accept, &[]),
             Ok(Taken::Duplicate) => answer(AckCode::Accept, &[]),
             Err(FeedError::Invalid(e)) => {
@@ -191,7 +189,11 @@ impl Feed {
             location: None,
             message: format!("message of {len} bytes is larger than the limit of {limit} bytes"),
         };
-        tracing::warn!(message = "HL7 v2 message rejected: too large.", bytes = len, limit);
+        tracing::warn!(
+            message = "HL7 v2 message rejected: too large.",
+            bytes = len,
+            limit
+        );
         match hl7v2::parse_bytes(&head[..line_end]) {
             Ok(msg) => hl7v2::ack(&msg, AckCode::Reject, &ack_id(), &hl7_now(), &[error]),
             Err(e) => hl7v2::reject(head, &e, &ack_id(), &hl7_now()),
@@ -257,12 +259,17 @@ impl Feed {
                     first.error.as_deref().unwrap_or("not applicable"),
                 ))),
                 "conflict" => Err(FeedError::Conflict(
-                    first.error.unwrap_or_else(|| "see identity conflicts".into()),
+                    first
+                        .error
+                        .unwrap_or_else(|| "see identity conflicts".into()),
                 )),
                 _ => Ok(Taken::Duplicate),
             },
             Ingested::Conflict(persons) => {
-                tracing::warn!(message = "Feed message names several persons; held for review.", persons = persons.len());
+                tracing::warn!(
+                    message = "Feed message names several persons; held for review.",
+                    persons = persons.len()
+                );
                 Err(FeedError::Conflict(persons.join(", ")))
             }
             Ingested::Dead(why) => Err(FeedError::Invalid(why)),
@@ -319,11 +326,7 @@ impl Feed {
             )),
             _ => match hl7v2::parse(&message.body) {
                 Ok(msg) => adt::notice(&msg, &self.tables, &self.rules),
-                Err(e) => Err(NoticeError::reject(
-                    e.hl7_code(),
-                    "MSH",
-                    &e.to_string(),
-                )),
+                Err(e) => Err(NoticeError::reject(e.hl7_code(), "MSH", &e.to_string())),
             },
         };
         match notice {

@@ -21,7 +21,6 @@ use redis::aio::ConnectionManager;
 use super::{Identifier, Person};
 use crate::store::{Result, Store};
 
-
 /// A safety net: an entry lives at most this long even if an invalidation were lost.
 const TTL_SECONDS: u64 = 3600;
 /// Largest in-process cache; cleared when full (the store is the truth).
@@ -165,20 +164,19 @@ impl IdentityCache {
                 }
                 Ok(found)
             }
-            Backend::Redis { manager, prefix } => match self
-                .lookup_redis(manager, prefix, store, ids)
-                .await
-            {
-                Ok(found) => {
-                    self.redis_worked();
-                    Ok(found)
+            Backend::Redis { manager, prefix } => {
+                match self.lookup_redis(manager, prefix, store, ids).await {
+                    Ok(found) => {
+                        self.redis_worked();
+                        Ok(found)
+                    }
+                    Err(Fallback::Redis(e)) => {
+                        self.redis_failed(&e);
+                        read_store(store, ids).await
+                    }
+                    Err(Fallback::Store(e)) => Err(e),
                 }
-                Err(Fallback::Redis(e)) => {
-                    self.redis_failed(&e);
-                    read_store(store, ids).await
-                }
-                Err(Fallback::Store(e)) => Err(e),
-            },
+            }
         }
     }
 

@@ -6,13 +6,16 @@
 
 use serde_json::Value;
 
-use super::{Decision, IdentityRules, Identifier, Person, Skipped, decide};
+use super::{Decision, Identifier, IdentityRules, Person, Skipped, decide};
 use crate::store::{MergeRecord, Result, Tx};
 
 /// The person a message is about, or why it cannot be told.
 #[derive(Debug)]
 pub enum Resolved {
-    Person { person: Person, created: bool },
+    Person {
+        person: Person,
+        created: bool,
+    },
     /// Several persons: nothing was attached.
     Conflict(Vec<String>),
 }
@@ -28,8 +31,8 @@ pub async fn resolve(
     tx.lock_identifiers(ids).await?;
     let mut owners = Vec::with_capacity(ids.len());
     let mut unknown = Vec::new();
-    for id in ids {
-        match tx.identifier_owner(id).await? {
+    for (id, owner) in ids.iter().zip(tx.identifier_owners(ids).await?) {
+        match owner {
             Some(owner) => owners.push(owner),
             None => unknown.push(id.clone()),
         }
@@ -80,11 +83,12 @@ pub async fn link_patient(
         }
     }
     tx.lock_identifiers(&ids).await?;
-    let own = tx.identifier_owner(&ids[0]).await?;
+    let mut owners = tx.identifier_owners(&ids).await?.into_iter();
+    let own = owners.next().flatten();
     let mut others = Vec::new();
     let mut unknown = Vec::new();
-    for id in &ids[1..] {
-        match tx.identifier_owner(id).await? {
+    for (id, owner) in ids[1..].iter().zip(owners) {
+        match owner {
             Some(owner) => others.push(owner),
             None => unknown.push(id.clone()),
         }
@@ -143,7 +147,8 @@ pub async fn unmerge(
     identifier: &Identifier,
     now: i64,
 ) -> Result<Option<MergeRecord>> {
-    tx.lock_identifiers(std::slice::from_ref(identifier)).await?;
+    tx.lock_identifiers(std::slice::from_ref(identifier))
+        .await?;
     let Some(owner) = tx.identifier_owner(identifier).await? else {
         return Ok(None);
     };

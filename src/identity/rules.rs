@@ -231,7 +231,10 @@ impl IdentityRules {
     /// A FHIR `Identifier` element as a person identifier (EHRs are trusted for the
     /// systems they send).
     pub fn from_fhir(&self, identifier: &Value) -> Result<Identifier, Skipped> {
-        let value = identifier.get("value").and_then(Value::as_str).unwrap_or("");
+        let value = identifier
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if value.trim().is_empty() {
             return Err(Skipped::EmptyValue);
         }

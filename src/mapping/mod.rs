@@ -65,11 +65,12 @@ impl Mappings {
         let mut m = Mappings::default();
         let path = dir.join("identity/sources.toml");
         if let Some(file) = read_toml(&path)? {
-            m.identity = IdentityRules::build(file).map_err(|(rule, message)| MappingError::Rule {
-                path: path.clone(),
-                rule,
-                message,
-            })?;
+            m.identity =
+                IdentityRules::build(file).map_err(|(rule, message)| MappingError::Rule {
+                    path: path.clone(),
+                    rule,
+                    message,
+                })?;
         }
         let path = dir.join("hie/feeds.toml");
         if let Some(file) = read_toml(&path)? {

@@ -2,7 +2,7 @@
 //! (every HL7 v2 or FHIR notification message as received).
 //!
 //! Unlike resources, these rows are written straight to the transaction, not staged:
-//! commands that write them run in a savepoint ([`super::writer::Command::isolated`]),
+//! commands that write them run in a savepoint ([`super::writer::Isolation::Savepoint`]),
 //! so a failing command still leaves nothing behind.
 
 use sqlx::Row;
@@ -129,8 +129,8 @@ impl Tx<'_> {
         Ok(person)
     }
 
-    /// Attaches identifiers to a person; ones already known (to anyone) are left as
-    /// they are — callers decide conflicts before attaching.
+    /// Attaches identifiers to a person, in one statement; ones already known (to
+    /// anyone) are left as they are — callers decide conflicts before attaching.
     pub async fn attach(
         &mut self,
         person: &str,
@@ -138,21 +138,56 @@ impl Tx<'_> {
         source: &str,
         now: i64,
     ) -> Result<()> {
-        for id in ids {
-            sqlx::query(
-                "INSERT INTO person_identifiers (system, value, person_id, id_type, source, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (system, value) DO NOTHING",
-            )
-            .bind(&id.system)
-            .bind(&id.value)
-            .bind(person)
-            .bind(id.kind.as_deref())
-            .bind(source)
-            .bind(now)
-            .execute(&mut *self.conn)
-            .await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let rows: Vec<String> = (0..ids.len())
+            .map(|i| {
+                let b = i * 3;
+                format!("(${}, ${}, $1, ${}, $2, $3)", b + 4, b + 5, b + 6)
+            })
+            .collect();
+        let text = format!(
+            "INSERT INTO person_identifiers (system, value, person_id, id_type, source, created_at) \
+             VALUES {} ON CONFLICT (system, value) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(person)
+            .bind(source)
+            .bind(now);
+        for id in ids {
+            q = q.bind(&id.system).bind(&id.value).bind(id.kind.as_deref());
+        }
+        q.execute(&mut *self.conn).await?;
         Ok(())
+    }
+
+    /// The person each identifier names (`None`: unknown), in one statement.
+    pub async fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let terms: Vec<String> = (0..ids.len())
+            .map(|i| format!("(system = ${} AND value = ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let text = format!(
+            "SELECT system, value, person_id FROM person_identifiers WHERE {}",
+            terms.join(" OR ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+        for id in ids {
+            q = q.bind(&id.system).bind(&id.value);
+        }
+        let rows = q.fetch_all(&mut *self.conn).await?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                rows.iter()
+                    .find(|r| r.get::<&str, _>(0) == id.system && r.get::<&str, _>(1) == id.value)
+                    .map(|r| r.get(2))
+            })
+            .collect())
     }
 
     pub async fn person(&mut self, id: &str) -> Result<Option<Person>> {
@@ -338,6 +373,27 @@ impl Tx<'_> {
             .fetch_optional(&mut *self.conn)
             .await?;
         Ok(row.as_ref().map(inbound_row))
+    }
+
+    /// Records a message unless its key is already taken; false for a duplicate.
+    pub async fn claim_inbound(&mut self, m: &InboundMessage) -> Result<bool> {
+        let row = sqlx::query(
+            "INSERT INTO inbound_messages (id, source, control_id, format, event, status, error, body, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (source, control_id) DO NOTHING RETURNING id",
+        )
+        .bind(&m.id)
+        .bind(&m.source)
+        .bind(&m.control_id)
+        .bind(&m.format)
+        .bind(&m.event)
+        .bind(&m.status)
+        .bind(m.error.as_deref())
+        .bind(&m.body)
+        .bind(m.received_at)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Records a message, or its new status when it is replayed.

@@ -9,8 +9,8 @@
 //! fsync of batch N overlaps the execution of batch N+1: answers wait for it.
 //!
 //! A command that fails is undone in memory (its staged rows are dropped). A command
-//! that must search inside the transaction ([`Command::isolated`]) runs in a SAVEPOINT,
-//! because its search writes staged rows to the database first.
+//! that writes rows straight to the transaction, or must search inside it, runs in a
+//! SAVEPOINT ([`Command::isolation`]); a search also writes staged rows first.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,14 +33,26 @@ use super::{Backend, Preload, Store, StoreError, Tx};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What undoing a failed command takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// It only stages rows: dropping them undoes it.
+    None,
+    /// It also writes rows straight to the transaction (identity, inbound messages):
+    /// a savepoint undoes those. Staged rows stay staged, batched with the others.
+    Savepoint,
+    /// It searches inside the transaction: staged rows are written first, then a
+    /// savepoint.
+    Search,
+}
+
 /// A unit of work that runs inside the writer's transaction.
 pub trait Command: Send + 'static {
     type Output: Send + 'static;
     type Error: From<StoreError> + Send + 'static;
 
-    /// Whether the command searches the store inside the transaction and so needs a
-    /// savepoint of its own.
-    fn isolated(&self) -> bool;
+    /// How the command must be separated from the others in its batch.
+    fn isolation(&self) -> Isolation;
 
     /// What the command will read, so the batch reads it in one round trip.
     fn preload(&self, _wanted: &mut Preload) {}
@@ -215,8 +227,9 @@ async fn run_batch<C: Command>(
             results.push((reply, None));
             continue;
         }
-        let result = if command.isolated() {
-            match run_isolated(&mut tx, command).await {
+        let isolation = command.isolation();
+        let result = if isolation != Isolation::None {
+            match run_isolated(&mut tx, command, isolation == Isolation::Search).await {
                 Ok(r) => r,
                 Err(e) => {
                     broken = Some(e.to_string());
@@ -283,12 +296,16 @@ async fn run_batch<C: Command>(
 async fn run_isolated<C: Command>(
     tx: &mut Tx<'_>,
     command: C,
+    searches: bool,
 ) -> Result<Result<C::Output, C::Error>, StoreError> {
-    tx.flush().await?;
+    if searches {
+        tx.flush().await?;
+    }
     tx.execute("SAVEPOINT command").await?;
     let mark = tx.mark();
     let mut result = command.apply(tx).await;
-    if result.is_ok()
+    if searches
+        && result.is_ok()
         && let Err(e) = tx.flush().await
     {
         result = Err(e.into());

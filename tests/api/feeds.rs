@@ -53,7 +53,10 @@ async fn admit_and_discharge_reach_the_cbo_of_an_open_referral_once() {
     let app = spawn_app().await;
     app.post_referral().await;
     let cbo = app.cbo(CBO);
-    let before = cbo.get("events").await.body["data"].as_array().unwrap().len();
+    let before = cbo.get("events").await.body["data"]
+        .as_array()
+        .unwrap()
+        .len();
 
     let ack = app
         .send_hl7(&adt("A01", "SMH-1", &mrn("MRN-10001"), "V1"))
@@ -81,7 +84,10 @@ async fn admit_and_discharge_reach_the_cbo_of_an_open_referral_once() {
     assert_eq!(enc.len(), 1);
     assert_eq!(enc[0]["status"], "finished");
     assert_eq!(enc[0]["period"]["end"], "2025-03-14T15:25:00-05:00");
-    assert_eq!(enc[0]["meta"]["versionId"], "2", "A01 then A03, the resend not applied");
+    assert_eq!(
+        enc[0]["meta"]["versionId"], "2",
+        "A01 then A03, the resend not applied"
+    );
 }
 
 #[tokio::test]
@@ -132,7 +138,10 @@ async fn senders_that_are_not_accepted_get_ar_and_unmappable_messages_ae() {
     let unknown = adt("A01", "u1", &mrn("B-1"), "V1").replace("|SMH|CROSSWAY", "|NOWHERE|CROSSWAY");
     let ack = app.send_hl7(&unknown).await;
     assert_eq!(ack_code(&ack), "AR", "{ack}");
-    assert!(ack.contains("MSH^1^4") || ack.contains("MSH^1^4^"), "ERR names MSH-4: {ack}");
+    assert!(
+        ack.contains("MSH^1^4") || ack.contains("MSH^1^4^"),
+        "ERR names MSH-4: {ack}"
+    );
 
     let training = adt("A01", "u2", &mrn("B-1"), "V1").replace("|u2|P|", "|u2|T|");
     assert_eq!(ack_code(&app.send_hl7(&training).await), "AR");
@@ -141,7 +150,10 @@ async fn senders_that_are_not_accepted_get_ar_and_unmappable_messages_ae() {
     let odd = adt("A01", "u3", &mrn("B-1"), "V1").replace("PV1|1|I|", "PV1|1|Z|");
     let ack = app.send_hl7(&odd).await;
     assert_eq!(ack_code(&ack), "AE", "{ack}");
-    assert!(ack.contains("PV1-2") && ack.contains("patient class"), "{ack}");
+    assert!(
+        ack.contains("PV1-2") && ack.contains("patient class"),
+        "{ack}"
+    );
     let dlq = app.operator(&["dlq", "list"]);
     assert!(dlq.contains("u3") && dlq.contains("dead"), "{dlq}");
     // A resend gets the same answer and is not stored twice.
@@ -164,8 +176,15 @@ async fn a_sender_that_drops_the_connection_before_the_ack_resends_and_is_applie
     use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
     let msg = adt("A01", "d1", &mrn("C-1"), "V1");
-    let mut raw = tokio::net::TcpStream::connect(&app.mllp_addr).await.unwrap();
-    let framed = [&[0x0b][..], msg.replace('\n', "\r").as_bytes(), &[0x1c, 0x0d]].concat();
+    let mut raw = tokio::net::TcpStream::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    let framed = [
+        &[0x0b][..],
+        msg.replace('\n', "\r").as_bytes(),
+        &[0x1c, 0x0d],
+    ]
+    .concat();
     raw.write_all(&framed).await.unwrap();
     drop(raw);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -209,8 +228,15 @@ async fn two_patients_on_two_connections_and_a_1_mb_message() {
 #[tokio::test]
 async fn identifiers_resolve_whatever_their_order_and_empty_repeats_are_ignored() {
     let app = spawn_app().await;
-    let pid = format!("{}~{}", mrn("R-1"), "E55^^^STATEHIE&2.16.840.1.113883.3.9999.100&ISO^PI");
-    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "o1", &pid, "")).await), "AA");
+    let pid = format!(
+        "{}~{}",
+        mrn("R-1"),
+        "E55^^^STATEHIE&2.16.840.1.113883.3.9999.100&ISO^PI"
+    );
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A08", "o1", &pid, "")).await),
+        "AA"
+    );
     let reordered = format!(
         "^^^SMH^MR~E55^^^STATEHIE&2.16.840.1.113883.3.9999.100&ISO^PI~{}",
         mrn("R-1")
@@ -230,12 +256,22 @@ async fn identifiers_resolve_whatever_their_order_and_empty_repeats_are_ignored(
 #[tokio::test]
 async fn identifiers_of_two_persons_in_one_message_are_held_for_review() {
     let app = spawn_app().await;
-    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "k1", &mrn("K-1"), "")).await), "AA");
-    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "k2", &mrn("K-2"), "")).await), "AA");
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A08", "k1", &mrn("K-1"), "")).await),
+        "AA"
+    );
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A08", "k2", &mrn("K-2"), "")).await),
+        "AA"
+    );
     let both = format!("{}~{}", mrn("K-1"), mrn("K-2"));
     let ack = app.send_hl7(&adt("A08", "k3", &both, "")).await;
     assert_eq!(ack_code(&ack), "AE", "{ack}");
-    assert_ne!(patients(&app, "K-1").await, patients(&app, "K-2").await, "no silent merge");
+    assert_ne!(
+        patients(&app, "K-1").await,
+        patients(&app, "K-2").await,
+        "no silent merge"
+    );
     let conflicts = app.operator(&["identity", "conflicts"]);
     assert!(conflicts.contains("SMH"), "{conflicts}");
     assert!(app.operator(&["dlq", "list"]).contains("conflict"));
@@ -267,29 +303,43 @@ async fn a_merge_moves_open_referrals_to_the_survivor() {
     let referral_patient = entry_id(&response, 0);
     let cbo = app.cbo(CBO);
     let referral = cbo.referral_ids().await.remove(0);
-    let client_before = cbo.get(&format!("referrals/{referral}")).await.body["client"]
-        ["client_ref"]
-        .clone();
+    let client_before =
+        cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
 
     // A duplicate record is merged into the referral's patient: nothing moves.
-    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "x1", &mrn("DUP-1"), "")).await), "AA");
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A08", "x1", &mrn("DUP-1"), "")).await),
+        "AA"
+    );
     let merge = adt("A40", "x2", &mrn("MRN-10001"), "") + &format!("MRG|{}\n", mrn("DUP-1"));
     assert_eq!(ack_code(&app.send_hl7(&merge).await), "AA");
-    let after = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    let after =
+        cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
     assert_eq!(client_before, after);
     assert!(patients(&app, "DUP-1").await.contains(&referral_patient));
 
     // Now the referral's patient is merged into another person.
-    assert_eq!(ack_code(&app.send_hl7(&adt("A08", "x3", &mrn("SURV-1"), "")).await), "AA");
+    assert_eq!(
+        ack_code(&app.send_hl7(&adt("A08", "x3", &mrn("SURV-1"), "")).await),
+        "AA"
+    );
     let survivor_patient = patients(&app, "SURV-1").await.remove(0);
     let merge = adt("A40", "x4", &mrn("SURV-1"), "") + &format!("MRG|{}\n", mrn("MRN-10001"));
     assert_eq!(ack_code(&app.send_hl7(&merge).await), "AA");
     let task = app.get_json(&format!("Task/{task_id}")).await;
-    assert_eq!(task["for"]["reference"], format!("Patient/{survivor_patient}"));
-    let moved = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    assert_eq!(
+        task["for"]["reference"],
+        format!("Patient/{survivor_patient}")
+    );
+    let moved =
+        cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
     assert_ne!(moved, client_before, "the survivor's client");
     // The retired MRN still finds the person.
-    assert!(patients(&app, "MRN-10001").await.contains(&survivor_patient));
+    assert!(
+        patients(&app, "MRN-10001")
+            .await
+            .contains(&survivor_patient)
+    );
 
     // Unlink (operator) gives the old person its identifiers back.
     let out = app.operator(&["identity", "unmerge", &format!("{MRN_SYSTEM}|MRN-10001")]);
@@ -298,7 +348,10 @@ async fn a_merge_moves_open_referrals_to_the_survivor() {
     // within 0.5 s for an in-process cache.
     let mut separated = false;
     for _ in 0..40 {
-        if !patients(&app, "MRN-10001").await.contains(&survivor_patient) {
+        if !patients(&app, "MRN-10001")
+            .await
+            .contains(&survivor_patient)
+        {
             separated = true;
             break;
         }
@@ -357,7 +410,10 @@ async fn merges_are_seen_across_processes_and_survive_a_redis_restart() {
     let a = spawn_app_with(&env).await;
     let b = spawn_sibling(&a, &env).await;
     for (c, m) in [("r1", "ONE"), ("r2", "TWO")] {
-        assert_eq!(ack_code(&a.send_hl7(&adt("A08", c, &mrn(m), "")).await), "AA");
+        assert_eq!(
+            ack_code(&a.send_hl7(&adt("A08", c, &mrn(m), "")).await),
+            "AA"
+        );
     }
     let two = patients(&b, "TWO").await;
     assert_eq!(two.len(), 1);
@@ -368,7 +424,10 @@ async fn merges_are_seen_across_processes_and_survive_a_redis_restart() {
     assert!(patients(&b, "TWO").await.contains(&one[0]));
 
     redis.kill();
-    assert!(patients(&b, "ONE").await.contains(&one[0]), "store fallback");
+    assert!(
+        patients(&b, "ONE").await.contains(&one[0]),
+        "store fallback"
+    );
     let ready: Value = b.get_json_abs("/readyz").await;
     assert_eq!(ready["cache"], "unavailable");
     redis.restart();

@@ -70,7 +70,13 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
 pub async fn spawn_sibling(app: &TestApp, env: &[(&str, &str)]) -> TestApp {
     let data_dir = std::env::temp_dir().join(format!("crossway-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&data_dir).unwrap();
-    start(data_dir, app.database_url.clone(), "127.0.0.1:0".into(), env).await
+    start(
+        data_dir,
+        app.database_url.clone(),
+        "127.0.0.1:0".into(),
+        env,
+    )
+    .await
 }
 
 async fn start(
@@ -172,7 +178,14 @@ impl TestApp {
     /// A JSON document from a path outside `/fhir` (`/readyz`).
     pub async fn get_json_abs(&self, path: &str) -> Value {
         let url = format!("http://{}{path}", self.addr);
-        self.client.get(url).send().await.unwrap().json().await.unwrap()
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {

@@ -12,6 +12,8 @@ services_install() {
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # python-hl7's mllp_send: a real third-party MLLP client for the feed tests.
+    command -v mllp_send >/dev/null || python3 -m pip install --quiet hl7
 }
 
 # A free TCP port on loopback.

@@ -44,3 +44,31 @@ fn only_the_http_adapter_knows_actix() {
         }
     }
 }
+
+#[test]
+fn the_mllp_transport_knows_framing_not_hl7_or_the_domain() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/mllp");
+    let files = sources(&dir);
+    assert!(!files.is_empty());
+    for (path, text) in files {
+        for word in ["crate::", "hl7v2", "sqlx", "actix"] {
+            assert!(!text.contains(word), "{path} mentions {word}");
+        }
+    }
+}
+
+#[test]
+fn feed_mapping_and_identity_rules_do_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for file in [
+        "hie/adt.rs",
+        "hie/notification.rs",
+        "hie/tables.rs",
+        "identity/rules.rs",
+    ] {
+        let text = std::fs::read_to_string(src.join(file)).unwrap();
+        for word in ["tokio", "sqlx", "actix", "crate::store", "std::net", "std::fs"] {
+            assert!(!text.contains(word), "{file} mentions {word}");
+        }
+    }
+}

@@ -433,3 +433,35 @@ async fn merges_are_seen_across_processes_and_survive_a_redis_restart() {
     redis.restart();
     assert!(patients(&b, "TWO").await.contains(&one[0]));
 }
+
+/// python-hl7's `mllp_send` (PyPI `hl7`, installed by `scripts/test`) gets its ACKs.
+#[tokio::test]
+async fn a_third_party_mllp_client_gets_its_acks() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("crossway-mllp-send-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("messages.hl7");
+    let messages = [
+        adt("A01", "py-1", &mrn("PY-1"), "V1"),
+        adt("A03", "py-2", &mrn("PY-1"), "V1"),
+    ]
+    .concat();
+    std::fs::write(&file, messages).unwrap();
+    let (host, port) = app.mllp_addr.rsplit_once(':').unwrap();
+    let out = tokio::process::Command::new("mllp_send")
+        .args(["--loose", "-p", port, "-f"])
+        .arg(&file)
+        .arg(host)
+        .output()
+        .await
+        .expect("mllp_send must be installed (scripts/test installs python-hl7)");
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("MSA|AA|py-1") && stdout.contains("MSA|AA|py-2"),
+        "{stdout}"
+    );
+    let patient = patients(&app, "PY-1").await.remove(0);
+    assert_eq!(encounters(&app, &patient).await[0]["status"], "finished");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -46,23 +46,7 @@ impl Application {
             // Another process could merge what a local cache holds.
             (None, Backend::Postgres) => IdentityCache::none(),
         });
-        let org_ids: Vec<String> = settings
-            .organizations
-            .iter()
-            .map(|o| o.id.clone())
-            .collect();
-        let mappings = Mappings::load(&settings.mappings_dir, &org_ids)
-            .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?;
-        let own_base =
-            (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
-        let fhir = Fhir::new(
-            store,
-            Context {
-                own_base,
-                organizations: settings.organizations.clone(),
-                identity: mappings.identity.clone(),
-            },
-        );
+        let (mappings, fhir) = engine(&settings, store)?;
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
@@ -151,12 +135,8 @@ impl Application {
     }
 }
 
-/// What operator commands (`crossway dlq …`, `crossway identity …`) work with: the
-/// store, and the feed with the current mappings, without any listener.
-pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)> {
-    let store = Store::open(&settings.effective_database_url())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+/// The mappings and the FHIR engine (with its writer) over `store`.
+fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Mappings, Fhir)> {
     let org_ids: Vec<String> = settings
         .organizations
         .iter()
@@ -166,13 +146,23 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)
         .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?;
     let own_base = (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
     let fhir = Fhir::new(
-        store.clone(),
+        store,
         Context {
             own_base,
             organizations: settings.organizations.clone(),
             identity: mappings.identity.clone(),
         },
     );
+    Ok((mappings, fhir))
+}
+
+/// What operator commands (`crossway dlq …`, `crossway identity …`) work with: the
+/// store, and the feed with the current mappings, without any listener.
+pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)> {
+    let store = Store::open(&settings.effective_database_url())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
+    let (mappings, fhir) = engine(settings, store.clone())?;
     let cache = if settings.redis_url.is_empty() {
         IdentityCache::none()
     } else {

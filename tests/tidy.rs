@@ -67,7 +67,14 @@ fn feed_mapping_and_identity_rules_do_no_io() {
         "identity/rules.rs",
     ] {
         let text = std::fs::read_to_string(src.join(file)).unwrap();
-        for word in ["tokio", "sqlx", "actix", "crate::store", "std::net", "std::fs"] {
+        for word in [
+            "tokio",
+            "sqlx",
+            "actix",
+            "crate::store",
+            "std::net",
+            "std::fs",
+        ] {
             assert!(!text.contains(word), "{file} mentions {word}");
         }
     }

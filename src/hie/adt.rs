@@ -75,18 +75,7 @@ pub fn notice(
     }
     let effect = tables.effect(&trigger);
     let offset = facility.utc_offset.as_deref();
-    let mut notice = Notice {
-        source: source.clone(),
-        control_id,
-        format: "hl7v2",
-        event,
-        effect,
-        identifiers: Vec::new(),
-        warnings: Vec::new(),
-        patient: Value::Null,
-        encounter: None,
-        retired: Vec::new(),
-    };
+    let mut notice = Notice::new(source.clone(), control_id, "hl7v2", event, effect);
     if effect == Effect::Ignore {
         return Ok(notice);
     }

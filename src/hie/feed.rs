@@ -289,18 +289,15 @@ impl Feed {
             None => (Effect::Unlink, "operator-unlink"),
         };
         let body = serde_json::json!({"survivor": survive.as_ref().map(Identifier::token), "retired": retire.token()});
-        let notice = Notice {
-            source: "operator".into(),
-            control_id: control.clone(),
-            format: "operator",
-            event: event.into(),
+        let mut notice = Notice::new(
+            "operator".into(),
+            control.clone(),
+            "operator",
+            event.into(),
             effect,
-            identifiers: survive.into_iter().collect(),
-            warnings: Vec::new(),
-            patient: Value::Null,
-            encounter: None,
-            retired: vec![retire],
-        };
+        );
+        notice.identifiers = survive.into_iter().collect();
+        notice.retired = vec![retire];
         let record = row("operator", &control, "operator", event, body.to_string());
         self.apply(Inbound::notice(notice, record, false)).await
     }

@@ -46,6 +46,30 @@ pub struct Notice {
     pub retired: Vec<Identifier>,
 }
 
+impl Notice {
+    /// A notice that so far names no one (the reader fills in what the message says).
+    pub fn new(
+        source: String,
+        control_id: String,
+        format: &'static str,
+        event: String,
+        effect: Effect,
+    ) -> Notice {
+        Notice {
+            source,
+            control_id,
+            format,
+            event,
+            effect,
+            identifiers: Vec::new(),
+            warnings: Vec::new(),
+            patient: Value::Null,
+            encounter: None,
+            retired: Vec::new(),
+        }
+    }
+}
+
 /// What a message says about one encounter. Times are FHIR dateTimes with the
 /// sender's offset kept.
 #[derive(Debug, Clone, PartialEq)]

@@ -92,18 +92,7 @@ pub fn notice(bundle: &Value, rules: &IdentityRules) -> Result<Notice, NoticeErr
         "notification-transfer" => Effect::Transfer,
         _ => Effect::Ignore,
     };
-    let mut notice = Notice {
-        source,
-        control_id,
-        format: "fhir",
-        event,
-        effect,
-        identifiers: Vec::new(),
-        warnings: Vec::new(),
-        patient: Value::Null,
-        encounter: None,
-        retired: Vec::new(),
-    };
+    let mut notice = Notice::new(source, control_id, "fhir", event, effect);
     if effect == Effect::Ignore {
         return Ok(notice);
     }
@@ -128,24 +117,13 @@ pub fn notice(bundle: &Value, rules: &IdentityRules) -> Result<Notice, NoticeErr
                 "must reference the Patient in the Bundle",
             )
         })?;
-    for (n, element) in patient
-        .get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        match rules.from_fhir(element) {
-            Ok(id) => notice.identifiers.push(id),
-            Err(why) => notice
-                .warnings
-                .push(format!("Patient.identifier[{n}] ignored: {why}")),
-        }
-    }
-    notice.identifiers.sort();
-    notice
-        .identifiers
-        .dedup_by(|a, b| a.system == b.system && a.value == b.value);
+    let (ids, skipped) = rules.from_fhir_patient(patient);
+    notice.identifiers = ids;
+    notice.warnings.extend(
+        skipped
+            .into_iter()
+            .map(|(path, why)| format!("{path} ignored: {why}")),
+    );
     if notice.identifiers.is_empty() {
         return Err(NoticeError::error(
             ErrorCode::RequiredFieldMissing,

@@ -68,20 +68,9 @@ pub async fn link_patient(
     resource: &Value,
     now: i64,
 ) -> Result<Linked> {
+    let (found, skipped) = rules.from_fhir_patient(resource);
     let mut ids = vec![Identifier::patient(patient_id)];
-    let mut skipped = Vec::new();
-    for (n, element) in resource
-        .get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        match rules.from_fhir(element) {
-            Ok(id) => ids.push(id),
-            Err(why) => skipped.push((format!("Patient.identifier[{n}]"), why)),
-        }
-    }
+    ids.extend(found);
     tx.lock_identifiers(&ids).await?;
     let mut owners = tx.identifier_owners(&ids).await?.into_iter();
     let own = owners.next().flatten();

@@ -228,6 +228,28 @@ impl IdentityRules {
         ))
     }
 
+    /// A FHIR Patient's identifiers, sorted and deduplicated, and those left out with
+    /// their path and why.
+    pub fn from_fhir_patient(&self, patient: &Value) -> (Vec<Identifier>, Vec<(String, Skipped)>) {
+        let mut ids = Vec::new();
+        let mut skipped = Vec::new();
+        for (n, element) in patient
+            .get("identifier")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            match self.from_fhir(element) {
+                Ok(id) => ids.push(id),
+                Err(why) => skipped.push((format!("Patient.identifier[{n}]"), why)),
+            }
+        }
+        ids.sort();
+        ids.dedup_by(|a, b| a.system == b.system && a.value == b.value);
+        (ids, skipped)
+    }
+
     /// A FHIR `Identifier` element as a person identifier (EHRs are trusted for the
     /// systems they send).
     pub fn from_fhir(&self, identifier: &Value) -> Result<Identifier, Skipped> {

@@ -50,6 +50,10 @@ pub struct InboundMessage {
     pub received_at: i64,
 }
 
+/// A person's Patient resources, current ones before retired aliases, oldest first.
+const PATIENTS_OF: &str = "SELECT value FROM person_identifiers WHERE person_id = $1 AND system = $2 \
+     ORDER BY retired, created_at, value";
+
 const INBOUND_COLUMNS: &str =
     "id, source, control_id, format, event, status, error, body, received_at";
 
@@ -203,14 +207,11 @@ impl Tx<'_> {
 
     /// Ids of the Patient resources that belong to a person, oldest first.
     pub async fn patients_of(&mut self, person: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT value FROM person_identifiers WHERE person_id = $1 AND system = $2 \
-             ORDER BY retired, created_at, value",
-        )
-        .bind(person)
-        .bind(PATIENT_SYSTEM)
-        .fetch_all(&mut *self.conn)
-        .await?;
+        let rows = sqlx::query(PATIENTS_OF)
+            .bind(person)
+            .bind(PATIENT_SYSTEM)
+            .fetch_all(&mut *self.conn)
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -445,14 +446,11 @@ impl Store {
 
     /// Ids of the Patient resources that belong to a person.
     pub async fn patients_of(&self, person: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT value FROM person_identifiers WHERE person_id = $1 AND system = $2 \
-             ORDER BY retired, created_at, value",
-        )
-        .bind(person)
-        .bind(PATIENT_SYSTEM)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(PATIENTS_OF)
+            .bind(person)
+            .bind(PATIENT_SYSTEM)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

@@ -456,7 +456,11 @@ async fn a_third_party_mllp_client_gets_its_acks() {
         .await
         .expect("mllp_send must be installed (scripts/test installs python-hl7)");
     let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains("MSA|AA|py-1") && stdout.contains("MSA|AA|py-2"),
         "{stdout}"

@@ -12,7 +12,7 @@
 //! entry at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ const MAX_LOCAL: usize = 2_000_000;
 
 enum Backend {
     None,
-    Local(Mutex<HashMap<String, Person>>),
+    Local(RwLock<HashMap<String, Person>>),
     Redis {
         manager: ConnectionManager,
         /// Key prefix: one per store, so deployments (or test databases) sharing a
@@ -72,7 +72,7 @@ impl IdentityCache {
     }
 
     pub fn in_process() -> IdentityCache {
-        IdentityCache::with(Backend::Local(Mutex::new(HashMap::new())))
+        IdentityCache::with(Backend::Local(RwLock::new(HashMap::new())))
     }
 
     /// `store_key` names the store (its URL): processes sharing a store share entries.
@@ -147,14 +147,14 @@ impl IdentityCache {
             Backend::None => read_store(store, ids).await,
             Backend::Local(map) => {
                 let mut found: Vec<Option<Person>> = {
-                    let map = map.lock().expect("identity cache lock");
+                    let map = map.read().expect("identity cache lock");
                     ids.iter().map(|i| map.get(&i.token()).cloned()).collect()
                 };
                 for (n, id) in ids.iter().enumerate() {
                     if found[n].is_none()
                         && let Some(p) = store.identifier_owner(id).await?
                     {
-                        let mut map = map.lock().expect("identity cache lock");
+                        let mut map = map.write().expect("identity cache lock");
                         if map.len() >= MAX_LOCAL {
                             map.clear();
                         }
@@ -251,7 +251,7 @@ impl IdentityCache {
         loop {
             if let Ok(generation) = store.identity_generation().await {
                 if seen.is_some_and(|s| s != generation) {
-                    map.lock().expect("identity cache lock").clear();
+                    map.write().expect("identity cache lock").clear();
                 }
                 seen = Some(generation);
             }
@@ -269,7 +269,7 @@ impl IdentityCache {
         match &self.backend {
             Backend::None => {}
             Backend::Local(map) => {
-                let mut map = map.lock().expect("identity cache lock");
+                let mut map = map.write().expect("identity cache lock");
                 for id in ids {
                     map.remove(&id.token());
                 }

@@ -57,6 +57,25 @@ const PATIENTS_OF: &str = "SELECT value FROM person_identifiers WHERE person_id 
 const INBOUND_COLUMNS: &str =
     "id, source, control_id, format, event, status, error, body, received_at";
 
+const INSERT_INBOUND: &str = "INSERT INTO inbound_messages \
+     (id, source, control_id, format, event, status, error, body, received_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+fn bind_inbound<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    m: &'q InboundMessage,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(&m.id)
+        .bind(&m.source)
+        .bind(&m.control_id)
+        .bind(&m.format)
+        .bind(&m.event)
+        .bind(&m.status)
+        .bind(m.error.as_deref())
+        .bind(&m.body)
+        .bind(m.received_at)
+}
+
 fn inbound_row(r: &sqlx::any::AnyRow) -> InboundMessage {
     InboundMessage {
         id: r.get(0),
@@ -378,43 +397,23 @@ impl Tx<'_> {
 
     /// Records a message unless its key is already taken; false for a duplicate.
     pub async fn claim_inbound(&mut self, m: &InboundMessage) -> Result<bool> {
-        let row = sqlx::query(
-            "INSERT INTO inbound_messages (id, source, control_id, format, event, status, error, body, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (source, control_id) DO NOTHING RETURNING id",
-        )
-        .bind(&m.id)
-        .bind(&m.source)
-        .bind(&m.control_id)
-        .bind(&m.format)
-        .bind(&m.event)
-        .bind(&m.status)
-        .bind(m.error.as_deref())
-        .bind(&m.body)
-        .bind(m.received_at)
-        .fetch_optional(&mut *self.conn)
-        .await?;
+        let text =
+            format!("{INSERT_INBOUND} ON CONFLICT (source, control_id) DO NOTHING RETURNING id");
+        let row = bind_inbound(sqlx::query(sqlx::AssertSqlSafe(text)), m)
+            .fetch_optional(&mut *self.conn)
+            .await?;
         Ok(row.is_some())
     }
 
     /// Records a message, or its new status when it is replayed.
     pub async fn record_inbound(&mut self, m: &InboundMessage) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO inbound_messages (id, source, control_id, format, event, status, error, body, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (source, control_id) DO UPDATE SET status = excluded.status, error = excluded.error",
-        )
-        .bind(&m.id)
-        .bind(&m.source)
-        .bind(&m.control_id)
-        .bind(&m.format)
-        .bind(&m.event)
-        .bind(&m.status)
-        .bind(m.error.as_deref())
-        .bind(&m.body)
-        .bind(m.received_at)
-        .execute(&mut *self.conn)
-        .await?;
+        let text = format!(
+            "{INSERT_INBOUND} ON CONFLICT (source, control_id) \
+             DO UPDATE SET status = excluded.status, error = excluded.error"
+        );
+        bind_inbound(sqlx::query(sqlx::AssertSqlSafe(text)), m)
+            .execute(&mut *self.conn)
+            .await?;
         Ok(())
     }
 }

@@ -21,7 +21,6 @@ use crate::store::{Backend, Store};
 pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
-    mllp_addr: Option<SocketAddr>,
     mllp: Option<tokio::task::JoinHandle<()>>,
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -110,7 +109,6 @@ impl Application {
         Ok(Application {
             server,
             addr,
-            mllp_addr,
             mllp,
             shutdown,
         })
@@ -118,10 +116,6 @@ impl Application {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn mllp_addr(&self) -> Option<SocketAddr> {
-        self.mllp_addr
     }
 
     /// Serves until SIGINT/SIGTERM, then finishes in-flight requests and MLLP messages.

@@ -640,19 +640,21 @@ impl Prepared {
 
 /// Creates or replaces a resource the gateway itself maintains (feed Patients and
 /// Encounters, re-pointed Tasks), inside the current transaction. The caller has
-/// resolved identity: a Patient written here is not linked again.
+/// resolved identity: a Patient written here is not linked again. `new` says the
+/// caller knows it does not exist yet, so it is not looked up.
 pub(super) async fn put(
     tx: &mut Tx<'_>,
     ctx: &Context,
     resource_type: &str,
     id: &str,
     resource: Value,
+    new: bool,
     now: i64,
 ) -> Result<Written, FhirError> {
     let one = One {
         resource_type,
         id: id.to_string(),
-        create_only: false,
+        create_only: new,
         if_match: None,
         link: false,
     };
@@ -899,8 +901,6 @@ impl projection::Fetch for InTx<'_, '_> {
     }
 }
 
-/// A referral Task owned by a known organisation becomes a referral with a
-/// `referral.created` event; every later version updates it and appends the event that
 /// Links a Patient being written to its person. Identifiers that name someone else are
 /// not merged: the conflict is recorded for review and reported as a warning.
 async fn link_patient(
@@ -935,6 +935,8 @@ async fn link_patient(
     Ok(())
 }
 
+/// A referral Task owned by a known organisation becomes a referral with a
+/// `referral.created` event; every later version updates it and appends the event that
 /// says what changed (status, a note, or other details).
 #[allow(clippy::too_many_arguments)]
 async fn record_referral(

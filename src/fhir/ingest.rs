@@ -199,7 +199,7 @@ async fn person_patient(
         }
         next.remove("meta");
     }
-    put(tx, ctx, "Patient", &id, next, now).await?;
+    put(tx, ctx, "Patient", &id, next, new_person, now).await?;
     Ok(id)
 }
 
@@ -224,11 +224,10 @@ async fn encounter(
     now: i64,
 ) -> Result<(), FhirError> {
     let id = encounter_id(&notice.source, &change.key);
-    let existing = match tx.current("Encounter", &id).await? {
-        Some(stored) => serde_json::from_str::<Value>(&stored.body).ok(),
-        None => None,
-    };
-    let mut enc = existing.clone().unwrap_or_else(|| {
+    let stored = tx.current("Encounter", &id).await?;
+    let new = stored.is_none();
+    let existing = stored.and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
+    let mut enc = existing.unwrap_or_else(|| {
         json!({
             "resourceType": "Encounter",
             "identifier": [{"system": format!("urn:crossway:encounter:{}", notice.source), "value": change.key}],
@@ -298,7 +297,7 @@ async fn encounter(
         let ended = enc.pointer("/period/end").is_some();
         enc["status"] = json!(if ended { "finished" } else { "in-progress" });
     }
-    put(tx, ctx, "Encounter", &id, enc, now).await?;
+    put(tx, ctx, "Encounter", &id, enc, new, now).await?;
     if let Some(event) = event {
         for referral in tx.open_referrals_of(&person.client_ref).await? {
             tx.stage_event(event, &referral, now);
@@ -323,8 +322,9 @@ async fn merge(
     tx.lock_identifiers(&notice.retired).await?;
     let mut retired = Vec::new();
     let mut unknown = Vec::new();
-    for id in &notice.retired {
-        match tx.identifier_owner(id).await? {
+    let owners = tx.identifier_owners(&notice.retired).await?;
+    for (id, owner) in notice.retired.iter().zip(owners) {
+        match owner {
             Some(owner) if owner != survivor.id => retired.push(owner),
             Some(_) => {}
             None => unknown.push(id.clone()),
@@ -366,7 +366,7 @@ async fn merge(
             if let Some(obj) = p.as_object_mut() {
                 obj.remove("meta");
             }
-            put(tx, ctx, "Patient", &old_patient, p, now).await?;
+            put(tx, ctx, "Patient", &old_patient, p, false, now).await?;
         }
     }
     Ok(moved)
@@ -397,7 +397,7 @@ async fn repoint(
     if let Some(obj) = resource.as_object_mut() {
         obj.remove("meta");
     }
-    put(tx, ctx, resource_type, id, resource, now).await?;
+    put(tx, ctx, resource_type, id, resource, false, now).await?;
     if let Some(sr) = focus {
         Box::pin(repoint(
             tx,

@@ -17,20 +17,31 @@ fn text(msg: &Message<'_>, path: &str) -> String {
     msg.unescape(raw).into_owned()
 }
 
+/// The message's deduplication key and event: the sending facility (MSH-4 namespace,
+/// else universal id), MSH-10, and `type^trigger` (the trigger from EVN-1 when MSH-9.2
+/// is empty). Empty strings where the message leaves them out.
+pub fn key(msg: &Message<'_>) -> (String, String, String) {
+    let namespace = text(msg, "MSH-4.1");
+    let source = if namespace.is_empty() {
+        text(msg, "MSH-4.2")
+    } else {
+        namespace
+    };
+    let mut trigger = text(msg, "MSH-9.2");
+    if trigger.is_empty() {
+        trigger = text(msg, "EVN-1");
+    }
+    let event = format!("{}^{trigger}", text(msg, "MSH-9.1"));
+    (source, text(msg, "MSH-10"), event)
+}
+
 /// Reads a message the feed accepted at the MLLP level into a notice.
 pub fn notice(
     msg: &Message<'_>,
     tables: &FeedTables,
     rules: &IdentityRules,
 ) -> Result<Notice, NoticeError> {
-    let facility_ns = text(msg, "MSH-4.1");
-    let facility_id = text(msg, "MSH-4.2");
-    let source = if facility_ns.is_empty() {
-        facility_id.clone()
-    } else {
-        facility_ns.clone()
-    };
-    let control_id = text(msg, "MSH-10");
+    let (source, control_id, event) = key(msg);
     if control_id.is_empty() {
         return Err(NoticeError::reject(
             ErrorCode::RequiredFieldMissing,
@@ -45,7 +56,7 @@ pub fn notice(
             "sending facility is required (it is half of the deduplication key)",
         ));
     }
-    let Some(facility) = tables.facility(&facility_ns, &facility_id) else {
+    let Some(facility) = tables.facility(&text(msg, "MSH-4.1"), &text(msg, "MSH-4.2")) else {
         return Err(NoticeError::reject(
             ErrorCode::UnknownKey,
             "MSH-4",
@@ -60,12 +71,7 @@ pub fn notice(
             &format!("processing id {processing:?} is not accepted"),
         ));
     }
-    let kind = text(msg, "MSH-9.1");
-    let mut trigger = text(msg, "MSH-9.2");
-    if trigger.is_empty() {
-        trigger = text(msg, "EVN-1");
-    }
-    let event = format!("{kind}^{trigger}");
+    let (kind, trigger) = event.split_once('^').unwrap_or((&event, ""));
     if kind != "ADT" {
         return Err(NoticeError::reject(
             ErrorCode::UnsupportedMessageType,
@@ -73,7 +79,7 @@ pub fn notice(
             &format!("message type {kind:?} is not accepted (ADT only)"),
         ));
     }
-    let effect = tables.effect(&trigger);
+    let effect = tables.effect(trigger);
     let offset = facility.utc_offset.as_deref();
     let mut notice = Notice::new(source.clone(), control_id, "hl7v2", event, effect);
     if effect == Effect::Ignore {

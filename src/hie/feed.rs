@@ -126,26 +126,12 @@ impl Feed {
             Some(hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors))
         };
         let notice = adt::notice(&msg, &self.tables, &self.rules);
-        let control = msg.get("MSH-10").ok().flatten().unwrap_or("").to_string();
-        let source = msg
-            .get("MSH-4.1")
-            .ok()
-            .flatten()
-            .filter(|s| !s.is_empty())
-            .or(msg.get("MSH-4.2").ok().flatten())
-            .unwrap_or("")
-            .to_string();
-        let event = format!(
-            "{}^{}",
-            msg.get("MSH-9.1").ok().flatten().unwrap_or(""),
-            msg.get("MSH-9.2").ok().flatten().unwrap_or("")
-        );
+        let (source, control, event) = adt::key(&msg);
         match self
             .take(notice, &source, &control, "hl7v2", &event, body)
             .await
         {
-            Ok(Taken::Applied | Taken::Ignored) => answer(AckCode::Accept, &[]),
-            Ok(Taken::Duplicate) => answer(AckCode::Accept, &[]),
+            Ok(Taken::Applied | Taken::Ignored | Taken::Duplicate) => answer(AckCode::Accept, &[]),
             Err(FeedError::Invalid(e)) => {
                 let err = AckError {
                     code: e.code,

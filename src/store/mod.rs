@@ -483,9 +483,9 @@ pub struct Tx<'c> {
     /// Referrals read from the database in this transaction (a command reads a
     /// referral, then the Task write it causes looks it up again).
     loaded: Vec<Referral>,
-    /// Current versions (with their index rows) read for the whole batch in one query
-    /// before its commands run (see [`Tx::preload`]); dropped once a newer version
-    /// is written.
+    /// Current versions (with their index rows) read from the database in this
+    /// transaction: for the whole batch before its commands run (see [`Tx::preload`]),
+    /// or one by one by [`Tx::current`]; dropped once a newer version is written.
     preloaded: HashMap<(String, String), (StoredResource, String)>,
     /// Referral rows written in this transaction, for `referral_index` after COMMIT.
     written_referrals: Vec<ReferralRow>,
@@ -522,10 +522,14 @@ impl<'c> Tx<'c> {
             .fetch_optional(&mut *self.conn)
             .await?;
         Ok(row.map(|r| {
-            // Remembered so that a new version can remove exactly these index rows.
-            self.replaced
-                .insert((resource_type.to_string(), id.to_string()), r.get(3));
-            stored(resource_type, id, &r)
+            let found = stored(resource_type, id, &r);
+            let key = (resource_type.to_string(), id.to_string());
+            // Remembered so that a new version can remove exactly these index rows, and
+            // so that the command that read it to build the next version does not read
+            // it again when writing that version.
+            self.replaced.insert(key.clone(), r.get(3));
+            self.preloaded.insert(key, (found.clone(), r.get(3)));
+            found
         }))
     }
 

@@ -56,6 +56,21 @@ pub struct Settings {
     pub mllp_tls_key: PathBuf,
     /// Largest accepted HL7 v2 message, in bytes (larger gets AR).
     pub mllp_max_message_bytes: usize,
+    /// PEM bundle of CAs whose client certificates MLLP senders must present; empty
+    /// means no client certificate is asked for.
+    pub mllp_tls_client_ca: PathBuf,
+    /// PEM certificate chain and key for HTTPS; both empty means plain HTTP (behind a
+    /// TLS-terminating proxy).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The gateway's signing key (P-384, PKCS#8 PEM), shared by replicas; empty means
+    /// `<data_dir>/keys/signing.pem`, generated on first start.
+    pub signing_key_file: PathBuf,
+    /// Requests per second per client; 0 turns the limit off. With Redis the limit
+    /// holds across replicas.
+    pub rate_limit_per_second: u32,
+    /// `development` or `production`: which API keys are accepted (`test_` or `live_`).
+    pub environment: String,
     /// Organisations the gateway knows: CBO tenants and referral sources.
     #[serde(rename = "organization")]
     pub organizations: Vec<OrganizationConfig>,
@@ -107,6 +122,12 @@ impl Default for Settings {
             mllp_tls_cert: PathBuf::new(),
             mllp_tls_key: PathBuf::new(),
             mllp_max_message_bytes: 16 * 1024 * 1024,
+            mllp_tls_client_ca: PathBuf::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            signing_key_file: PathBuf::new(),
+            rate_limit_per_second: 1000,
+            environment: "development".into(),
             organizations: Vec::new(),
         }
     }
@@ -181,6 +202,24 @@ impl Settings {
         if let Some(v) = var("CROSSWAY_MLLP_MAX_MESSAGE_BYTES").and_then(|v| v.parse().ok()) {
             self.mllp_max_message_bytes = v;
         }
+        if let Some(v) = var("CROSSWAY_MLLP_TLS_CLIENT_CA") {
+            self.mllp_tls_client_ca = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_TLS_CERT") {
+            self.tls_cert = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_TLS_KEY") {
+            self.tls_key = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_SIGNING_KEY_FILE") {
+            self.signing_key_file = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_RATE_LIMIT").and_then(|v| v.parse().ok()) {
+            self.rate_limit_per_second = v;
+        }
+        if let Some(v) = var("CROSSWAY_ENVIRONMENT") {
+            self.environment = v;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -195,6 +234,24 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "mllp_tls_cert",
                 message: "MLLP over TLS needs both mllp_tls_cert and mllp_tls_key".into(),
+            });
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "tls_cert",
+                message: "HTTPS needs both tls_cert and tls_key".into(),
+            });
+        }
+        if !matches!(self.environment.as_str(), "development" | "production") {
+            return Err(ConfigError::Invalid {
+                key: "environment",
+                message: "must be development or production".into(),
+            });
+        }
+        if self.dev_auth && self.environment == "production" {
+            return Err(ConfigError::Invalid {
+                key: "dev_auth",
+                message: "the development header cannot be enabled in production".into(),
             });
         }
         let mut seen = std::collections::HashSet::new();
@@ -216,6 +273,10 @@ impl Settings {
     }
 
     /// The database URL actually used: the configured one, or SQLite in the data dir.
+    pub fn production(&self) -> bool {
+        self.environment == "production"
+    }
+
     pub fn effective_database_url(&self) -> String {
         if self.database_url.is_empty() {
             format!(

@@ -12,6 +12,8 @@ pub mod mapping;
 pub mod mllp;
 pub mod referral;
 
+pub mod audit;
+pub mod auth;
 pub mod cbo;
 pub mod store;
 

@@ -52,6 +52,96 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Registered clients: EHR systems (SMART Backend Services) and CBOs.
+    Clients {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// The gateway's signing key.
+    Keys {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client; prints its credential (a CBO's secret only this once).
+    Add {
+        #[command(subcommand)]
+        kind: AddClient,
+    },
+    /// Every client and API key, revoked ones marked.
+    List,
+    /// Revoke a client (and its API keys) or one API key (`k…` id).
+    Revoke { id: String },
+    /// A new API key for a CBO client (at most two active, for rotation).
+    ApiKey {
+        client_id: String,
+        /// A `live_` key (accepted by production gateways); default `test_`.
+        #[arg(long)]
+        live: bool,
+        /// Narrower scopes than the client's.
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An access token for a registered client, signed with this gateway's key
+    /// (for scripts and local testing; clients normally use POST /auth/token).
+    Token {
+        client_id: String,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AddClient {
+    /// An EHR system: its public keys verify its client assertions.
+    Ehr {
+        /// A JSON Web Key Set file (public keys, each with a kid).
+        #[arg(long, required_unless_present = "jwks_url")]
+        jwks: Option<PathBuf>,
+        /// Or an https:// URL serving the set (fetched and cached).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// The organisation it acts for (`Organization/ID` or `system|value`): decides
+        /// whether it is a Task's requester or owner. None: unrestricted.
+        #[arg(long)]
+        org: Option<String>,
+        /// Default: system/*.cruds.
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long, default_value = "EHR client")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A community organisation; the organisation becomes a CBO tenant.
+    Cbo {
+        /// `Organization/ID` or an identifier `system|value`.
+        #[arg(long)]
+        org: String,
+        /// Default: all four CBO scopes.
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// A new signing key; the previous one still verifies tokens it signed.
+    /// Restart the gateway to use it.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -90,11 +180,16 @@ enum IdentityCommand {
 mod operator {
     //! Operator commands: print for people, exit non-zero when something failed.
 
-    use super::{DlqCommand, IdentityCommand};
+    use super::{AddClient, ClientsCommand, DlqCommand, IdentityCommand, KeysCommand};
+    use crossway::auth::registry::{self, NewClient, PublicKeys};
+    use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
     use crossway::config::Settings;
     use crossway::fhir::datetime::format_instant;
+    use crossway::fhir::engine::Fhir;
     use crossway::identity::Identifier;
-    use crossway::startup::operator_tools;
+    use crossway::startup::{OperatorTools, operator_tools};
+    use crossway::store::TenantRow;
+    use serde_json::{Value, json};
 
     fn identifier(token: &str) -> anyhow::Result<Identifier> {
         match token.split_once('|') {
@@ -106,7 +201,7 @@ mod operator {
     }
 
     pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
-        let (store, feed) = operator_tools(settings).await?;
+        let OperatorTools { store, feed, .. } = operator_tools(settings).await?;
         match command {
             DlqCommand::List => {
                 for m in store.dead_letters().await? {
@@ -169,8 +264,242 @@ mod operator {
         Ok(())
     }
 
+    /// `Organization/ID` or `system|value` → (id, name, identifiers), creating the
+    /// Organization resource when the gateway has none for it.
+    async fn organization(fhir: &Fhir, token: &str) -> anyhow::Result<(String, String, Value)> {
+        let found = if let Some(id) = token.strip_prefix("Organization/") {
+            if !crossway::fhir::is_valid_id(id) {
+                anyhow::bail!("{id:?} is not a valid FHIR id");
+            }
+            fhir.read("Organization", id).await.ok().map(|s| s.body)
+        } else if let Some((system, value)) = token.split_once('|') {
+            let bundle = fhir
+                .search(
+                    "Organization",
+                    &[("identifier".into(), format!("{system}|{value}"))],
+                    false,
+                    "",
+                )
+                .await?;
+            let bundle: Value = serde_json::from_str(&bundle)?;
+            bundle.pointer("/entry/0/resource").map(|r| r.to_string())
+        } else {
+            anyhow::bail!("--org must be Organization/ID or system|value");
+        };
+        let org: Value = match found {
+            Some(body) => serde_json::from_str(&body)?,
+            None => {
+                let (id, identifier) = match token.split_once('|') {
+                    Some((system, value)) if !token.starts_with("Organization/") => {
+                        let digest = crossway::auth::registry::short_hash(token);
+                        (
+                            format!("org-{digest}"),
+                            json!([{"system": system, "value": value}]),
+                        )
+                    }
+                    _ => (
+                        token.trim_start_matches("Organization/").to_string(),
+                        json!([]),
+                    ),
+                };
+                let mut org =
+                    json!({"resourceType": "Organization", "id": id, "active": true, "name": id});
+                if identifier.as_array().is_some_and(|a| !a.is_empty()) {
+                    org["identifier"] = identifier;
+                }
+                fhir.update("Organization", &id, org.clone(), None, None)
+                    .await?;
+                org
+            }
+        };
+        let id = org["id"].as_str().unwrap_or_default().to_string();
+        let name = org["name"].as_str().unwrap_or(&id).to_string();
+        let identifiers = org.get("identifier").cloned().unwrap_or(json!([]));
+        Ok((id, name, identifiers))
+    }
+
+    pub async fn clients(settings: &Settings, command: ClientsCommand) -> anyhow::Result<()> {
+        let OperatorTools { store, fhir, .. } = operator_tools(settings).await?;
+        let now = crossway::fhir::datetime::now_micros();
+        match command {
+            ClientsCommand::Add { kind } => {
+                let (new, json_out) = match kind {
+                    AddClient::Ehr {
+                        jwks,
+                        jwks_url,
+                        org,
+                        scope,
+                        name,
+                        json,
+                    } => {
+                        let keys = match (jwks, jwks_url) {
+                            (Some(path), _) => PublicKeys::Inline(
+                                std::fs::read_to_string(&path)
+                                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                            ),
+                            (None, Some(url)) => PublicKeys::Url(url),
+                            (None, None) => anyhow::bail!("give --jwks FILE or --jwks-url URL"),
+                        };
+                        let organization = match org {
+                            Some(o) => Some(organization(&fhir, &o).await?.0),
+                            None => None,
+                        };
+                        (
+                            NewClient {
+                                kind: ClientKind::Ehr,
+                                name,
+                                organization,
+                                scopes: scope,
+                                keys: Some(keys),
+                            },
+                            json,
+                        )
+                    }
+                    AddClient::Cbo {
+                        org,
+                        scope,
+                        name,
+                        json,
+                    } => {
+                        let (id, org_name, identifiers) = organization(&fhir, &org).await?;
+                        store
+                            .upsert_tenant(
+                                &TenantRow {
+                                    organization_id: id.clone(),
+                                    name: org_name.clone(),
+                                    identifiers: identifiers.to_string(),
+                                },
+                                now,
+                            )
+                            .await?;
+                        (
+                            NewClient {
+                                kind: ClientKind::Cbo,
+                                name: name.unwrap_or(org_name),
+                                organization: Some(id),
+                                scopes: scope,
+                                keys: None,
+                            },
+                            json,
+                        )
+                    }
+                };
+                let registered = registry::register(&store, new, now).await?;
+                let c = &registered.client;
+                let mut out = json!({"client_id": c.client_id, "kind": c.kind, "scope": c.scopes});
+                if let Some(org) = &c.organization_id {
+                    out["organization"] = json!(format!("Organization/{org}"));
+                }
+                if let Some(secret) = &registered.secret {
+                    out["client_secret"] = json!(secret);
+                }
+                if json_out {
+                    println!("{out}");
+                } else {
+                    println!(
+                        "client_id: {}\nkind: {}\nscope: {}",
+                        c.client_id, c.kind, c.scopes
+                    );
+                    if let Some(org) = &c.organization_id {
+                        println!("organization: Organization/{org}");
+                    }
+                    if let Some(secret) = &registered.secret {
+                        println!("client_secret: {secret}\n(shown once: store it now)");
+                    }
+                }
+            }
+            ClientsCommand::List => {
+                for c in store.clients().await? {
+                    let state = if c.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}  {}  {}  {}  {}  {}",
+                        c.client_id,
+                        c.kind,
+                        state,
+                        c.organization_id
+                            .as_deref()
+                            .map_or("-".to_string(), |o| format!("Organization/{o}")),
+                        c.scopes,
+                        c.name
+                    );
+                    for k in store.api_keys_of(&c.client_id).await? {
+                        let state = if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!("  key {}  {}_…  {}  {}", k.key_id, k.mode, state, k.scopes);
+                    }
+                }
+            }
+            ClientsCommand::Revoke { id } => {
+                let done = if id.starts_with('k') && store.api_key(&id).await?.is_some() {
+                    store.revoke_api_key(&id, now).await?
+                } else {
+                    store.revoke_client(&id, now).await?
+                };
+                if !done {
+                    anyhow::bail!("no active client or API key {id}");
+                }
+                println!("revoked {id}");
+            }
+            ClientsCommand::ApiKey {
+                client_id,
+                live,
+                scope,
+                json,
+            } => {
+                let (row, key) =
+                    registry::add_api_key(&store, &client_id, live, scope.as_deref(), now).await?;
+                if json {
+                    println!(
+                        "{}",
+                        json!({"key_id": row.key_id, "api_key": key, "scope": row.scopes})
+                    );
+                } else {
+                    println!(
+                        "key_id: {}\napi_key: {key}\n(shown once: store it now)",
+                        row.key_id
+                    );
+                }
+            }
+            ClientsCommand::Token { client_id, scope } => {
+                let keys =
+                    SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)?;
+                let authority = Authority::new(
+                    store.clone(),
+                    keys,
+                    RateLimiter::new(0, None),
+                    settings.production(),
+                );
+                let token = authority.mint(&client_id, scope.as_deref()).await?;
+                println!("{}", token.access_token);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
+        match command {
+            KeysCommand::Rotate => {
+                if !settings.signing_key_file.as_os_str().is_empty() {
+                    anyhow::bail!(
+                        "the signing key is configured (signing_key_file); rotate it where it is kept"
+                    );
+                }
+                let kid = SigningKeys::rotate(&settings.data_dir)?;
+                println!("new signing key {kid}; restart the gateway to sign with it");
+            }
+        }
+        Ok(())
+    }
+
     pub async fn identity(settings: &Settings, command: IdentityCommand) -> anyhow::Result<()> {
-        let (store, feed) = operator_tools(settings).await?;
+        let OperatorTools { store, feed, .. } = operator_tools(settings).await?;
         match command {
             IdentityCommand::Conflicts => {
                 for c in store.open_conflicts().await? {
@@ -222,7 +551,9 @@ fn main() -> ExitCode {
         Command::Serve { config }
         | Command::Migrate { config }
         | Command::Dlq { config, .. }
-        | Command::Identity { config, .. } => config.clone(),
+        | Command::Identity { config, .. }
+        | Command::Clients { config, .. }
+        | Command::Keys { config, .. } => config.clone(),
     };
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
@@ -231,7 +562,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, !matches!(cli.command, Command::Serve { .. }));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
@@ -248,6 +579,8 @@ fn main() -> ExitCode {
             }
             Command::Dlq { command, .. } => operator::dlq(&settings, command).await,
             Command::Identity { command, .. } => operator::identity(&settings, command).await,
+            Command::Clients { command, .. } => operator::clients(&settings, command).await,
+            Command::Keys { command, .. } => operator::keys(&settings, command),
         }
     });
     match result {

@@ -7,6 +7,8 @@ use utoipa_actix_web::AppExt;
 
 use std::sync::Arc;
 
+use crate::audit::{Access, AuditLog};
+use crate::auth::{Authority, RateLimiter, SigningKeys};
 use crate::cache::Cache;
 use crate::cbo::Cbo;
 use crate::config::Settings;
@@ -16,6 +18,7 @@ use crate::http::{self, AppState};
 use crate::identity::cache::IdentityCache;
 use crate::mapping::Mappings;
 use crate::mllp;
+use crate::referral::tenants::Tenants;
 use crate::store::{Backend, Store};
 
 pub struct Application {
@@ -45,7 +48,7 @@ impl Application {
             // Another process could merge what a local cache holds.
             (None, Backend::Postgres) => IdentityCache::none(),
         });
-        let (mappings, fhir) = engine(&settings, store)?;
+        let (mappings, fhir, tenants) = engine(&settings, store).await?;
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
@@ -60,20 +63,31 @@ impl Application {
             Arc::new(mappings.identity.clone()),
             identities.clone(),
         );
+        let (audit, _) = AuditLog::start(fhir.store().clone());
+        let keys = SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let auth = Arc::new(Authority::new(
+            fhir.store().clone(),
+            keys,
+            RateLimiter::new(settings.rate_limit_per_second, cache.redis_manager()),
+            settings.production(),
+        ));
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (mllp_addr, mllp) = if settings.mllp_addr.is_empty() {
             (None, None)
         } else {
-            let (addr, task) = start_mllp(&settings, feed.clone(), shutdown.clone()).await?;
+            let (addr, task) =
+                start_mllp(&settings, feed.clone(), audit.clone(), shutdown.clone()).await?;
             (Some(addr), Some(task))
         };
         let cbo = Cbo::new(
             fhir.clone(),
             mappings,
-            settings.organizations.clone(),
+            tenants.clone(),
             settings.event_retention_days,
         );
         tokio::spawn(sweep(cbo.clone(), settings.sweep_interval_ms));
+        tokio::spawn(watch_tenants(tenants, fhir.clone()));
 
         let listener = TcpListener::bind(&settings.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
@@ -84,10 +98,23 @@ impl Application {
             cache,
             identities,
             feed,
+            auth,
+            audit,
+            production: settings.production(),
             dev_auth: settings.dev_auth,
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
         });
+        let tls = if settings.tls_cert.as_os_str().is_empty() {
+            None
+        } else {
+            Some(mllp::server_config(
+                &settings.tls_cert,
+                &settings.tls_key,
+                std::path::Path::new(""),
+            )?)
+        };
+        let https = tls.is_some();
         let server = HttpServer::new(move || {
             // The CBO scope is registered through utoipa-actix-web, which also collects
             // its OpenAPI document from these registrations (`http::cbo::openapi_document`).
@@ -95,14 +122,33 @@ impl Application {
                 .into_utoipa_app()
                 .service(utoipa_actix_web::scope("/cbo/v1").configure(http::cbo::routes))
                 .split_for_parts();
-            app.app_data(state.clone()).configure(http::routes)
-        })
-        .listen(listener)?
+            let mut headers = actix_web::middleware::DefaultHeaders::new()
+                .add(("X-Content-Type-Options", "nosniff"))
+                .add(("X-Frame-Options", "DENY"))
+                .add(("Referrer-Policy", "no-referrer"))
+                .add((
+                    "Content-Security-Policy",
+                    "default-src 'none'; frame-ancestors 'none'",
+                ))
+                .add(("Cache-Control", "no-store"));
+            if https {
+                headers = headers.add(("Strict-Transport-Security", "max-age=31536000"));
+            }
+            app.app_data(state.clone())
+                .configure(http::routes)
+                .wrap(actix_web::middleware::from_fn(http::audit))
+                .wrap(headers)
+        });
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         .shutdown_timeout(20)
         .run();
         tracing::info!(
             message = "Crossway listening.",
             http_addr = %addr,
+            https,
             mllp_addr = %mllp_addr.map_or("off".to_string(), |a| a.to_string()),
             store = if url.starts_with("postgres") { "postgres" } else { "sqlite" },
         );
@@ -129,8 +175,9 @@ impl Application {
     }
 }
 
-/// The mappings and the FHIR engine (with its writer) over `store`.
-fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Mappings, Fhir)> {
+/// The mappings, the FHIR engine (with its writer) over `store`, and the tenants it
+/// routes to (configured and registered).
+async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Mappings, Fhir, Tenants)> {
     let org_ids: Vec<String> = settings
         .organizations
         .iter()
@@ -139,24 +186,72 @@ fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Mappings, Fhir)>
     let mappings = Mappings::load(&settings.mappings_dir, &org_ids)
         .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?;
     let own_base = (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
+    let tenants = Tenants::new(settings.organizations.clone());
+    tenants
+        .refresh(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read registered tenants: {e}"))?;
     let fhir = Fhir::new(
         store,
         Context {
             own_base,
-            organizations: settings.organizations.clone(),
+            organizations: tenants.clone(),
             identity: mappings.identity.clone(),
         },
     );
-    Ok((mappings, fhir))
+    Ok((mappings, fhir, tenants))
 }
 
-/// What operator commands (`crossway dlq …`, `crossway identity …`) work with: the
-/// store, and the feed with the current mappings, without any listener.
-pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)> {
+/// Picks up tenants registered by `crossway clients add cbo` in any process, and
+/// makes referrals of the Tasks already addressed to them, once.
+async fn watch_tenants(tenants: Tenants, fhir: Fhir) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = fhir.store();
+        if let Err(e) = tenants.refresh(store).await {
+            tracing::warn!(message = "Cannot read registered tenants.", error = %e);
+            continue;
+        }
+        let pending = match store.unadopted_tenants().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(message = "Cannot read registered tenants.", error = %e);
+                continue;
+            }
+        };
+        for org in pending {
+            match fhir.adopt(&org).await {
+                Ok(n) => {
+                    tracing::info!(message = "New tenant: existing referrals adopted.", organization = %org, referrals = n);
+                    let now = crate::fhir::datetime::now_micros();
+                    if let Err(e) = store.mark_adopted(&org, now).await {
+                        tracing::warn!(message = "Cannot mark a tenant adopted.", organization = %org, error = %e);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(message = "Cannot adopt a new tenant's referrals; retrying.", organization = %org, error = %e)
+                }
+            }
+        }
+    }
+}
+
+/// What operator commands (`crossway dlq …`, `crossway identity …`, `crossway
+/// clients …`) work with, without any listener.
+pub struct OperatorTools {
+    pub store: Store,
+    /// The feed with the current mappings.
+    pub feed: Feed,
+    pub fhir: Fhir,
+}
+
+pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools> {
     let store = Store::open(&settings.effective_database_url())
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
-    let (mappings, fhir) = engine(settings, store.clone())?;
+    let (mappings, fhir, _) = engine(settings, store.clone()).await?;
     let cache = if settings.redis_url.is_empty() {
         IdentityCache::none()
     } else {
@@ -166,27 +261,50 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<(Store, Feed)
         IdentityCache::redis(manager, &settings.effective_database_url())
     };
     let feed = Feed::new(
-        fhir,
+        fhir.clone(),
         Arc::new(mappings.feeds),
         Arc::new(mappings.identity),
         Arc::new(cache),
     );
-    Ok((store, feed))
+    Ok(OperatorTools { store, feed, fhir })
 }
 
 /// The MLLP face: frames in, the feed's ACK out.
 struct FeedHandler {
     feed: Feed,
+    audit: AuditLog,
     limit: usize,
 }
 
 impl mllp::Handler for FeedHandler {
-    fn handle(&self, frame: mllp::Frame, _peer: SocketAddr) -> mllp::HandlerFuture<'_> {
+    fn handle(&self, frame: mllp::Frame, peer: SocketAddr) -> mllp::HandlerFuture<'_> {
         Box::pin(async move {
-            let ack = match frame {
-                mllp::Frame::Message(bytes) => self.feed.hl7v2(&bytes).await?,
-                mllp::Frame::TooLarge { head, len } => self.feed.too_large(&head, len, self.limit),
+            let (ack, entity) = match frame {
+                mllp::Frame::Message(bytes) => {
+                    let entity = crate::hie::adt::describe(&bytes);
+                    (self.feed.hl7v2(&bytes).await?, entity)
+                }
+                mllp::Frame::TooLarge { head, len } => (
+                    self.feed.too_large(&head, len, self.limit),
+                    format!("oversize message ({len} bytes)"),
+                ),
             };
+            let code = crate::hie::adt::ack_code(&ack);
+            let client = format!("mllp:{}", peer.ip());
+            self.audit.record(Access {
+                client_id: &client,
+                organization: None,
+                face: "mllp",
+                action: "C",
+                entity,
+                detail: format!("ACK {code}"),
+                outcome: match code {
+                    "AA" | "CA" => 200,
+                    "AE" | "CE" => 422,
+                    _ => 400,
+                },
+                trace_id: "",
+            });
             Some(ack.into_bytes().into())
         })
     }
@@ -195,15 +313,18 @@ impl mllp::Handler for FeedHandler {
 async fn start_mllp(
     settings: &Settings,
     feed: Feed,
+    audit: AuditLog,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let tls = if settings.mllp_tls_cert.as_os_str().is_empty() {
         None
     } else {
-        Some(mllp::tls_acceptor(
+        let config = mllp::server_config(
             &settings.mllp_tls_cert,
             &settings.mllp_tls_key,
-        )?)
+            &settings.mllp_tls_client_ca,
+        )?;
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     };
     let listener = tokio::net::TcpListener::bind(&settings.mllp_addr)
         .await
@@ -215,6 +336,7 @@ async fn start_mllp(
     };
     let handler = Arc::new(FeedHandler {
         feed,
+        audit,
         limit: settings.mllp_max_message_bytes,
     });
     let task = tokio::spawn(mllp::serve(listener, tls, limits, handler, shutdown));

@@ -1,18 +1,30 @@
-//! Logging: `tracing` to stdout, filtered by `CROSSWAY_LOG` (or the config's `log`).
+//! Logging: `tracing` to stdout (the gateway) or stderr (operator commands, whose
+//! stdout is their output), filtered by `CROSSWAY_LOG` (or the config's `log`).
 //! `CROSSWAY_LOG_FORMAT=json` switches to one JSON object per line for log shippers.
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(filter: &str) {
+pub fn init(filter: &str, to_stderr: bool) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let json = std::env::var("CROSSWAY_LOG_FORMAT").as_deref() == Ok("json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi);
-    if std::env::var("CROSSWAY_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+        .with_target(false);
+    if to_stderr {
+        let builder = builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        if json {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
     } else {
-        builder.init();
+        let builder = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        if json {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
     }
 }

@@ -31,6 +31,8 @@ pub enum CboError {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("rate limit exceeded; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
     #[error(transparent)]
     Fhir(#[from] FhirError),
     #[error(transparent)]

@@ -24,11 +24,12 @@ pub use body::{
 pub use error::{CboError, FieldError};
 pub use services::Service;
 
-use crate::config::{OrganizationConfig, OrganizationKind};
+use crate::config::OrganizationConfig;
 use crate::fhir::datetime;
 use crate::fhir::engine::{ActionRequest, Fhir, IdempotencyKey, Refusal};
 use crate::mapping::Mappings;
 use crate::referral::projection::{self, Summary};
+use crate::referral::tenants::Tenants;
 use crate::store::{Event, ReferralFilter, StoreError, StoredResource};
 
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -40,7 +41,7 @@ const KEY_RETENTION_HOURS: i64 = 96;
 pub struct Cbo {
     fhir: Fhir,
     mappings: Arc<Mappings>,
-    organizations: Arc<Vec<OrganizationConfig>>,
+    organizations: Tenants,
     /// Idempotency keys whose first request is still running in this process.
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
     event_retention_days: u32,
@@ -105,23 +106,22 @@ impl Cbo {
     pub fn new(
         fhir: Fhir,
         mappings: Mappings,
-        organizations: Vec<OrganizationConfig>,
+        organizations: Tenants,
         event_retention_days: u32,
     ) -> Cbo {
         Cbo {
             fhir,
             mappings: Arc::new(mappings),
-            organizations: Arc::new(organizations),
+            organizations,
             in_flight: Arc::default(),
             event_retention_days,
         }
     }
 
-    /// The configured CBO organisation with this id: the tenant a request acts for.
-    pub fn tenant(&self, id: &str) -> Option<&OrganizationConfig> {
-        self.organizations
-            .iter()
-            .find(|o| o.id == id && o.kind == OrganizationKind::Cbo)
+    /// The CBO organisation with this id (configured or registered): the tenant a
+    /// request acts for.
+    pub fn tenant(&self, id: &str) -> Option<OrganizationConfig> {
+        self.organizations.cbo(id)
     }
 
     pub async fn list(&self, org: &str, q: &ListQuery) -> Result<Page<Summary>, CboError> {
@@ -382,7 +382,7 @@ impl Cbo {
         resource["id"] = Value::String(fid.clone());
         let written = self
             .fhir
-            .update("HealthcareService", &fid, resource, None)
+            .update("HealthcareService", &fid, resource, None, None)
             .await?;
         let stored: Value = serde_json::from_str(&written.stored.body).unwrap_or(Value::Null);
         Ok((written.status, services::from_resource(org, &stored)))
@@ -404,7 +404,7 @@ impl Cbo {
         let resource = services::with_capacity(existing, &input);
         let written = self
             .fhir
-            .update("HealthcareService", &fid, resource, None)
+            .update("HealthcareService", &fid, resource, None, None)
             .await?;
         let stored: Value = serde_json::from_str(&written.stored.body).unwrap_or(Value::Null);
         Ok(services::from_resource(org, &stored))
@@ -429,11 +429,7 @@ impl Cbo {
         let overdue = self.fhir.store().overdue_referrals(now, 500).await?;
         let mut expired = 0;
         for (id, org) in overdue {
-            let name = self
-                .organizations
-                .iter()
-                .find(|o| o.id == org)
-                .map_or(org.clone(), |o| o.name.clone());
+            let name = self.organizations.name_of(&org);
             let request = ActionRequest {
                 organization: org.clone(),
                 organization_name: name,

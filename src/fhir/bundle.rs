@@ -357,7 +357,7 @@ pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn encode_query(params: &[(String, String)]) -> String {
+pub fn encode_query(params: &[(String, String)]) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     const KEEP: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
         .remove(b'-')

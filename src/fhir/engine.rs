@@ -18,10 +18,10 @@ use super::reference::{self, Target};
 use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
-use crate::config::OrganizationConfig;
 use crate::identity::IdentityRules;
 use crate::referral::action::{self, Action, ActionError, Actor};
 use crate::referral::projection::Fetch;
+use crate::referral::tenants::Tenants;
 use crate::referral::{CboStatus, Related, projection};
 use crate::store::writer::{BoxFuture, Command, Isolation, Writer};
 use crate::store::{Preload, Referral, Store, StoreError, StoredResource, Tx};
@@ -31,7 +31,7 @@ use crate::store::{Preload, Referral, Store, StoreError, StoredResource, Tx};
 pub struct Context {
     /// Our public `/fhir` base, when configured: absolute references to it are local.
     pub own_base: Option<String>,
-    pub organizations: Vec<OrganizationConfig>,
+    pub organizations: Tenants,
     /// How Patient identifiers become person identifiers.
     pub identity: IdentityRules,
 }
@@ -142,12 +142,16 @@ impl Fhir {
         }
     }
 
+    /// `caller` is the organisation the client is bound to: on a Task it decides
+    /// whether the caller is the requester or the owner (fhir.md). `None` is a client
+    /// bound to no organisation, or the gateway itself.
     pub async fn update(
         &self,
         resource_type: &str,
         id: &str,
         mut resource: Value,
         if_match: Option<&str>,
+        caller: Option<&str>,
     ) -> Result<Written, FhirError> {
         check_type(resource_type)?;
         if !super::is_valid_id(id) {
@@ -166,6 +170,7 @@ impl Fhir {
             if_match,
             must_resolve: checked.must_resolve,
             warnings: checked.warnings,
+            caller: caller.map(str::to_string),
         };
         match self.submit(write).await? {
             Outcome::Written(w) => Ok(w),
@@ -179,6 +184,7 @@ impl Fhir {
         body: Value,
         base: &str,
         with_resources: bool,
+        caller: Option<&str>,
     ) -> Result<String, FhirError> {
         let plan = bundle::plan(body, self.ctx.own_base.as_deref())?;
         // New resources are serialised and indexed here, in parallel with other requests;
@@ -195,6 +201,7 @@ impl Fhir {
             .collect();
         let write = Write::Bundle {
             plan,
+            caller: caller.map(str::to_string),
             prepared,
             base: base.to_string(),
             with_resources,
@@ -300,10 +307,32 @@ impl Fhir {
         Ok(bundle::searchset(base, &query, &page))
     }
 
+    /// Makes referrals of the stored Tasks that `organization` (a tenant just
+    /// registered) owns and that are not referrals yet; returns how many.
+    pub async fn adopt(&self, organization: &str) -> Result<usize, FhirError> {
+        let mut after = String::new();
+        let mut adopted = 0;
+        loop {
+            let task_ids = self.store.resource_ids("Task", &after, 500).await?;
+            let Some(last) = task_ids.last().cloned() else {
+                return Ok(adopted);
+            };
+            let write = Write::Adopt {
+                organization: organization.to_string(),
+                task_ids,
+            };
+            match self.submit(write).await? {
+                Outcome::Adopted(n) => adopted += n,
+                _ => unreachable!("an adoption yields a count"),
+            }
+            after = last;
+        }
+    }
+
     /// Creates the Organization resource of every configured organisation that does not
     /// exist yet, so that Tasks can name it as owner.
     pub async fn seed_organizations(&self) -> Result<(), FhirError> {
-        for org in &self.ctx.organizations {
+        for org in self.ctx.organizations.all().iter() {
             if self.store.read("Organization", &org.id).await?.is_some() {
                 continue;
             }
@@ -321,7 +350,8 @@ impl Fhir {
             if !identifiers.is_empty() {
                 resource["identifier"] = Value::Array(identifiers);
             }
-            self.update("Organization", &org.id, resource, None).await?;
+            self.update("Organization", &org.id, resource, None, None)
+                .await?;
         }
         Ok(())
     }
@@ -398,9 +428,11 @@ enum Write {
         if_match: Option<i64>,
         must_resolve: Vec<ReferenceCheck>,
         warnings: Vec<Issue>,
+        caller: Option<String>,
     },
     Bundle {
         plan: Plan,
+        caller: Option<String>,
         /// By entry index: the prepared form of each new resource.
         prepared: Vec<Option<Prepared>>,
         base: String,
@@ -408,6 +440,11 @@ enum Write {
     },
     Action(Box<ActionRequest>),
     Ingest(Box<Inbound>),
+    /// Records the referrals of existing Tasks owned by a newly registered tenant.
+    Adopt {
+        organization: String,
+        task_ids: Vec<String>,
+    },
     Prune {
         events_before: i64,
         keys_before: i64,
@@ -415,6 +452,7 @@ enum Write {
 }
 
 enum Outcome {
+    Adopted(usize),
     Written(Written),
     Bundle(String),
     Action(Result<ActionDone, Refusal>),
@@ -458,6 +496,7 @@ impl Command for WriteCommand {
                 .unwrap_or(Isolation::None),
             Write::Ingest(_) => Isolation::Savepoint,
             Write::Action(_) | Write::Prune { .. } => Isolation::None,
+            Write::Adopt { .. } => Isolation::Savepoint,
         }
     }
 
@@ -506,6 +545,7 @@ impl Command for WriteCommand {
                         create_only: true,
                         if_match: None,
                         link: true,
+                        caller: None,
                     };
                     write_one(tx, ctx, one, resource, Some(*prepared), warnings, now)
                         .await
@@ -518,6 +558,7 @@ impl Command for WriteCommand {
                     if_match,
                     must_resolve,
                     warnings,
+                    caller,
                 } => {
                     resolve_all(tx, &must_resolve).await?;
                     let one = One {
@@ -526,6 +567,7 @@ impl Command for WriteCommand {
                         create_only: false,
                         if_match,
                         link: true,
+                        caller: caller.as_deref(),
                     };
                     write_one(tx, ctx, one, resource, None, warnings, now)
                         .await
@@ -533,12 +575,14 @@ impl Command for WriteCommand {
                 }
                 Write::Bundle {
                     plan,
+                    caller,
                     prepared,
                     base,
                     with_resources,
                 } => {
                     let kind = plan.kind;
-                    let results = run_bundle(tx, ctx, plan, prepared, &base, now).await?;
+                    let results =
+                        run_bundle(tx, ctx, plan, prepared, &base, caller.as_deref(), now).await?;
                     Ok(Outcome::Bundle(bundle::response(
                         kind,
                         &base,
@@ -552,6 +596,12 @@ impl Command for WriteCommand {
                 Write::Ingest(inbound) => super::ingest::ingest(tx, ctx, *inbound, now)
                     .await
                     .map(Outcome::Ingested),
+                Write::Adopt {
+                    organization,
+                    task_ids,
+                } => adopt(tx, ctx, &organization, &task_ids, now)
+                    .await
+                    .map(Outcome::Adopted),
                 Write::Prune {
                     events_before,
                     keys_before,
@@ -614,6 +664,8 @@ struct One<'r> {
     if_match: Option<i64>,
     /// Link a Patient to its person (not when the caller has resolved it already).
     link: bool,
+    /// The organisation the client is bound to; `None`: unrestricted.
+    caller: Option<&'r str>,
 }
 
 /// A new resource made ready for storage on the caller's thread, so that the writer
@@ -657,6 +709,7 @@ pub(super) async fn put(
         create_only: new,
         if_match: None,
         link: false,
+        caller: None,
     };
     write_one(tx, ctx, one, resource, None, Vec::new(), now).await
 }
@@ -696,6 +749,9 @@ async fn write_one(
     };
     if let (Some(cur), Some(old)) = (&current, &old) {
         if ty == "Task" {
+            if let Some(org) = one.caller {
+                check_task_change(ctx, org, old, &resource)?;
+            }
             validate::check_task_transition(old, &resource)?;
         }
         if same_content(old, &resource) {
@@ -841,6 +897,7 @@ async fn run_action(
             create_only: true,
             if_match: None,
             link: true,
+            caller: None,
         };
         write_one(tx, ctx, one, resource, None, vec![], now).await?;
     }
@@ -851,6 +908,7 @@ async fn run_action(
         create_only: false,
         if_match: None,
         link: true,
+        caller: None,
     };
     write_one(tx, ctx, one, edit.task.clone(), None, vec![], now).await?;
     let updated = tx.referral(&req.referral_id).await?.unwrap_or(referral);
@@ -1040,6 +1098,130 @@ async fn record_referral(
     Ok(())
 }
 
+async fn adopt(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    organization: &str,
+    task_ids: &[String],
+    now: i64,
+) -> Result<usize, FhirError> {
+    let mut adopted = 0;
+    for id in task_ids {
+        let Some(current) = tx.current("Task", id).await? else {
+            continue;
+        };
+        if tx.referral_for_task(id).await?.is_some() {
+            continue;
+        }
+        let Ok(task) = serde_json::from_str::<Value>(&current.body) else {
+            continue;
+        };
+        if route(tx, ctx, &task).await?.as_deref() != Some(organization) {
+            continue;
+        }
+        let mut warnings = Vec::new();
+        record_referral(
+            tx,
+            ctx,
+            id,
+            &task,
+            Some(&task),
+            current.version,
+            now,
+            &mut warnings,
+        )
+        .await?;
+        adopted += 1;
+    }
+    Ok(adopted)
+}
+
+/// What the Task's owner may change (fhir.md); `meta` and `text` are bookkeeping.
+const OWNER_MAY_CHANGE: &[&str] = &[
+    "status",
+    "statusReason",
+    "output",
+    "note",
+    "lastModified",
+    "meta",
+    "text",
+];
+
+/// Does `reference` name the organisation `org`, by `Organization/{id}` or by one of
+/// its identifiers?
+fn names_organization(ctx: &Context, reference: Option<&Value>, org: &str) -> bool {
+    let Some(reference) = reference else {
+        return false;
+    };
+    if let Some(("Organization", id)) = local_target(Some(reference), ctx)
+        && id == org
+    {
+        return true;
+    }
+    let (Some(system), Some(value)) = (
+        reference
+            .pointer("/identifier/system")
+            .and_then(Value::as_str),
+        reference
+            .pointer("/identifier/value")
+            .and_then(Value::as_str),
+    ) else {
+        return false;
+    };
+    ctx.organizations.all().iter().any(|o| {
+        o.id == org
+            && o.identifiers
+                .iter()
+                .any(|i| i.system == system && i.value == value)
+    })
+}
+
+/// The requester may change a Task freely; its owner only its status, statusReason
+/// and output, and may add notes; anyone else nothing.
+fn check_task_change(ctx: &Context, org: &str, old: &Value, new: &Value) -> Result<(), FhirError> {
+    if names_organization(ctx, old.get("requester"), org) {
+        return Ok(());
+    }
+    if !names_organization(ctx, old.get("owner"), org) {
+        return Err(FhirError::Forbidden {
+            expression: Some("Task".into()),
+            message: format!(
+                "Organization/{org} is neither the requester nor the owner of this Task, so it may not change it"
+            ),
+        });
+    }
+    let keys = old
+        .as_object()
+        .into_iter()
+        .chain(new.as_object())
+        .flat_map(|o| o.keys());
+    for key in keys {
+        if OWNER_MAY_CHANGE.contains(&key.as_str()) || old.get(key) == new.get(key) {
+            continue;
+        }
+        return Err(FhirError::Forbidden {
+            expression: Some(format!("Task.{key}")),
+            message: format!(
+                "the Task's owner may change only status, statusReason and output, and add notes; Task.{key} changed"
+            ),
+        });
+    }
+    let old_notes = old.get("note").and_then(Value::as_array);
+    let new_notes = new.get("note").and_then(Value::as_array);
+    let kept = match (old_notes, new_notes) {
+        (None, _) => true,
+        (Some(o), Some(n)) => n.len() >= o.len() && n[..o.len()] == o[..],
+        (Some(o), None) => o.is_empty(),
+    };
+    if !kept {
+        return Err(FhirError::Forbidden {
+            expression: Some("Task.note".into()),
+            message: "the Task's owner may add notes but not change or remove existing ones".into(),
+        });
+    }
+    Ok(())
+}
+
 fn note_count(task: &Value) -> usize {
     task.get("note")
         .and_then(Value::as_array)
@@ -1064,8 +1246,9 @@ async fn route(tx: &mut Tx<'_>, ctx: &Context, task: &Value) -> Result<Option<St
     let Some(owner) = task.get("owner") else {
         return Ok(None);
     };
+    let organizations = ctx.organizations.all();
     let by_identifier = |system: &str, value: &str| {
-        ctx.organizations
+        organizations
             .iter()
             .find(|o| {
                 o.identifiers
@@ -1091,7 +1274,7 @@ async fn route(tx: &mut Tx<'_>, ctx: &Context, task: &Value) -> Result<Option<St
     else {
         return Ok(None);
     };
-    if ctx.organizations.iter().any(|o| o.id == id) {
+    if organizations.iter().any(|o| o.id == id) {
         return Ok(Some(id.to_string()));
     }
     let Some(stored) = tx.current("Organization", id).await? else {
@@ -1123,6 +1306,7 @@ async fn run_bundle(
     plan: Plan,
     mut prepared: Vec<Option<Prepared>>,
     base: &str,
+    caller: Option<&str>,
     now: i64,
 ) -> Result<Vec<EntryResult>, FhirError> {
     let transaction = plan.kind == BundleKind::Transaction;
@@ -1217,6 +1401,7 @@ async fn run_bundle(
                 create_only,
                 if_match,
                 link: true,
+                caller,
             };
             write_one(tx, ctx, one, resource, prepared, e.warnings, now).await
         }

@@ -24,6 +24,9 @@ pub enum IssueCode {
     Transient,
     Exception,
     Informational,
+    Login,
+    Forbidden,
+    Throttled,
 }
 
 impl IssueCode {
@@ -42,6 +45,9 @@ impl IssueCode {
             IssueCode::Transient => "transient",
             IssueCode::Exception => "exception",
             IssueCode::Informational => "informational",
+            IssueCode::Login => "login",
+            IssueCode::Forbidden => "forbidden",
+            IssueCode::Throttled => "throttled",
         }
     }
 }
@@ -131,6 +137,18 @@ pub enum FhirError {
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type {0:?}")]
     UnsupportedMediaType(String),
+    /// No valid credential (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid credential that may not do this; `expression` names the element when
+    /// the refusal is about one (an owner changing Task.priority).
+    #[error("{message}")]
+    Forbidden {
+        expression: Option<String>,
+        message: String,
+    },
+    #[error("too many requests; retry after {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("storage: {0}")]
     Store(StoreError),
 }
@@ -167,6 +185,9 @@ impl FhirError {
             FhirError::MultipleMatches(_) => 412,
             FhirError::PayloadTooLarge { .. } => 413,
             FhirError::UnsupportedMediaType(_) => 415,
+            FhirError::Unauthorized(_) => 401,
+            FhirError::Forbidden { .. } => 403,
+            FhirError::TooManyRequests { .. } => 429,
             FhirError::Store(e) if e.is_transient() => 503,
             FhirError::Store(_) => 500,
         }
@@ -209,6 +230,17 @@ impl FhirError {
                 IssueCode::NotSupported,
                 format!("{self}; send application/fhir+json or application/json"),
             ),
+            FhirError::Unauthorized(_) => single(IssueCode::Login, self.to_string()),
+            FhirError::Forbidden {
+                expression,
+                message,
+            } => vec![Issue {
+                severity: "error",
+                code: IssueCode::Forbidden,
+                expression: expression.clone(),
+                diagnostics: message.clone(),
+            }],
+            FhirError::TooManyRequests { .. } => single(IssueCode::Throttled, self.to_string()),
             // The cause goes to the log only; the client learns whether to retry.
             FhirError::Store(e) if e.is_transient() => single(
                 IssueCode::Transient,

@@ -35,6 +35,25 @@ pub fn key(msg: &Message<'_>) -> (String, String, String) {
     (source, text(msg, "MSH-10"), event)
 }
 
+/// `MSH-4 MSH-10 event` of raw message bytes, for the audit trail.
+pub fn describe(bytes: &[u8]) -> String {
+    match crate::hl7v2::parse_bytes(bytes) {
+        Ok(msg) => {
+            let (source, control, event) = key(&msg);
+            format!("{source} {control} {event}")
+        }
+        Err(_) => "(unparseable message)".into(),
+    }
+}
+
+/// MSA-1 of an acknowledgement.
+pub fn ack_code(ack: &str) -> &str {
+    ack.split(['\r', '\n'])
+        .find_map(|seg| seg.strip_prefix("MSA|"))
+        .and_then(|rest| rest.split('|').next())
+        .unwrap_or("")
+}
+
 /// Reads a message the feed accepted at the MLLP level into a notice.
 pub fn notice(
     msg: &Message<'_>,

@@ -6,15 +6,16 @@ use std::sync::OnceLock;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, get, post, put, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, get, post, put, web};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{AppState, etag, header_str};
+use crate::auth::{AuthError, CboScope, ClientKind, Credential, Principal, Scopes};
 use crate::cbo::{
     AcceptRequest, ActionCall, CapacityInput, CboError, CloseRequest, DeclineRequest, FeedEvent,
     FieldError, HoldRequest, ListQuery, NoteRequest, Page, ProgressRequest, Service, ServiceInput,
@@ -70,13 +71,14 @@ pub fn openapi_document() -> &'static str {
                 .into(),
         );
         let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "dev_organization",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                DEV_ORG_HEADER,
-                "Development only (CROSSWAY_DEV_AUTH=1): the organisation id the request acts for.",
-            ))),
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.description = Some(
+            "An access token from POST /auth/token (OAuth2 client credentials: client_id and \
+             client_secret), or an API key (live_… / test_…). Scopes: referrals:read, \
+             referrals:write, webhooks:manage, directory:write."
+                .into(),
         );
+        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
         api.to_pretty_json()
             .expect("the OpenAPI document serialises")
     })
@@ -135,6 +137,7 @@ impl Problem {
             ),
             CboError::Unauthenticated(_) => (401, "unauthenticated", "Authentication required"),
             CboError::Forbidden(_) => (403, "forbidden", "Not allowed"),
+            CboError::RateLimited { .. } => (429, "rate-limited", "Too many requests"),
             CboError::Fhir(e) => match e.status() {
                 s @ 400..=499 => (
                     if s == 400 { 422 } else { s },
@@ -199,8 +202,17 @@ impl ResponseError for Problem {
             _ => {}
         }
         let mut resp = HttpResponse::build(self.status_code());
-        if status == 503 {
-            resp.insert_header((header::RETRY_AFTER, "1"));
+        match &self.error {
+            CboError::RateLimited { retry_after } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            CboError::Unauthenticated(_) => {
+                resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"crossway\""));
+            }
+            _ if status == 503 => {
+                resp.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
         }
         resp.content_type(PROBLEM_JSON)
             .body(serde_json::to_string(&body).expect("problems serialise"))
@@ -238,31 +250,73 @@ pub struct ProblemBody {
 
 type Result<T> = std::result::Result<T, Problem>;
 
-/// The organisation this request acts for. Until credentials exist (the security
-/// issue), only the development header is accepted, and only when enabled.
-fn tenant<'s>(req: &HttpRequest, state: &'s AppState) -> Result<&'s OrganizationConfig> {
-    if !state.dev_auth {
+/// Who a request acts for: the organisation its credential is bound to, with the
+/// principal (scopes, credential kind).
+struct Caller {
+    org: OrganizationConfig,
+    principal: Principal,
+}
+
+fn auth_problem(e: AuthError) -> CboError {
+    match e {
+        AuthError::Forbidden(m) => CboError::Forbidden(m),
+        AuthError::RateLimited { retry_after } => CboError::RateLimited { retry_after },
+        AuthError::Store(e) => CboError::Store(e),
+        other => CboError::Unauthenticated(other.to_string()),
+    }
+}
+
+/// Authenticates the request and checks `scope` (none: any CBO credential). The
+/// development header is honoured only when `CROSSWAY_DEV_AUTH=1`.
+async fn tenant(req: &HttpRequest, state: &AppState, scope: Option<CboScope>) -> Result<Caller> {
+    if state.dev_auth
+        && let Some(id) = header_str(req.headers(), DEV_ORG_HEADER)
+    {
+        let org = state.cbo.tenant(id).ok_or_else(|| {
+            Problem::new(
+                CboError::Forbidden(format!(
+                    "{id:?} is not a community organisation known to this gateway"
+                )),
+                req,
+            )
+        })?;
+        let principal = Principal {
+            client_id: format!("dev-header:{id}"),
+            kind: ClientKind::Cbo,
+            organization: Some(id.to_string()),
+            scopes: Scopes::parse(crate::auth::registry::DEFAULT_CBO_SCOPES).unwrap_or_default(),
+            credential: Credential::DevelopmentHeader,
+        };
+        req.extensions_mut().insert(principal.clone());
+        return Ok(Caller { org, principal });
+    }
+    let principal = super::auth::authenticate(req, state)
+        .await
+        .map_err(|e| Problem::new(auth_problem(e), req))?;
+    if principal.kind != ClientKind::Cbo {
         return Err(Problem::new(
-            CboError::Unauthenticated(
-                "no credential: this gateway has no CBO credentials configured yet (development: set CROSSWAY_DEV_AUTH=1 and send X-Crossway-Organization)".into(),
-            ),
+            CboError::Forbidden("this is an EHR credential; /cbo/v1 takes CBO credentials".into()),
             req,
         ));
     }
-    let Some(id) = header_str(req.headers(), DEV_ORG_HEADER) else {
-        return Err(Problem::new(
-            CboError::Unauthenticated("send X-Crossway-Organization: <organisation id>".into()),
-            req,
-        ));
-    };
-    state.cbo.tenant(id).ok_or_else(|| {
-        Problem::new(
-            CboError::Forbidden(format!(
-                "{id:?} is not a community organisation known to this gateway"
-            )),
-            req,
-        )
-    })
+    if let Some(scope) = scope {
+        principal
+            .require_cbo(scope)
+            .map_err(|e| Problem::new(auth_problem(e), req))?;
+    }
+    let org = principal
+        .organization
+        .as_deref()
+        .and_then(|id| state.cbo.tenant(id))
+        .ok_or_else(|| {
+            Problem::new(
+                CboError::Forbidden(
+                    "the credential's organisation is not a community organisation known to this gateway".into(),
+                ),
+                req,
+            )
+        })?;
+    Ok(Caller { org, principal })
 }
 
 fn json_response(status: StatusCode, body: String) -> HttpResponse {
@@ -303,11 +357,13 @@ fn param(params: &[(String, String)], name: &str) -> Option<String> {
         (status = 401, description = "No credential", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "A filter is invalid", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/referrals")]
 async fn list_referrals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
     let params = query(&req);
     let q = ListQuery {
         status: param(&params, "status"),
@@ -334,7 +390,7 @@ async fn list_referrals(req: HttpRequest, state: web::Data<AppState>) -> Result<
         (status = 304, description = "Unchanged since If-None-Match"),
         (status = 404, description = "No such referral for this organisation", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/referrals/{id}")]
 async fn get_referral(
@@ -342,7 +398,9 @@ async fn get_referral(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
     let (view, version) = state
         .cbo
         .get(&org.id, &path)
@@ -370,7 +428,9 @@ async fn act(
     action: &str,
     body: &[u8],
 ) -> Result<HttpResponse> {
-    let org = tenant(req, state)?;
+    let org = tenant(req, state, Some(CboScope::ReferralsWrite))
+        .await?
+        .org;
     let call = ActionCall {
         referral_id: id,
         action,
@@ -380,7 +440,7 @@ async fn act(
     };
     let answer = state
         .cbo
-        .act(org, call)
+        .act(&org, call)
         .await
         .map_err(|e| Problem::new(e, req))?;
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
@@ -418,7 +478,7 @@ macro_rules! action {
                 (status = 412, description = "If-Match does not match the current version", body = ProblemBody, content_type = "application/problem+json"),
                 (status = 422, description = "The body is invalid, or the Idempotency-Key was used for another request", body = ProblemBody, content_type = "application/problem+json"),
             ),
-            security(("dev_organization" = [])),
+            security(("bearer" = [])),
         )]
         #[post($path)]
         async fn $name(
@@ -489,7 +549,7 @@ action!(
         (status = 409, description = "The referral is closed", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The body is invalid", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[post("/referrals/{id}/notes")]
 async fn add_note(
@@ -514,7 +574,7 @@ struct EventList {
         (status = 200, description = "Every event of the referral, in order", body = EventList),
         (status = 404, description = "No such referral for this organisation", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/referrals/{id}/events")]
 async fn referral_events(
@@ -522,7 +582,9 @@ async fn referral_events(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
     let data = state
         .cbo
         .referral_events(&org.id, &path)
@@ -543,11 +605,13 @@ async fn referral_events(
         (status = 200, description = "Events after the cursor", body = Page<FeedEvent>),
         (status = 410, description = "The cursor is older than the feed's retention: resume from oldest_sequence and re-read referrals", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/events")]
 async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
     let params = query(&req);
     let page = state
         .cbo
@@ -564,8 +628,11 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 #[derive(Serialize, ToSchema)]
 struct Me {
     organization: MeOrganization,
+    client_id: String,
+    /// `access-token`, `api-key` or `development-header`.
     credential: &'static str,
-    scopes: Vec<&'static str>,
+    /// Space-separated, as granted.
+    scopes: String,
     environment: &'static str,
 }
 
@@ -581,20 +648,25 @@ struct MeOrganization {
     tag = "organisation",
     summary = "Who am I",
     responses((status = 200, description = "The organisation this credential acts for", body = Me), (status = 401, description = "No credential", body = ProblemBody, content_type = "application/problem+json")),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/me")]
 async fn me(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let Caller { org, principal } = tenant(&req, &state, None).await?;
     let body = Me {
         organization: MeOrganization {
             id: org.id.clone(),
             name: org.name.clone(),
             fhir: format!("Organization/{}", org.id),
         },
-        credential: "development-header",
-        scopes: vec!["referrals:read", "referrals:write", "directory:write"],
-        environment: "development",
+        client_id: principal.client_id.clone(),
+        credential: principal.credential.as_str(),
+        scopes: principal.scopes.to_string(),
+        environment: if state.production {
+            "production"
+        } else {
+            "development"
+        },
     };
     Ok(json_of(StatusCode::OK, &body))
 }
@@ -608,11 +680,13 @@ struct ServiceList {
     tag = "services",
     summary = "My service catalogue",
     responses((status = 200, description = "Every service of the organisation", body = ServiceList)),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/services")]
 async fn list_services(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
     let data = state
         .cbo
         .services(&org.id)
@@ -626,7 +700,7 @@ async fn list_services(req: HttpRequest, state: web::Data<AppState>) -> Result<H
     summary = "Read a service",
     params(("id" = String, Path, description = "Service id (letters, digits, '-')")),
     responses((status = 200, description = "The service", body = Service), (status = 404, description = "No such service", body = ProblemBody, content_type = "application/problem+json")),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[get("/services/{id}")]
 async fn get_service(
@@ -634,7 +708,9 @@ async fn get_service(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
     let service = state
         .cbo
         .service(&org.id, &path)
@@ -654,7 +730,7 @@ async fn get_service(
         (status = 201, description = "Created", body = Service),
         (status = 422, description = "The body is invalid", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[put("/services/{id}")]
 async fn put_service(
@@ -663,7 +739,9 @@ async fn put_service(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::DirectoryWrite))
+        .await?
+        .org;
     let (status, service) = state
         .cbo
         .put_service(&org.id, &path, &body)
@@ -684,7 +762,7 @@ async fn put_service(
         (status = 404, description = "No such service", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The body is invalid", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("dev_organization" = [])),
+    security(("bearer" = [])),
 )]
 #[put("/services/{id}/capacity")]
 async fn put_capacity(
@@ -693,7 +771,9 @@ async fn put_capacity(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state)?;
+    let org = tenant(&req, &state, Some(CboScope::DirectoryWrite))
+        .await?
+        .org;
     let service = state
         .cbo
         .put_capacity(&org.id, &path, &body)

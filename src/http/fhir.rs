@@ -8,7 +8,9 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::auth::authenticate;
 use super::{AppState, etag, header_str};
+use crate::auth::{AuthError, Interaction, Principal};
 use crate::fhir::bundle::parse_query_string;
 use crate::fhir::capability::capability_statement;
 use crate::fhir::datetime;
@@ -23,6 +25,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // One resource per path, so each request is matched against each pattern once.
     // `_search` comes before `{id}`, which would otherwise claim it.
     cfg.service(resource("/metadata").route(web::get().to(metadata)))
+        .service(
+            resource("/.well-known/smart-configuration")
+                .route(web::get().to(super::auth::smart_configuration)),
+        )
         .service(resource("").route(web::post().to(transaction)))
         .service(resource("/").route(web::post().to(transaction)))
         .service(resource("/$process-message").route(web::post().to(process_message)))
@@ -73,10 +79,17 @@ impl ResponseError for FhirResponse {
             tracing::error!(message = "Storage failure.", error = %e);
         }
         let mut resp = HttpResponse::build(self.status_code());
-        if let FhirError::Store(e) = &self.0
-            && e.is_transient()
-        {
-            resp.insert_header((header::RETRY_AFTER, "1"));
+        match &self.0 {
+            FhirError::Store(e) if e.is_transient() => {
+                resp.insert_header((header::RETRY_AFTER, "1"));
+            }
+            FhirError::TooManyRequests { retry_after } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            FhirError::Unauthorized(_) => {
+                resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"crossway\""));
+            }
+            _ => {}
         }
         resp.content_type(FHIR_JSON)
             .body(self.0.to_operation_outcome().to_string())
@@ -84,6 +97,94 @@ impl ResponseError for FhirResponse {
 }
 
 type Result<T> = std::result::Result<T, FhirResponse>;
+
+impl From<AuthError> for FhirResponse {
+    fn from(e: AuthError) -> Self {
+        FhirResponse(match e {
+            AuthError::Forbidden(message) => FhirError::Forbidden {
+                expression: None,
+                message,
+            },
+            AuthError::RateLimited { retry_after } => FhirError::TooManyRequests { retry_after },
+            AuthError::Store(e) => FhirError::Store(e),
+            other => FhirError::Unauthorized(other.to_string()),
+        })
+    }
+}
+
+/// Authenticates the request and checks its scope for `interaction` on `resource_type`.
+async fn allowed(
+    req: &HttpRequest,
+    state: &AppState,
+    resource_type: &str,
+    interaction: Interaction,
+) -> Result<Principal> {
+    let principal = authenticate(req, state).await?;
+    principal.require(resource_type, interaction)?;
+    Ok(principal)
+}
+
+/// `_include` and `_revinclude` return other types: the token must be allowed to read
+/// them too. An `_include` that names no target type could return any type.
+fn check_includes(principal: &Principal, params: &[(String, String)]) -> Result<()> {
+    for (name, value) in params {
+        let mut parts = value.split(':');
+        let (source, _param, target) = (parts.next(), parts.next(), parts.next());
+        let needed = match name.split(':').next().unwrap_or("") {
+            "_include" => target.unwrap_or("*"),
+            "_revinclude" => source.unwrap_or("*"),
+            _ => continue,
+        };
+        principal.require(needed, Interaction::Read)?;
+    }
+    Ok(())
+}
+
+/// The type and interaction of each Bundle entry, checked before anything runs.
+fn check_entries(principal: &Principal, bundle: &Value) -> Result<()> {
+    for entry in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(request) = entry.get("request") else {
+            continue;
+        };
+        let url = request.get("url").and_then(Value::as_str).unwrap_or("");
+        let path = url.split('?').next().unwrap_or("");
+        let mut segments = path.trim_start_matches('/').split('/');
+        let resource_type = segments.next().unwrap_or("");
+        let has_id = segments.next().is_some_and(|s| !s.is_empty());
+        let interaction = match request.get("method").and_then(Value::as_str) {
+            Some("GET") | Some("HEAD") if has_id => Interaction::Read,
+            Some("GET") | Some("HEAD") => Interaction::Search,
+            Some("POST") => Interaction::Create,
+            Some("PUT") | Some("PATCH") => Interaction::Update,
+            Some("DELETE") => Interaction::Delete,
+            _ => continue,
+        };
+        principal.require(resource_type, interaction)?;
+    }
+    Ok(())
+}
+
+/// Deeper JSON than any FHIR resource needs is refused before it reaches the engine.
+const MAX_JSON_DEPTH: usize = 64;
+
+fn json_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
 
 /// The `/fhir` base clients see: configured, or derived from the request.
 fn base(req: &HttpRequest, state: &AppState) -> String {
@@ -158,14 +259,22 @@ async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| {
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
         FhirError::Invalid(vec![Issue::error(
             crate::fhir::IssueCode::Structure,
             "body",
             format!("the body is not valid JSON: {e}"),
         )])
-        .into()
-    })
+    })?;
+    if json_depth(&value) > MAX_JSON_DEPTH {
+        return Err(FhirError::Invalid(vec![Issue::error(
+            crate::fhir::IssueCode::Structure,
+            "body",
+            format!("the body nests deeper than {MAX_JSON_DEPTH} levels"),
+        )])
+        .into());
+    }
+    Ok(value)
 }
 
 fn resource_response(
@@ -244,6 +353,7 @@ async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let resource_type = path.into_inner();
+    allowed(&req, &state, &resource_type, Interaction::Create).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_none_exist = header_str(req.headers(), "if-none-exist");
     let written = state
@@ -264,11 +374,18 @@ async fn update(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
+    let caller = allowed(&req, &state, &resource_type, Interaction::Update).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
     let written = state
         .fhir
-        .update(&resource_type, &id, body, if_match)
+        .update(
+            &resource_type,
+            &id,
+            body,
+            if_match,
+            caller.organization.as_deref(),
+        )
         .await?;
     Ok(written_response(
         written,
@@ -283,6 +400,7 @@ async fn read(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
+    allowed(&req, &state, &resource_type, Interaction::Read).await?;
     let stored = state.fhir.read(&resource_type, &id).await?;
     if not_modified(req.headers(), &stored) {
         return Ok(HttpResponse::NotModified()
@@ -318,10 +436,12 @@ fn not_modified(headers: &HeaderMap, stored: &StoredResource) -> bool {
 }
 
 async fn vread(
+    req: HttpRequest,
     path: web::Path<(String, String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id, vid) = path.into_inner();
+    allowed(&req, &state, &resource_type, Interaction::Read).await?;
     let stored = state.fhir.vread(&resource_type, &id, &vid).await?;
     Ok(resource_response(
         StatusCode::OK,
@@ -338,6 +458,7 @@ async fn history(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
+    allowed(&req, &state, &resource_type, Interaction::Read).await?;
     let body = state
         .fhir
         .history(&resource_type, &id, &base(&req, &state))
@@ -376,6 +497,12 @@ async fn run_search(
     mut params: Vec<(String, String)>,
     state: &AppState,
 ) -> Result<HttpResponse> {
+    let caller = allowed(req, state, resource_type, Interaction::Search).await?;
+    check_includes(&caller, &params)?;
+    if resource_type == "AuditEvent" {
+        let body = crate::audit::search(state.fhir.store(), &params, &base(req, state)).await?;
+        return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body));
+    }
     let lenient = prefer(req).1;
     if resource_type == "Patient" {
         patients_by_person(&mut params, state).await?;
@@ -433,6 +560,8 @@ async fn process_message(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     use crate::hie::feed::{FeedError, Taken};
+    // A notification writes Patients and Encounters.
+    allowed(&req, &state, "Encounter", Interaction::Create).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let text = body.to_string();
     let taken = match state.feed.notification(&body, text).await {
@@ -470,11 +599,18 @@ async fn transaction(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
+    let caller = authenticate(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
+    check_entries(&caller, &body)?;
     let with_resources = prefer(&req).0 == Return::Representation;
     let response = state
         .fhir
-        .bundle(body, &base(&req, &state), with_resources)
+        .bundle(
+            body,
+            &base(&req, &state),
+            with_resources,
+            caller.organization.as_deref(),
+        )
         .await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
 }

@@ -19,7 +19,7 @@ mod tls;
 pub use client::Client;
 pub use codec::{Frame, HEAD_LEN, MllpCodec};
 pub use server::{Handler, HandlerFuture, Limits, serve};
-pub use tls::tls_acceptor;
+pub use tls::{server_config, tls_acceptor};
 
 use bytes::BytesMut;
 use std::io;

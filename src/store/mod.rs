@@ -7,6 +7,7 @@
 //!   requests into one transaction (group commit) and answers each only after COMMIT.
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
+mod auth;
 mod identity;
 mod recent;
 mod referral_index;
@@ -14,6 +15,7 @@ mod referrals;
 mod sql;
 pub mod writer;
 
+pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use identity::{Conflict, InboundMessage, MergeRecord};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};

@@ -11,6 +11,7 @@ shuffled order (a Lua table literal of 100,000 entries is too large for LuaJIT).
 """
 import concurrent.futures
 import json
+import os
 import random
 import sys
 import time
@@ -53,7 +54,8 @@ def bundle(start):
 
 def post(start):
     body = json.dumps(bundle(start)).encode()
-    req = urllib.request.Request(f"{base}/fhir", body, {"Content-Type": "application/fhir+json"})
+    req = urllib.request.Request(f"{base}/fhir", body, {"Content-Type": "application/fhir+json",
+                                                        "Authorization": "Bearer " + os.environ["TOKEN"]})
     with urllib.request.urlopen(req, timeout=120) as r:
         r.read()
 

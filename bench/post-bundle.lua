@@ -4,3 +4,4 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/fhir+json"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("TOKEN") or "")

@@ -183,6 +183,7 @@ mod operator {
     use super::{AddClient, ClientsCommand, DlqCommand, IdentityCommand, KeysCommand};
     use crossway::auth::registry::{self, NewClient, PublicKeys};
     use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
+    use crossway::config::OrganizationKind;
     use crossway::config::Settings;
     use crossway::fhir::datetime::format_instant;
     use crossway::fhir::engine::Fhir;
@@ -362,6 +363,15 @@ mod operator {
                         json,
                     } => {
                         let (id, org_name, identifiers) = organization(&fhir, &org).await?;
+                        if settings
+                            .organizations
+                            .iter()
+                            .any(|o| o.id == id && o.kind == OrganizationKind::Referrer)
+                        {
+                            anyhow::bail!(
+                                "Organization/{id} is configured as a referrer, not a community organisation"
+                            );
+                        }
                         store
                             .upsert_tenant(
                                 &TenantRow {

@@ -38,7 +38,7 @@ fn key_error(path: &Path, why: impl std::fmt::Display) -> AuthError {
 }
 
 /// PKCS#8 DER from a `-----BEGIN PRIVATE KEY-----` PEM document.
-fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
     let body: String = pem
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN PRIVATE KEY-----"))

@@ -229,12 +229,15 @@ pub struct TokenRequest {
     pub client_assertion: Option<String>,
 }
 
+/// A registration as read at a time; `None`: no such client.
+type CachedClient = (Instant, Option<Arc<ClientRow>>);
+
 /// Issues and checks credentials. One per process, shared by every worker.
 pub struct Authority {
     store: Store,
     keys: SigningKeys,
     http: reqwest::Client,
-    clients: Mutex<HashMap<String, (Instant, Option<Arc<ClientRow>>)>>,
+    clients: Mutex<HashMap<String, CachedClient>>,
     jwks: Mutex<HashMap<String, (Instant, Arc<JwkSet>)>>,
     verified: Mutex<HashMap<String, (u64, Principal)>>,
     limiter: RateLimiter,

@@ -235,6 +235,12 @@ impl Cbo {
         org: &OrganizationConfig,
         call: ActionCall<'_>,
     ) -> Result<Answer, CboError> {
+        // Another organisation's referral is not found, whatever the body says.
+        let store = self.fhir.store();
+        let visible = store.referral_with_task(&org.id, call.referral_id).await?;
+        if visible.is_none() {
+            return Err(CboError::NotFound);
+        }
         let action = body::parse_action(call.action, call.body)?;
         let if_match = call.if_match.map(parse_etag).transpose()?;
         let idempotency = call.idempotency_key.map(|key| IdempotencyKey {
@@ -248,9 +254,7 @@ impl Cbo {
         // What the answer shows besides the Task (ServiceRequest, Patient, Consent …) is
         // not changed by an action, so it is read here, in parallel with other requests,
         // rather than inside the serial writer.
-        let store = self.fhir.store();
-        let (related, task_hint) = match store.referral_with_task(&org.id, call.referral_id).await?
-        {
+        let (related, task_hint) = match visible {
             Some((row, Some(task))) => match serde_json::from_str::<Value>(&task) {
                 Ok(task) => (
                     projection::gather(&task, &mut FromStore(store)).await?,

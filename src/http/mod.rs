@@ -95,12 +95,20 @@ pub async fn audit(
         return Ok(res);
     };
     let principal = res.request().extensions().get::<Principal>().cloned();
+    let fhir_path = path.trim_start_matches("/fhir").trim_matches('/');
     let action = match method.as_str() {
         "GET" | "HEAD" => "R",
         "PUT" | "PATCH" => "U",
         "DELETE" => "D",
         // A FHIR create is POST /fhir/{type}; a Bundle, a search or an operation executes.
-        "POST" if face == "fhir" && path.matches('/').count() == 2 && !path.contains('$') => "C",
+        "POST"
+            if face == "fhir"
+                && !fhir_path.is_empty()
+                && !fhir_path.contains('/')
+                && !fhir_path.starts_with('$') =>
+        {
+            "C"
+        }
         "POST" if face == "fhir" => "E",
         _ => "U",
     };

@@ -195,7 +195,14 @@ async fn run_batch<C: Command>(
 ) -> Result<(i64, Answers<C>), String> {
     let started = std::time::Instant::now();
     let size = batch.len();
-    let mut outer = match conn.begin().await {
+    // SQLite: take the write lock at BEGIN, so that another writer on the file (the
+    // audit trail, the token endpoint, an operator command) makes this batch wait for
+    // it instead of failing its first write with SQLITE_BUSY_SNAPSHOT.
+    let begun = match backend {
+        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => conn.begin().await,
+    };
+    let mut outer = match begun {
         Ok(t) => t,
         Err(e) => {
             fail_all(batch, &e.to_string());

@@ -365,14 +365,25 @@ async fn organisations_never_see_each_others_referrals() {
         "pending"
     );
 
-    // A referrer or an unknown organisation is not a CBO tenant; no header, no access.
-    assert_eq!(
-        app.cbo("hospital-st-mary").get("referrals").await.status,
-        403
-    );
-    assert_eq!(app.cbo("nobody").get("me").await.status, 403);
-    let anonymous = app
+    // A referrer cannot be given a CBO credential; an EHR token is not one; no
+    // credential, no access.
+    let (ok, _, err) = app.try_operator(&[
+        "clients",
+        "add",
+        "cbo",
+        "--org",
+        "Organization/hospital-st-mary",
+        "--json",
+    ]);
+    assert!(!ok && err.contains("referrer"), "{err}");
+    let ehr = app
         .client
+        .get(format!("http://{}/cbo/v1/referrals", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ehr.status(), 403);
+    let anonymous = reqwest::Client::new()
         .get(format!("http://{}/cbo/v1/referrals", app.addr))
         .send()
         .await
@@ -385,14 +396,24 @@ async fn organisations_never_see_each_others_referrals() {
 }
 
 #[tokio::test]
-async fn without_dev_auth_the_cbo_api_is_closed() {
-    let app = spawn_app_with(&[("CROSSWAY_DEV_AUTH", "0")]).await;
-    let r = app.cbo(ORG).get("referrals").await;
-    assert_eq!(r.status, 401);
+async fn the_development_header_is_honoured_only_when_enabled() {
+    let dev_get = |app: &TestApp| {
+        reqwest::Client::new()
+            .get(format!("http://{}/cbo/v1/referrals", app.addr))
+            .header("X-Crossway-Organization", ORG)
+            .send()
+    };
+    let closed = spawn_app().await;
+    let r = dev_get(&closed).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
     assert_eq!(
-        r.body["type"],
+        body["type"],
         "https://crossway.dev/problems/unauthenticated"
     );
+
+    let open = spawn_app_with(&[("CROSSWAY_DEV_AUTH", "1")]).await;
+    assert_eq!(dev_get(&open).await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -461,15 +482,10 @@ async fn if_match_and_etags_guard_against_lost_updates() {
         )
         .await;
     assert_eq!(ok.status, 200);
-    let not_modified = app
-        .client
-        .get(format!("http://{}/cbo/v1/referrals/{id}", app.addr))
-        .header("X-Crossway-Organization", ORG)
-        .header("If-None-Match", "W/\"2\"")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(not_modified.status(), 304);
+    let not_modified = cbo
+        .get_with(&format!("referrals/{id}"), &[("If-None-Match", "W/\"2\"")])
+        .await;
+    assert_eq!(not_modified.status, 304);
 }
 
 #[tokio::test]

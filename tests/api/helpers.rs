@@ -27,6 +27,52 @@ pub struct TestApp {
     child: Child,
     keep_data: bool,
     pub logs: Arc<Mutex<String>>,
+    /// The EHR client whose token `client` sends (scope `system/*.cruds`).
+    pub ehr: EhrClient,
+    /// CBO access tokens by organisation id, registered on first use.
+    cbo_tokens: Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// A registered EHR client and its private key, to sign client assertions.
+#[derive(Clone)]
+pub struct EhrClient {
+    pub client_id: String,
+    pub key_pem: String,
+    pub kid: String,
+}
+
+/// A fresh P-384 key and its JWKS file contents.
+pub fn new_ehr_key() -> (String, String, Value) {
+    let pem = crossway::auth::keys::generate_pem().unwrap();
+    let jwk = crossway::auth::keys::public_jwk(&pem).unwrap();
+    let kid = jwk["kid"].as_str().unwrap().to_string();
+    (pem, kid, serde_json::json!({"keys": [jwk]}))
+}
+
+/// A SMART client assertion: `claims` over the defaults (iss = sub = client id, aud,
+/// exp in 4 minutes, a fresh jti), signed ES384 with `key_pem`.
+pub fn sign_assertion(client: &EhrClient, aud: &str, claims: Value) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut body = serde_json::json!({
+        "iss": client.client_id, "sub": client.client_id, "aud": aud,
+        "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        if v.is_null() {
+            body.as_object_mut().unwrap().remove(k);
+        } else {
+            body[k] = v.clone();
+        }
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+    header.kid = Some(client.kid.clone());
+    let der = crossway::auth::keys::pem_to_der(&client.key_pem).unwrap();
+    jsonwebtoken::encode(
+        &header,
+        &body,
+        &jsonwebtoken::EncodingKey::from_ec_der(&der),
+    )
+    .unwrap()
 }
 
 pub fn store_kind() -> String {
@@ -92,7 +138,8 @@ async fn start(
         .env("CROSSWAY_DATA_DIR", &data_dir)
         .env("CROSSWAY_DATABASE_URL", &database_url)
         .env("CROSSWAY_LOG", "info")
-        .env("CROSSWAY_DEV_AUTH", "1")
+        .env_remove("CROSSWAY_DEV_AUTH")
+        .env("CROSSWAY_RATE_LIMIT", "0")
         .env(
             "CROSSWAY_MAPPINGS_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"),
@@ -139,7 +186,7 @@ async fn start(
                 logs.lock().unwrap()
             )
         });
-    TestApp {
+    let mut app = TestApp {
         base: format!("http://{addr}/fhir"),
         addr,
         mllp_addr,
@@ -149,10 +196,123 @@ async fn start(
         child,
         keep_data: false,
         logs,
-    }
+        ehr: EhrClient {
+            client_id: String::new(),
+            key_pem: String::new(),
+            kid: String::new(),
+        },
+        cbo_tokens: Mutex::default(),
+    };
+    // Every app gets an EHR client of its own, through the real registration command
+    // and the real SMART token exchange; `client` then sends its token.
+    let (key_pem, kid, jwks) = new_ehr_key();
+    let jwks_file = app.data_dir.join("ehr-jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    let out = app.operator(&[
+        "clients",
+        "add",
+        "ehr",
+        "--jwks",
+        jwks_file.to_str().unwrap(),
+        "--json",
+    ]);
+    let registered: Value = serde_json::from_str(&out).unwrap();
+    app.ehr = EhrClient {
+        client_id: registered["client_id"].as_str().unwrap().to_string(),
+        key_pem,
+        kid,
+    };
+    let token = app.ehr_token(&app.ehr, None).await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    app.client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    app
 }
 
 impl TestApp {
+    pub fn token_url(&self) -> String {
+        format!("http://{}/auth/token", self.addr)
+    }
+
+    /// POSTs a token request form; returns (status, body).
+    pub async fn token_request(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(self.token_url())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    /// An access token for an EHR client, through a signed client assertion.
+    pub async fn ehr_token(&self, client: &EhrClient, scope: Option<&str>) -> String {
+        let assertion = sign_assertion(client, &self.token_url(), serde_json::json!({}));
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let (status, body) = self.token_request(&form).await;
+        assert_eq!(status, 200, "token: {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Registers a CBO client for `org` (`crossway clients add cbo`); returns
+    /// (client_id, client_secret).
+    pub fn add_cbo_client(&self, org: &str, scope: Option<&str>) -> (String, String) {
+        let target = format!("Organization/{org}");
+        let mut args = vec!["clients", "add", "cbo", "--org", target.as_str(), "--json"];
+        if let Some(s) = scope {
+            args.extend(["--scope", s]);
+        }
+        let out: Value = serde_json::from_str(&self.operator(&args)).unwrap();
+        (
+            out["client_id"].as_str().unwrap().to_string(),
+            out["client_secret"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// An access token for a CBO client, with its secret (HTTP Basic).
+    pub async fn cbo_secret_token(&self, client_id: &str, secret: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(self.token_url())
+            .basic_auth(client_id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    /// The access token `cbo(org)` sends, registering a client for `org` first time.
+    pub async fn cbo_token(&self, org: &str) -> String {
+        if let Some(t) = self.cbo_tokens.lock().unwrap().get(org) {
+            return t.clone();
+        }
+        let (id, secret) = self.add_cbo_client(org, None);
+        let (status, body) = self.cbo_secret_token(&id, &secret).await;
+        assert_eq!(status, 200, "CBO token: {body}");
+        let token = body["access_token"].as_str().unwrap().to_string();
+        self.cbo_tokens
+            .lock()
+            .unwrap()
+            .insert(org.to_string(), token.clone());
+        token
+    }
+
     /// `kill -9`: no shutdown hooks, no flushing.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
@@ -235,7 +395,7 @@ impl TestApp {
         json
     }
 
-    /// A client of the CBO API acting for organisation `org` (development header).
+    /// A client of the CBO API acting for organisation `org` (a registered CBO client).
     pub fn cbo(&self, org: &str) -> CboClient<'_> {
         CboClient {
             app: self,
@@ -254,6 +414,13 @@ impl TestApp {
 
     /// Runs a `crossway` operator command against this app's store; returns stdout.
     pub fn operator(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.try_operator(args);
+        assert!(ok, "crossway {args:?} failed: {err}");
+        out
+    }
+
+    /// Runs an operator command; returns (success, stdout, stderr).
+    pub fn try_operator(&self, args: &[&str]) -> (bool, String, String) {
         let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
         let out = Command::new(env!("CARGO_BIN_EXE_crossway"))
             .args(args)
@@ -270,12 +437,11 @@ impl TestApp {
             .envs(std::env::var("CROSSWAY_TEST_REDIS_URL").map(|u| ("CROSSWAY_REDIS_URL", u)))
             .output()
             .expect("run crossway");
-        assert!(
+        (
             out.status.success(),
-            "crossway {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Ids of a searchset's matches.
@@ -308,11 +474,8 @@ impl CboClient<'_> {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req
-            .header("X-Crossway-Organization", &self.org)
-            .send()
-            .await
-            .unwrap();
+        let token = self.app.cbo_token(&self.org).await;
+        let resp = req.bearer_auth(token).send().await.unwrap();
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
@@ -329,7 +492,15 @@ impl CboClient<'_> {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(self.app.client.get(self.url(path))).await
+        self.get_with(path, &[]).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.app.client.get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
     }
 
     /// POSTs a raw body with extra headers.

@@ -9,4 +9,5 @@ mod durability;
 mod errors;
 mod feeds;
 mod search;
+mod security;
 mod transaction;

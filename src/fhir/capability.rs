@@ -9,7 +9,18 @@ use super::search::{COMMON, ParamType, type_params};
 const SDOHCC: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare";
 
 pub fn capability_statement(base: &str, software_version: &str) -> Value {
-    let resources: Vec<Value> = RESOURCE_TYPES.iter().map(|t| resource(t)).collect();
+    let mut resources: Vec<Value> = RESOURCE_TYPES.iter().map(|t| resource(t)).collect();
+    // The audit trail: searchable, never written through the API.
+    resources.push(json!({
+        "type": "AuditEvent",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [
+            {"name": "date", "type": "date"},
+            {"name": "agent", "type": "token", "documentation": "the client id"},
+            {"name": "entity", "type": "string", "documentation": "what was touched, as recorded (path and query)"},
+        ],
+    }));
+    let origin = base.strip_suffix("/fhir").unwrap_or(base);
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -25,6 +36,17 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR",
+                }]}],
+                "description": "SMART Backend Services: system/ scopes (v1 and v2); see /.well-known/smart-configuration",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": format!("{origin}/auth/token")}],
+                }],
+            },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],

@@ -12,8 +12,10 @@ async fn metadata_states_what_is_implemented() {
         cs["instantiates"][0],
         "http://hl7.org/fhir/us/sdoh-clinicalcare/CapabilityStatement/SDOHCC-CoordinationPlatform"
     );
+    let oauth = &cs["rest"][0]["security"]["extension"][0]["extension"][0];
+    assert_eq!(oauth["valueUri"], format!("http://{}/auth/token", app.addr));
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    assert_eq!(resources.len(), 21);
+    assert_eq!(resources.len(), 22);
     // Every advertised search parameter is accepted by the server.
     for r in resources {
         let ty = r["type"].as_str().unwrap();

@@ -203,6 +203,10 @@ async fn start(
         },
         cbo_tokens: Mutex::default(),
     };
+    if env.iter().any(|(k, _)| *k == "CROSSWAY_TLS_CERT") {
+        // An HTTPS app: the test brings its own client, trusting its certificate.
+        return app;
+    }
     // Every app gets an EHR client of its own, through the real registration command
     // and the real SMART token exchange; `client` then sends its token.
     let (key_pem, kid, jwks) = new_ehr_key();
@@ -560,6 +564,12 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // scripts/test greps every gateway's log for secrets and patient names.
+        if let Ok(dir) = std::env::var("CROSSWAY_TEST_LOG_DIR") {
+            let file = std::path::Path::new(&dir).join(format!("{}.log", uuid::Uuid::new_v4()));
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(file, self.logs.lock().unwrap().as_bytes());
+        }
         if !self.keep_data {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }

@@ -656,3 +656,48 @@ async fn hostile_tokens_and_headers_never_cause_a_500() {
     }
     assert!(sent > 1000);
 }
+
+#[tokio::test]
+async fn https_is_served_with_hsts_when_a_certificate_is_configured() {
+    let dir = std::env::temp_dir().join(format!("cw-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let app = spawn_app_with(&[
+        ("CROSSWAY_TLS_CERT", cert.to_str().unwrap()),
+        ("CROSSWAY_TLS_KEY", key.to_str().unwrap()),
+    ])
+    .await;
+    let port = app.addr.rsplit(':').next().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(generated.cert.pem().as_bytes()).unwrap(),
+        )
+        .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/fhir/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    let protected = client
+        .get(format!("https://localhost:{port}/fhir/Task"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(protected.status(), 401);
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", app.addr))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.unwrap().status() != 200,
+        "plain HTTP is not served"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

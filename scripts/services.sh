@@ -14,6 +14,8 @@ services_install() {
     fi
     # python-hl7's mllp_send: a real third-party MLLP client for the feed tests.
     command -v mllp_send >/dev/null || python3 -m pip install --quiet hl7
+    # The Standard Webhooks reference library: an independent check of our signatures.
+    python3 -c 'import standardwebhooks' 2>/dev/null || python3 -m pip install --quiet standardwebhooks
 }
 
 # A free TCP port on loopback.

@@ -71,6 +71,15 @@ pub struct Settings {
     pub rate_limit_per_second: u32,
     /// `development` or `production`: which API keys are accepted (`test_` or `live_`).
     pub environment: String,
+    /// Allow `http://` webhook URLs to loopback addresses (local testing only).
+    pub allow_insecure_webhooks: bool,
+    /// Multiplies every webhook retry delay and the 72-hour retry window (tests run
+    /// the schedule in seconds); 1 in production.
+    pub webhook_retry_scale: f64,
+    /// Webhook dispatcher workers in this process (0: this process does not deliver).
+    pub webhook_workers: usize,
+    /// How long a receiver has to answer 2xx (cbo-api.md: 10 s).
+    pub webhook_timeout_ms: u64,
     /// Organisations the gateway knows: CBO tenants and referral sources.
     #[serde(rename = "organization")]
     pub organizations: Vec<OrganizationConfig>,
@@ -128,6 +137,10 @@ impl Default for Settings {
             signing_key_file: PathBuf::new(),
             rate_limit_per_second: 1000,
             environment: "development".into(),
+            allow_insecure_webhooks: false,
+            webhook_retry_scale: 1.0,
+            webhook_workers: 1,
+            webhook_timeout_ms: 10_000,
             organizations: Vec::new(),
         }
     }
@@ -219,6 +232,18 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_ENVIRONMENT") {
             self.environment = v;
+        }
+        if let Some(v) = var("CROSSWAY_ALLOW_INSECURE_WEBHOOKS") {
+            self.allow_insecure_webhooks = v == "1" || v.eq_ignore_ascii_case("true");
+        }
+        if let Some(v) = var("CROSSWAY_WEBHOOK_RETRY_SCALE").and_then(|v| v.parse().ok()) {
+            self.webhook_retry_scale = v;
+        }
+        if let Some(v) = var("CROSSWAY_WEBHOOK_WORKERS").and_then(|v| v.parse().ok()) {
+            self.webhook_workers = v;
+        }
+        if let Some(v) = var("CROSSWAY_WEBHOOK_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
+            self.webhook_timeout_ms = v;
         }
     }
 

@@ -10,6 +10,7 @@ pub mod hl7v2;
 pub mod identity;
 pub mod mapping;
 pub mod mllp;
+pub mod outbox;
 pub mod referral;
 
 pub mod audit;

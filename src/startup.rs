@@ -25,6 +25,8 @@ pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
     mllp: Option<tokio::task::JoinHandle<()>>,
+    /// Webhook dispatchers: they finish the deliveries they claimed.
+    workers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -88,6 +90,15 @@ impl Application {
         );
         tokio::spawn(sweep(cbo.clone(), settings.sweep_interval_ms));
         tokio::spawn(watch_tenants(tenants, fhir.clone()));
+        let dispatcher = Arc::new(crate::outbox::Dispatcher::new(
+            fhir.store().clone(),
+            crate::outbox::RetryPolicy::standard(settings.webhook_retry_scale),
+            std::time::Duration::from_millis(settings.webhook_timeout_ms),
+        ));
+        let mut workers = Vec::new();
+        for _ in 0..settings.webhook_workers {
+            workers.push(tokio::spawn(dispatcher.clone().run(shutdown.clone())));
+        }
 
         let listener = TcpListener::bind(&settings.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
@@ -101,6 +112,7 @@ impl Application {
             auth,
             audit,
             production: settings.production(),
+            allow_insecure_webhooks: settings.allow_insecure_webhooks,
             dev_auth: settings.dev_auth,
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
@@ -155,6 +167,7 @@ impl Application {
         Ok(Application {
             server,
             addr,
+            workers,
             mllp,
             shutdown,
         })
@@ -170,6 +183,9 @@ impl Application {
         self.shutdown.cancel();
         if let Some(task) = self.mllp {
             let _ = task.await;
+        }
+        for worker in self.workers {
+            let _ = worker.await;
         }
         result
     }

@@ -8,6 +8,7 @@
 mod body;
 mod error;
 mod services;
+pub mod webhooks;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

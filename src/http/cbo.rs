@@ -34,6 +34,8 @@ const DEV_ORG_HEADER: &str = "x-crossway-organization";
 
 /// Registers every `/cbo/v1` handler. The OpenAPI document is collected from the same
 /// registrations (utoipa-actix-web), so a route cannot exist undocumented.
+mod webhooks;
+
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(list_referrals)
         .service(get_referral)
@@ -52,6 +54,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(put_service)
         .service(put_capacity)
         .service(openapi)
+        .configure(webhooks::routes)
         .default_service(web::to(not_found));
 }
 

@@ -42,6 +42,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// `environment = "production"`.
     pub production: bool,
+    /// `CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1`: http:// webhook URLs to loopback.
+    pub allow_insecure_webhooks: bool,
     /// Honour the development tenant header on `/cbo/v1` (`CROSSWAY_DEV_AUTH=1`).
     pub dev_auth: bool,
     /// Configured public base for `/fhir`; empty means "derive from the request".

@@ -13,12 +13,14 @@ mod recent;
 mod referral_index;
 mod referrals;
 mod sql;
+mod webhooks;
 pub mod writer;
 
 pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use identity::{Conflict, InboundMessage, MergeRecord};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
+pub use webhooks::{DeliveryRow, DueDelivery, EndpointRow};
 
 /// What a batch's commands will read, so the writer can read it all at once.
 #[derive(Debug, Default)]

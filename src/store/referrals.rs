@@ -421,6 +421,14 @@ impl Tx<'_> {
                 *n = last - *n + 1;
             }
         }
+        // (organisation, first, last) of each organisation's new events, for the fan-out.
+        let ranges: Vec<(String, i64, i64)> = next
+            .iter()
+            .map(|(org, first)| {
+                let count = events.iter().filter(|e| e.organization == *org).count() as i64;
+                (org.clone(), *first, *first + count - 1)
+            })
+            .collect();
         let rows: Vec<EventRow> = events
             .into_iter()
             .map(|e| {
@@ -458,7 +466,12 @@ impl Tx<'_> {
             sql::json_rows(&rows),
             "",
         );
-        self.run(text, args).await
+        self.run(text, args).await?;
+        // Webhook deliveries are created with their events, in the same transaction.
+        for (org, first, last) in ranges {
+            self.fan_out(&org, first, last).await?;
+        }
+        Ok(())
     }
 }
 

@@ -535,6 +535,13 @@ impl CboClient<'_> {
         self.send(req).await
     }
 
+    /// DELETE; returns the status.
+    pub async fn delete_path(&self, path: &str) -> u16 {
+        self.send(self.app.client.delete(self.url(path)))
+            .await
+            .status
+    }
+
     /// The organisation's referral ids, in list order (all pages).
     pub async fn referral_ids(&self) -> Vec<String> {
         let r = self.get("referrals?limit=200").await;

@@ -11,3 +11,4 @@ mod feeds;
 mod search;
 mod security;
 mod transaction;
+mod webhooks;

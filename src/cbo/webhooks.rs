@@ -1,0 +1,291 @@
+//! `/cbo/v1/webhooks`: an organisation's endpoints, their signing secrets (shown once,
+//! rotated with an overlap), test events, the delivery log and manual redelivery.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{CboError, FieldError};
+use crate::fhir::datetime::{format_instant, now_micros};
+use crate::outbox::sign::new_secret;
+use crate::store::{DeliveryRow, EndpointRow, Store};
+
+/// Event types an endpoint may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "referral.created",
+    "referral.updated",
+    "referral.status_changed",
+    "referral.note_added",
+    "referral.cancelled",
+    "referral.expired",
+    "client.admitted",
+    "client.discharged",
+    "client.admission_cancelled",
+    "client.discharge_cancelled",
+];
+
+/// How long the previous secret keeps signing after a rotation.
+const ROTATION_OVERLAP_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointInput {
+    /// `https://…` (plain `http://` only to a loopback address, when the gateway allows
+    /// insecure webhooks for local testing).
+    pub url: String,
+    /// Event types to receive; absent or empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: String,
+    /// `active` or `disabled` (after failing for longer than the retry window).
+    pub status: String,
+    pub created_at: String,
+    /// Only in the answer that created or rotated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    /// Also the `delivery_id` of redeliver: the event's sequence number.
+    pub id: i64,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+}
+
+fn view(e: &EndpointRow, secret: Option<String>) -> Endpoint {
+    Endpoint {
+        id: e.id.clone(),
+        url: e.url.clone(),
+        events: if e.event_types == "*" {
+            Vec::new()
+        } else {
+            e.event_types
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        },
+        description: e.description.clone(),
+        status: e.status.clone(),
+        created_at: format_instant(e.created_at),
+        secret,
+    }
+}
+
+fn delivery(d: &DeliveryRow) -> Delivery {
+    Delivery {
+        id: d.event_seq,
+        event_type: d.event_type.clone(),
+        status: d.status.clone(),
+        attempts: d.attempts,
+        next_attempt_at: (d.status == "pending").then(|| format_instant(d.next_attempt_at)),
+        last_attempt_at: d.last_attempt_at.map(format_instant),
+        last_status: d.last_status,
+        last_error: d.last_error.clone(),
+        delivered_at: d.delivered_at.map(format_instant),
+    }
+}
+
+/// https only; http only to loopback, and only when `allow_insecure`.
+fn check_url(url: &str, allow_insecure: bool) -> Result<(), CboError> {
+    let invalid = |m: &str| CboError::Validation(vec![FieldError::body("/url", m)]);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(invalid("must be an absolute https:// URL"));
+    };
+    let host = rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or("")
+        .rsplit_once(':')
+        .map_or(rest.split(['/', '?', '#']).next().unwrap_or(""), |(h, _)| h);
+    if host.is_empty() || host.contains('@') {
+        return Err(invalid("must name a host (and no user info)"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if allow_insecure && matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        "http" => Err(invalid(
+            "must be https:// (plain http only to a loopback address, with CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1)",
+        )),
+        _ => Err(invalid("must be an https:// URL")),
+    }
+}
+
+pub async fn create(
+    store: &Store,
+    organization: &str,
+    body: &[u8],
+    allow_insecure: bool,
+) -> Result<Endpoint, CboError> {
+    let input: EndpointInput = serde_json::from_slice(body).map_err(|e| {
+        CboError::Validation(vec![FieldError::body(
+            "",
+            format!("not a valid webhook: {e}"),
+        )])
+    })?;
+    check_url(&input.url, allow_insecure)?;
+    let mut errors = Vec::new();
+    for (i, t) in input.events.iter().enumerate() {
+        if !EVENT_TYPES.contains(&t.as_str()) {
+            errors.push(FieldError::body(
+                format!("/events/{i}"),
+                format!(
+                    "unknown event type {t:?}; known: {}",
+                    EVENT_TYPES.join(", ")
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CboError::Validation(errors));
+    }
+    let secret = new_secret();
+    let row = EndpointRow {
+        id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
+        organization_id: organization.to_string(),
+        url: input.url,
+        description: input.description,
+        event_types: if input.events.is_empty() {
+            "*".into()
+        } else {
+            format!(" {} ", input.events.join(" "))
+        },
+        secret: secret.clone(),
+        previous_secret: None,
+        previous_expires_at: None,
+        status: "active".into(),
+        failing_since: None,
+        created_at: now_micros(),
+    };
+    store.insert_endpoint(&row).await?;
+    tracing::info!(message = "Webhook endpoint registered.", organization, endpoint = %row.id);
+    Ok(view(&row, Some(secret)))
+}
+
+pub async fn list(store: &Store, organization: &str) -> Result<Vec<Endpoint>, CboError> {
+    Ok(store
+        .endpoints_of(organization)
+        .await?
+        .iter()
+        .map(|e| view(e, None))
+        .collect())
+}
+
+async fn find(store: &Store, organization: &str, id: &str) -> Result<EndpointRow, CboError> {
+    store
+        .endpoint(organization, id)
+        .await?
+        .ok_or(CboError::NotFound)
+}
+
+pub async fn get(store: &Store, organization: &str, id: &str) -> Result<Endpoint, CboError> {
+    Ok(view(&find(store, organization, id).await?, None))
+}
+
+pub async fn delete(store: &Store, organization: &str, id: &str) -> Result<(), CboError> {
+    if store.delete_endpoint(organization, id).await? {
+        Ok(())
+    } else {
+        Err(CboError::NotFound)
+    }
+}
+
+/// A new secret; the old one keeps signing (a second signature) for 24 hours.
+pub async fn rotate(store: &Store, organization: &str, id: &str) -> Result<Endpoint, CboError> {
+    let secret = new_secret();
+    let until = now_micros() + ROTATION_OVERLAP_MICROS;
+    if !store
+        .rotate_endpoint_secret(organization, id, &secret, until)
+        .await?
+    {
+        return Err(CboError::NotFound);
+    }
+    Ok(view(&find(store, organization, id).await?, Some(secret)))
+}
+
+/// Queues a signed `webhook.test` event to the endpoint.
+pub async fn test(store: &Store, organization: &str, id: &str) -> Result<String, CboError> {
+    let endpoint = find(store, organization, id).await?;
+    let now = now_micros();
+    let event_id = format!("evt_test_{}", uuid::Uuid::now_v7().simple());
+    let payload = serde_json::json!({
+        "id": event_id, "type": "webhook.test", "sequence": 0,
+        "occurred_at": format_instant(now), "data": {"endpoint_id": endpoint.id},
+    });
+    store
+        .enqueue_payload(&endpoint, -now, &payload.to_string(), now)
+        .await?;
+    Ok(event_id)
+}
+
+pub async fn deliveries(
+    store: &Store,
+    organization: &str,
+    id: &str,
+) -> Result<Vec<Delivery>, CboError> {
+    let endpoint = find(store, organization, id).await?;
+    Ok(store
+        .deliveries_of(&endpoint.id, 200)
+        .await?
+        .iter()
+        .map(delivery)
+        .collect())
+}
+
+pub async fn redeliver(
+    store: &Store,
+    organization: &str,
+    id: &str,
+    delivery_id: &str,
+) -> Result<(), CboError> {
+    let endpoint = find(store, organization, id).await?;
+    let seq: i64 = delivery_id.parse().map_err(|_| CboError::NotFound)?;
+    if store.redeliver(&endpoint.id, seq, now_micros()).await? {
+        Ok(())
+    } else {
+        Err(CboError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_or_loopback_http_when_allowed() {
+        assert!(check_url("https://cbo.example.org/hooks", false).is_ok());
+        assert!(check_url("https://cbo.example.org:8443/hooks", false).is_ok());
+        assert!(check_url("http://127.0.0.1:9000/hooks", true).is_ok());
+        assert!(check_url("http://localhost:9000/hooks", true).is_ok());
+        for (url, allow) in [
+            ("http://127.0.0.1:9000/hooks", false),
+            ("http://cbo.example.org/hooks", true),
+            ("ftp://cbo.example.org", true),
+            ("cbo.example.org/hooks", true),
+            ("https://user@cbo.example.org/", true),
+            ("https:///path", true),
+        ] {
+            assert!(check_url(url, allow).is_err(), "{url} {allow}");
+        }
+    }
+}

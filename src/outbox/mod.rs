@@ -1,0 +1,320 @@
+//! Delivery out: Standard Webhooks to CBO endpoints. Deliveries are rows created with
+//! their events (`store::webhooks`); [`Dispatcher`] workers, in any number of processes,
+//! claim due ones under a lease, send them signed, and record the outcome: delivered,
+//! retried with exponential backoff and jitter, or failed for good after the retry
+//! window. An endpoint failing for longer than that is disabled.
+//!
+//! Invariants: a delivery is sent by one worker per attempt (the lease); its
+//! `webhook-id` is its event's id in every attempt, so receivers deduplicate; nothing
+//! is ever deleted by the dispatcher.
+
+pub mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::fhir::datetime::{format_instant, now_micros};
+use crate::store::{DueDelivery, Store};
+
+/// When to retry, and for how long.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delays after the 1st, 2nd, … failure; the last repeats.
+    pub delays: Vec<Duration>,
+    /// A delivery older than this that fails again is failed for good; an endpoint
+    /// failing for longer than this is disabled.
+    pub give_up_after: Duration,
+    /// ± this fraction of each delay, at random.
+    pub jitter: f64,
+}
+
+impl RetryPolicy {
+    /// cbo-api.md §4: 10 s, 1 min, 5 min, 30 min, 2 h, 6 h, then every 12 h, for 72 h;
+    /// `scale` shrinks every interval (tests run a three-day schedule in seconds).
+    pub fn standard(scale: f64) -> RetryPolicy {
+        let s = |secs: f64| Duration::from_secs_f64(secs * scale);
+        RetryPolicy {
+            delays: vec![
+                s(10.0),
+                s(60.0),
+                s(300.0),
+                s(1800.0),
+                s(7200.0),
+                s(21600.0),
+                s(43200.0),
+            ],
+            give_up_after: s(72.0 * 3600.0),
+            jitter: 0.2,
+        }
+    }
+
+    /// The delay after `failures` failed attempts (1-based), jittered.
+    pub fn delay(&self, failures: i64) -> Duration {
+        let i = (failures.max(1) as usize - 1).min(self.delays.len() - 1);
+        let base = self.delays[i].as_secs_f64();
+        let mut r = [0u8; 2];
+        let _ = aws_lc_rs::rand::fill(&mut r);
+        let unit = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX); // 0..=1
+        Duration::from_secs_f64(base * (1.0 + self.jitter * (2.0 * unit - 1.0)))
+    }
+}
+
+/// Deliveries claimed at once by one worker.
+const CLAIM: usize = 256;
+
+pub struct Dispatcher {
+    store: Store,
+    http: reqwest::Client,
+    policy: RetryPolicy,
+    /// How long a receiver has to answer.
+    timeout: Duration,
+    /// Deliveries in flight at once, across endpoints.
+    concurrency: usize,
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Delivered(u16),
+    Failed { status: Option<u16>, error: String },
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, policy: RetryPolicy, timeout: Duration) -> Dispatcher {
+        Dispatcher {
+            store,
+            timeout,
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("a reqwest client with rustls builds"),
+            policy,
+            concurrency: 64,
+        }
+    }
+
+    /// Claims and sends due deliveries until `shutdown`; a claim in hand is finished.
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut idle = Duration::from_millis(20);
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match self.pass().await {
+                Ok(0) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    idle = (idle * 2).min(Duration::from_millis(200));
+                }
+                Ok(_) => idle = Duration::from_millis(20),
+                Err(e) => {
+                    tracing::warn!(message = "Webhook dispatcher cannot reach the store; retrying.", error = %e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// One claim-and-send round; returns how many deliveries it handled.
+    pub async fn pass(&self) -> Result<usize, crate::store::StoreError> {
+        let now = now_micros();
+        // The lease outlives the slowest the claim can take (every request timing out,
+        // `concurrency` at a time), so no other worker sends these in this attempt.
+        let rounds = CLAIM.div_ceil(self.concurrency) as i64 + 1;
+        let lease = now + rounds * self.timeout.as_micros() as i64 + 5_000_000;
+        let due = self.store.claim_due(now, lease, CLAIM as i64).await?;
+        let count = due.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        let results: Vec<(DueDelivery, Outcome)> = futures_util::stream::iter(due)
+            .map(|d| async move {
+                let outcome = self.send(&d).await;
+                (d, outcome)
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let now = now_micros();
+        let mut delivered: Vec<(String, i64)> = Vec::new();
+        let mut healthy: Vec<String> = Vec::new();
+        let mut last_status = 200;
+        for (d, outcome) in results {
+            match outcome {
+                Outcome::Delivered(status) => {
+                    last_status = i64::from(status);
+                    if d.failing_since.is_some() && !healthy.contains(&d.endpoint_id) {
+                        healthy.push(d.endpoint_id.clone());
+                    }
+                    delivered.push((d.endpoint_id, d.event_seq));
+                }
+                Outcome::Failed { status, error } => self.failed(&d, status, &error, now).await?,
+            }
+        }
+        // Successes are recorded in one statement (per 200).
+        self.store.delivered(&delivered, last_status, now).await?;
+        for id in healthy {
+            self.store.endpoint_health(&id, false, now).await?;
+            tracing::info!(message = "Webhook endpoint recovered.", endpoint = %id);
+        }
+        Ok(count)
+    }
+
+    async fn failed(
+        &self,
+        d: &DueDelivery,
+        status: Option<u16>,
+        error: &str,
+        now: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        let failures = d.attempts + 1;
+        let give_up = self.policy.give_up_after.as_micros() as i64;
+        let next = now + self.policy.delay(failures).as_micros() as i64;
+        let expired = next - d.created_at > give_up;
+        self.store
+            .attempt_failed(
+                &d.endpoint_id,
+                d.event_seq,
+                status.map(i64::from),
+                error,
+                (!expired).then_some(next),
+                now,
+            )
+            .await?;
+        if expired {
+            tracing::warn!(message = "Webhook delivery failed for good.", endpoint = %d.endpoint_id, sequence = d.event_seq, attempts = failures, error);
+        } else if d.attempts == 0 {
+            tracing::info!(message = "Webhook delivery failed; retrying with backoff.", endpoint = %d.endpoint_id, sequence = d.event_seq, error);
+        }
+        self.store
+            .endpoint_health(&d.endpoint_id, true, now)
+            .await?;
+        if d.failing_since.is_some_and(|since| now - since > give_up)
+            && self.store.disable_endpoint(&d.endpoint_id, now).await?
+        {
+            tracing::warn!(message = "Webhook endpoint disabled: it has failed for longer than the retry window.", endpoint = %d.endpoint_id, organization = %d.organization);
+        }
+        Ok(())
+    }
+
+    async fn send(&self, d: &DueDelivery) -> Outcome {
+        let (id, body) = payload(d);
+        let timestamp = now_micros() / 1_000_000;
+        let mut secrets = vec![d.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&d.previous_secret, d.previous_expires_at)
+            && until > now_micros()
+        {
+            secrets.push(previous);
+        }
+        let signature = match sign::signature(&secrets, &id, timestamp, body.as_bytes()) {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Failed {
+                    status: None,
+                    error: e.to_string(),
+                };
+            }
+        };
+        let sent = self
+            .http
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Outcome::Delivered(r.status().as_u16()),
+            Ok(r) => Outcome::Failed {
+                status: Some(r.status().as_u16()),
+                error: format!("the endpoint answered {}", r.status()),
+            },
+            Err(e) if e.is_timeout() => Outcome::Failed {
+                status: None,
+                error: format!("no answer within {} ms", self.timeout.as_millis()),
+            },
+            Err(e) => Outcome::Failed {
+                status: None,
+                error: format!("cannot reach the endpoint: {}", without_url(&e)),
+            },
+        }
+    }
+}
+
+/// reqwest's error text without the URL (it could carry a token in its query).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut text = String::from(if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    });
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// (`webhook-id`, body): the event as the feed shows it (thin, id-only).
+fn payload(d: &DueDelivery) -> (String, String) {
+    if let Some(p) = &d.payload {
+        let id = serde_json::from_str::<serde_json::Value>(p)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+            .unwrap_or_else(|| format!("evt_test_{}", -d.event_seq));
+        return (id, p.clone());
+    }
+    match &d.event {
+        Some(e) => {
+            let body = json!({
+                "id": e.id,
+                "type": e.event_type,
+                "sequence": e.seq,
+                "occurred_at": format_instant(e.created_at),
+                "data": {"referral_id": e.referral_id, "status": e.status, "version": e.version},
+            });
+            (e.id.clone(), body.to_string())
+        }
+        // The event was pruned by retention; say so rather than send nothing.
+        None => {
+            let id = format!("evt_{}_{}", d.organization, d.event_seq);
+            let body = json!({"id": id, "type": "event.expired", "sequence": d.event_seq});
+            (id, body.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_within_jitter() {
+        let p = RetryPolicy::standard(1.0);
+        let secs = |n| p.delay(n).as_secs_f64();
+        assert!((8.0..=12.0).contains(&secs(1)));
+        assert!((48.0..=72.0).contains(&secs(2)));
+        assert!((34560.0..=51840.0).contains(&secs(7)));
+        assert!(
+            (34560.0..=51840.0).contains(&secs(30)),
+            "the last delay repeats"
+        );
+        // Three days of retries take at least nine attempts.
+        let mut elapsed = 0.0;
+        let mut attempts = 0;
+        while elapsed < p.give_up_after.as_secs_f64() {
+            attempts += 1;
+            elapsed += secs(attempts);
+        }
+        assert!(attempts >= 9, "{attempts}");
+    }
+}

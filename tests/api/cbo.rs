@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, entry_id, referral_bundle, spawn_app, spawn_app_with};
+use crate::helpers::{Reply, TestApp, entry_id, referral_bundle, spawn_app, spawn_app_with};
 
 const ORG: &str = "cbo-riverside-food-bank";
 
@@ -679,6 +679,16 @@ async fn the_openapi_document_describes_every_route_and_real_responses() {
             .status,
         201
     );
+    let hook = cbo
+        .post("webhooks", &json!({"url": "https://cbo.example.org/hook"}))
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    let hook = hook.body["id"].as_str().unwrap().to_string();
+    cbo.post(&format!("webhooks/{hook}/test"), &json!({})).await;
+    let delivery = cbo.get(&format!("webhooks/{hook}/deliveries")).await.body["data"][0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
     let doc = cbo.get("openapi.json").await.body;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
@@ -691,24 +701,39 @@ async fn the_openapi_document_describes_every_route_and_real_responses() {
                 .map(move |m| (m.clone(), p.clone()))
         })
         .collect();
-    assert_eq!(documented.len(), 17, "{documented:?}");
-    // Every documented operation is served (none falls through to "no such route").
+    assert_eq!(documented.len(), 25, "{documented:?}");
+    // Every documented operation is served (none falls through to "no such route");
+    // the one DELETE goes last.
+    let mut documented = documented;
+    documented.sort_by_key(|(m, _)| m == "delete");
     for (method, path) in &documented {
-        let path = path.trim_start_matches("/cbo/v1/").replace(
-            "{id}",
-            if path.contains("services") {
-                "pantry"
-            } else {
-                &id
-            },
-        );
+        let target = if path.contains("services") {
+            "pantry"
+        } else if path.contains("webhooks") {
+            &hook
+        } else {
+            &id
+        };
+        let path = path
+            .trim_start_matches("/cbo/v1/")
+            .replace("{id}", target)
+            .replace("{delivery_id}", &delivery);
         let reply = match method.as_str() {
             "get" => cbo.get(&path).await,
+            "post" if path == "webhooks" => {
+                cbo.post(&path, &json!({"url": "https://cbo.example.org/other"}))
+                    .await
+            }
             "post" => cbo.post(&path, &json!({})).await,
             "put" => {
                 cbo.put(&path, &json!({"status": "full", "name": "Pantry"}))
                     .await
             }
+            "delete" => Reply {
+                status: cbo.delete_path(&path).await,
+                headers: Default::default(),
+                body: Value::Null,
+            },
             other => panic!("unexpected method {other}"),
         };
         assert!(

@@ -707,3 +707,102 @@ async fn https_is_served_with_hsts_when_a_certificate_is_configured() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An EHR registered with a JWKS URL: the gateway fetches the keys over HTTPS (rustls,
+/// trusting the system roots, here a test CA through SSL_CERT_FILE) and caches them.
+#[tokio::test]
+async fn keys_are_fetched_from_a_jwks_url() {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let dir = std::env::temp_dir().join(format!("cw-jwks-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, generated.cert.pem()).unwrap();
+    let (key_pem, kid, jwks) = new_ehr_key();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![generated.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let server = HttpServer::new(move || {
+        let (jwks, counter) = (jwks.clone(), counter.clone());
+        App::new().route(
+            "/jwks.json",
+            web::get().to(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = jwks.to_string();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind_rustls_0_23("127.0.0.1:0", tls)
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let app = spawn_app_with(&[("SSL_CERT_FILE", ca.to_str().unwrap())]).await;
+    let url = format!("https://localhost:{port}/jwks.json");
+    let out: Value = serde_json::from_str(&app.operator(&[
+        "clients",
+        "add",
+        "ehr",
+        "--jwks-url",
+        &url,
+        "--json",
+    ]))
+    .unwrap();
+    let client = EhrClient {
+        client_id: out["client_id"].as_str().unwrap().to_string(),
+        key_pem,
+        kid,
+    };
+    let token = app.ehr_token(&client, None).await;
+    assert_eq!(
+        bearer(&token)
+            .get(app.url("Task"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.ehr_token(&client, None).await;
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the key set is cached"
+    );
+    let (http_url, plain) = (
+        format!("http://localhost:{port}/jwks.json"),
+        app.try_operator(&[
+            "clients",
+            "add",
+            "ehr",
+            "--jwks-url",
+            "http://localhost/jwks.json",
+            "--json",
+        ]),
+    );
+    assert!(
+        !plain.0 && plain.2.contains("https"),
+        "{http_url}: {}",
+        plain.2
+    );
+    handle.stop(false).await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -139,7 +139,7 @@ impl Default for Settings {
             environment: "development".into(),
             allow_insecure_webhooks: false,
             webhook_retry_scale: 1.0,
-            webhook_workers: 1,
+            webhook_workers: 2,
             webhook_timeout_ms: 10_000,
             organizations: Vec::new(),
         }

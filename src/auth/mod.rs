@@ -335,6 +335,13 @@ impl Authority {
                 "none of the requested scopes is granted to this client".into(),
             ));
         }
+        let token = self.token_for(&client, &granted)?;
+        tracing::info!(message = "Access token issued.", client_id = %client.client_id, scope = %token.scope);
+        Ok(token)
+    }
+
+    /// A signed access token for `client` with `granted` scopes.
+    fn token_for(&self, client: &ClientRow, granted: &Scopes) -> Result<TokenResponse, AuthError> {
         let now = now_secs();
         let claims = AccessClaims {
             iss: TOKEN_AUDIENCE.into(),
@@ -347,7 +354,6 @@ impl Authority {
             kind: ClientKind::parse(&client.kind).unwrap_or(ClientKind::Cbo),
             org: client.organization_id.clone(),
         };
-        tracing::info!(message = "Access token issued.", client_id = %client.client_id, scope = %claims.scope);
         Ok(TokenResponse {
             access_token: self.keys.sign(&claims)?,
             token_type: "bearer",
@@ -374,24 +380,7 @@ impl Authority {
                 .grant(&Scopes::parse(s).map_err(|e| AuthError::InvalidScope(e.to_string()))?),
             None => registered,
         };
-        let now = now_secs();
-        let claims = AccessClaims {
-            iss: TOKEN_AUDIENCE.into(),
-            aud: TOKEN_AUDIENCE.into(),
-            sub: client.client_id.clone(),
-            exp: now + TOKEN_TTL_SECS,
-            iat: now,
-            jti: uuid::Uuid::new_v4().to_string(),
-            scope: granted.to_string(),
-            kind: ClientKind::parse(&client.kind).unwrap_or(ClientKind::Cbo),
-            org: client.organization_id.clone(),
-        };
-        Ok(TokenResponse {
-            access_token: self.keys.sign(&claims)?,
-            token_type: "bearer",
-            expires_in: TOKEN_TTL_SECS,
-            scope: claims.scope,
-        })
+        self.token_for(&client, &granted)
     }
 
     async fn check_secret(&self, req: &TokenRequest) -> Result<Arc<ClientRow>, AuthError> {

@@ -317,6 +317,37 @@ async fn tls_round_trip() {
     assert!(matches!(wrong, Err(MllpError::Io(_))));
 }
 
+#[tokio::test]
+async fn with_a_client_ca_a_sender_without_a_certificate_is_refused() {
+    let dir = TempDir::new("tls-client-ca");
+    let server_cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.write("cert.pem", &server_cert.cert.pem());
+    let key = dir.write("key.pem", &server_cert.signing_key.serialize_pem());
+    let ca = rcgen::generate_simple_self_signed(vec!["senders".to_owned()]).unwrap();
+    let client_ca = dir.write("client-ca.pem", &ca.cert.pem());
+
+    let config = super::server_config(&cert, &key, &client_ca).unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let server = start(short_limits(), Duration::ZERO, Some(acceptor)).await;
+    // The handshake (or the first read after it, in TLS 1.3) fails: no certificate.
+    let refused = match Client::connect_tls(server.addr, "localhost", &cert).await {
+        Ok(mut client) => client.send(b"MSH|1").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a sender without a client certificate was served");
+    // Without a client CA the same sender is served.
+    let open = start(
+        short_limits(),
+        Duration::ZERO,
+        Some(tls_acceptor(&cert, &key).unwrap()),
+    )
+    .await;
+    let mut client = Client::connect_tls(open.addr, "localhost", &cert)
+        .await
+        .unwrap();
+    assert_eq!(client.send(b"MSH|1").await.unwrap(), &b"ACK|MSH|1"[..]);
+}
+
 #[test]
 fn tls_errors_name_the_file() {
     let dir = TempDir::new("tls-errors");

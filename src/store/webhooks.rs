@@ -263,6 +263,18 @@ impl Store {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<DueDelivery>> {
+        // An idle poll only reads: on SQLite an UPDATE takes the file's write lock even
+        // when it matches nothing, and the resource writer would wait for it.
+        let any = sqlx::query(
+            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+             AND claimed_until <= $1 LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let lock = match self.backend {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",

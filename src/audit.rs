@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::store::{AuditRecord, Store};
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 /// What one request did, for the trail.
 #[derive(Debug, Clone)]

@@ -63,6 +63,21 @@ pub struct AuditRecord {
     pub trace_id: String,
 }
 
+/// An `audit_events` row in the column order of the insert (serialised as a JSON array).
+#[derive(serde::Serialize)]
+struct AuditRow<'a>(
+    &'a str,
+    i64,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    &'a str,
+);
+
 /// Filters for reading the audit trail; all optional.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -339,50 +354,50 @@ impl Store {
             .collect())
     }
 
-    /// Appends audit records in one statement.
+    /// Appends audit records in one statement, the rows in one JSON argument.
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut sql = String::from(concat!(
-            "INSERT INTO audit_events (",
-            audit_columns!(),
-            ") VALUES "
-        ));
-        for i in 0..records.len() {
-            let b = i * 10;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10
-            ));
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in records {
-            q = q
-                .bind(&r.id)
-                .bind(r.recorded_at)
-                .bind(&r.client_id)
-                .bind(&r.organization_id)
-                .bind(&r.face)
-                .bind(&r.action)
-                .bind(&r.entity)
-                .bind(&r.detail)
-                .bind(r.outcome)
-                .bind(&r.trace_id);
-        }
-        q.execute(&self.pool).await?;
+        let rows: Vec<AuditRow<'_>> = records
+            .iter()
+            .map(|r| {
+                AuditRow(
+                    &r.id,
+                    r.recorded_at,
+                    &r.client_id,
+                    r.organization_id.as_deref(),
+                    &r.face,
+                    &r.action,
+                    &r.entity,
+                    &r.detail,
+                    r.outcome,
+                    &r.trace_id,
+                )
+            })
+            .collect();
+        use super::sql::{INT, TEXT};
+        let (text, args) = super::sql::bulk_insert(
+            self.backend,
+            "audit_events",
+            &[
+                ("id", TEXT),
+                ("recorded_at", INT),
+                ("client_id", TEXT),
+                ("organization_id", TEXT),
+                ("face", TEXT),
+                ("action", TEXT),
+                ("entity", TEXT),
+                ("detail", TEXT),
+                ("outcome", INT),
+                ("trace_id", TEXT),
+            ],
+            super::sql::json_rows(&rows),
+            "",
+        );
+        super::sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

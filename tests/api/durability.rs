@@ -39,6 +39,11 @@ async fn kill_9_during_creates_loses_nothing_that_was_answered_201() {
     }
     // Let the stream run, then kill mid-stream.
     while acknowledged.lock().await.len() < 300 {
+        // Writers stop at the first answer that is not 201: fail, don't wait forever.
+        assert!(
+            !writers.iter().all(|w| w.is_finished()),
+            "every writer stopped before 300 creates were acknowledged"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.kill();
@@ -95,6 +100,10 @@ async fn kill_9_during_an_mllp_stream_loses_no_message_that_was_acknowledged() {
         }));
     }
     while acknowledged.lock().await.len() < 1000 {
+        assert!(
+            !senders.iter().all(|s| s.is_finished()),
+            "every sender stopped before 1,000 messages were acknowledged"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     app.kill();

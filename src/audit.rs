@@ -36,9 +36,10 @@ pub struct AuditLog {
 impl AuditLog {
     /// Starts the writer task on the current runtime; it drains the queue when every
     /// sender is gone.
-    pub fn start(store: Store) -> (AuditLog, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Store) -> AuditLog {
         let (queue, rx) = mpsc::unbounded_channel();
-        (AuditLog { queue }, tokio::spawn(flush_forever(store, rx)))
+        tokio::spawn(flush_forever(store, rx));
+        AuditLog { queue }
     }
 
     pub fn record(&self, a: Access<'_>) {

@@ -65,7 +65,7 @@ impl Application {
             Arc::new(mappings.identity.clone()),
             identities.clone(),
         );
-        let (audit, _) = AuditLog::start(fhir.store().clone());
+        let audit = AuditLog::start(fhir.store().clone());
         let keys = SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let auth = Arc::new(Authority::new(

@@ -92,21 +92,33 @@ async fn shared_count(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_limit_counts_per_client() {
+    #[test]
+    fn each_client_gets_its_own_window_and_a_new_second_restarts_it() {
         let limiter = RateLimiter::new(3, None);
-        for _ in 0..3 {
-            limiter.check("a").await.unwrap();
+        let counts: Vec<u32> = (0..4).map(|_| limiter.local_count("a", 100)).collect();
+        assert_eq!(counts, [1, 2, 3, 4]);
+        assert_eq!(limiter.local_count("b", 100), 1);
+        assert_eq!(limiter.local_count("a", 101), 1);
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_is_refused_with_retry_after_and_zero_means_off() {
+        let limiter = RateLimiter::new(2, None);
+        let mut refused = Vec::new();
+        for _ in 0..50 {
+            if let Err(e) = limiter.check("a").await {
+                refused.push(e);
+            }
         }
-        let over = limiter.check("a").await;
-        // A second boundary may fall between the calls; then the window restarted.
-        if this_second() == limiter.local.lock().unwrap()["a"].0 {
-            assert!(matches!(
-                over,
-                Err(AuthError::RateLimited { retry_after: 1 })
-            ));
+        // 50 calls span at most two one-second windows: at most 4 pass.
+        assert!(refused.len() >= 46, "{} refused", refused.len());
+        assert!(
+            refused
+                .iter()
+                .all(|e| matches!(e, AuthError::RateLimited { retry_after: 1 }))
+        );
+        for _ in 0..50 {
+            RateLimiter::new(0, None).check("a").await.unwrap();
         }
-        limiter.check("b").await.unwrap();
-        RateLimiter::new(0, None).check("a").await.unwrap();
     }
 }

@@ -112,12 +112,12 @@ fn check_url(url: &str, allow_insecure: bool) -> Result<(), CboError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(invalid("must be an absolute https:// URL"));
     };
-    let host = rest
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or("")
-        .rsplit_once(':')
-        .map_or(rest.split(['/', '?', '#']).next().unwrap_or(""), |(h, _)| h);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Without the port; an IPv6 literal keeps its brackets.
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !port.contains(']') => h,
+        _ => authority,
+    };
     if host.is_empty() || host.contains('@') {
         return Err(invalid("must name a host (and no user info)"));
     }
@@ -277,6 +277,8 @@ mod tests {
         assert!(check_url("https://cbo.example.org:8443/hooks", false).is_ok());
         assert!(check_url("http://127.0.0.1:9000/hooks", true).is_ok());
         assert!(check_url("http://localhost:9000/hooks", true).is_ok());
+        assert!(check_url("http://[::1]/hooks", true).is_ok());
+        assert!(check_url("http://[::1]:9000/hooks", true).is_ok());
         for (url, allow) in [
             ("http://127.0.0.1:9000/hooks", false),
             ("http://cbo.example.org/hooks", true),

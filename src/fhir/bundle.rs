@@ -341,13 +341,16 @@ fn plan_request(i: usize, entry: Value) -> Result<PlannedEntry, FhirError> {
     })
 }
 
+/// One form-encoded value decoded (`+` is a space).
+pub fn form_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// Splits and percent-decodes `a=1&b=2` (also used for `If-None-Exist`).
 pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
+    let decode = form_decode;
     q.split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| match kv.split_once('=') {

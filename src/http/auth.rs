@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{AppState, header_str};
 use crate::auth::{AuthError, CboScope, Principal, TokenRequest};
-use crate::fhir::bundle::parse_query_string;
+use crate::fhir::bundle::{form_decode, parse_query_string};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/auth/token", web::post().to(token))
@@ -88,8 +88,7 @@ fn basic_credentials(req: &HttpRequest) -> Option<(String, String)> {
     }
     let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
-    let pairs = parse_query_string(&format!("i={id}&s={secret}"));
-    Some((pairs.first()?.1.clone(), pairs.get(1)?.1.clone()))
+    Some((form_decode(id), form_decode(secret)))
 }
 
 async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {

@@ -142,23 +142,26 @@ impl Dispatcher {
             .collect()
             .await;
         let now = now_micros();
-        let mut delivered: Vec<(String, i64)> = Vec::new();
+        // Successes by the status they got: one statement each (per 200 rows).
+        let mut delivered: std::collections::BTreeMap<u16, Vec<(String, i64)>> = Default::default();
         let mut healthy: Vec<String> = Vec::new();
-        let mut last_status = 200;
         for (d, outcome) in results {
             match outcome {
                 Outcome::Delivered(status) => {
-                    last_status = i64::from(status);
                     if d.failing_since.is_some() && !healthy.contains(&d.endpoint_id) {
                         healthy.push(d.endpoint_id.clone());
                     }
-                    delivered.push((d.endpoint_id, d.event_seq));
+                    delivered
+                        .entry(status)
+                        .or_default()
+                        .push((d.endpoint_id, d.event_seq));
                 }
                 Outcome::Failed { status, error } => self.failed(&d, status, &error, now).await?,
             }
         }
-        // Successes are recorded in one statement (per 200).
-        self.store.delivered(&delivered, last_status, now).await?;
+        for (status, keys) in delivered {
+            self.store.delivered(&keys, i64::from(status), now).await?;
+        }
         for id in healthy {
             self.store.endpoint_health(&id, false, now).await?;
             tracing::info!(message = "Webhook endpoint recovered.", endpoint = %id);
@@ -243,20 +246,17 @@ impl Dispatcher {
             },
             Err(e) => Outcome::Failed {
                 status: None,
-                error: format!("cannot reach the endpoint: {}", without_url(&e)),
+                error: format!("cannot reach the endpoint: {}", causes(&e.without_url())),
             },
         }
     }
 }
 
-/// reqwest's error text without the URL (it could carry a token in its query).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut text = String::from(if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    });
+/// An error with its causes (reqwest's own text names only the step that failed).
+/// Callers strip the URL first: it could carry a token in its query.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
     while let Some(s) = source {
         text = format!("{text}: {s}");
         source = s.source();

@@ -90,22 +90,11 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
-// Column lists as macros, so that `concat!` builds each statement at compile time.
-macro_rules! client_columns {
-    () => {
-        "client_id, kind, organization_id, name, scopes, jwks, jwks_url, secret_hash, created_at, revoked_at"
-    };
-}
-macro_rules! key_columns {
-    () => {
-        "key_id, client_id, mode, secret_sha256, scopes, created_at, revoked_at"
-    };
-}
-macro_rules! audit_columns {
-    () => {
-        "id, recorded_at, client_id, organization_id, face, action, entity, detail, outcome, trace_id"
-    };
-}
+const CLIENT_COLUMNS: &str = "client_id, kind, organization_id, name, scopes, jwks, jwks_url, \
+     secret_hash, created_at, revoked_at";
+const KEY_COLUMNS: &str = "key_id, client_id, mode, secret_sha256, scopes, created_at, revoked_at";
+const AUDIT_COLUMNS: &str = "id, recorded_at, client_id, organization_id, face, action, entity, \
+     detail, outcome, trace_id";
 
 fn client_row(r: &sqlx::any::AnyRow) -> ClientRow {
     ClientRow {
@@ -136,11 +125,9 @@ fn key_row(r: &sqlx::any::AnyRow) -> ApiKeyRow {
 
 impl Store {
     pub async fn insert_client(&self, c: &ClientRow) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO auth_clients (",
-            client_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        ))
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO auth_clients ({CLIENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        )))
         .bind(&c.client_id)
         .bind(&c.kind)
         .bind(&c.organization_id)
@@ -157,11 +144,9 @@ impl Store {
     }
 
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRow>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            client_columns!(),
-            " FROM auth_clients WHERE client_id = $1"
-        ))
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM auth_clients WHERE client_id = $1"
+        )))
         .bind(client_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -169,11 +154,9 @@ impl Store {
     }
 
     pub async fn clients(&self) -> Result<Vec<ClientRow>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            client_columns!(),
-            " FROM auth_clients ORDER BY created_at, client_id"
-        ))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM auth_clients ORDER BY created_at, client_id"
+        )))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(client_row).collect())
@@ -202,11 +185,9 @@ impl Store {
     }
 
     pub async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO auth_api_keys (",
-            key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        ))
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO auth_api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        )))
         .bind(&k.key_id)
         .bind(&k.client_id)
         .bind(&k.mode)
@@ -220,11 +201,9 @@ impl Store {
     }
 
     pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM auth_api_keys WHERE key_id = $1"
-        ))
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM auth_api_keys WHERE key_id = $1"
+        )))
         .bind(key_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -232,11 +211,9 @@ impl Store {
     }
 
     pub async fn api_keys_of(&self, client_id: &str) -> Result<Vec<ApiKeyRow>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            key_columns!(),
-            " FROM auth_api_keys WHERE client_id = $1 ORDER BY created_at"
-        ))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM auth_api_keys WHERE client_id = $1 ORDER BY created_at"
+        )))
         .bind(client_id)
         .fetch_all(&self.pool)
         .await?;
@@ -402,11 +379,7 @@ impl Store {
     }
 
     pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let mut sql = String::from(concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit_events WHERE 1 = 1"
-        ));
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_events WHERE 1 = 1");
         let mut n = 0;
         let mut next = |sql: &mut String, clause: &str| {
             n += 1;

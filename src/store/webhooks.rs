@@ -70,6 +70,14 @@ const FAN_OUT: &str = "INSERT INTO webhook_deliveries \
 const ENDPOINT_COLUMNS: &str = "id, organization_id, url, description, event_types, secret, \
      previous_secret, previous_expires_at, status, failing_since, created_at";
 
+/// `($first, $first+1), …`: placeholders for `n` (endpoint, sequence) keys.
+fn key_pairs(n: usize, first: usize) -> String {
+    (0..n)
+        .map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn endpoint_row(r: &sqlx::any::AnyRow) -> EndpointRow {
     EndpointRow {
         id: r.get(0),
@@ -299,21 +307,15 @@ impl Store {
         let mut due = Vec::with_capacity(claimed.len());
         for chunk in claimed.chunks(100) {
             let keys: Vec<(String, i64)> = chunk.iter().map(|r| (r.get(0), r.get(1))).collect();
-            let mut text = String::from(
+            let text = format!(
                 "SELECT d.endpoint_id, d.organization, d.event_seq, d.attempts, d.created_at, \
                  w.url, w.secret, w.previous_secret, w.previous_expires_at, w.failing_since, d.payload, \
                  e.id, e.event_type, e.referral_id, e.status, e.version, e.created_at \
                  FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
                  LEFT JOIN events e ON e.organization = d.organization AND e.seq = d.event_seq \
-                 WHERE (d.endpoint_id, d.event_seq) IN (",
+                 WHERE (d.endpoint_id, d.event_seq) IN ({})",
+                key_pairs(keys.len(), 1)
             );
-            for i in 0..keys.len() {
-                if i > 0 {
-                    text.push(',');
-                }
-                text.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-            }
-            text.push(')');
             let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
             for (id, seq) in &keys {
                 q = q.bind(id.clone()).bind(*seq);
@@ -350,18 +352,12 @@ impl Store {
     /// Marks deliveries delivered, in one statement.
     pub async fn delivered(&self, keys: &[(String, i64)], status: i64, now: i64) -> Result<()> {
         for chunk in keys.chunks(200) {
-            let mut text = String::from(
+            let text = format!(
                 "UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, \
                  last_attempt_at = $1, last_status = $2, last_error = NULL, delivered_at = $1, \
-                 claimed_until = 0 WHERE (endpoint_id, event_seq) IN (",
+                 claimed_until = 0 WHERE (endpoint_id, event_seq) IN ({})",
+                key_pairs(chunk.len(), 3)
             );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    text.push(',');
-                }
-                text.push_str(&format!("(${}, ${})", 2 * i + 3, 2 * i + 4));
-            }
-            text.push(')');
             let mut q = sqlx::query(sqlx::AssertSqlSafe(text))
                 .bind(now)
                 .bind(status);

@@ -209,37 +209,51 @@ async fn start(
     }
     // Every app gets an EHR client of its own, through the real registration command
     // and the real SMART token exchange; `client` then sends its token.
-    let (key_pem, kid, jwks) = new_ehr_key();
-    let jwks_file = app.data_dir.join("ehr-jwks.json");
-    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
-    let out = app.operator(&[
-        "clients",
-        "add",
-        "ehr",
-        "--jwks",
-        jwks_file.to_str().unwrap(),
-        "--json",
-    ]);
-    let registered: Value = serde_json::from_str(&out).unwrap();
-    app.ehr = EhrClient {
-        client_id: registered["client_id"].as_str().unwrap().to_string(),
-        key_pem,
-        kid,
-    };
+    app.ehr = app.add_ehr(&[]);
     let token = app.ehr_token(&app.ehr, None).await;
+    app.client = bearer(&token);
+    app
+}
+
+/// A client that sends `Authorization: Bearer {token}` with every request.
+pub fn bearer(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().unwrap(),
     );
-    app.client = reqwest::Client::builder()
+    reqwest::Client::builder()
         .default_headers(headers)
         .build()
-        .unwrap();
-    app
+        .unwrap()
 }
 
 impl TestApp {
+    /// Registers an EHR client with a fresh key (`crossway clients add ehr`, plus
+    /// `extra` options); returns it with its private key.
+    pub fn add_ehr(&self, extra: &[&str]) -> EhrClient {
+        let (key_pem, kid, jwks) = new_ehr_key();
+        let file = self
+            .data_dir
+            .join(format!("jwks-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&file, jwks.to_string()).unwrap();
+        let mut args = vec![
+            "clients",
+            "add",
+            "ehr",
+            "--jwks",
+            file.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out: Value = serde_json::from_str(&self.operator(&args)).unwrap();
+        EhrClient {
+            client_id: out["client_id"].as_str().unwrap().to_string(),
+            key_pem,
+            kid,
+        }
+    }
+
     pub fn token_url(&self) -> String {
         format!("http://{}/auth/token", self.addr)
     }

@@ -32,41 +32,6 @@ fn refused(result: &(u16, Value), why: &str) {
     assert_eq!(result.1["error"], "invalid_client", "{why}: {}", result.1);
 }
 
-/// Registers another EHR client (own key) with these options; returns it.
-fn add_ehr(app: &TestApp, extra: &[&str]) -> EhrClient {
-    let (key_pem, kid, jwks) = new_ehr_key();
-    let file = std::env::temp_dir().join(format!("jwks-{}.json", uuid::Uuid::new_v4()));
-    std::fs::write(&file, jwks.to_string()).unwrap();
-    let mut args = vec![
-        "clients",
-        "add",
-        "ehr",
-        "--jwks",
-        file.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out: Value = serde_json::from_str(&app.operator(&args)).unwrap();
-    std::fs::remove_file(file).unwrap();
-    EhrClient {
-        client_id: out["client_id"].as_str().unwrap().to_string(),
-        key_pem,
-        kid,
-    }
-}
-
-fn bearer(token: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn smart_client_assertions_are_checked_claim_by_claim() {
     let app = spawn_app().await;
@@ -175,13 +140,10 @@ async fn smart_client_assertions_are_checked_claim_by_claim() {
 async fn every_fhir_interaction_checks_its_scope() {
     let app = spawn_app().await;
     app.post_referral().await;
-    let narrow = add_ehr(
-        &app,
-        &[
-            "--scope",
-            "system/Task.rs system/Patient.r system/Encounter.read",
-        ],
-    );
+    let narrow = app.add_ehr(&[
+        "--scope",
+        "system/Task.rs system/Patient.r system/Encounter.read",
+    ]);
     let client = bearer(&app.ehr_token(&narrow, None).await);
     let status = |r: reqwest::Response| r.status().as_u16();
 
@@ -293,21 +255,21 @@ async fn a_task_owner_may_change_only_status_output_and_notes() {
     };
     let owner = bearer(
         &app.ehr_token(
-            &add_ehr(&app, &["--org", &format!("Organization/{ORG}")]),
+            &app.add_ehr(&["--org", &format!("Organization/{ORG}")]),
             None,
         )
         .await,
     );
     let stranger = bearer(
         &app.ehr_token(
-            &add_ehr(&app, &["--org", "Organization/cbo-metro-rides"]),
+            &app.add_ehr(&["--org", "Organization/cbo-metro-rides"]),
             None,
         )
         .await,
     );
     let requester = bearer(
         &app.ehr_token(
-            &add_ehr(&app, &["--org", "Organization/hospital-st-mary"]),
+            &app.add_ehr(&["--org", "Organization/hospital-st-mary"]),
             None,
         )
         .await,

@@ -5,6 +5,8 @@
 //! A crash loses at most the records of the last [`FLUSH_EVERY`], never a change: every
 //! change is also in the resource history, with its version and time.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -31,6 +33,8 @@ pub struct Access<'a> {
 #[derive(Clone)]
 pub struct AuditLog {
     queue: mpsc::UnboundedSender<AuditRecord>,
+    /// Records queued and not yet appended: grows while the store is unreachable.
+    pending: Arc<AtomicUsize>,
 }
 
 impl AuditLog {
@@ -38,8 +42,13 @@ impl AuditLog {
     /// sender is gone.
     pub fn start(store: Store) -> AuditLog {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_forever(store, rx));
-        AuditLog { queue }
+        let pending = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(flush_forever(store, rx, pending.clone()));
+        AuditLog { queue, pending }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 
     pub fn record(&self, a: Access<'_>) {
@@ -55,13 +64,18 @@ impl AuditLog {
             outcome: i64::from(a.outcome),
             trace_id: a.trace_id.to_string(),
         };
+        self.pending.fetch_add(1, Ordering::Relaxed);
         if self.queue.send(record).is_err() {
             tracing::error!(message = "Audit writer is gone; an access went unrecorded.");
         }
     }
 }
 
-async fn flush_forever(store: Store, mut rx: mpsc::UnboundedReceiver<AuditRecord>) {
+async fn flush_forever(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<AuditRecord>,
+    pending: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let n = rx.recv_many(&mut batch, BATCH).await;
@@ -83,6 +97,7 @@ async fn flush_forever(store: Store, mut rx: mpsc::UnboundedReceiver<AuditRecord
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        pending.fetch_sub(batch.len(), Ordering::Relaxed);
         batch.clear();
     }
 }

@@ -66,6 +66,9 @@ pub struct Settings {
     /// The gateway's signing key (P-384, PKCS#8 PEM), shared by replicas; empty means
     /// `<data_dir>/keys/signing.pem`, generated on first start.
     pub signing_key_file: PathBuf,
+    /// Bearer token Prometheus sends to `/metrics`. Empty: `/metrics` answers loopback
+    /// peers only (development) or nobody (production).
+    pub metrics_token: String,
     /// Requests per second per client; 0 turns the limit off. With Redis the limit
     /// holds across replicas.
     pub rate_limit_per_second: u32,
@@ -135,6 +138,7 @@ impl Default for Settings {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             signing_key_file: PathBuf::new(),
+            metrics_token: String::new(),
             rate_limit_per_second: 1000,
             environment: "development".into(),
             allow_insecure_webhooks: false,
@@ -226,6 +230,9 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_SIGNING_KEY_FILE") {
             self.signing_key_file = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_METRICS_TOKEN") {
+            self.metrics_token = v;
         }
         if let Some(v) = var("CROSSWAY_RATE_LIMIT").and_then(|v| v.parse().ok()) {
             self.rate_limit_per_second = v;

@@ -116,6 +116,8 @@ impl Application {
             dev_auth: settings.dev_auth,
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
+            metrics: crate::telemetry::metrics::install()?,
+            metrics_token: settings.metrics_token.clone(),
         });
         let tls = if settings.tls_cert.as_os_str().is_empty() {
             None

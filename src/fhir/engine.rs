@@ -108,6 +108,11 @@ impl Fhir {
         }
     }
 
+    /// Writes waiting for the group-commit writer (a gauge on `/metrics`).
+    pub fn queued_writes(&self) -> usize {
+        self.writer.queued()
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -11,6 +11,7 @@ use crate::hl7v2::{self, AckCode, AckError, ErrorCode, ErrorLocation, Severity};
 use crate::identity::cache::IdentityCache;
 use crate::identity::{Identifier, IdentityRules};
 use crate::store::InboundMessage;
+use crate::telemetry::metrics::{HL7_ACK_LATENCY, HL7_MESSAGES};
 
 #[derive(Clone)]
 pub struct Feed {
@@ -109,6 +110,15 @@ impl Feed {
     /// Handles one HL7 v2 message; returns the ACK to send, or `None` when the store
     /// could not take it (no ACK: the sender keeps it and resends).
     pub async fn hl7v2(&self, bytes: &[u8]) -> Option<String> {
+        let started = std::time::Instant::now();
+        let answer = self.answer_hl7v2(bytes).await;
+        let code = answer.as_ref().map_or("none", |(code, _)| code.as_str());
+        metrics::counter!(HL7_MESSAGES, "ack" => code).increment(1);
+        metrics::histogram!(HL7_ACK_LATENCY, "ack" => code).record(started.elapsed().as_secs_f64());
+        answer.map(|(_, ack)| ack)
+    }
+
+    async fn answer_hl7v2(&self, bytes: &[u8]) -> Option<(AckCode, String)> {
         let msg = match hl7v2::parse_bytes(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -118,12 +128,15 @@ impl Feed {
                 r.status = "rejected".into();
                 r.error = Some(e.to_string());
                 self.fhir.ingest(Inbound::record(r)).await.ok()?;
-                return Some(hl7v2::reject(bytes, &e, &ack_id(), &hl7_now()));
+                return Some((
+                    AckCode::Reject,
+                    hl7v2::reject(bytes, &e, &ack_id(), &hl7_now()),
+                ));
             }
         };
         let body = msg.as_str().to_string();
         let answer = |code: AckCode, errors: &[AckError]| {
-            Some(hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors))
+            Some((code, hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors)))
         };
         let notice = adt::notice(&msg, &self.tables, &self.rules);
         let (source, control, event) = adt::key(&msg);

@@ -49,11 +49,15 @@ pub struct AppState {
     /// Configured public base for `/fhir`; empty means "derive from the request".
     pub public_base_url: String,
     pub max_body_bytes: usize,
+    /// The Prometheus recorder's handle and the token `/metrics` asks for.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub metrics_token: String,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
         .configure(auth::routes)
         .service(web::scope("/fhir").configure(fhir::routes))
         .default_service(web::to(|| async {
@@ -81,10 +85,18 @@ pub async fn audit(
         path == "/fhir/metadata" || path.contains(".well-known") || path.ends_with("openapi.json");
     let method = req.method().clone();
     let query = req.query_string().to_string();
+    let started = std::time::Instant::now();
     let log = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.audit.clone());
     let mut res = next.call(req).await?;
+    if !face.is_empty() {
+        let status = crate::telemetry::metrics::status_class(res.status().as_u16());
+        metrics::counter!(crate::telemetry::metrics::HTTP_REQUESTS, "face" => face, "status" => status)
+            .increment(1);
+        metrics::histogram!(crate::telemetry::metrics::HTTP_LATENCY, "face" => face)
+            .record(started.elapsed().as_secs_f64());
+    }
     let trace_id = uuid::Uuid::new_v4().simple().to_string();
     if let Ok(v) = HeaderValue::from_str(&trace_id) {
         res.headers_mut()

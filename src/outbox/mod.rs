@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::store::{DueDelivery, Store};
+use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};
 
 /// When to retry, and for how long.
 #[derive(Debug, Clone)]
@@ -161,6 +162,8 @@ impl Dispatcher {
         }
         for (status, keys) in delivered {
             self.store.delivered(&keys, i64::from(status), now).await?;
+            metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => "delivered")
+                .increment(keys.len() as u64);
         }
         for id in healthy {
             self.store.endpoint_health(&id, false, now).await?;
@@ -190,6 +193,8 @@ impl Dispatcher {
                 now,
             )
             .await?;
+        metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => if expired { "failed" } else { "retrying" })
+            .increment(1);
         if expired {
             tracing::warn!(message = "Webhook delivery failed for good.", endpoint = %d.endpoint_id, sequence = d.event_seq, attempts = failures, error);
         } else if d.attempts == 0 {
@@ -201,6 +206,7 @@ impl Dispatcher {
         if d.failing_since.is_some_and(|since| now - since > give_up)
             && self.store.disable_endpoint(&d.endpoint_id, now).await?
         {
+            metrics::counter!(WEBHOOK_ENDPOINTS_DISABLED).increment(1);
             tracing::warn!(message = "Webhook endpoint disabled: it has failed for longer than the retry window.", endpoint = %d.endpoint_id, organization = %d.organization);
         }
         Ok(())

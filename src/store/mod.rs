@@ -119,6 +119,19 @@ pub struct SearchPage {
     pub next: Option<Cursor>,
 }
 
+/// Store-wide backlogs ([`Store::backlog`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backlog {
+    pub deliveries_pending: i64,
+    /// How far the most overdue pending delivery is behind its due time.
+    pub delivery_lag_micros: i64,
+    /// Deliveries that exhausted their retries and wait for a redeliver.
+    pub deliveries_failed: i64,
+    pub endpoints_disabled: i64,
+    pub dead_letters: i64,
+    pub identity_conflicts: i64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -236,6 +249,31 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// What is waiting, store-wide (every replica sees the same figures), for
+    /// `/metrics`. Each count is served by an index.
+    pub async fn backlog(&self, now: i64) -> Result<Backlog> {
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'), \
+             (SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'), \
+             (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'), \
+             (SELECT count(*) FROM webhook_endpoints WHERE status = 'disabled'), \
+             (SELECT count(*) FROM inbound_messages WHERE status = 'dead'), \
+             (SELECT count(*) FROM identity_conflicts WHERE resolved_at IS NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let due: Option<i64> = row.get(1);
+        Ok(Backlog {
+            deliveries_pending: row.get(0),
+            delivery_lag_micros: due.map_or(0, |d| (now - d).max(0)),
+            deliveries_failed: row.get(2),
+            endpoints_disabled: row.get(3),
+            dead_letters: row.get(4),
+            identity_conflicts: row.get(5),
+        })
     }
 
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {

@@ -114,6 +114,11 @@ impl<C: Command> Writer<C> {
         Writer { queue }
     }
 
+    /// Commands waiting for a writer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Queues a command and waits until its transaction has committed (or failed).
     pub async fn submit(&self, command: C) -> Result<C::Output, C::Error> {
         let (reply, answer) = oneshot::channel();
@@ -173,6 +178,7 @@ async fn run<C: Command>(
                 let _ = committed.send(answers);
             }
             Err(msg) => {
+                metrics::counter!(crate::telemetry::metrics::STORE_COMMIT_FAILURES).increment(1);
                 tracing::warn!(message = "Write batch failed; nothing in it was acknowledged.", error = %msg);
                 // The connection may be broken: start over on a fresh one and re-read
                 // the sequence the store actually holds.
@@ -276,6 +282,9 @@ async fn run_batch<C: Command>(
             if let Some(referrals) = &memory.referrals {
                 referrals.apply(written_referrals);
             }
+            metrics::histogram!(crate::telemetry::metrics::STORE_COMMIT_LATENCY)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::telemetry::metrics::STORE_COMMIT_SIZE).record(size as f64);
             tracing::debug!(
                 message = "Batch committed.",
                 size,

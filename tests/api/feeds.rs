@@ -4,30 +4,11 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, ack_code, entry_id, hl7_reply, spawn_app, spawn_app_with, spawn_sibling,
+    TestApp, ack_code, adt, entry_id, hl7_reply, mrn, spawn_app, spawn_app_with, spawn_sibling,
 };
 
 const CBO: &str = "cbo-riverside-food-bank";
 const MRN_SYSTEM: &str = "http://hospital.example.org/mrn";
-
-/// An ADT message from St. Mary (`SMH`) for MRN `mrn`, visit `visit`.
-fn adt(trigger: &str, control: &str, pid3: &str, visit: &str) -> String {
-    let structure = match trigger {
-        "A01" | "A04" | "A08" | "A11" | "A13" => "ADT_A01",
-        "A40" => "ADT_A39",
-        other => &format!("ADT_{other}"),
-    };
-    format!(
-        "MSH|^~\\&|EPIC|SMH|CROSSWAY|GW|20250314153012-0500||ADT^{trigger}^{structure}|{control}|P|2.5.1\n\
-         EVN|{trigger}|20250314152900-0500\n\
-         PID|1||{pid3}||DOE^JANE||19800101|F\n\
-         PV1|1|I|4W^412^B^SMH||||||||||||||||{visit}|||||||||||||||||01|||SMH|||||20250310081500-0500|20250314152500-0500\n"
-    )
-}
-
-fn mrn(value: &str) -> String {
-    format!("{value}^^^SMH^MR")
-}
 
 /// The Patients the identity index finds for an MRN (current or retired).
 async fn patients(app: &TestApp, mrn: &str) -> Vec<String> {

@@ -703,3 +703,23 @@ pub fn outcome_expressions(outcome: &Value) -> Vec<String> {
         .map(|e| e.as_str().unwrap().to_string())
         .collect()
 }
+
+/// An ADT message from St. Mary (`SMH`) for PID-3 `pid3`, visit `visit`.
+pub fn adt(trigger: &str, control: &str, pid3: &str, visit: &str) -> String {
+    let structure = match trigger {
+        "A01" | "A04" | "A08" | "A11" | "A13" => "ADT_A01",
+        "A40" => "ADT_A39",
+        other => &format!("ADT_{other}"),
+    };
+    format!(
+        "MSH|^~\\&|EPIC|SMH|CROSSWAY|GW|20250314153012-0500||ADT^{trigger}^{structure}|{control}|P|2.5.1\n\
+         EVN|{trigger}|20250314152900-0500\n\
+         PID|1||{pid3}||DOE^JANE||19800101|F\n\
+         PV1|1|I|4W^412^B^SMH||||||||||||||||{visit}|||||||||||||||||01|||SMH|||||20250310081500-0500|20250314152500-0500\n"
+    )
+}
+
+/// A PID-3 repeat: an SMH medical record number.
+pub fn mrn(value: &str) -> String {
+    format!("{value}^^^SMH^MR")
+}

@@ -8,6 +8,7 @@ mod crud;
 mod durability;
 mod errors;
 mod feeds;
+mod metrics;
 mod search;
 mod security;
 mod transaction;

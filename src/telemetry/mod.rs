@@ -1,6 +1,9 @@
 //! Logging: `tracing` to stdout (the gateway) or stderr (operator commands, whose
 //! stdout is their output), filtered by `CROSSWAY_LOG` (or the config's `log`).
 //! `CROSSWAY_LOG_FORMAT=json` switches to one JSON object per line for log shippers.
+//! Prometheus metrics are in [`metrics`].
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -51,6 +51,19 @@ impl AuditLog {
         self.pending.load(Ordering::Relaxed)
     }
 
+    /// Waits until every record queued so far is appended, or `limit` passes; true
+    /// when nothing is left.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     pub fn record(&self, a: Access<'_>) {
         let record = AuditRecord {
             id: uuid::Uuid::now_v7().to_string(),

@@ -28,6 +28,8 @@ pub struct Application {
     /// Webhook dispatchers: they finish the deliveries they claimed.
     workers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Flushed last: the requests and messages finished during shutdown are audited.
+    audit: AuditLog,
 }
 
 impl Application {
@@ -110,7 +112,7 @@ impl Application {
             identities,
             feed,
             auth,
-            audit,
+            audit: audit.clone(),
             production: settings.production(),
             allow_insecure_webhooks: settings.allow_insecure_webhooks,
             dev_auth: settings.dev_auth,
@@ -172,6 +174,7 @@ impl Application {
             workers,
             mllp,
             shutdown,
+            audit,
         })
     }
 
@@ -179,8 +182,17 @@ impl Application {
         self.addr
     }
 
-    /// Serves until SIGINT/SIGTERM, then finishes in-flight requests and MLLP messages.
+    /// Serves until SIGINT/SIGTERM. Then, at once, no new HTTP or MLLP connection is
+    /// accepted and no webhook delivery claimed; in-flight requests, MLLP messages and
+    /// claimed deliveries finish; the audit trail is flushed; and it returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        // actix-web stops its own listener on the same signals.
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::info!(message = "Shutting down: finishing in-flight work.");
+            shutdown.cancel();
+        });
         let result = self.server.await;
         self.shutdown.cancel();
         if let Some(task) = self.mllp {
@@ -189,7 +201,30 @@ impl Application {
         for worker in self.workers {
             let _ = worker.await;
         }
+        if !self.audit.drain(std::time::Duration::from_secs(10)).await {
+            tracing::error!(
+                message = "Audit records left unwritten at shutdown.",
+                count = self.audit.pending()
+            );
+        }
+        tracing::info!(message = "Stopped.");
         result
+    }
+}
+
+/// SIGTERM (orchestrators, systemd) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(message = "Cannot listen for SIGTERM; Ctrl-C only.", error = %e);
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -136,3 +136,126 @@ async fn kill_9_during_an_mllp_stream_loses_no_message_that_was_acknowledged() {
         1
     );
 }
+
+/// SIGTERM in the middle of FHIR creates and an MLLP stream: the gateway exits 0 on
+/// its own, after finishing what it had in hand, and everything it acknowledged is in
+/// the store, and in the audit trail, after a restart.
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_and_loses_nothing_acknowledged() {
+    let mut app = spawn_app().await;
+    let client_id = app.ehr.client_id.clone();
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (client, url, created) = (app.client.clone(), app.url("Patient"), created.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5000 {
+                let body = json!({"resourceType": "Patient", "identifier": [{"system": "http://term", "value": format!("{w}-{i}")}]});
+                let sent = client.post(&url).header("content-type", FHIR_JSON).body(body.to_string()).send().await;
+                match sent {
+                    Ok(r) if r.status() == 201 => {
+                        let loc = r.headers()["location"].to_str().unwrap().to_string();
+                        created.lock().await.push(loc.split("/Patient/").nth(1).unwrap().split('/').next().unwrap().to_string());
+                    }
+                    // Refused or closed once the gateway stops: the stream ends.
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for w in 0..4 {
+        let (addr, acked) = (app.mllp_addr.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut client) = crossway::mllp::Client::connect(&addr).await else {
+                return;
+            };
+            for i in 0..5000 {
+                let control = format!("TERM-{w}-{i}");
+                let message = adt("A08", &control, &mrn(&control), "V1");
+                match client.send(message.as_bytes()).await {
+                    Ok(ack) if String::from_utf8_lossy(&ack).contains("MSA|AA|") => {
+                        acked.lock().await.push(control)
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    while created.lock().await.len() < 200 || acked.lock().await.len() < 200 {
+        assert!(
+            !tasks.iter().all(|t| t.is_finished()),
+            "every sender stopped before the stream was under way"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let status = app.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        app.logs.lock().unwrap().contains("Stopped."),
+        "the gateway did not finish its shutdown"
+    );
+    let created = created.lock().await.clone();
+    let acked = acked.lock().await.clone();
+
+    let app = app.restart().await;
+    for id in &created {
+        let status = app.get(&format!("Patient/{id}")).await.status();
+        assert_eq!(status, 200, "Patient/{id} was answered 201 before SIGTERM");
+    }
+    for control in &acked {
+        let found = app
+            .search_ids(&format!(
+                "Patient?identifier=http://hospital.example.org/mrn|{control}"
+            ))
+            .await;
+        assert_eq!(
+            found.len(),
+            1,
+            "{control} was acknowledged AA before SIGTERM"
+        );
+    }
+    // The audit records of the last requests were flushed before the exit.
+    let mut audited = 0;
+    let mut page = app
+        .get_json(&format!(
+            "AuditEvent?agent={client_id}&entity=/fhir/Patient&_count=1000"
+        ))
+        .await;
+    loop {
+        audited += page["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["action"] == "C" && e["resource"]["outcome"] == "0")
+            .count();
+        let next = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next");
+        match next {
+            Some(l) => {
+                let url = l["url"].as_str().unwrap();
+                page = app
+                    .client
+                    .get(url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            }
+            None => break,
+        }
+    }
+    assert!(
+        audited >= created.len(),
+        "{} creates were answered 201, {audited} are in the audit trail",
+        created.len()
+    );
+}

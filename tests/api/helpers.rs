@@ -337,6 +337,25 @@ impl TestApp {
         self.child.wait().unwrap();
     }
 
+    /// SIGTERM, then waits (at most 30 s) for the process to exit; returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 30 s after SIGTERM; logs:\n{}",
+                self.logs.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a new process on the same store (after [`TestApp::kill`]).
     pub async fn restart(mut self) -> TestApp {
         let (data_dir, database_url) = (self.data_dir.clone(), self.database_url.clone());

@@ -162,15 +162,17 @@ def figure_in_text(pattern, text):
 #           figure is not in the text
 # ref_for:  regex on a row's label: the rows the ceiling applies to (default: all)
 # ours:     regex on a row's label: Crossway's rows; the others are baselines (hl7-parse)
+# ref_short: how ratios name the ref ("21% of ceiling", "6.1× the fsync rate")
+# log:      plot on a log scale (default: only when the figures span more than 1000×)
 SPECS = {
     "hl7-parse": dict(
         title="HL7 v2 parser", value=r"msgs?/s", labels=[r"parser"], unit="msg/s",
-        ref="baseline", ours=r"crossway",
+        ref="baseline", ours=r"crossway", log=True,
         about="Crossway's HL7 v2 parser against the crates.io parsers and python-hl7 on the same "
               "messages (one core)."),
     "mllp": dict(
         title="HL7 v2 feeds over MLLP", value=r"messages?/s|msgs?/s", labels=[r"store"], unit="msg/s",
-        ref="baseline", ref_name="fsync rate of this disk",
+        ref="baseline", ref_name="fsync rate of this disk", ref_short="the fsync rate", ref_unit="/s",
         ref_text=r"fsync rate[^:]*:\s*([\d,.]+)", ref_ratio=r"fsync",
         about="Senders each waiting for their ACK, every message committed before AA, against "
               "the disk's fsync rate (what one commit per message would allow)."),
@@ -189,12 +191,12 @@ SPECS = {
     "identity": dict(
         title="Identity resolution", value=r"resolutions/s|/s", labels=[r"store", r"mode"],
         unit="res/s", ref="ceiling", ref_name="redis-benchmark GET",
-        ref_text=r"redis-benchmark GET[^:]*:\s*([\d,.]+)", ref_for=r"redis",
+        ref_text=r"redis-benchmark GET[^:]*:\s*([\d,.]+)", ref_for=r"redis", ref_scope="for the Redis rows",
         about="PIDs of three identifiers resolved from the in-process cache, Redis and the store; "
               "redis-benchmark GET is the ceiling for the Redis rows."),
     "webhooks": dict(
         title="Webhook delivery", value=r"deliveries/s|/s", labels=[r"store"], unit="deliveries/s",
-        ref="ceiling", ref_name="webhook sink (wrk POST)",
+        ref="ceiling", ref_name="webhook sink (wrk POST)", ref_unit=" req/s",
         ref_text=r"sink ceiling[^:]*:\s*([\d,.]+)", ref_ratio=r"of sink ceiling|ceiling",
         about="A backlog drained, signed, by one gateway's dispatchers to a local sink, against "
               "the sink's own ceiling."),
@@ -257,9 +259,12 @@ class Result:
                         workload = [cells[c] for c in label_cols[1:] if cells[c]]
                         if workload:
                             self.ref_label = workload[0]
+                        elif not s.get("ref_name") or s.get("ref_name") == s.get("ref"):
+                            self.ref_label = label
                     continue
             if value is None:
-                self.failed_rows.append((label, cells[vi]))
+                said = [c for i, c in enumerate(cells) if c and i not in label_cols]
+                self.failed_rows.append((label, said[0] if said else "no figure"))
                 continue
             self.rows.append(dict(label=label, value=value, cells=cells))
             if ratio_col is not None and ratio_col != vi:
@@ -292,9 +297,10 @@ class Result:
 
     def ratio_text(self, value, ref):
         r = value / ref
+        what = self.spec.get("ref_short") or self.spec.get("ref", "ceiling")
         if self.spec.get("ref") == "baseline" or r >= 1:
-            return f"{r:,.1f}× {self.spec.get('ref', 'ceiling')}" if r < 100 else f"{r:,.0f}× {self.spec.get('ref')}"
-        return f"{100 * r:.1f}% of {self.spec.get('ref', 'ceiling')}"
+            return f"{times(r)} {what}"
+        return f"{100 * r:.1f}% of {what}"
 
     def headlines(self):
         """Bullets: each Crossway row against the ceiling/baseline."""
@@ -303,7 +309,7 @@ class Result:
         if self.spec.get("ours"):
             baselines = [r for r in self.rows if not r["ours"]]
             for r in (r for r in self.rows if r["ours"]):
-                vs = ", ".join(f"{r['value'] / b['value']:,.1f}× {b['label']}" for b in baselines if b["value"])
+                vs = ", ".join(f"{times(r['value'] / b['value'])} {b['label']}" for b in baselines if b["value"])
                 out.append(f"**{r['label']}**: {fmt(r['value'])} {unit}" + (f" = {vs}" if vs else ""))
             return out
         for r in self.rows:
@@ -314,8 +320,9 @@ class Result:
         if self.ref_value is not None:
             scope = ""
             if self.spec.get("ref_for"):
-                scope = f" (applies to the rows matching “{self.spec['ref_for']}”)"
-            out.append(f"{self.spec.get('ref', 'ceiling')}: {self.ref_label}, {fmt(self.ref_value)} {unit}{scope}")
+                scope = f" ({self.spec.get('ref_scope') or 'for the rows matching ' + self.spec['ref_for']})"
+            ref_unit = self.spec.get("ref_unit", " " + unit)
+            out.append(f"{self.spec.get('ref', 'ceiling')}: {self.ref_label}, {fmt(self.ref_value)}{ref_unit}{scope}")
         return out
 
     def summary(self):
@@ -331,9 +338,9 @@ class Result:
             if others:
                 rival = max(others, key=lambda r: r["value"])
                 slowest = min(others, key=lambda r: r["value"])
-                text += f"; {best['value'] / rival['value']:,.1f}× the best other ({rival['label']})"
+                text += f"; {times(best['value'] / rival['value'])} the best other ({rival['label']})"
                 if slowest is not rival:
-                    text += f", {best['value'] / slowest['value']:,.0f}× {slowest['label']}"
+                    text += f", {times(best['value'] / slowest['value'])} {slowest['label']}"
             return text
         applied = [r for r in self.rows if r["ref_applies"]]
         if not applied:
@@ -341,11 +348,21 @@ class Result:
             return f"up to {fmt(top['value'])} {unit} (no {self.spec.get('ref', 'ceiling')} in the output)" if top else "—"
         lo = min(applied, key=lambda r: r["value"])
         hi = max(applied, key=lambda r: r["value"])
-        ref = f"{self.ref_label} {fmt(self.ref_value)} {unit}"
+        ref = f"{self.ref_label} {fmt(self.ref_value)}{self.spec.get('ref_unit', ' ' + unit)}"
         if lo is hi:
-            return f"{self.ratio_text(lo['value'], self.ref_value)} ({ref})"
-        return (f"{self.ratio_text(lo['value'], self.ref_value)} ({lo['label']}) to "
-                f"{self.ratio_text(hi['value'], self.ref_value)} ({hi['label']}); {ref}")
+            text = f"{self.ratio_text(lo['value'], self.ref_value)} ({lo['label']}; {ref})"
+        else:
+            text = (f"{self.ratio_text(lo['value'], self.ref_value)} ({lo['label']}) to "
+                    f"{self.ratio_text(hi['value'], self.ref_value)} ({hi['label']}); {ref}")
+        rest = [r for r in self.rows if not r["ref_applies"]]
+        if rest:
+            top = max(rest, key=lambda r: r["value"])
+            text += f"; the other rows up to {fmt(top['value'])} {unit} ({top['label']})"
+        return text
+
+
+def times(r):
+    return f"{r:,.1f}×" if r < 100 else f"{r:,.0f}×"
 
 
 def fmt(v):
@@ -373,7 +390,9 @@ def plot(plt, res, path):
     unit = res.spec.get("unit", "")
     bars = []  # (label, value, colour, hatch, note)
     if res.ref_value is not None and not res.spec.get("ours"):
-        bars.append((f"{res.spec.get('ref', 'ceiling')}: {res.ref_label}", res.ref_value, REF_COLOUR, "//", ""))
+        scope = f" {res.spec['ref_scope']}" if res.spec.get("ref_scope") else ""
+        bars.append((f"{res.spec.get('ref', 'ceiling')}{scope}: {res.ref_label}", res.ref_value, REF_COLOUR, "//",
+                     f"{fmt(res.ref_value)}{res.spec.get('ref_unit', ' ' + unit)}"))
     groups = {}
     for r in rows:
         if res.spec.get("ours"):
@@ -387,12 +406,12 @@ def plot(plt, res, path):
         bars.append((r["label"], r["value"], colour, "", note))
     if res.spec.get("ours"):
         best_ours = max((r["value"] for r in rows if r["ours"]), default=None)
-        bars = [(l, v, c, h, (f"{best_ours / v:,.1f}× slower than Crossway" if c == BASELINE_COLOUR and best_ours else n))
+        bars = [(l, v, c, h, (f"Crossway is {times(best_ours / v)} faster" if c == BASELINE_COLOUR and best_ours else n))
                 for l, v, c, h, n in bars]
 
     values = [b[1] for b in bars]
     positive = [v for v in values if v > 0]
-    log = bool(positive) and max(positive) / min(positive) > 50
+    log = bool(positive) and (res.spec.get("log") or max(positive) / min(positive) > 1000)
     fig_h = 1.2 + 0.45 * len(bars)
     fig, ax = plt.subplots(figsize=(10, fig_h), dpi=110)
     ys = list(range(len(bars)))
@@ -405,6 +424,9 @@ def plot(plt, res, path):
     ax.invert_yaxis()
     if log:
         ax.set_xscale("log")
+    else:
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     if res.ref_value is not None and not res.spec.get("ours"):
         ax.axvline(res.ref_value, color=REF_COLOUR, linestyle="--", linewidth=1.2, zorder=0)
     elif res.spec.get("ours"):
@@ -412,13 +434,17 @@ def plot(plt, res, path):
         if others:
             ax.axvline(max(others), color=BASELINE_COLOUR, linestyle="--", linewidth=1.2, zorder=0)
     top = max(values)
-    ax.set_xlim(min(positive) / 3 if log else 0, top * (6 if log else 1.45))
+    ax.set_xlim(min(positive) / 3 if log else 0, top * (8 if log else 1.5))
     for y, b in zip(ys, bars):
-        text = f"{fmt(b[1])} {unit}" + (f"  ({b[4]})" if b[4] else "")
-        ax.text(b[1] * (1.08 if log else 1) + (0 if log else top * 0.01), y, text, va="center", fontsize=8.5)
+        if b[2] == REF_COLOUR:
+            text = b[4]
+        else:
+            text = f"{fmt(b[1])} {unit}" + (f"  ({b[4]})" if b[4] else "")
+        ax.text(b[1] * (1.08 if log else 1) + (0 if log else top * 0.01), y, text, va="center", fontsize=8.5,
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5), zorder=5)
     ax.set_xlabel(f"{res.value_header} (higher is better{', log scale' if log else ''})")
     title = res.spec.get("title", res.name)
-    ax.set_title(f"{title} — {res.name}", fontsize=11, loc="left")
+    ax.set_title(f"{title} (bench/{res.name})", fontsize=11, loc="left")
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -566,7 +592,7 @@ def main():
         targets = ""
         if res.targets_met or res.targets_missed:
             targets = f"{res.targets_met}/{res.targets_met + res.targets_missed} ✔"
-        status = "✔" if not res.failed_rows and not res.errors else "⚠"
+        status = "✔" if not res.failed_rows and not res.errors else "⚠ see notes"
         summary.append(f"| {anchor} | {status} | {res.summary()} | {targets} |")
 
     cpu, nproc, mem, kernel = machine()

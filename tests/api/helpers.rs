@@ -112,6 +112,17 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     start(data_dir, database_url, "127.0.0.1:0".into(), env).await
 }
 
+/// A gateway on a given data directory and database (for tests that bring their own
+/// PostgreSQL, or a data directory on a small filesystem).
+pub async fn spawn_app_at(
+    data_dir: PathBuf,
+    database_url: String,
+    env: &[(&str, &str)],
+) -> TestApp {
+    std::fs::create_dir_all(&data_dir).unwrap();
+    start(data_dir, database_url, "127.0.0.1:0".into(), env).await
+}
+
 /// A second gateway process on the same store as `app` (its own data dir and port).
 pub async fn spawn_sibling(app: &TestApp, env: &[(&str, &str)]) -> TestApp {
     let data_dir = std::env::temp_dir().join(format!("crossway-test-{}", uuid::Uuid::new_v4()));

@@ -7,6 +7,7 @@ mod conformance;
 mod crud;
 mod durability;
 mod errors;
+mod faults;
 mod feeds;
 mod metrics;
 mod search;

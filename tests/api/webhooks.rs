@@ -16,30 +16,35 @@ const ORG: &str = "cbo-riverside-food-bank";
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
-struct Received {
-    id: String,
+pub struct Received {
+    pub id: String,
+    /// When it arrived.
+    pub at: std::time::Instant,
     timestamp: String,
     signature: String,
-    body: String,
+    pub body: String,
 }
 
 /// How the receiver answers its n-th request (0-based); default 200.
-type Script = Arc<dyn Fn(usize) -> Behaviour + Send + Sync>;
+pub type Script = Arc<dyn Fn(usize) -> Behaviour + Send + Sync>;
 
 #[derive(Clone, Copy)]
-enum Behaviour {
+pub enum Behaviour {
     Ok,
+    /// Keeps the request, then answers 204 after a while (deliveries stay in flight).
+    SlowOk(Duration),
     Status(u16),
     Hang(Duration),
 }
 
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<Received>>>,
-    server: actix_web::dev::ServerHandle,
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    pub server: actix_web::dev::ServerHandle,
 }
 
-async fn receiver(script: Script) -> Receiver {
+/// A webhook receiver on loopback that answers as `script` says and keeps what it got.
+pub async fn receiver(script: Script) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let count = Arc::new(Mutex::new(0usize));
     let (g, c) = (got.clone(), count.clone());
@@ -69,13 +74,17 @@ async fn receiver(script: Script) -> Receiver {
                         tokio::time::sleep(d).await;
                         HttpResponse::Ok().finish()
                     }
-                    Behaviour::Ok => {
+                    behaviour @ (Behaviour::Ok | Behaviour::SlowOk(_)) => {
                         g.lock().unwrap().push(Received {
                             id: header("webhook-id"),
+                            at: std::time::Instant::now(),
                             timestamp: header("webhook-timestamp"),
                             signature: header("webhook-signature"),
                             body: String::from_utf8_lossy(&body).into_owned(),
                         });
+                        if let Behaviour::SlowOk(d) = behaviour {
+                            tokio::time::sleep(d).await;
+                        }
                         HttpResponse::NoContent().finish()
                     }
                 }
@@ -138,7 +147,7 @@ print(len(samples))
     );
 }
 
-async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+pub async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     for _ in 0..secs * 20 {
         if done() {
             return;
@@ -148,7 +157,8 @@ async fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn insecure_app_env(scale: &str) -> Vec<(&'static str, String)> {
+/// A gateway that delivers to plain-http loopback receivers, with retries `scale`d.
+pub fn insecure_app_env(scale: &str) -> Vec<(&'static str, String)> {
     vec![
         ("CROSSWAY_ALLOW_INSECURE_WEBHOOKS", "1".into()),
         ("CROSSWAY_WEBHOOK_RETRY_SCALE", scale.into()),

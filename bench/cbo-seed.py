@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import time
+import urllib.error
 import urllib.request
 
 base, total, orgs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -56,8 +57,17 @@ def post(start):
     body = json.dumps(bundle(start)).encode()
     req = urllib.request.Request(f"{base}/fhir", body, {"Content-Type": "application/fhir+json",
                                                         "Authorization": "Bearer " + os.environ["TOKEN"]})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        r.read()
+    # 503 + Retry-After: the batch was rolled back (e.g. a deadlock between two
+    # transactions on PostgreSQL); clients are told to send it again.
+    for attempt in range(10):
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                r.read()
+                return
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == 9:
+                raise
+            time.sleep(float(e.headers.get("Retry-After", "1")))
 
 
 t0 = time.time()

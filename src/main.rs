@@ -66,6 +66,41 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The declarative rules in mappings/: check them, test them against their
+    /// samples, try a changed set against stored traffic.
+    Mappings {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// The mappings directory.
+        #[arg(long, global = true, default_value = "mappings")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: MappingsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingsCommand {
+    /// Load every file; report unknown keys, conflicting rules and unmapped codes with
+    /// file:line.
+    Check,
+    /// Run every sample under <dir>/**/samples/ and compare with its expected output.
+    Test {
+        /// Write the expected outputs from what the mappings produce now (review the
+        /// diff in git before committing).
+        #[arg(long)]
+        update: bool,
+    },
+    /// Re-map stored inbound messages with <dir> as a candidate and report what would
+    /// change against the gateway's current mappings. Writes nothing.
+    Replay {
+        /// Messages received from this time on (FHIR date or dateTime).
+        #[arg(long)]
+        since: String,
+        /// At most this many messages, oldest first.
+        #[arg(long, default_value_t = 10000)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,7 +215,9 @@ enum IdentityCommand {
 mod operator {
     //! Operator commands: print for people, exit non-zero when something failed.
 
-    use super::{AddClient, ClientsCommand, DlqCommand, IdentityCommand, KeysCommand};
+    use super::{
+        AddClient, ClientsCommand, DlqCommand, IdentityCommand, KeysCommand, MappingsCommand,
+    };
     use crossway::auth::registry::{self, NewClient, PublicKeys};
     use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
     use crossway::config::OrganizationKind;
@@ -493,6 +530,82 @@ mod operator {
         Ok(())
     }
 
+    pub async fn mappings(
+        settings: &Settings,
+        dir: &std::path::Path,
+        command: MappingsCommand,
+    ) -> anyhow::Result<()> {
+        use crossway::mapping::{self, Mappings, replay, samples};
+        let organizations: Vec<String> = settings
+            .organizations
+            .iter()
+            .map(|o| o.id.clone())
+            .collect();
+        let load = |dir: &std::path::Path| {
+            Mappings::load(dir, &organizations).map_err(|e| anyhow::anyhow!("{e}"))
+        };
+        match command {
+            MappingsCommand::Check => {
+                let (errors, notes) = mapping::check(dir, &organizations);
+                for e in &errors {
+                    println!("error: {e}");
+                }
+                for n in &notes {
+                    println!("note:  {n}");
+                }
+                if !errors.is_empty() {
+                    anyhow::bail!("{} error(s) in {}", errors.len(), dir.display());
+                }
+                println!("{}: ok", dir.display());
+            }
+            MappingsCommand::Test { update } => {
+                let mappings = load(dir)?;
+                let results = samples::run(dir, &mappings, update);
+                let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                let (report, ok) = samples::render(&results, color);
+                print!("{report}");
+                if !ok {
+                    anyhow::bail!("mapping samples failed");
+                }
+            }
+            MappingsCommand::Replay { since, limit } => {
+                let from = crossway::fhir::datetime::parse_range(&since).ok_or_else(|| {
+                    anyhow::anyhow!("--since {since:?} is not a FHIR date or dateTime")
+                })?;
+                let current = load(&settings.mappings_dir)?;
+                let candidate = load(dir)?;
+                let store =
+                    crossway::store::Store::open(&settings.effective_database_url()).await?;
+                let messages = store.inbound_since(from.lo, limit).await?;
+                let total = messages.len();
+                let changes = replay::changes(messages, &current, &candidate);
+                for c in &changes {
+                    let m = &c.message;
+                    println!(
+                        "{} {} {} {} {} (received {}):",
+                        m.id,
+                        m.format,
+                        m.source,
+                        m.control_id,
+                        m.event,
+                        format_instant(m.received_at)
+                    );
+                    for line in c.diff.lines() {
+                        println!("    {line}");
+                    }
+                }
+                println!(
+                    "{total} messages since {since} re-mapped with {}: {} would change (- current {}, + candidate)",
+                    dir.display(),
+                    changes.len(),
+                    settings.mappings_dir.display()
+                );
+                store.close().await;
+            }
+        }
+        Ok(())
+    }
+
     pub fn keys(settings: &Settings, command: KeysCommand) -> anyhow::Result<()> {
         match command {
             KeysCommand::Rotate => {
@@ -563,7 +676,8 @@ fn main() -> ExitCode {
         | Command::Dlq { config, .. }
         | Command::Identity { config, .. }
         | Command::Clients { config, .. }
-        | Command::Keys { config, .. } => config.clone(),
+        | Command::Keys { config, .. }
+        | Command::Mappings { config, .. } => config.clone(),
     };
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
@@ -591,6 +705,9 @@ fn main() -> ExitCode {
             Command::Identity { command, .. } => operator::identity(&settings, command).await,
             Command::Clients { command, .. } => operator::clients(&settings, command).await,
             Command::Keys { command, .. } => operator::keys(&settings, command),
+            Command::Mappings { command, dir, .. } => {
+                operator::mappings(&settings, &dir, command).await
+            }
         }
     });
     match result {

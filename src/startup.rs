@@ -16,7 +16,7 @@ use crate::fhir::engine::{Context, Fhir};
 use crate::hie::Feed;
 use crate::http::{self, AppState};
 use crate::identity::cache::IdentityCache;
-use crate::mapping::Mappings;
+use crate::mapping::{Live, Mappings};
 use crate::mllp;
 use crate::referral::tenants::Tenants;
 use crate::store::{Backend, Store};
@@ -61,12 +61,11 @@ impl Application {
                 .clone()
                 .watch(fhir.store().clone(), std::time::Duration::from_millis(500)),
         );
-        let feed = Feed::new(
-            fhir.clone(),
-            Arc::new(mappings.feeds.clone()),
-            Arc::new(mappings.identity.clone()),
-            identities.clone(),
-        );
+        let feed = Feed::new(fhir.clone(), mappings.clone(), identities.clone());
+        tokio::spawn(reload_mappings_on_sighup(
+            mappings.clone(),
+            settings.clone(),
+        ));
         let audit = AuditLog::start(fhir.store().clone());
         let keys = SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -230,14 +229,11 @@ async fn stop_signal() {
 
 /// The mappings, the FHIR engine (with its writer) over `store`, and the tenants it
 /// routes to (configured and registered).
-async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Mappings, Fhir, Tenants)> {
-    let org_ids: Vec<String> = settings
-        .organizations
-        .iter()
-        .map(|o| o.id.clone())
-        .collect();
-    let mappings = Mappings::load(&settings.mappings_dir, &org_ids)
-        .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?;
+async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Live, Fhir, Tenants)> {
+    let mappings = Live::new(
+        Mappings::load(&settings.mappings_dir, &organization_ids(settings))
+            .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?,
+    );
     let own_base = (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
     let tenants = Tenants::new(settings.organizations.clone());
     tenants
@@ -249,7 +245,7 @@ async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Mappings, 
         Context {
             own_base,
             organizations: tenants.clone(),
-            identity: mappings.identity.clone(),
+            mappings: mappings.clone(),
         },
     );
     Ok((mappings, fhir, tenants))
@@ -313,13 +309,40 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools
             .expect("a Redis cache has a manager");
         IdentityCache::redis(manager, &settings.effective_database_url())
     };
-    let feed = Feed::new(
-        fhir.clone(),
-        Arc::new(mappings.feeds),
-        Arc::new(mappings.identity),
-        Arc::new(cache),
-    );
+    let feed = Feed::new(fhir.clone(), mappings, Arc::new(cache));
     Ok(OperatorTools { store, feed, fhir })
+}
+
+/// The configured organisation ids, which visibility rules must name.
+fn organization_ids(settings: &Settings) -> Vec<String> {
+    settings
+        .organizations
+        .iter()
+        .map(|o| o.id.clone())
+        .collect()
+}
+
+/// On SIGHUP, reloads `mappings/` and puts it in force when every file is valid; a
+/// broken set is refused (logged with file:line and rule) and the old one stays.
+async fn reload_mappings_on_sighup(mappings: Live, settings: Settings) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(message = "Cannot listen for SIGHUP; mappings reload at restart only.", error = %e);
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match mappings.reload(&settings.mappings_dir, &organization_ids(&settings)) {
+            Ok(()) => {
+                tracing::info!(message = "Mappings reloaded.", dir = %settings.mappings_dir.display())
+            }
+            Err(e) => {
+                tracing::error!(message = "Mappings not reloaded; the previous set stays in force.", error = %e)
+            }
+        }
+    }
 }
 
 /// The MLLP face: frames in, the feed's ACK out.

@@ -28,7 +28,7 @@ pub use services::Service;
 use crate::config::OrganizationConfig;
 use crate::fhir::datetime;
 use crate::fhir::engine::{ActionRequest, Fhir, IdempotencyKey, Refusal};
-use crate::mapping::Mappings;
+use crate::mapping::Live;
 use crate::referral::projection::{self, Summary};
 use crate::referral::tenants::Tenants;
 use crate::store::{Event, ReferralFilter, StoreError, StoredResource};
@@ -41,7 +41,8 @@ const KEY_RETENTION_HOURS: i64 = 96;
 #[derive(Clone)]
 pub struct Cbo {
     fhir: Fhir,
-    mappings: Arc<Mappings>,
+    /// The visibility rules in force (reloadable).
+    mappings: Live,
     organizations: Tenants,
     /// Idempotency keys whose first request is still running in this process.
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
@@ -106,13 +107,13 @@ pub struct Answer {
 impl Cbo {
     pub fn new(
         fhir: Fhir,
-        mappings: Mappings,
+        mappings: Live,
         organizations: Tenants,
         event_retention_days: u32,
     ) -> Cbo {
         Cbo {
             fhir,
-            mappings: Arc::new(mappings),
+            mappings,
             organizations,
             in_flight: Arc::default(),
             event_retention_days,
@@ -225,7 +226,12 @@ impl Cbo {
             .ok_or(CboError::NotFound)?;
         let related = projection::gather(&task, &mut FromStore(store)).await?;
         let summary = projection::summary(&row.referral, row.updated_at);
-        let view = projection::project(&summary, &task, &related, &self.mappings.omitted_for(org));
+        let view = projection::project(
+            &summary,
+            &task,
+            &related,
+            &self.mappings.current().omitted_for(org),
+        );
         Ok((view, row.referral.version))
     }
 
@@ -272,7 +278,7 @@ impl Cbo {
             action,
             if_match,
             idempotency,
-            omit: self.mappings.omitted_for(&org.id),
+            omit: self.mappings.current().omitted_for(&org.id),
             related,
             task_hint,
         };

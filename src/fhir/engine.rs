@@ -18,7 +18,6 @@ use super::reference::{self, Target};
 use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
-use crate::identity::IdentityRules;
 use crate::referral::action::{self, Action, ActionError, Actor};
 use crate::referral::projection::Fetch;
 use crate::referral::tenants::Tenants;
@@ -32,8 +31,8 @@ pub struct Context {
     /// Our public `/fhir` base, when configured: absolute references to it are local.
     pub own_base: Option<String>,
     pub organizations: Tenants,
-    /// How Patient identifiers become person identifiers.
-    pub identity: IdentityRules,
+    /// The mappings in force: how Patient identifiers become person identifiers.
+    pub mappings: crate::mapping::Live,
 }
 
 /// The result of a create or update.
@@ -974,7 +973,9 @@ async fn link_patient(
     now: i64,
     warnings: &mut Vec<Issue>,
 ) -> Result<(), FhirError> {
-    let linked = crate::identity::link_patient(tx, &ctx.identity, id, resource, now).await?;
+    let linked =
+        crate::identity::link_patient(tx, &ctx.mappings.current().identity, id, resource, now)
+            .await?;
     for (path, why) in linked.skipped {
         let text = format!("{path} is not used to identify the person: {why}");
         warnings.push(Issue::warning(IssueCode::Value, path, text));

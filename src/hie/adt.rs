@@ -119,7 +119,7 @@ pub fn notice(
             "no trusted person-level identifier (empty CX.1, untrusted authority or visit-level type)",
         ));
     }
-    notice.patient = patient(msg, &notice.identifiers);
+    notice.patient = patient(msg, &notice.identifiers, &mut notice.warnings);
     match effect {
         Effect::Merge => {
             if msg.segment("MRG", 1).is_none() {
@@ -216,7 +216,7 @@ fn identifiers(
     out
 }
 
-fn patient(msg: &Message<'_>, ids: &[Identifier]) -> Value {
+fn patient(msg: &Message<'_>, ids: &[Identifier], warnings: &mut Vec<String>) -> Value {
     let mut p = Map::new();
     p.insert("resourceType".into(), json!("Patient"));
     let identifiers: Vec<Value> = ids
@@ -247,12 +247,15 @@ fn patient(msg: &Message<'_>, ids: &[Identifier]) -> Value {
         p.insert("name".into(), Value::Array(vec![Value::Object(name)]));
     }
     let dob = text(msg, "PID-7.1");
-    if dob.len() >= 8 && dob[..8].bytes().all(|b| b.is_ascii_digit()) {
-        // A birth date stays a date, whatever precision the sender gave.
-        p.insert(
-            "birthDate".into(),
-            json!(format!("{}-{}-{}", &dob[..4], &dob[4..6], &dob[6..8])),
-        );
+    if !dob.is_empty() {
+        match birth_date(&dob) {
+            Some(date) => {
+                p.insert("birthDate".into(), json!(date));
+            }
+            None => warnings.push(format!(
+                "PID-7 ignored: {dob:?} is not a date (YYYY, YYYYMM or YYYYMMDD)"
+            )),
+        }
     }
     let gender = match text(msg, "PID-8").as_str() {
         "F" => Some("female"),
@@ -302,6 +305,25 @@ fn patient(msg: &Message<'_>, ids: &[Identifier]) -> Value {
     Value::Object(p)
 }
 
+/// A birth date stays a date, at the precision the sender gave (a year, a month or a
+/// day); a time of birth is dropped, never shifted into another day by an offset.
+fn birth_date(raw: &str) -> Option<String> {
+    let digits = raw.bytes().take_while(u8::is_ascii_digit).count();
+    let year: i32 = raw.get(..4)?.parse().ok()?;
+    let month = || -> Option<u8> { raw.get(4..6)?.parse().ok().filter(|m| (1..=12).contains(m)) };
+    match digits {
+        4 => Some(format!("{year:04}")),
+        6 => Some(format!("{year:04}-{:02}", month()?)),
+        d if d >= 8 => {
+            let m = time::Month::try_from(month()?).ok()?;
+            let day: u8 = raw.get(6..8)?.parse().ok()?;
+            time::Date::from_calendar_date(year, m, day).ok()?;
+            Some(format!("{year:04}-{:02}-{day:02}", u8::from(m)))
+        }
+        _ => None,
+    }
+}
+
 fn encounter(
     msg: &Message<'_>,
     effect: Effect,
@@ -336,7 +358,7 @@ fn encounter(
                 ErrorCode::TableValueNotFound,
                 "PV1-2",
                 &format!(
-                    "patient class {c:?} has no mapping in mappings/hie/feeds.toml [patient_class]"
+                    "patient class {c:?} has no mapping (rule hie/feeds.toml [patient_class], target Encounter.class)"
                 ),
             )
         })?),
@@ -347,7 +369,7 @@ fn encounter(
             NoticeError::error(
                 ErrorCode::TableValueNotFound,
                 "PV1-36",
-                &format!("discharge disposition {d:?} has no mapping in mappings/hie/feeds.toml [discharge_disposition]"),
+                &format!("discharge disposition {d:?} has no mapping (rule hie/feeds.toml [discharge_disposition], target Encounter.hospitalization.dischargeDisposition)"),
             )
         })?),
     };

@@ -4,20 +4,21 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Effect, FeedTables, Notice, NoticeError, adt, notification};
+use super::{Effect, Notice, NoticeError, adt, notification};
 use crate::fhir::engine::{Inbound, Ingested};
 use crate::fhir::{Fhir, FhirError, datetime};
 use crate::hl7v2::{self, AckCode, AckError, ErrorCode, ErrorLocation, Severity};
+use crate::identity::Identifier;
 use crate::identity::cache::IdentityCache;
-use crate::identity::{Identifier, IdentityRules};
+use crate::mapping::Live;
 use crate::store::InboundMessage;
 use crate::telemetry::metrics::{HL7_ACK_LATENCY, HL7_MESSAGES};
 
 #[derive(Clone)]
 pub struct Feed {
     fhir: Fhir,
-    tables: Arc<FeedTables>,
-    rules: Arc<IdentityRules>,
+    /// The feed tables and identity rules in force (reloadable).
+    mappings: Live,
     cache: Arc<IdentityCache>,
 }
 
@@ -93,16 +94,10 @@ fn location(path: &str) -> Option<ErrorLocation> {
 }
 
 impl Feed {
-    pub fn new(
-        fhir: Fhir,
-        tables: Arc<FeedTables>,
-        rules: Arc<IdentityRules>,
-        cache: Arc<IdentityCache>,
-    ) -> Feed {
+    pub fn new(fhir: Fhir, mappings: Live, cache: Arc<IdentityCache>) -> Feed {
         Feed {
             fhir,
-            tables,
-            rules,
+            mappings,
             cache,
         }
     }
@@ -138,7 +133,8 @@ impl Feed {
         let answer = |code: AckCode, errors: &[AckError]| {
             Some((code, hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors)))
         };
-        let notice = adt::notice(&msg, &self.tables, &self.rules);
+        let mappings = self.mappings.current();
+        let notice = adt::notice(&msg, &mappings.feeds, &mappings.identity);
         let (source, control, event) = adt::key(&msg);
         match self
             .take(notice, &source, &control, "hl7v2", &event, body)
@@ -203,7 +199,7 @@ impl Feed {
     pub async fn notification(&self, bundle: &Value, body: String) -> Result<Taken, FeedError> {
         let (source, control) = notification::key(bundle).map_err(FeedError::Invalid)?;
         let event = notification::event(bundle);
-        let notice = notification::notice(bundle, &self.rules);
+        let notice = notification::notice(bundle, &self.mappings.current().identity);
         self.take(notice, &source, &control, "fhir", &event, body)
             .await
     }
@@ -306,9 +302,10 @@ impl Feed {
         let mut record = message.clone();
         record.status = String::new();
         record.error = None;
+        let mappings = self.mappings.current();
         let notice = match message.format.as_str() {
             "fhir" => match serde_json::from_str::<Value>(&message.body) {
-                Ok(bundle) => notification::notice(&bundle, &self.rules),
+                Ok(bundle) => notification::notice(&bundle, &mappings.identity),
                 Err(e) => Err(NoticeError::reject(
                     ErrorCode::DataType,
                     "Bundle",
@@ -321,7 +318,7 @@ impl Feed {
                 "operator commands are not replayed; run them again",
             )),
             _ => match hl7v2::parse(&message.body) {
-                Ok(msg) => adt::notice(&msg, &self.tables, &self.rules),
+                Ok(msg) => adt::notice(&msg, &mappings.feeds, &mappings.identity),
                 Err(e) => Err(NoticeError::reject(e.hl7_code(), "MSH", &e.to_string())),
             },
         };

@@ -47,6 +47,39 @@ pub struct Notice {
 }
 
 impl Notice {
+    /// What the mapping made of the message, as `crossway mappings test` and `mappings
+    /// replay` show it: the ACK it earns (the store may still refuse it) and every
+    /// field the rules produced. Identifiers are sorted: their order never matters.
+    pub fn to_json(&self) -> Value {
+        let ids = |list: &[Identifier]| {
+            let mut v: Vec<Value> = list
+                .iter()
+                .map(|i| serde_json::json!({"system": i.system, "value": i.value, "type": i.kind}))
+                .collect();
+            v.sort_by_key(Value::to_string);
+            Value::Array(v)
+        };
+        serde_json::json!({
+            "ack": "AA",
+            "source": self.source,
+            "control_id": self.control_id,
+            "event": self.event,
+            "effect": self.effect,
+            "identifiers": ids(&self.identifiers),
+            "retired": ids(&self.retired),
+            "warnings": self.warnings,
+            "patient": self.patient,
+            "encounter": self.encounter.as_ref().map(|e| serde_json::json!({
+                "key": e.key,
+                "class": e.class,
+                "start": e.start,
+                "end": e.end,
+                "disposition": e.disposition,
+                "occurred": e.occurred,
+            })),
+        })
+    }
+
     /// A notice that so far names no one (the reader fills in what the message says).
     pub fn new(
         source: String,

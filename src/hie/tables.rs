@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 /// What an event does to the gateway's view of a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Effect {
     /// An encounter starts (A01 admit, A04 registration).

@@ -14,7 +14,12 @@ pub struct Message<'a> {
     input: &'a str,
     delimiters: Delimiters,
     index: Index,
+    /// Fields read so far (segment position, field number), when recording: what
+    /// `crossway mappings test` reports as unused is what was never read.
+    reads: Option<std::sync::Arc<std::sync::Mutex<ReadLog>>>,
 }
+
+type ReadLog = std::collections::BTreeSet<(usize, usize)>;
 
 impl<'a> Message<'a> {
     pub(super) fn new(input: &'a str, delimiters: Delimiters, index: Index) -> Self {
@@ -22,7 +27,34 @@ impl<'a> Message<'a> {
             input,
             delimiters,
             index,
+            reads: None,
         }
+    }
+
+    /// From now on, remembers which fields are read (off by default: the feed does not
+    /// pay for it).
+    pub fn record_reads(&mut self) {
+        self.reads = Some(Default::default());
+    }
+
+    /// The fields read since [`Message::record_reads`], as `PID-3` (every occurrence of
+    /// a segment counts as one).
+    pub fn fields_read(&self) -> Vec<String> {
+        let Some(reads) = &self.reads else {
+            return Vec::new();
+        };
+        let reads = reads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<String> = reads
+            .iter()
+            .filter_map(|&(position, field)| {
+                Some(format!("{}-{field}", self.segment_at(position)?.id()))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     pub(super) fn into_index(self) -> Index {
@@ -174,6 +206,12 @@ impl<'m, 'a> Segment<'m, 'a> {
     pub fn field(&self, number: usize) -> Option<Field<'m, 'a>> {
         if number > self.field_count() {
             return None;
+        }
+        if let Some(reads) = &self.msg.reads {
+            reads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((self.position, number));
         }
         let at = self.entry.fields.start as usize + number;
         let reps = self.msg.index.repetitions_of(at, at)?;

@@ -86,8 +86,8 @@ pub enum Skipped {
     EmptyValue,
     #[error("no assigning authority or system")]
     NoAuthority,
-    #[error("authority {0} is not trusted for this source")]
-    Untrusted(String),
+    #[error("authority {authority} is not trusted for this source (rule {rule})")]
+    Untrusted { authority: String, rule: String },
     #[error("identifier type {0} does not name a person")]
     NotPersonLevel(String),
 }
@@ -117,6 +117,8 @@ pub struct IdentityRules {
 
 #[derive(Debug, Clone)]
 struct Source {
+    /// The rule's id, for the warning an untrusted identifier gets.
+    id: String,
     trusted: Vec<String>,
     person_types: Option<Vec<String>>,
 }
@@ -152,6 +154,7 @@ impl IdentityRules {
         let mut sources = HashMap::new();
         for s in file.source {
             let source = Source {
+                id: s.id.clone(),
                 trusted: s.trusted,
                 person_types: s.person_types,
             };
@@ -217,7 +220,10 @@ impl IdentityRules {
                     || (!cx.universal_id.is_empty() && t == cx.universal_id)
             });
             if !trusted {
-                return Err(Skipped::Untrusted(system));
+                return Err(Skipped::Untrusted {
+                    authority: system,
+                    rule: s.id.clone(),
+                });
             }
         }
         self.person_level(source, cx.kind)?;
@@ -340,7 +346,7 @@ mod tests {
         );
         assert!(matches!(
             r.from_cx("RVH", &cx("7", "OTHER", "", "MR")),
-            Err(Skipped::Untrusted(_))
+            Err(Skipped::Untrusted { .. })
         ));
         assert!(r.from_cx("RVH", &cx("7", "RVH", "", "MR")).is_ok());
         assert!(r.from_cx("ELSEWHERE", &cx("7", "OTHER", "", "MR")).is_ok());

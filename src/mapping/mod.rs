@@ -4,10 +4,17 @@
 //! (`identity/sources.toml`), and the HIE feed tables (`hie/feeds.toml`).
 //!
 //! Invariant: a rule that names an unknown field or organisation stops the gateway at
-//! start with the file and rule id, rather than silently showing or hiding data.
+//! start with the file, line and rule id, rather than silently showing or hiding data.
+//!
+//! The operator commands live beside the rules: `check` (every problem, with
+//! file:line), [`samples`] (`mappings test`) and [`replay`] (`mappings replay`).
+
+pub mod replay;
+pub mod samples;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
 
@@ -22,11 +29,18 @@ pub enum MappingError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: rule {rule}: {message}")]
+    /// Not TOML, an unknown key, a value of the wrong type: where the parser stopped.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A rule that parsed but cannot be right; `line` is where its `id` is written.
+    #[error("{path}:{line}: rule {rule}: {message}")]
     Rule {
         path: PathBuf,
+        line: usize,
         rule: String,
         message: String,
     },
@@ -58,59 +72,55 @@ pub struct Mappings {
     pub feeds: FeedTables,
 }
 
+/// The mappings in force. A reload swaps the whole set at once; each message or
+/// request works with the one snapshot it took ([`Live::current`]).
+#[derive(Clone, Default, Debug)]
+pub struct Live(Arc<RwLock<Arc<Mappings>>>);
+
+impl Live {
+    pub fn new(mappings: Mappings) -> Live {
+        Live(Arc::new(RwLock::new(Arc::new(mappings))))
+    }
+
+    pub fn current(&self) -> Arc<Mappings> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Loads `dir` and, when every file is valid, puts it in force; otherwise the set
+    /// in force stays and the error says why.
+    pub fn reload(&self, dir: &Path, organizations: &[String]) -> Result<(), MappingError> {
+        let fresh = Arc::new(Mappings::load(dir, organizations)?);
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+}
+
+const IDENTITY: &str = "identity/sources.toml";
+const FEEDS: &str = "hie/feeds.toml";
+const VISIBILITY: &str = "cbo/visibility.toml";
+
+/// HL7 table 0004 (patient class): the codes a feed may send in PV1-2.
+const PATIENT_CLASSES: &[&str] = &["E", "I", "O", "P", "R", "B", "C", "N", "U"];
+
 impl Mappings {
     /// Loads `dir`; `organizations` are the configured organisation ids, which rules
     /// must name. A missing directory or file means "no rules".
     pub fn load(dir: &Path, organizations: &[String]) -> Result<Mappings, MappingError> {
         let mut m = Mappings::default();
-        let path = dir.join("identity/sources.toml");
-        if let Some(file) = read_toml(&path)? {
-            m.identity =
-                IdentityRules::build(file).map_err(|(rule, message)| MappingError::Rule {
-                    path: path.clone(),
-                    rule,
-                    message,
-                })?;
+        if let Some(rules) = load_identity(dir)? {
+            m.identity = rules;
         }
-        let path = dir.join("hie/feeds.toml");
-        if let Some(file) = read_toml(&path)? {
-            m.feeds = FeedTables::build(file).map_err(|(rule, message)| MappingError::Rule {
-                path: path.clone(),
-                rule,
-                message,
-            })?;
+        if let Some(tables) = load_feeds(dir)? {
+            m.feeds = tables;
         }
-        let path = dir.join("cbo/visibility.toml");
-        let Some(file) = read_toml::<VisibilityFile>(&path)? else {
-            return Ok(m);
-        };
-        for rule in file.rule {
-            let fail = |message: String| MappingError::Rule {
-                path: path.clone(),
-                rule: rule.id.clone(),
-                message,
-            };
-            if let Some(bad) = rule.omit.iter().find(|p| !OMITTABLE.contains(&p.as_str())) {
-                return Err(fail(format!(
-                    "omit names {bad:?}, which is not a projection field (known: {})",
-                    OMITTABLE.join(", ")
-                )));
-            }
-            for org in &rule.organizations {
-                if org == "*" {
-                    m.omit_all.extend(rule.omit.iter().cloned());
-                } else if organizations.contains(org) {
-                    m.omit
-                        .entry(org.clone())
-                        .or_default()
-                        .extend(rule.omit.iter().cloned());
-                } else {
-                    return Err(fail(format!(
-                        "organizations names {org:?}, which is not a configured organisation"
-                    )));
-                }
-            }
+        if let Some((omit, omit_all)) = load_visibility(dir, organizations)? {
+            m.omit = omit;
+            m.omit_all = omit_all;
         }
+        duplicate_ids(dir)?;
         Ok(m)
     }
 
@@ -122,24 +132,165 @@ impl Mappings {
     }
 }
 
-/// A TOML file's contents; `None` when it does not exist (no rules).
-fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, MappingError> {
-    let text = match std::fs::read_to_string(path) {
+/// `crossway mappings check`: every problem in every file (not only the first), then
+/// notes that are not errors, such as HL7 codes no table maps.
+pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    if let Err(e) = load_identity(dir) {
+        errors.push(e);
+    }
+    match load_feeds(dir) {
+        Err(e) => errors.push(e),
+        Ok(None) => notes.push(format!("{FEEDS}: missing: no HIE feed is accepted")),
+        Ok(Some(tables)) => {
+            let unmapped: Vec<&str> = PATIENT_CLASSES
+                .iter()
+                .copied()
+                .filter(|c| tables.patient_class(c).is_none())
+                .collect();
+            if !unmapped.is_empty() {
+                notes.push(format!(
+                    "{FEEDS}: PV1-2 (HL7 table 0004) codes {} have no [patient_class] entry: messages with them become dead letters",
+                    unmapped.join(", ")
+                ));
+            }
+        }
+    }
+    if let Err(e) = load_visibility(dir, organizations) {
+        errors.push(e);
+    }
+    if let Err(e) = duplicate_ids(dir) {
+        errors.push(e);
+    }
+    (errors, notes)
+}
+
+fn load_identity(dir: &Path) -> Result<Option<IdentityRules>, MappingError> {
+    let Some((path, text, file)) = read_toml(dir, IDENTITY)? else {
+        return Ok(None);
+    };
+    IdentityRules::build(file)
+        .map(Some)
+        .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
+}
+
+fn load_feeds(dir: &Path) -> Result<Option<FeedTables>, MappingError> {
+    let Some((path, text, file)) = read_toml(dir, FEEDS)? else {
+        return Ok(None);
+    };
+    FeedTables::build(file)
+        .map(Some)
+        .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
+}
+
+type Visibility = (HashMap<String, Vec<String>>, Vec<String>);
+
+fn load_visibility(
+    dir: &Path,
+    organizations: &[String],
+) -> Result<Option<Visibility>, MappingError> {
+    let Some((path, text, file)) = read_toml::<VisibilityFile>(dir, VISIBILITY)? else {
+        return Ok(None);
+    };
+    let mut omit: HashMap<String, Vec<String>> = HashMap::new();
+    let mut omit_all = Vec::new();
+    for rule in file.rule {
+        let fail = |message: String| rule_error(&path, &text, rule.id.clone(), message);
+        if let Some(bad) = rule.omit.iter().find(|p| !OMITTABLE.contains(&p.as_str())) {
+            return Err(fail(format!(
+                "omit names {bad:?}, which is not a projection field (known: {})",
+                OMITTABLE.join(", ")
+            )));
+        }
+        for org in &rule.organizations {
+            if org == "*" {
+                omit_all.extend(rule.omit.iter().cloned());
+            } else if organizations.contains(org) {
+                omit.entry(org.clone())
+                    .or_default()
+                    .extend(rule.omit.iter().cloned());
+            } else {
+                return Err(fail(format!(
+                    "organizations names {org:?}, which is not a configured organisation"
+                )));
+            }
+        }
+    }
+    Ok(Some((omit, omit_all)))
+}
+
+/// Two rules with one id, in one file or across files: a rule id must name one rule.
+fn duplicate_ids(dir: &Path) -> Result<(), MappingError> {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for name in [IDENTITY, FEEDS, VISIBILITY] {
+        let path = dir.join(name);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            let Some(id) = rule_id_on(line) else { continue };
+            let here = format!("{name}:{}", i + 1);
+            if let Some(first) = seen.insert(id.to_string(), here) {
+                return Err(MappingError::Rule {
+                    path,
+                    line: i + 1,
+                    rule: id.to_string(),
+                    message: format!("the id is already used at {first}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `id = "…"` on a line of its own: a rule's id.
+fn rule_id_on(line: &str) -> Option<&str> {
+    let rest = line
+        .trim()
+        .strip_prefix("id")?
+        .trim_start()
+        .strip_prefix('=')?;
+    rest.trim().strip_prefix('"')?.strip_suffix('"')
+}
+
+fn rule_error(path: &Path, text: &str, rule: String, message: String) -> MappingError {
+    let line = text
+        .lines()
+        .position(|l| rule_id_on(l) == Some(rule.as_str()))
+        .map_or(0, |i| i + 1);
+    MappingError::Rule {
+        path: path.to_path_buf(),
+        line,
+        rule,
+        message,
+    }
+}
+
+/// A file's path, text and contents; `None` when it does not exist (no rules).
+fn read_toml<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<(PathBuf, String, T)>, MappingError> {
+    let path = dir.join(name);
+    let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(MappingError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
+        Err(source) => return Err(MappingError::Read { path, source }),
     };
-    toml::from_str(&text)
-        .map(Some)
-        .map_err(|e| MappingError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+    match toml::from_str(&text) {
+        Ok(file) => Ok(Some((path, text, file))),
+        Err(e) => {
+            let line = e.span().map_or(0, |span| {
+                text[..span.start.min(text.len())].matches('\n').count() + 1
+            });
+            Err(MappingError::Parse {
+                path,
+                line,
+                message: e.message().to_string(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]

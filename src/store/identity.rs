@@ -514,6 +514,21 @@ impl Store {
         Ok(rows.iter().map(inbound_row).collect())
     }
 
+    /// Messages received at or after `since` (microseconds), oldest first, at most
+    /// `limit`: what `mappings replay` re-maps.
+    pub async fn inbound_since(&self, since: i64, limit: i64) -> Result<Vec<InboundMessage>> {
+        let text = format!(
+            "SELECT {INBOUND_COLUMNS} FROM inbound_messages WHERE received_at >= $1 \
+             ORDER BY received_at, id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(since)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(inbound_row).collect())
+    }
+
     pub async fn inbound_message(&self, id: &str) -> Result<Option<InboundMessage>> {
         let text = format!("SELECT {INBOUND_COLUMNS} FROM inbound_messages WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(text))

@@ -348,6 +348,13 @@ impl TestApp {
         self.child.wait().unwrap();
     }
 
+    /// SIGHUP: reload the mappings.
+    pub fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -HUP {pid}");
+    }
+
     /// SIGTERM, then waits (at most 30 s) for the process to exit; returns its status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

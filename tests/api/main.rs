@@ -9,6 +9,7 @@ mod durability;
 mod errors;
 mod faults;
 mod feeds;
+mod mappings;
 mod metrics;
 mod search;
 mod security;

@@ -1,0 +1,48 @@
+//! `crossway mappings replay --since T --dir CANDIDATE`: stored inbound messages (HL7 v2
+//! and Da Vinci notifications, as received) go through the current mappings and through
+//! a candidate directory; what the candidate would change is reported, message by
+//! message, before it goes live. Nothing is written.
+
+use serde_json::Value;
+
+use super::Mappings;
+use super::samples::{diff, hl7_output, notice_json, pretty};
+use crate::hie::notification;
+use crate::store::InboundMessage;
+
+/// One stored message the candidate maps differently.
+#[derive(Debug)]
+pub struct Change {
+    pub message: InboundMessage,
+    /// Current `-`, candidate `+`.
+    pub diff: String,
+}
+
+/// The messages whose mapping output differs between `current` and `candidate`.
+pub fn changes(
+    messages: Vec<InboundMessage>,
+    current: &Mappings,
+    candidate: &Mappings,
+) -> Vec<Change> {
+    messages
+        .into_iter()
+        .filter_map(|message| {
+            let before = output(&message, current);
+            let after = output(&message, candidate);
+            (before != after).then(|| Change {
+                diff: diff(&pretty(&before), &pretty(&after)),
+                message,
+            })
+        })
+        .collect()
+}
+
+fn output(message: &InboundMessage, mappings: &Mappings) -> Value {
+    match message.format.as_str() {
+        "hl7v2" => hl7_output(message.body.as_bytes(), mappings).0,
+        _ => match serde_json::from_str::<Value>(&message.body) {
+            Ok(bundle) => notice_json(notification::notice(&bundle, &mappings.identity)),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        },
+    }
+}

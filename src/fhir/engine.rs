@@ -1024,7 +1024,7 @@ async fn record_referral(
     {
         // The ServiceRequest is not re-read on every Task change: the need's domain is
         // kept, and the Task's own priority wins over the one recorded.
-        let (urgency, respond_by, _) = projection::summary_fields(task, None);
+        let (urgency, respond_by, respond_by_text, _) = projection::summary_fields(task, None);
         let status_changed = referral.status != status.as_str();
         // A Task re-pointed at another Patient (a merge) is that Patient's client's.
         let client_ref = match local_target(task.get("for"), ctx) {
@@ -1043,6 +1043,7 @@ async fn record_referral(
                 referral.urgency.clone()
             },
             respond_by,
+            respond_by_text,
             ..referral
         };
         if status_changed {
@@ -1068,7 +1069,8 @@ async fn record_referral(
             .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
         _ => None,
     };
-    let (urgency, respond_by, domain) = projection::summary_fields(task, service_request.as_ref());
+    let (urgency, respond_by, respond_by_text, domain) =
+        projection::summary_fields(task, service_request.as_ref());
     match route(tx, ctx, task).await? {
         Some(organization) => {
             let client_ref = match local_target(task.get("for"), ctx) {
@@ -1083,6 +1085,7 @@ async fn record_referral(
                 version,
                 urgency,
                 respond_by,
+                respond_by_text,
                 client_ref,
                 domain,
                 created_at: now,

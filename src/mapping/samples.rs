@@ -262,7 +262,7 @@ fn projection_sample(bundle: &Value, mappings: &Mappings) -> Result<Value, Strin
         .and_then(|r| r.strip_prefix("Organization/"))
         .ok_or("Task.owner must reference Organization/<id>")?;
     let service_request = related.get(task.get("focus"));
-    let (urgency, respond_by, domain) = projection::summary_fields(&task, service_request);
+    let (urgency, _, respond_by, domain) = projection::summary_fields(&task, service_request);
     let summary = Summary {
         id: GENERATED.into(),
         version: 1,
@@ -270,7 +270,7 @@ fn projection_sample(bundle: &Value, mappings: &Mappings) -> Result<Value, Strin
         urgency,
         created_at: GENERATED.into(),
         updated_at: GENERATED.into(),
-        respond_by: respond_by.map(crate::fhir::datetime::format_instant),
+        respond_by,
         domain,
         client_ref: Some(GENERATED.into()),
     };

@@ -53,6 +53,8 @@ pub struct Summary {
     pub urgency: String,
     pub created_at: String,
     pub updated_at: String,
+    /// `Task.restriction.period.end` as the Task states it: a date stays a date, a
+    /// dateTime keeps its offset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -215,7 +217,11 @@ pub fn summary(r: &crate::store::Referral, updated_at: i64) -> Summary {
         urgency: r.urgency.clone(),
         created_at: format_instant(r.created_at),
         updated_at: format_instant(updated_at),
-        respond_by: r.respond_by.map(format_instant),
+        // As the Task says it; rows written before the text was kept show the instant.
+        respond_by: r
+            .respond_by_text
+            .clone()
+            .or_else(|| r.respond_by.map(format_instant)),
         domain: r.domain.clone(),
         client_ref: r.client_ref.clone(),
     }
@@ -370,25 +376,27 @@ pub fn project(summary: &Summary, task: &Value, related: &Related, omit: &[Strin
     value
 }
 
-/// Fields taken from the Task and ServiceRequest when the referral row is written.
+/// Fields taken from the Task and ServiceRequest when the referral row is written:
+/// urgency, the answer-by time (as microseconds for the sweep, and as the Task states
+/// it for the CBO) and the need's domain.
 pub fn summary_fields(
     task: &Value,
     service_request: Option<&Value>,
-) -> (String, Option<i64>, Option<String>) {
+) -> (String, Option<i64>, Option<String>, Option<String>) {
     let urgency = str_at(task, "priority")
         .or_else(|| service_request.and_then(|sr| str_at(sr, "priority")))
         .unwrap_or("routine")
         .to_string();
-    let respond_by = task
+    let end = task
         .pointer("/restriction/period/end")
         .and_then(Value::as_str)
-        .and_then(crate::fhir::datetime::parse_range)
-        .map(|r| r.hi);
+        .and_then(|s| Some((crate::fhir::datetime::parse_range(s)?.hi, s.to_string())));
     let domain = service_request
         .and_then(|sr| sr.pointer("/category/0/coding/0/code"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    (urgency, respond_by, domain)
+    let (respond_by, respond_by_text) = end.unzip();
+    (urgency, respond_by, respond_by_text, domain)
 }
 
 fn remove_path(value: &mut Value, path: &str) {

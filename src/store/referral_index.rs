@@ -91,6 +91,7 @@ mod tests {
                 version: 1,
                 urgency: "routine".into(),
                 respond_by: None,
+                respond_by_text: None,
                 client_ref: None,
                 domain: None,
                 created_at: 0,

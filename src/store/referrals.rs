@@ -18,8 +18,10 @@ pub struct Referral {
     /// The Task's versionId: the referral's ETag.
     pub version: i64,
     pub urgency: String,
-    /// Microseconds since the epoch.
+    /// Microseconds since the epoch: the end of the Task's `restriction.period.end`.
     pub respond_by: Option<i64>,
+    /// `restriction.period.end` as the Task states it (a date stays a date).
+    pub respond_by_text: Option<String>,
     pub client_ref: Option<String>,
     pub domain: Option<String>,
     /// Microseconds since the epoch; kept as first written.
@@ -85,7 +87,7 @@ pub(super) struct StagedKey {
 }
 
 const REFERRAL_COLUMNS: &str = "id, organization, task_id, status, version, urgency, respond_by, \
-     client_ref, domain, created_at, updated_at";
+     client_ref, domain, created_at, updated_at, respond_by_text";
 
 fn referral_row(r: &sqlx::any::AnyRow) -> ReferralRow {
     ReferralRow {
@@ -100,6 +102,7 @@ fn referral_row(r: &sqlx::any::AnyRow) -> ReferralRow {
             client_ref: r.get(7),
             domain: r.get(8),
             created_at: r.get(9),
+            respond_by_text: r.get(11),
         },
         updated_at: r.get(10),
     }
@@ -493,6 +496,7 @@ fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<
         Option<&'a str>,
         i64,
         i64,
+        Option<&'a str>,
     );
     let mut rows: Vec<Row> = Vec::new();
     for s in staged {
@@ -509,11 +513,13 @@ fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<
             r.domain.as_deref(),
             r.created_at,
             s.at,
+            r.respond_by_text.as_deref(),
         );
         match rows.iter_mut().find(|existing| existing.0 == r.id) {
             Some(existing) => {
                 *existing = (
-                    row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, existing.9, s.at,
+                    row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, existing.9,
+                    s.at, row.11,
                 )
             }
             None => rows.push(row),
@@ -534,11 +540,13 @@ fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<
             ("domain", TEXT),
             ("created_at", INT),
             ("updated_at", INT),
+            ("respond_by_text", TEXT),
         ],
         sql::json_rows(&rows),
         "WHERE true ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
          version = excluded.version, urgency = excluded.urgency, \
-         respond_by = excluded.respond_by, client_ref = excluded.client_ref, \
+         respond_by = excluded.respond_by, respond_by_text = excluded.respond_by_text, \
+         client_ref = excluded.client_ref, \
          domain = excluded.domain, updated_at = excluded.updated_at",
     )
 }

@@ -35,6 +35,10 @@ async fn a_referral_is_accepted_noted_and_closed_and_the_ehr_sees_the_loop_close
     assert_eq!(view.headers["etag"], "W/\"1\"");
     let r = &view.body;
     assert_eq!(r["status"], "pending");
+    // Task.restriction.period.end is a date; it stays one (not an instant in UTC).
+    assert_eq!(r["respond_by"], "2099-12-31");
+    let listed = cbo.get("referrals").await.body;
+    assert_eq!(listed["data"][0]["respond_by"], "2099-12-31", "{listed}");
     assert_eq!(r["need"]["domain"], "food-insecurity");
     assert!(
         r["need"].get("conditions").is_none(),

@@ -238,18 +238,7 @@ async fn sigterm_finishes_in_flight_work_and_loses_nothing_acknowledged() {
             .flatten()
             .find(|l| l["relation"] == "next");
         match next {
-            Some(l) => {
-                let url = l["url"].as_str().unwrap();
-                page = app
-                    .client
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-            }
+            Some(l) => page = app.get_json_url(l["url"].as_str().unwrap()).await,
             None => break,
         }
     }

@@ -52,6 +52,25 @@ enum OnRefused {
 }
 
 impl Load {
+    /// `creators` FHIR create streams and `feeds` MLLP feeds against `app`.
+    fn start(
+        app: &TestApp,
+        tag: &str,
+        creators: usize,
+        feeds: usize,
+        on_refused: OnRefused,
+    ) -> (Load, Vec<tokio::task::JoinHandle<()>>) {
+        let load = Load::default();
+        let mut tasks = Vec::new();
+        for w in 0..creators {
+            tasks.push(load.fhir_creates(app, &format!("{tag}C{w}"), on_refused));
+        }
+        for w in 0..feeds {
+            tasks.push(load.hl7_feed(app, &format!("{tag}-F{w}"), on_refused));
+        }
+        (load, tasks)
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -456,9 +475,7 @@ async fn kill_9_of_one_of_two_gateways_under_mixed_load() {
     let grace = killed_at + Duration::from_millis(200);
     for r in &received {
         let times = &by_id[r.id.as_str()];
-        let seq = serde_json::from_str::<Value>(&r.body).unwrap()["sequence"]
-            .as_i64()
-            .unwrap();
+        let seq = r.sequence();
         let recorded = *attempts
             .get(&seq)
             .unwrap_or_else(|| panic!("no delivery record for event {seq}"));
@@ -470,14 +487,8 @@ async fn kill_9_of_one_of_two_gateways_under_mixed_load() {
             times.len()
         );
     }
-    let sequences: std::collections::BTreeSet<i64> = received
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(&r.body).unwrap()["sequence"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let sequences: std::collections::BTreeSet<i64> =
+        received.iter().map(|r| r.sequence()).collect();
     let last = *sequences.last().unwrap();
     assert_eq!(
         sequences.len() as i64,
@@ -631,14 +642,7 @@ async fn postgres_restart_under_load_fails_cleanly_and_recovers() {
     let pg = PgServer::start();
     let data_dir = std::env::temp_dir().join(format!("crossway-test-{}", uuid::Uuid::new_v4()));
     let app = spawn_app_at(data_dir, pg.url(), &[]).await;
-    let load = Load::default();
-    let mut tasks = Vec::new();
-    for w in 0..4 {
-        tasks.push(load.fhir_creates(&app, &format!("PG{w}"), OnRefused::Retry));
-    }
-    for w in 0..2 {
-        tasks.push(load.hl7_feed(&app, &format!("PGR-{w}"), OnRefused::Retry));
-    }
+    let (load, tasks) = Load::start(&app, "PGR", 4, 2, OnRefused::Retry);
     load.progress("before the restart", 100, 50, 60).await;
 
     pg.down();
@@ -687,14 +691,7 @@ async fn redis_outage_under_load_is_not_felt_by_clients() {
         ("CROSSWAY_RATE_LIMIT", "100000"),
     ])
     .await;
-    let load = Load::default();
-    let mut tasks = Vec::new();
-    for w in 0..3 {
-        tasks.push(load.fhir_creates(&app, &format!("RD{w}"), OnRefused::GiveUp));
-    }
-    for w in 0..2 {
-        tasks.push(load.hl7_feed(&app, &format!("RDS-{w}"), OnRefused::GiveUp));
-    }
+    let (load, tasks) = Load::start(&app, "RDS", 3, 2, OnRefused::GiveUp);
     load.progress("with Redis", 100, 50, 60).await;
     redis.kill();
     load.progress("without Redis", 100, 50, 60).await;
@@ -723,14 +720,7 @@ impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
         let path = std::env::temp_dir().join(format!("crossway-disk-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&path).unwrap();
-        let mut cmd = if is_root() {
-            Command::new("mount")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("mount");
-            c
-        };
-        let out = cmd
+        let out = as_root("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&path)
             .output()
@@ -758,15 +748,19 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let mut cmd = if is_root() {
-            Command::new("umount")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("umount");
-            c
-        };
-        let _ = cmd.arg("-l").arg(&self.path).status();
+        let _ = as_root("umount").arg("-l").arg(&self.path).status();
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `program`, through sudo unless we are root (mounting needs it).
+fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
     }
 }
 
@@ -785,12 +779,7 @@ async fn a_full_disk_under_sqlite_fails_cleanly_and_recovers() {
     let db = data_dir.join("crossway.db");
     let url = format!("sqlite://{}?mode=rwc", db.display());
     let mut app = spawn_app_at(data_dir.clone(), url.clone(), &[]).await;
-    let load = Load::default();
-    let mut tasks = Vec::new();
-    for w in 0..2 {
-        tasks.push(load.fhir_creates(&app, &format!("DF{w}"), OnRefused::Retry));
-    }
-    tasks.push(load.hl7_feed(&app, "DISK-0", OnRefused::Retry));
+    let (load, tasks) = Load::start(&app, "DISK", 2, 1, OnRefused::Retry);
     load.progress("before the disk fills", 50, 20, 60).await;
     let some_patient = load.tally.lock().unwrap().created[0].clone();
 

@@ -392,7 +392,12 @@ impl TestApp {
 
     /// A JSON document from a path outside `/fhir` (`/readyz`).
     pub async fn get_json_abs(&self, path: &str) -> Value {
-        let url = format!("http://{}{path}", self.addr);
+        self.get_json_url(&format!("http://{}{path}", self.addr))
+            .await
+    }
+
+    /// A JSON document from an absolute URL (a `next` link), with this app's token.
+    pub async fn get_json_url(&self, url: &str) -> Value {
         self.client
             .get(url)
             .send()

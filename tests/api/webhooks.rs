@@ -25,6 +25,15 @@ pub struct Received {
     pub body: String,
 }
 
+impl Received {
+    /// The event's sequence number in its organisation's feed (from the thin payload).
+    pub fn sequence(&self) -> i64 {
+        serde_json::from_str::<Value>(&self.body).unwrap()["sequence"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
 /// How the receiver answers its n-th request (0-based); default 200.
 pub type Script = Arc<dyn Fn(usize) -> Behaviour + Send + Sync>;
 
@@ -427,14 +436,8 @@ async fn two_processes_deliver_5000_events_once_each() {
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
     assert_eq!(seen.len(), 5000);
     // Per referral, receivers order by sequence: every referral.created is there.
-    let sequences: std::collections::HashSet<i64> = received
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<Value>(&r.body).unwrap()["sequence"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let sequences: std::collections::HashSet<i64> =
+        received.iter().map(Received::sequence).collect();
     assert_eq!(sequences.len(), 5000);
     assert_eq!(*sequences.iter().max().unwrap(), 5000);
     rx.server.stop(false).await;

@@ -887,6 +887,7 @@ async fn run_action(
         &task,
         service_request.as_ref(),
         actor,
+        &ctx.mappings.current().reason_codes,
         &at,
         super::new_id,
     ) {

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::hie::FeedTables;
 use crate::identity::IdentityRules;
+use crate::referral::action::ReasonCodes;
 use crate::referral::projection::OMITTABLE;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,8 @@ pub struct Mappings {
     omit_all: Vec<String>,
     pub identity: IdentityRules,
     pub feeds: FeedTables,
+    /// CBO decline reasons and close outcomes → `Task.statusReason` codings.
+    pub reason_codes: ReasonCodes,
 }
 
 /// The mappings in force. A reload swaps the whole set at once; each message or
@@ -101,6 +104,7 @@ impl Live {
 const IDENTITY: &str = "identity/sources.toml";
 const FEEDS: &str = "hie/feeds.toml";
 const VISIBILITY: &str = "cbo/visibility.toml";
+const CODES: &str = "cbo/codes.toml";
 
 /// HL7 table 0004 (patient class): the codes a feed may send in PV1-2.
 const PATIENT_CLASSES: &[&str] = &["E", "I", "O", "P", "R", "B", "C", "N", "U"];
@@ -119,6 +123,9 @@ impl Mappings {
         if let Some((omit, omit_all)) = load_visibility(dir, organizations)? {
             m.omit = omit;
             m.omit_all = omit_all;
+        }
+        if let Some(codes) = load_codes(dir)? {
+            m.reason_codes = codes;
         }
         duplicate_ids(dir)?;
         Ok(m)
@@ -160,6 +167,18 @@ pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<St
     if let Err(e) = load_visibility(dir, organizations) {
         errors.push(e);
     }
+    match load_codes(dir) {
+        Err(e) => errors.push(e),
+        Ok(codes) => {
+            let unmapped = codes.unwrap_or_default().unmapped();
+            if !unmapped.is_empty() {
+                notes.push(format!(
+                    "{CODES}: {} have no entry: Task.statusReason uses the gateway's own code system for them",
+                    unmapped.join(", ")
+                ));
+            }
+        }
+    }
     if let Err(e) = duplicate_ids(dir) {
         errors.push(e);
     }
@@ -180,6 +199,15 @@ fn load_feeds(dir: &Path) -> Result<Option<FeedTables>, MappingError> {
         return Ok(None);
     };
     FeedTables::build(file)
+        .map(Some)
+        .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
+}
+
+fn load_codes(dir: &Path) -> Result<Option<ReasonCodes>, MappingError> {
+    let Some((path, text, file)) = read_toml(dir, CODES)? else {
+        return Ok(None);
+    };
+    ReasonCodes::build(file)
         .map(Some)
         .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
 }
@@ -223,7 +251,7 @@ fn load_visibility(
 /// Two rules with one id, in one file or across files: a rule id must name one rule.
 fn duplicate_ids(dir: &Path) -> Result<(), MappingError> {
     let mut seen: HashMap<String, String> = HashMap::new();
-    for name in [IDENTITY, FEEDS, VISIBILITY] {
+    for name in [IDENTITY, FEEDS, VISIBILITY, CODES] {
         let path = dir.join(name);
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
@@ -254,11 +282,27 @@ fn rule_id_on(line: &str) -> Option<&str> {
     rest.trim().strip_prefix('"')?.strip_suffix('"')
 }
 
+/// The error for `rule`, at the line of its `id = "…"`, or for a table entry
+/// (`table.key`) at the line of its key under `[table]`.
 fn rule_error(path: &Path, text: &str, rule: String, message: String) -> MappingError {
-    let line = text
+    let by_id = text
         .lines()
-        .position(|l| rule_id_on(l) == Some(rule.as_str()))
-        .map_or(0, |i| i + 1);
+        .position(|l| rule_id_on(l) == Some(rule.as_str()));
+    let by_key = || {
+        let (table, key) = rule.split_once('.')?;
+        let header = format!("[{table}]");
+        let start = text.lines().position(|l| l.trim() == header)?;
+        text.lines()
+            .enumerate()
+            .skip(start + 1)
+            .take_while(|(_, l)| !l.trim_start().starts_with('['))
+            .find(|(_, l)| {
+                let k = l.split('=').next().unwrap_or("").trim().trim_matches('"');
+                k == key
+            })
+            .map(|(i, _)| i)
+    };
+    let line = by_id.or_else(by_key).map_or(0, |i| i + 1);
     MappingError::Rule {
         path: path.to_path_buf(),
         line,

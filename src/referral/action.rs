@@ -6,6 +6,9 @@
 //! calls [`apply`], and writes the [`Edit`] through the FHIR write path, which checks
 //! the Task transition again and records the referral's new status and events.
 
+use std::collections::HashMap;
+
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::CboStatus;
@@ -78,6 +81,97 @@ impl CloseOutcome {
         match self {
             CloseOutcome::Resolved | CloseOutcome::PartiallyResolved => TaskStatus::Completed,
             _ => TaskStatus::Failed,
+        }
+    }
+}
+
+/// A FHIR coding written into `Task.statusReason`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coding {
+    pub system: String,
+    pub code: String,
+    pub display: String,
+}
+
+/// `mappings/cbo/codes.toml`: the CBO API's codes → `Task.statusReason` codings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodesFile {
+    #[serde(default)]
+    decline_reason: HashMap<String, Coding>,
+    #[serde(default)]
+    close_outcome: HashMap<String, Coding>,
+}
+
+/// Which coding a decline reason or close outcome puts in `Task.statusReason`, so the
+/// referring EHR receives codes it knows. A code without an entry is written in the
+/// gateway's own system ([`STATUS_REASON_SYSTEM`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReasonCodes(HashMap<String, Coding>);
+
+impl ReasonCodes {
+    /// Entries are keyed `decline_reason.<code>` / `close_outcome.<code>` (their rule
+    /// ids); a key that is not a code of the API is refused.
+    pub fn build(file: CodesFile) -> Result<ReasonCodes, (String, String)> {
+        let mut map = HashMap::new();
+        let tables = [
+            (
+                "decline_reason",
+                file.decline_reason,
+                DeclineReason::ALL
+                    .iter()
+                    .map(|r| r.code())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "close_outcome",
+                file.close_outcome,
+                CloseOutcome::ALL.iter().map(|o| o.code()).collect(),
+            ),
+        ];
+        for (table, entries, known) in tables {
+            for (code, coding) in entries {
+                let id = format!("{table}.{code}");
+                if !known.contains(&code.as_str()) {
+                    return Err((
+                        id,
+                        format!(
+                            "{code:?} is not a {table} of the CBO API (known: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                if !coding.system.contains(':') {
+                    return Err((id, format!("system {:?} is not a URI", coding.system)));
+                }
+                map.insert(id, coding);
+            }
+        }
+        Ok(ReasonCodes(map))
+    }
+
+    /// The API codes that fall back to the gateway's own system.
+    pub fn unmapped(&self) -> Vec<String> {
+        let declines = DeclineReason::ALL
+            .iter()
+            .map(|r| format!("decline_reason.{}", r.code()));
+        let outcomes = CloseOutcome::ALL
+            .iter()
+            .map(|o| format!("close_outcome.{}", o.code()));
+        declines
+            .chain(outcomes)
+            .filter(|k| !self.0.contains_key(k))
+            .collect()
+    }
+
+    fn concept(&self, table: &str, code: &str, display: &str, text: &str) -> Value {
+        match self.0.get(&format!("{table}.{code}")) {
+            Some(c) => json!({
+                "coding": [{"system": c.system, "code": c.code, "display": c.display}],
+                "text": text,
+            }),
+            None => reason_concept(code, display, text),
         }
     }
 }
@@ -247,6 +341,7 @@ pub fn apply(
     task: &Value,
     service_request: Option<&Value>,
     actor: Actor<'_>,
+    codes: &ReasonCodes,
     now: &str,
     mut new_id: impl FnMut() -> String,
 ) -> Result<Edit, ActionError> {
@@ -284,7 +379,7 @@ pub fn apply(
             let text = note.clone().unwrap_or_else(|| reason.display().to_string());
             edit.status(
                 TaskStatus::Rejected,
-                Some(reason_concept(reason.code(), reason.display(), &text)),
+                Some(codes.concept("decline_reason", reason.code(), reason.display(), &text)),
             );
             note.map(|n| edit.note(&n))
         }
@@ -349,7 +444,7 @@ pub fn apply(
             }
             edit.status(
                 status,
-                Some(reason_concept(outcome.code(), outcome.display(), &text)),
+                Some(codes.concept("close_outcome", outcome.code(), outcome.display(), &text)),
             );
             note.map(|n| edit.note(&n))
         }
@@ -576,6 +671,7 @@ mod tests {
             &task("in-progress"),
             Some(&sr),
             ACTOR,
+            &ReasonCodes::default(),
             "2025-03-17T10:00:00Z",
             ids(),
         )
@@ -600,6 +696,54 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_decline_reason_writes_the_ehrs_coding_and_unknown_codes_are_refused() {
+        let file: CodesFile = toml::from_str(
+            r#"
+            [decline_reason]
+            no_capacity = { system = "http://hospital.example.org/codes", code = "NOCAP", display = "Program full" }
+            "#,
+        )
+        .unwrap();
+        let codes = ReasonCodes::build(file).unwrap();
+        let decline = Action::Decline {
+            reason: DeclineReason::NoCapacity,
+            note: None,
+        };
+        let edit = apply(
+            decline,
+            &task("requested"),
+            None,
+            ACTOR,
+            &codes,
+            "now",
+            ids(),
+        )
+        .unwrap();
+        assert_eq!(
+            edit.task["statusReason"]["coding"][0],
+            json!({"system": "http://hospital.example.org/codes", "code": "NOCAP", "display": "Program full"})
+        );
+        assert!(
+            codes
+                .unmapped()
+                .contains(&"decline_reason.duplicate".to_string())
+        );
+        assert!(
+            !codes
+                .unmapped()
+                .contains(&"decline_reason.no_capacity".to_string())
+        );
+
+        let file: CodesFile = toml::from_str(
+            "[close_outcome]\nsolved = { system = \"urn:x\", code = \"S\", display = \"S\" }\n",
+        )
+        .unwrap();
+        let (rule, message) = ReasonCodes::build(file).unwrap_err();
+        assert_eq!(rule, "close_outcome.solved");
+        assert!(message.contains("not a close_outcome"), "{message}");
+    }
+
+    #[test]
     fn an_unresolved_close_fails_the_task_without_inventing_a_procedure() {
         let close = Action::Close {
             outcome: CloseOutcome::ClientUnreachable,
@@ -613,6 +757,7 @@ mod tests {
             &task("accepted"),
             None,
             ACTOR,
+            &ReasonCodes::default(),
             "2025-03-17T10:00:00Z",
             ids(),
         )
@@ -629,6 +774,7 @@ mod tests {
             &task("requested"),
             None,
             ACTOR,
+            &ReasonCodes::default(),
             "now",
             ids(),
         )
@@ -667,7 +813,15 @@ mod tests {
                 Action::Resume { note: None },
                 Action::Expire,
             ] {
-                if let Ok(edit) = apply(action, &t, None, ACTOR, "now", ids()) {
+                if let Ok(edit) = apply(
+                    action,
+                    &t,
+                    None,
+                    ACTOR,
+                    &ReasonCodes::default(),
+                    "now",
+                    ids(),
+                ) {
                     let old = TaskStatus::parse(from).unwrap();
                     let new = TaskStatus::parse(edit.task["status"].as_str().unwrap()).unwrap();
                     assert!(
@@ -686,6 +840,7 @@ mod tests {
             &task("requested"),
             None,
             ACTOR,
+            &ReasonCodes::default(),
             "now",
             ids(),
         )

@@ -605,7 +605,8 @@ impl Store {
             .bind(organization)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| (referral_row(&r), r.get(11))))
+        // The Task body comes after the referral's columns.
+        Ok(row.map(|r| (referral_row(&r), r.get(columns.len()))))
     }
 
     /// A page of an organisation's referrals, oldest change first.

@@ -259,3 +259,32 @@ async fn sighup_reloads_the_mappings_and_a_broken_set_is_refused() {
     assert_eq!(ack_code(&app.send_hl7(&class_z("hup-3")).await), "AA");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_decline_reason_mapped_to_the_ehrs_code_reaches_the_task_in_that_code() {
+    let dir = copy_of_mappings();
+    replace_in(
+        &dir.join("cbo/codes.toml"),
+        "no_capacity = { system = \"https://crossway.dev/fhir/CodeSystem/referral-status-reason\", code = \"no_capacity\", display = \"No capacity\" }",
+        "no_capacity = { system = \"http://hospital.example.org/referral-reasons\", code = \"NOCAP\", display = \"Program full\" }",
+    );
+    let app = spawn_app_with(&[("CROSSWAY_MAPPINGS_DIR", dir.to_str().unwrap())]).await;
+    let r: serde_json::Value = app.post("", &referral_bundle()).await.json().await.unwrap();
+    let task_id = entry_id(&r, 4);
+    let cbo = app.cbo("cbo-riverside-food-bank");
+    let id = cbo.referral_ids().await.pop().unwrap();
+    let declined = cbo
+        .post(
+            &format!("referrals/{id}/decline"),
+            &serde_json::json!({"reason": "no_capacity"}),
+        )
+        .await;
+    assert_eq!(declined.status, 200, "{}", declined.body);
+    let task = app.get_json(&format!("Task/{task_id}")).await;
+    assert_eq!(task["status"], "rejected");
+    assert_eq!(
+        task["statusReason"]["coding"][0],
+        serde_json::json!({"system": "http://hospital.example.org/referral-reasons", "code": "NOCAP", "display": "Program full"})
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

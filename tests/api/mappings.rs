@@ -60,8 +60,9 @@ fn the_shipped_mappings_check_clean_and_pass_their_samples() {
     assert!(ok, "{out}");
     let (ok, out) = mappings(&["test"], Path::new(MAPPINGS));
     assert!(ok, "{out}");
-    // Every kind of sample is there: HL7 v2, and the CBO projection.
+    // Every kind of sample is there: HL7 v2, Da Vinci notifications, the CBO projection.
     assert!(out.contains("hie/samples/a01-admit.hl7"), "{out}");
+    assert!(out.contains("hie/samples/davinci-discharge.json"), "{out}");
     assert!(
         out.contains("cbo/samples/transport-minimum-necessary.json"),
         "{out}"

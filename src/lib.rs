@@ -21,3 +21,8 @@ pub mod store;
 pub mod cache;
 pub mod http;
 pub mod startup;
+
+/// Lower-case hex of `bytes`: digests in ids, cache keys and stored key hashes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -606,7 +606,7 @@ impl Authority {
             )));
         }
         let row = self.store.api_key(key_id).await?.ok_or_else(refused)?;
-        let digest = hex(&Sha256::digest(secret.as_bytes()));
+        let digest = crate::hex(&Sha256::digest(secret.as_bytes()));
         if row.revoked_at.is_some()
             || row.mode != mode
             || aws_lc_rs::constant_time::verify_slices_are_equal(
@@ -626,10 +626,6 @@ impl Authority {
             credential: Credential::ApiKey,
         })
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) fn random_token(bytes: usize) -> String {

@@ -6,7 +6,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use jsonwebtoken::jwk::JwkSet;
 use sha2::{Digest, Sha256};
 
-use super::{AuthError, ClientKind, Scopes, hex, random_token};
+use super::{AuthError, ClientKind, Scopes, random_token};
+use crate::hex;
 use crate::store::{ApiKeyRow, ClientRow, Store};
 
 /// What an EHR client may do when registered without `--scope`.

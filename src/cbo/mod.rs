@@ -509,7 +509,7 @@ fn fingerprint(referral_id: &str, action: &str, body: &[u8]) -> String {
     h.update(action.as_bytes());
     h.update([0]);
     h.update(body);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize())
 }
 
 /// Marks an Idempotency-Key as running in this process until dropped.

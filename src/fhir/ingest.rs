@@ -205,8 +205,7 @@ async fn person_patient(
 
 fn encounter_id(source: &str, key: &str) -> String {
     let digest = Sha256::digest(format!("{source}|{key}").as_bytes());
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("enc-{hex}")
+    format!("enc-{}", crate::hex(&digest[..12]))
 }
 
 /// Applies an encounter change so that the result does not depend on arrival order:

@@ -79,7 +79,7 @@ impl IdentityCache {
     pub fn redis(manager: ConnectionManager, store_key: &str) -> IdentityCache {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(store_key.as_bytes());
-        let tag: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = crate::hex(&digest[..6]);
         IdentityCache::with(Backend::Redis {
             manager,
             prefix: format!("crossway:{tag}:identity:"),

@@ -185,31 +185,31 @@ pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<St
     (errors, notes)
 }
 
-fn load_identity(dir: &Path) -> Result<Option<IdentityRules>, MappingError> {
-    let Some((path, text, file)) = read_toml(dir, IDENTITY)? else {
+/// A rules file built by `build`; `None` when the file does not exist. A rule `build`
+/// refuses is reported at its line.
+fn load_rules<F: serde::de::DeserializeOwned, T>(
+    dir: &Path,
+    name: &str,
+    build: impl FnOnce(F) -> Result<T, (String, String)>,
+) -> Result<Option<T>, MappingError> {
+    let Some((path, text, file)) = read_toml(dir, name)? else {
         return Ok(None);
     };
-    IdentityRules::build(file)
+    build(file)
         .map(Some)
         .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
+}
+
+fn load_identity(dir: &Path) -> Result<Option<IdentityRules>, MappingError> {
+    load_rules(dir, IDENTITY, IdentityRules::build)
 }
 
 fn load_feeds(dir: &Path) -> Result<Option<FeedTables>, MappingError> {
-    let Some((path, text, file)) = read_toml(dir, FEEDS)? else {
-        return Ok(None);
-    };
-    FeedTables::build(file)
-        .map(Some)
-        .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
+    load_rules(dir, FEEDS, FeedTables::build)
 }
 
 fn load_codes(dir: &Path) -> Result<Option<ReasonCodes>, MappingError> {
-    let Some((path, text, file)) = read_toml(dir, CODES)? else {
-        return Ok(None);
-    };
-    ReasonCodes::build(file)
-        .map(Some)
-        .map_err(|(rule, message)| rule_error(&path, &text, rule, message))
+    load_rules(dir, CODES, ReasonCodes::build)
 }
 
 type Visibility = (HashMap<String, Vec<String>>, Vec<String>);

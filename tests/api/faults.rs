@@ -462,13 +462,10 @@ async fn kill_9_of_one_of_two_gateways_under_mixed_load() {
     // A receipt the delivery log does not count can only be the killed process's last
     // attempt (sent, never recorded): at most one per delivery, arriving by the kill.
     let endpoint = created.body["id"].as_str().unwrap();
-    let log = two
+    let attempts: HashMap<i64, i64> = two
         .cbo(ORG)
-        .get(&format!("webhooks/{endpoint}/deliveries"))
-        .await;
-    let attempts: HashMap<i64, i64> = log.body["data"]
-        .as_array()
-        .unwrap()
+        .delivery_log(endpoint)
+        .await
         .iter()
         .map(|d| (d["id"].as_i64().unwrap(), d["attempts"].as_i64().unwrap()))
         .collect();

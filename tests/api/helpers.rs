@@ -282,6 +282,13 @@ impl TestApp {
 
     /// An access token for an EHR client, through a signed client assertion.
     pub async fn ehr_token(&self, client: &EhrClient, scope: Option<&str>) -> String {
+        let (status, body) = self.ehr_token_request(client, scope).await;
+        assert_eq!(status, 200, "token: {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// The token endpoint's answer to `client`'s signed assertion (asking for `scope`).
+    pub async fn ehr_token_request(&self, client: &EhrClient, scope: Option<&str>) -> (u16, Value) {
         let assertion = sign_assertion(client, &self.token_url(), serde_json::json!({}));
         let mut form = vec![
             ("grant_type", "client_credentials"),
@@ -294,9 +301,7 @@ impl TestApp {
         if let Some(s) = scope {
             form.push(("scope", s));
         }
-        let (status, body) = self.token_request(&form).await;
-        assert_eq!(status, 200, "token: {body}");
-        body["access_token"].as_str().unwrap().to_string()
+        self.token_request(&form).await
     }
 
     /// Registers a CBO client for `org` (`crossway clients add cbo`); returns
@@ -608,6 +613,13 @@ impl CboClient<'_> {
             .iter()
             .map(|x| x["id"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// An endpoint's delivery log, newest first.
+    pub async fn delivery_log(&self, endpoint: &str) -> Vec<Value> {
+        let r = self.get(&format!("webhooks/{endpoint}/deliveries")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["data"].as_array().unwrap().clone()
     }
 
     /// Event types of the organisation's feed after `after`.

@@ -206,28 +206,12 @@ async fn every_fhir_interaction_checks_its_scope() {
 
     // A token may ask for less than the registration allows, never more.
     let (status, body) = app
-        .token_request(&[
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", JWT_BEARER),
-            (
-                "client_assertion",
-                &sign_assertion(&narrow, &app.token_url(), json!({})),
-            ),
-            ("scope", "system/Task.r system/Consent.cruds"),
-        ])
+        .ehr_token_request(&narrow, Some("system/Task.r system/Consent.cruds"))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["scope"], "system/Task.r");
     let (status, body) = app
-        .token_request(&[
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", JWT_BEARER),
-            (
-                "client_assertion",
-                &sign_assertion(&narrow, &app.token_url(), json!({})),
-            ),
-            ("scope", "system/Consent.cruds"),
-        ])
+        .ehr_token_request(&narrow, Some("system/Consent.cruds"))
         .await;
     assert_eq!(
         (status, body["error"].as_str()),

@@ -267,13 +267,7 @@ async fn every_event_arrives_signed_through_failures_timeouts_and_recovery() {
     verify_with_reference_library(&secret, &received);
 
     // The log shows the retries of the first delivery and what went wrong.
-    let log = cbo
-        .get(&format!("webhooks/{endpoint}/deliveries"))
-        .await
-        .body["data"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let log = cbo.delivery_log(&endpoint).await;
     assert_eq!(log.len(), 5);
     assert!(log.iter().all(|d| d["status"] == "delivered"), "{log:?}");
     let retried: i64 = log.iter().map(|d| d["attempts"].as_i64().unwrap()).sum();
@@ -338,13 +332,7 @@ async fn a_delivery_that_keeps_failing_is_failed_and_its_endpoint_disabled() {
     app.post_referral().await;
     let mut log = Vec::new();
     for _ in 0..300 {
-        log = cbo
-            .get(&format!("webhooks/{endpoint}/deliveries"))
-            .await
-            .body["data"]
-            .as_array()
-            .unwrap()
-            .clone();
+        log = cbo.delivery_log(&endpoint).await;
         if log.first().is_some_and(|d| d["status"] == "failed") {
             break;
         }

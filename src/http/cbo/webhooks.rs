@@ -9,6 +9,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use super::{AppState, Problem, ProblemBody, Result, json_of, tenant};
 use crate::auth::CboScope;
 use crate::cbo::webhooks::{self, Delivery, Endpoint, EndpointInput};
+use crate::config::OrganizationConfig;
 
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(create)
@@ -19,6 +20,13 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(test)
         .service(deliveries)
         .service(redeliver);
+}
+
+/// The organisation acting on its own endpoints (scope `webhooks:manage`).
+async fn owner(req: &HttpRequest, state: &AppState) -> Result<OrganizationConfig> {
+    Ok(tenant(req, state, Some(CboScope::WebhooksManage))
+        .await?
+        .org)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -54,9 +62,7 @@ async fn create(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let endpoint = webhooks::create(
         state.fhir.store(),
         &org.id,
@@ -73,9 +79,7 @@ async fn create(
     security(("bearer" = [])))]
 #[get("/webhooks")]
 async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let data = webhooks::list(state.fhir.store(), &org.id)
         .await
         .map_err(|e| Problem::new(e, &req))?;
@@ -92,9 +96,7 @@ async fn read(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let endpoint = webhooks::get(state.fhir.store(), &org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
@@ -111,9 +113,7 @@ async fn remove(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     webhooks::delete(state.fhir.store(), &org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
@@ -131,9 +131,7 @@ async fn rotate(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let endpoint = webhooks::rotate(state.fhir.store(), &org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
@@ -150,9 +148,7 @@ async fn test(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let event_id = webhooks::test(state.fhir.store(), &org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
@@ -170,9 +166,7 @@ async fn deliveries(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let data = webhooks::deliveries(state.fhir.store(), &org.id, &path)
         .await
         .map_err(|e| Problem::new(e, &req))?;
@@ -190,9 +184,7 @@ async fn redeliver(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
-    let org = tenant(&req, &state, Some(CboScope::WebhooksManage))
-        .await?
-        .org;
+    let org = owner(&req, &state).await?;
     let (id, delivery_id) = path.into_inner();
     webhooks::redeliver(state.fhir.store(), &org.id, &id, &delivery_id)
         .await

@@ -304,11 +304,16 @@ impl Settings {
         Ok(())
     }
 
-    /// The database URL actually used: the configured one, or SQLite in the data dir.
     pub fn production(&self) -> bool {
         self.environment == "production"
     }
 
+    /// The configured organisation ids, which visibility rules must name.
+    pub fn organization_ids(&self) -> Vec<String> {
+        self.organizations.iter().map(|o| o.id.clone()).collect()
+    }
+
+    /// The database URL actually used: the configured one, or SQLite in the data dir.
     pub fn effective_database_url(&self) -> String {
         if self.database_url.is_empty() {
             format!(

@@ -536,11 +536,7 @@ mod operator {
         command: MappingsCommand,
     ) -> anyhow::Result<()> {
         use crossway::mapping::{self, Mappings, replay, samples};
-        let organizations: Vec<String> = settings
-            .organizations
-            .iter()
-            .map(|o| o.id.clone())
-            .collect();
+        let organizations = settings.organization_ids();
         let load = |dir: &std::path::Path| {
             Mappings::load(dir, &organizations).map_err(|e| anyhow::anyhow!("{e}"))
         };

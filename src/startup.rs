@@ -231,7 +231,7 @@ async fn stop_signal() {
 /// routes to (configured and registered).
 async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Live, Fhir, Tenants)> {
     let mappings = Live::new(
-        Mappings::load(&settings.mappings_dir, &organization_ids(settings))
+        Mappings::load(&settings.mappings_dir, &settings.organization_ids())
             .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?,
     );
     let own_base = (!settings.public_base_url.is_empty()).then(|| settings.public_base_url.clone());
@@ -313,15 +313,6 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools
     Ok(OperatorTools { store, feed, fhir })
 }
 
-/// The configured organisation ids, which visibility rules must name.
-fn organization_ids(settings: &Settings) -> Vec<String> {
-    settings
-        .organizations
-        .iter()
-        .map(|o| o.id.clone())
-        .collect()
-}
-
 /// On SIGHUP, reloads `mappings/` and puts it in force when every file is valid; a
 /// broken set is refused (logged with file:line and rule) and the old one stays.
 async fn reload_mappings_on_sighup(mappings: Live, settings: Settings) {
@@ -334,7 +325,7 @@ async fn reload_mappings_on_sighup(mappings: Live, settings: Settings) {
         }
     };
     while hangup.recv().await.is_some() {
-        match mappings.reload(&settings.mappings_dir, &organization_ids(&settings)) {
+        match mappings.reload(&settings.mappings_dir, &settings.organization_ids()) {
             Ok(()) => {
                 tracing::info!(message = "Mappings reloaded.", dir = %settings.mappings_dir.display())
             }

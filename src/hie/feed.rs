@@ -10,7 +10,7 @@ use crate::fhir::{Fhir, FhirError, datetime};
 use crate::hl7v2::{self, AckCode, AckError, ErrorCode, ErrorLocation, Severity};
 use crate::identity::Identifier;
 use crate::identity::cache::IdentityCache;
-use crate::mapping::Live;
+use crate::mapping::{Live, Mappings};
 use crate::store::InboundMessage;
 use crate::telemetry::metrics::{HL7_ACK_LATENCY, HL7_MESSAGES};
 
@@ -73,6 +73,30 @@ fn hl7_now() -> String {
 
 fn ack_id() -> String {
     format!("ACK{}", uuid::Uuid::now_v7().simple())
+}
+
+/// What `mappings` make of a stored inbound message, as received: for a replay, and for
+/// `crossway mappings replay`'s comparison of two mapping sets.
+pub fn stored_notice(message: &InboundMessage, mappings: &Mappings) -> Result<Notice, NoticeError> {
+    match message.format.as_str() {
+        "fhir" => match serde_json::from_str::<Value>(&message.body) {
+            Ok(bundle) => notification::notice(&bundle, &mappings.identity),
+            Err(e) => Err(NoticeError::reject(
+                ErrorCode::DataType,
+                "Bundle",
+                &format!("stored body is not JSON: {e}"),
+            )),
+        },
+        "operator" => Err(NoticeError::reject(
+            ErrorCode::UnsupportedMessageType,
+            "",
+            "operator commands are not replayed; run them again",
+        )),
+        _ => match hl7v2::parse(&message.body) {
+            Ok(msg) => adt::notice(&msg, &mappings.feeds, &mappings.identity),
+            Err(e) => Err(NoticeError::reject(e.hl7_code(), "MSH", &e.to_string())),
+        },
+    }
 }
 
 /// ERR-2 from a path like `PID-3` or `PID[2]-3`.
@@ -302,27 +326,7 @@ impl Feed {
         let mut record = message.clone();
         record.status = String::new();
         record.error = None;
-        let mappings = self.mappings.current();
-        let notice = match message.format.as_str() {
-            "fhir" => match serde_json::from_str::<Value>(&message.body) {
-                Ok(bundle) => notification::notice(&bundle, &mappings.identity),
-                Err(e) => Err(NoticeError::reject(
-                    ErrorCode::DataType,
-                    "Bundle",
-                    &format!("stored body is not JSON: {e}"),
-                )),
-            },
-            "operator" => Err(NoticeError::reject(
-                ErrorCode::UnsupportedMessageType,
-                "",
-                "operator commands are not replayed; run them again",
-            )),
-            _ => match hl7v2::parse(&message.body) {
-                Ok(msg) => adt::notice(&msg, &mappings.feeds, &mappings.identity),
-                Err(e) => Err(NoticeError::reject(e.hl7_code(), "MSH", &e.to_string())),
-            },
-        };
-        match notice {
+        match stored_notice(message, &self.mappings.current()) {
             Ok(n) => self.apply(Inbound::notice(n, record, true)).await,
             Err(e) => {
                 record.status = if e.reject { "rejected" } else { "dead" }.into();

@@ -21,9 +21,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/.well-known/jwks.json", web::get().to(jwks));
 }
 
-/// The caller behind `Authorization: Bearer …`. The principal is also left in the
-/// request's extensions, for the audit trail.
-pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, AuthError> {
+/// The bearer token of `Authorization` (scheme case-insensitive, token trimmed).
+pub(super) fn bearer(req: &HttpRequest) -> Result<&str, AuthError> {
     let Some(value) = header_str(req.headers(), "authorization") else {
         return Err(AuthError::Unauthenticated(
             "send Authorization: Bearer <access token> (POST /auth/token to get one)".into(),
@@ -42,6 +41,13 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
             "the bearer token is empty".into(),
         ));
     }
+    Ok(token)
+}
+
+/// The caller behind `Authorization: Bearer …`. The principal is also left in the
+/// request's extensions, for the audit trail.
+pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, AuthError> {
+    let token = bearer(req)?;
     let principal = state.auth.authenticate(token).await?;
     req.extensions_mut().insert(principal.clone());
     Ok(principal)

@@ -32,10 +32,10 @@ const PROBLEM_BASE: &str = "https://crossway.dev/problems/";
 /// The development-only tenant header (`CROSSWAY_DEV_AUTH=1`).
 const DEV_ORG_HEADER: &str = "x-crossway-organization";
 
-/// Registers every `/cbo/v1` handler. The OpenAPI document is collected from the same
-/// registrations (utoipa-actix-web), so a route cannot exist undocumented.
 mod webhooks;
 
+/// Registers every `/cbo/v1` handler. The OpenAPI document is collected from the same
+/// registrations (utoipa-actix-web), so a route cannot exist undocumented.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(list_referrals)
         .service(get_referral)

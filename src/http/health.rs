@@ -55,9 +55,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             );
         }
     } else {
-        let sent = super::header_str(req.headers(), "authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let sent = super::auth::bearer(&req).unwrap_or("");
         if aws_lc_rs::constant_time::verify_slices_are_equal(
             sent.as_bytes(),
             state.metrics_token.as_bytes(),

@@ -6,8 +6,8 @@
 use serde_json::Value;
 
 use super::Mappings;
-use super::samples::{diff, hl7_output, notice_json, pretty};
-use crate::hie::notification;
+use super::samples::{diff, notice_json, pretty};
+use crate::hie::feed::stored_notice;
 use crate::store::InboundMessage;
 
 /// One stored message the candidate maps differently.
@@ -38,11 +38,5 @@ pub fn changes(
 }
 
 fn output(message: &InboundMessage, mappings: &Mappings) -> Value {
-    match message.format.as_str() {
-        "hl7v2" => hl7_output(message.body.as_bytes(), mappings).0,
-        _ => match serde_json::from_str::<Value>(&message.body) {
-            Ok(bundle) => notice_json(notification::notice(&bundle, &mappings.identity)),
-            Err(e) => serde_json::json!({"error": e.to_string()}),
-        },
-    }
+    notice_json(stored_notice(message, mappings))
 }

@@ -198,7 +198,7 @@ fn map_sample(
 }
 
 /// What the feed makes of an HL7 v2 message, and the fields no rule read.
-pub(super) fn hl7_output(bytes: &[u8], mappings: &Mappings) -> (Value, Vec<String>) {
+fn hl7_output(bytes: &[u8], mappings: &Mappings) -> (Value, Vec<String>) {
     let mut msg = match crate::hl7v2::parse_bytes(bytes) {
         Ok(m) => m,
         Err(e) => return (json!({"ack": "AR", "error": e.to_string()}), Vec::new()),

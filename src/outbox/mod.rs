@@ -146,18 +146,42 @@ impl Dispatcher {
         // Successes by the status they got: one statement each (per 200 rows).
         let mut delivered: std::collections::BTreeMap<u16, Vec<(String, i64)>> = Default::default();
         let mut healthy: Vec<String> = Vec::new();
-        for (d, outcome) in results {
+        // Endpoints that failed in this round, once each: their health is one write.
+        let mut failing: Vec<&DueDelivery> = Vec::new();
+        for (d, outcome) in &results {
             match outcome {
                 Outcome::Delivered(status) => {
                     if d.failing_since.is_some() && !healthy.contains(&d.endpoint_id) {
                         healthy.push(d.endpoint_id.clone());
                     }
                     delivered
-                        .entry(status)
+                        .entry(*status)
                         .or_default()
-                        .push((d.endpoint_id, d.event_seq));
+                        .push((d.endpoint_id.clone(), d.event_seq));
                 }
-                Outcome::Failed { status, error } => self.failed(&d, status, &error, now).await?,
+                Outcome::Failed { status, error } => {
+                    self.failed(d, *status, error, now).await?;
+                    if !failing.iter().any(|f| f.endpoint_id == d.endpoint_id) {
+                        failing.push(d);
+                    }
+                }
+            }
+        }
+        let give_up = self.policy.give_up_after.as_micros() as i64;
+        for d in failing {
+            match d.failing_since {
+                None => {
+                    self.store
+                        .endpoint_health(&d.endpoint_id, true, now)
+                        .await?
+                }
+                Some(since) if now - since > give_up => {
+                    if self.store.disable_endpoint(&d.endpoint_id, now).await? {
+                        metrics::counter!(WEBHOOK_ENDPOINTS_DISABLED).increment(1);
+                        tracing::warn!(message = "Webhook endpoint disabled: it has failed for longer than the retry window.", endpoint = %d.endpoint_id, organization = %d.organization);
+                    }
+                }
+                Some(_) => {}
             }
         }
         for (status, keys) in delivered {
@@ -199,15 +223,6 @@ impl Dispatcher {
             tracing::warn!(message = "Webhook delivery failed for good.", endpoint = %d.endpoint_id, sequence = d.event_seq, attempts = failures, error);
         } else if d.attempts == 0 {
             tracing::info!(message = "Webhook delivery failed; retrying with backoff.", endpoint = %d.endpoint_id, sequence = d.event_seq, error);
-        }
-        self.store
-            .endpoint_health(&d.endpoint_id, true, now)
-            .await?;
-        if d.failing_since.is_some_and(|since| now - since > give_up)
-            && self.store.disable_endpoint(&d.endpoint_id, now).await?
-        {
-            metrics::counter!(WEBHOOK_ENDPOINTS_DISABLED).increment(1);
-            tracing::warn!(message = "Webhook endpoint disabled: it has failed for longer than the retry window.", endpoint = %d.endpoint_id, organization = %d.organization);
         }
         Ok(())
     }

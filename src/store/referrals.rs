@@ -416,22 +416,17 @@ impl Tx<'_> {
         let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
             .fetch_all(&mut *self.conn)
             .await?;
+        // (organisation, first, last) of each organisation's new events, for the fan-out.
+        let mut ranges: Vec<(String, i64, i64)> = Vec::with_capacity(rows.len());
         for r in &rows {
             let org: String = r.get(0);
             let last: i64 = r.get(1);
             if let Some((_, n)) = next.iter_mut().find(|(o, _)| *o == org) {
                 // From the count to the first number of the reserved block.
                 *n = last - *n + 1;
+                ranges.push((org, *n, last));
             }
         }
-        // (organisation, first, last) of each organisation's new events, for the fan-out.
-        let ranges: Vec<(String, i64, i64)> = next
-            .iter()
-            .map(|(org, first)| {
-                let count = events.iter().filter(|e| e.organization == *org).count() as i64;
-                (org.clone(), *first, *first + count - 1)
-            })
-            .collect();
         let rows: Vec<EventRow> = events
             .into_iter()
             .map(|e| {

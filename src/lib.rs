@@ -2,6 +2,7 @@
 //! Clinical Care IG), HIE feeds and community organisations. See ARCHITECTURE.md.
 
 pub mod config;
+pub mod connector;
 pub mod telemetry;
 
 pub mod fhir;

@@ -12,6 +12,7 @@ use crate::auth::{Authority, RateLimiter, SigningKeys};
 use crate::cache::Cache;
 use crate::cbo::Cbo;
 use crate::config::Settings;
+use crate::connector::Connectors;
 use crate::fhir::engine::{Context, Fhir};
 use crate::hie::Feed;
 use crate::http::{self, AppState};
@@ -62,10 +63,6 @@ impl Application {
                 .watch(fhir.store().clone(), std::time::Duration::from_millis(500)),
         );
         let feed = Feed::new(fhir.clone(), mappings.clone(), identities.clone());
-        tokio::spawn(reload_mappings_on_sighup(
-            mappings.clone(),
-            settings.clone(),
-        ));
         let audit = AuditLog::start(fhir.store().clone());
         let keys = SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -85,21 +82,39 @@ impl Application {
         };
         let cbo = Cbo::new(
             fhir.clone(),
-            mappings,
+            mappings.clone(),
             tenants.clone(),
             settings.event_retention_days,
         );
+        let connectors = Arc::new(Connectors::new(
+            cbo.clone(),
+            fhir.store().clone(),
+            mappings.clone(),
+            std::time::Duration::from_millis(settings.webhook_timeout_ms),
+            settings.allow_insecure_webhooks,
+        ));
+        connectors
+            .sync()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the connectors: {e}"))?;
+        tokio::spawn(reload_mappings_on_sighup(
+            mappings,
+            connectors.clone(),
+            settings.clone(),
+        ));
         tokio::spawn(sweep(cbo.clone(), settings.sweep_interval_ms));
         tokio::spawn(watch_tenants(tenants, fhir.clone()));
         let dispatcher = Arc::new(crate::outbox::Dispatcher::new(
             fhir.store().clone(),
             crate::outbox::RetryPolicy::standard(settings.webhook_retry_scale),
             std::time::Duration::from_millis(settings.webhook_timeout_ms),
+            connectors.clone(),
         ));
         let mut workers = Vec::new();
         for _ in 0..settings.webhook_workers {
             workers.push(tokio::spawn(dispatcher.clone().run(shutdown.clone())));
         }
+        workers.push(tokio::spawn(connectors.clone().poll(shutdown.clone())));
 
         let listener = TcpListener::bind(&settings.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
@@ -107,6 +122,7 @@ impl Application {
         let state = web::Data::new(AppState {
             fhir,
             cbo,
+            connectors,
             cache,
             identities,
             feed,
@@ -314,8 +330,13 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools
 }
 
 /// On SIGHUP, reloads `mappings/` and puts it in force when every file is valid; a
-/// broken set is refused (logged with file:line and rule) and the old one stays.
-async fn reload_mappings_on_sighup(mappings: Live, settings: Settings) {
+/// broken set is refused (logged with file:line and rule) and the old one stays. The
+/// connectors' outbox endpoints follow the set in force.
+async fn reload_mappings_on_sighup(
+    mappings: Live,
+    connectors: Arc<Connectors>,
+    settings: Settings,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -327,7 +348,10 @@ async fn reload_mappings_on_sighup(mappings: Live, settings: Settings) {
     while hangup.recv().await.is_some() {
         match mappings.reload(&settings.mappings_dir, &settings.organization_ids()) {
             Ok(()) => {
-                tracing::info!(message = "Mappings reloaded.", dir = %settings.mappings_dir.display())
+                tracing::info!(message = "Mappings reloaded.", dir = %settings.mappings_dir.display());
+                if let Err(e) = connectors.sync().await {
+                    tracing::error!(message = "Connectors not updated after the reload; retry with another SIGHUP.", error = %e);
+                }
             }
             Err(e) => {
                 tracing::error!(message = "Mappings not reloaded; the previous set stays in force.", error = %e)

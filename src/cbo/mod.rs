@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 pub use body::{
     AcceptRequest, CapacityInput, CloseRequest, DeclineRequest, HoldRequest, NoteRequest,
-    ProgressRequest, ServiceInput,
+    ProgressRequest, ServiceInput, parse_action,
 };
 pub use error::{CboError, FieldError};
 pub use services::Service;

@@ -51,6 +51,10 @@ pub struct Endpoint {
     /// Only in the answer that created or rotated it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// For a connector to the organisation's case system: its id in
+    /// `mappings/connectors/` (its log and redelivery work as for any endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connector: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -89,6 +93,7 @@ fn view(e: &EndpointRow, secret: Option<String>) -> Endpoint {
         status: e.status.clone(),
         created_at: format_instant(e.created_at),
         secret,
+        connector: e.connector.clone(),
     }
 }
 
@@ -108,9 +113,16 @@ fn delivery(d: &DeliveryRow) -> Delivery {
 
 /// https only; http only to loopback, and only when `allow_insecure`.
 fn check_url(url: &str, allow_insecure: bool) -> Result<(), CboError> {
-    let invalid = |m: &str| CboError::Validation(vec![FieldError::body("/url", m)]);
+    url_problem(url, allow_insecure).map_or(Ok(()), |m| {
+        Err(CboError::Validation(vec![FieldError::body("/url", m)]))
+    })
+}
+
+/// What is wrong with `url` as a destination for referral data, if anything: the
+/// rule for webhook endpoints and connectors alike.
+pub fn url_problem(url: &str, allow_insecure: bool) -> Option<&'static str> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(invalid("must be an absolute https:// URL"));
+        return Some("must be an absolute https:// URL");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     // Without the port; an IPv6 literal keeps its brackets.
@@ -119,15 +131,15 @@ fn check_url(url: &str, allow_insecure: bool) -> Result<(), CboError> {
         _ => authority,
     };
     if host.is_empty() || host.contains('@') {
-        return Err(invalid("must name a host (and no user info)"));
+        return Some("must name a host (and no user info)");
     }
     match scheme {
-        "https" => Ok(()),
-        "http" if allow_insecure && matches!(host, "127.0.0.1" | "localhost" | "[::1]") => Ok(()),
-        "http" => Err(invalid(
+        "https" => None,
+        "http" if allow_insecure && matches!(host, "127.0.0.1" | "localhost" | "[::1]") => None,
+        "http" => Some(
             "must be https:// (plain http only to a loopback address, with CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1)",
-        )),
-        _ => Err(invalid("must be an https:// URL")),
+        ),
+        _ => Some("must be an https:// URL"),
     }
 }
 
@@ -176,6 +188,7 @@ pub async fn create(
         status: "active".into(),
         failing_since: None,
         created_at: now_micros(),
+        connector: None,
     };
     store.insert_endpoint(&row).await?;
     tracing::info!(message = "Webhook endpoint registered.", organization, endpoint = %row.id);
@@ -198,11 +211,27 @@ async fn find(store: &Store, organization: &str, id: &str) -> Result<EndpointRow
         .ok_or(CboError::NotFound)
 }
 
+/// A webhook endpoint the organisation manages itself (a connector's is managed by
+/// its mappings: it has no secret to rotate and is removed by removing its file).
+async fn find_own(store: &Store, organization: &str, id: &str) -> Result<EndpointRow, CboError> {
+    let endpoint = find(store, organization, id).await?;
+    match &endpoint.connector {
+        None => Ok(endpoint),
+        Some(c) => Err(CboError::Validation(vec![FieldError::body(
+            "",
+            format!(
+                "{id} is the connector {c}, managed by mappings/connectors/: change its file and reload"
+            ),
+        )])),
+    }
+}
+
 pub async fn get(store: &Store, organization: &str, id: &str) -> Result<Endpoint, CboError> {
     Ok(view(&find(store, organization, id).await?, None))
 }
 
 pub async fn delete(store: &Store, organization: &str, id: &str) -> Result<(), CboError> {
+    find_own(store, organization, id).await?;
     if store.delete_endpoint(organization, id).await? {
         Ok(())
     } else {
@@ -212,6 +241,7 @@ pub async fn delete(store: &Store, organization: &str, id: &str) -> Result<(), C
 
 /// A new secret; the old one keeps signing (a second signature) for 24 hours.
 pub async fn rotate(store: &Store, organization: &str, id: &str) -> Result<Endpoint, CboError> {
+    find_own(store, organization, id).await?;
     let secret = new_secret();
     let until = now_micros() + ROTATION_OVERLAP_MICROS;
     if !store
@@ -225,7 +255,7 @@ pub async fn rotate(store: &Store, organization: &str, id: &str) -> Result<Endpo
 
 /// Queues a signed `webhook.test` event to the endpoint.
 pub async fn test(store: &Store, organization: &str, id: &str) -> Result<String, CboError> {
-    let endpoint = find(store, organization, id).await?;
+    let endpoint = find_own(store, organization, id).await?;
     let now = now_micros();
     let event_id = format!("evt_test_{}", uuid::Uuid::now_v7().simple());
     let payload = serde_json::json!({

@@ -32,6 +32,7 @@ const PROBLEM_BASE: &str = "https://crossway.dev/problems/";
 /// The development-only tenant header (`CROSSWAY_DEV_AUTH=1`).
 const DEV_ORG_HEADER: &str = "x-crossway-organization";
 
+mod connectors;
 mod webhooks;
 
 /// Registers every `/cbo/v1` handler. The OpenAPI document is collected from the same
@@ -55,6 +56,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(put_capacity)
         .service(openapi)
         .configure(webhooks::routes)
+        .configure(connectors::routes)
         .default_service(web::to(not_found));
 }
 

@@ -35,6 +35,7 @@ fn etag(version: i64) -> String {
 pub struct AppState {
     pub fhir: Fhir,
     pub cbo: Cbo,
+    pub connectors: std::sync::Arc<crate::connector::Connectors>,
     pub cache: Cache,
     pub identities: std::sync::Arc<IdentityCache>,
     pub feed: Feed,

@@ -1,7 +1,9 @@
 //! The declarative rules in `mappings/`, loaded and checked once at start (never per
 //! message): which parts of the referral projection each organisation sees
 //! (`cbo/visibility.toml`), how identifiers from each source become person identifiers
-//! (`identity/sources.toml`), and the HIE feed tables (`hie/feeds.toml`).
+//! (`identity/sources.toml`), the HIE feed tables (`hie/feeds.toml`), the codes of
+//! decline reasons and close outcomes (`cbo/codes.toml`), and the connectors to CBO
+//! case-management systems (`connectors/*.toml`).
 //!
 //! Invariant: a rule that names an unknown field or organisation stops the gateway at
 //! start with the file, line and rule id, rather than silently showing or hiding data.
@@ -12,12 +14,13 @@
 pub mod replay;
 pub mod samples;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
 
+use crate::connector::Spec;
 use crate::hie::FeedTables;
 use crate::identity::IdentityRules;
 use crate::referral::action::ReasonCodes;
@@ -73,6 +76,8 @@ pub struct Mappings {
     pub feeds: FeedTables,
     /// CBO decline reasons and close outcomes → `Task.statusReason` codings.
     pub reason_codes: ReasonCodes,
+    /// Connectors to case-management systems, by id.
+    pub connectors: BTreeMap<String, Arc<Spec>>,
 }
 
 /// The mappings in force. A reload swaps the whole set at once; each message or
@@ -105,6 +110,7 @@ const IDENTITY: &str = "identity/sources.toml";
 const FEEDS: &str = "hie/feeds.toml";
 const VISIBILITY: &str = "cbo/visibility.toml";
 const CODES: &str = "cbo/codes.toml";
+const CONNECTORS: &str = "connectors";
 
 /// HL7 table 0004 (patient class): the codes a feed may send in PV1-2.
 const PATIENT_CLASSES: &[&str] = &["E", "I", "O", "P", "R", "B", "C", "N", "U"];
@@ -126,6 +132,9 @@ impl Mappings {
         }
         if let Some(codes) = load_codes(dir)? {
             m.reason_codes = codes;
+        }
+        for spec in load_connectors(dir, organizations)? {
+            m.connectors.insert(spec.id.clone(), Arc::new(spec));
         }
         duplicate_ids(dir)?;
         Ok(m)
@@ -179,6 +188,22 @@ pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<St
             }
         }
     }
+    for name in connector_files(dir) {
+        match load_connector(dir, &name, organizations) {
+            Err(e) => errors.push(e),
+            Ok(spec) => {
+                let missing = spec.missing_environment();
+                if !missing.is_empty() {
+                    notes.push(format!(
+                        "{name}: connector {} stays inactive until {} {} set",
+                        spec.id,
+                        missing.join(", "),
+                        if missing.len() == 1 { "is" } else { "are" }
+                    ));
+                }
+            }
+        }
+    }
     if let Err(e) = duplicate_ids(dir) {
         errors.push(e);
     }
@@ -210,6 +235,40 @@ fn load_feeds(dir: &Path) -> Result<Option<FeedTables>, MappingError> {
 
 fn load_codes(dir: &Path) -> Result<Option<ReasonCodes>, MappingError> {
     load_rules(dir, CODES, ReasonCodes::build)
+}
+
+/// `connectors/<name>.toml` names, sorted.
+fn connector_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join(CONNECTORS)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".toml"))
+        .map(|n| format!("{CONNECTORS}/{n}"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn load_connectors(dir: &Path, organizations: &[String]) -> Result<Vec<Spec>, MappingError> {
+    connector_files(dir)
+        .iter()
+        .map(|name| load_connector(dir, name, organizations))
+        .collect()
+}
+
+fn load_connector(dir: &Path, name: &str, organizations: &[String]) -> Result<Spec, MappingError> {
+    let Some((path, text, spec)) = read_toml::<Spec>(dir, name)? else {
+        return Err(MappingError::Read {
+            path: dir.join(name),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    };
+    let id = spec.id.clone();
+    spec.build(&dir.join(CONNECTORS), organizations)
+        .map_err(|message| rule_error(&path, &text, id, message))
 }
 
 type Visibility = (HashMap<String, Vec<String>>, Vec<String>);
@@ -251,7 +310,9 @@ fn load_visibility(
 /// Two rules with one id, in one file or across files: a rule id must name one rule.
 fn duplicate_ids(dir: &Path) -> Result<(), MappingError> {
     let mut seen: HashMap<String, String> = HashMap::new();
-    for name in [IDENTITY, FEEDS, VISIBILITY, CODES] {
+    let files = [IDENTITY, FEEDS, VISIBILITY, CODES].map(String::from);
+    for name in files.into_iter().chain(connector_files(dir)) {
+        let name = name.as_str();
         let path = dir.join(name);
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;

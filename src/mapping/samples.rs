@@ -9,7 +9,11 @@
 //!   code, identifiers, Patient, encounter change), or the error it is answered with;
 //! - `hie/samples/*.json`: a Da Vinci notification Bundle → the same;
 //! - `cbo/samples/*.json`: a Bundle holding a referral Task and what it references →
-//!   the CBO API projection, as the Task's owner sees it under the visibility rules.
+//!   the CBO API projection, as the Task's owner sees it under the visibility rules;
+//! - `connectors/samples/*.json`: `{"connector", "event", "referral"}` (a projection)
+//!   → the request the connector sends, or `{"connector", "case_status"}` (the case
+//!   system's message) → the referral status it means and the action's checked body;
+//!   `"case_id"` stands for the case once it exists (or the case a poll read).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,9 +21,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::Mappings;
+use crate::cbo::{CboError, parse_action};
 use crate::hie::{Notice, NoticeError, adt, notification};
-use crate::referral::CboStatus;
 use crate::referral::projection::{self, Related, Summary};
+use crate::referral::{CboStatus, action};
 
 /// Stands for a value generated at run time.
 pub const GENERATED: &str = "<generated>";
@@ -190,8 +195,12 @@ fn map_sample(
             let bundle: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
             Ok((projection_sample(&bundle, mappings)?, Vec::new()))
         }
+        ("connectors", "json") => {
+            let sample: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            Ok((connector_sample(&sample, mappings)?, Vec::new()))
+        }
         _ => Err(format!(
-            "not a known kind of sample: hie/samples/*.hl7, hie/samples/*.json or cbo/samples/*.json (got {})",
+            "not a known kind of sample: hie/samples/*.hl7, hie/samples/*.json, cbo/samples/*.json or connectors/samples/*.json (got {})",
             relative.display()
         )),
     }
@@ -279,6 +288,59 @@ fn projection_sample(bundle: &Value, mappings: &Mappings) -> Result<Value, Strin
         m.insert("_seen_by".into(), Value::String(owner.to_string()));
     }
     Ok(view)
+}
+
+/// A connector's request for an event on a referral, or what a case system's message
+/// means for the referral (with the action's body checked as the CBO API checks it).
+fn connector_sample(sample: &Value, mappings: &Mappings) -> Result<Value, String> {
+    let id = sample["connector"]
+        .as_str()
+        .ok_or("a connector sample names its \"connector\"")?;
+    let spec = mappings
+        .connectors
+        .get(id)
+        .ok_or_else(|| format!("there is no connector {id:?}"))?;
+    if let Some(message) = sample.get("case_status") {
+        return Ok(match spec.report(message, sample["case_id"].as_str()) {
+            Err(r) => json!({"error": {"pointer": r.pointer, "message": r.message}}),
+            Ok(report) => {
+                let Some(status) = report.status else {
+                    return Ok(
+                        json!({"case_id": report.case_id, "case_status": report.case_status, "ignored": true}),
+                    );
+                };
+                let action = action::route(CboStatus::Pending, status)
+                    .and_then(|steps| steps.last().copied())
+                    .unwrap_or("none");
+                let body = report.body.unwrap_or_else(|| json!({}));
+                let mut out = json!({"case_id": report.case_id, "case_status": report.case_status,
+                    "status": status.as_str(), "action": action, "body": body});
+                if let Err(e) = parse_action(action, body.to_string().as_bytes()) {
+                    out["invalid"] = match e {
+                        CboError::Validation(errors) => json!(errors),
+                        other => Value::String(other.to_string()),
+                    };
+                }
+                out
+            }
+        });
+    }
+    let event = sample["event"]
+        .as_str()
+        .ok_or("a connector sample has \"event\" and \"referral\", or \"case_status\"")?;
+    Ok(
+        match spec.request_for(event, &sample["referral"], sample["case_id"].as_str()) {
+            None => json!({"request": null}),
+            Some(Err(e)) => json!({"error": e}),
+            Some(Ok((request, body))) => {
+                let path = match sample["case_id"].as_str() {
+                    Some(case) => request.path.replace("{case_id}", case),
+                    None => request.path.clone(),
+                };
+                json!({"request": request.name, "method": request.method, "path": path, "body": body})
+            }
+        },
+    )
 }
 
 /// The diff and the report as `mappings test` prints them; `color` for a terminal.

@@ -1,4 +1,5 @@
-//! Delivery out: Standard Webhooks to CBO endpoints. Deliveries are rows created with
+//! Delivery out: Standard Webhooks to CBO endpoints, and the requests of connectors to
+//! CBO case-management systems (built by [`crate::connector`]). Deliveries are rows created with
 //! their events (`store::webhooks`); [`Dispatcher`] workers, in any number of processes,
 //! claim due ones under a lease, send them signed, and record the outcome: delivered,
 //! retried with exponential backoff and jitter, or failed for good after the retry
@@ -16,6 +17,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::connector::Connectors;
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::store::{DueDelivery, Store};
 use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};
@@ -74,6 +76,8 @@ pub struct Dispatcher {
     timeout: Duration,
     /// Deliveries in flight at once, across endpoints.
     concurrency: usize,
+    /// Sends the deliveries of connector endpoints.
+    connectors: Arc<Connectors>,
 }
 
 /// What one attempt came to.
@@ -83,9 +87,15 @@ enum Outcome {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, policy: RetryPolicy, timeout: Duration) -> Dispatcher {
+    pub fn new(
+        store: Store,
+        policy: RetryPolicy,
+        timeout: Duration,
+        connectors: Arc<Connectors>,
+    ) -> Dispatcher {
         Dispatcher {
             store,
+            connectors,
             timeout,
             http: reqwest::Client::builder()
                 .timeout(timeout)
@@ -228,6 +238,15 @@ impl Dispatcher {
     }
 
     async fn send(&self, d: &DueDelivery) -> Outcome {
+        if let Some(connector) = &d.connector {
+            return match self.connectors.deliver(d, connector).await {
+                Ok(status) => Outcome::Delivered(status),
+                Err(f) => Outcome::Failed {
+                    status: f.status,
+                    error: f.error,
+                },
+            };
+        }
         let (id, body) = payload(d);
         let timestamp = now_micros() / 1_000_000;
         let mut secrets = vec![d.secret.as_str()];

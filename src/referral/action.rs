@@ -290,6 +290,38 @@ pub fn allowed_actions(s: CboStatus) -> Vec<&'static str> {
         .collect()
 }
 
+/// The CBO actions that take a referral from `from` to `to`, fewest first; `None`
+/// when the state machine has no way there. A case system reports where a case is,
+/// not each step it took: a case first seen closed was accepted on the way.
+pub fn route(from: CboStatus, to: CboStatus) -> Option<Vec<&'static str>> {
+    let reaches = |action: &str| match action {
+        "accept" => Some(CboStatus::Accepted),
+        "decline" => Some(CboStatus::Declined),
+        "start" | "resume" => Some(CboStatus::InProgress),
+        "hold" => Some(CboStatus::OnHold),
+        "close" => Some(CboStatus::Closed),
+        _ => None,
+    };
+    let mut queue = std::collections::VecDeque::from([(from, Vec::new())]);
+    let mut seen = vec![from];
+    while let Some((at, path)) = queue.pop_front() {
+        if at == to {
+            return Some(path);
+        }
+        for action in allowed_actions(at) {
+            if let Some(next) = reaches(action)
+                && !seen.contains(&next)
+            {
+                seen.push(next);
+                let mut longer = path.clone();
+                longer.push(action);
+                queue.push_back((next, longer));
+            }
+        }
+    }
+    None
+}
+
 /// Who acts: the CBO organisation that owns the referral, or the gateway itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Actor<'a> {
@@ -765,6 +797,17 @@ mod tests {
         assert_eq!(edit.task["status"], "failed");
         assert!(edit.created.is_empty());
         assert_eq!(CboStatus::of_task(&edit.task), Some(CboStatus::Closed));
+    }
+
+    #[test]
+    fn a_route_takes_the_steps_a_case_system_skipped() {
+        use CboStatus::*;
+        assert_eq!(route(Pending, Closed).unwrap(), ["accept", "close"]);
+        assert_eq!(route(Pending, InProgress).unwrap(), ["accept", "start"]);
+        assert_eq!(route(OnHold, Closed).unwrap(), ["resume", "close"]);
+        assert_eq!(route(Accepted, Accepted).unwrap(), Vec::<&str>::new());
+        assert_eq!(route(Closed, Accepted), None);
+        assert_eq!(route(Accepted, Declined), None);
     }
 
     #[test]

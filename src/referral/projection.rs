@@ -179,6 +179,46 @@ pub struct StatusReason {
     pub text: Option<String>,
 }
 
+/// Whether a JSON pointer (`/client/name/family`, `/need/conditions/0/code`) names a
+/// field of the projection, by its OpenAPI schema: templates that read the projection
+/// are checked against what it can hold, not against one sample.
+pub fn has_field(pointer: &str) -> bool {
+    static SCHEMAS: std::sync::LazyLock<(Value, HashMap<String, Value>)> =
+        std::sync::LazyLock::new(|| {
+            let mut named = Vec::new();
+            <Projection as ToSchema>::schemas(&mut named);
+            let to_json = |s| serde_json::to_value(s).unwrap_or(Value::Null);
+            let root = to_json(<Projection as utoipa::PartialSchema>::schema());
+            let named = named.into_iter().map(|(n, s)| (n, to_json(s))).collect();
+            (root, named)
+        });
+    let (root, named) = &*SCHEMAS;
+    fn walk<'a>(node: &'a Value, named: &'a HashMap<String, Value>, path: &[&str]) -> bool {
+        if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+            let name = r.rsplit('/').next().unwrap_or(r);
+            return named.get(name).is_some_and(|n| walk(n, named, path));
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            if let Some(Value::Array(options)) = node.get(key) {
+                return options.iter().any(|o| walk(o, named, path));
+            }
+        }
+        let Some((first, rest)) = path.split_first() else {
+            return true;
+        };
+        if let Some(items) = node.get("items") {
+            return first.parse::<usize>().is_ok() && walk(items, named, rest);
+        }
+        node.get("properties")
+            .and_then(|p| p.get(*first))
+            .is_some_and(|field| walk(field, named, rest))
+    }
+    let Some(path) = pointer.strip_prefix('/') else {
+        return pointer.is_empty();
+    };
+    walk(root, named, &path.split('/').collect::<Vec<_>>())
+}
+
 /// Projection paths an organisation's visibility rules may omit.
 pub const OMITTABLE: &[&str] = &[
     "need",
@@ -700,6 +740,28 @@ mod tests {
             );
         }
         (task, Related(map))
+    }
+
+    #[test]
+    fn template_pointers_are_checked_against_the_schema() {
+        for ok in [
+            "/id",
+            "/client/name/family",
+            "/need/conditions/0/code",
+            "/flags/1",
+            "/status_reason/code",
+            "",
+        ] {
+            assert!(has_field(ok), "{ok}");
+        }
+        for bad in [
+            "/client/mrn",
+            "/need/conditions/code",
+            "/client/name/family/x",
+            "id",
+        ] {
+            assert!(!has_field(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - The same SQL runs on both backends except where a comment says otherwise.
 
 mod auth;
+mod connectors;
 mod identity;
 mod recent;
 mod referral_index;
@@ -17,6 +18,7 @@ mod webhooks;
 pub mod writer;
 
 pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
+pub use connectors::ConnectorEndpoint;
 pub use identity::{Conflict, InboundMessage, MergeRecord};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};

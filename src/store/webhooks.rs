@@ -21,6 +21,8 @@ pub struct EndpointRow {
     pub status: String,
     pub failing_since: Option<i64>,
     pub created_at: i64,
+    /// The connector's rule id, for a connector's endpoint (managed by its mappings).
+    pub connector: Option<String>,
 }
 
 /// A delivery as its owner sees it in the log.
@@ -53,6 +55,8 @@ pub struct DueDelivery {
     pub previous_secret: Option<String>,
     pub previous_expires_at: Option<i64>,
     pub failing_since: Option<i64>,
+    /// Set when the endpoint is a connector's: the request is built from its mappings.
+    pub connector: Option<String>,
     /// The body: a test event's stored payload, or built from the event row.
     pub payload: Option<String>,
     pub event: Option<super::Event>,
@@ -68,7 +72,7 @@ const FAN_OUT: &str = "INSERT INTO webhook_deliveries \
      AND (w.event_types = '*' OR w.event_types LIKE '% ' || e.event_type || ' %')";
 
 const ENDPOINT_COLUMNS: &str = "id, organization_id, url, description, event_types, secret, \
-     previous_secret, previous_expires_at, status, failing_since, created_at";
+     previous_secret, previous_expires_at, status, failing_since, created_at, connector";
 
 /// `($first, $first+1), …`: placeholders for `n` (endpoint, sequence) keys.
 fn key_pairs(n: usize, first: usize) -> String {
@@ -91,6 +95,7 @@ fn endpoint_row(r: &sqlx::any::AnyRow) -> EndpointRow {
         status: r.get(8),
         failing_since: r.get(9),
         created_at: r.get(10),
+        connector: r.get(11),
     }
 }
 
@@ -115,7 +120,7 @@ impl Store {
     pub async fn insert_endpoint(&self, e: &EndpointRow) -> Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         )))
         .bind(&e.id)
         .bind(&e.organization_id)
@@ -128,6 +133,7 @@ impl Store {
         .bind(&e.status)
         .bind(e.failing_since)
         .bind(e.created_at)
+        .bind(&e.connector)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -136,7 +142,7 @@ impl Store {
     pub async fn endpoints_of(&self, organization: &str) -> Result<Vec<EndpointRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 \
-             ORDER BY created_at, id"
+             AND status <> 'retired' ORDER BY created_at, id"
         )))
         .bind(organization)
         .fetch_all(&self.pool)
@@ -310,7 +316,7 @@ impl Store {
             let text = format!(
                 "SELECT d.endpoint_id, d.organization, d.event_seq, d.attempts, d.created_at, \
                  w.url, w.secret, w.previous_secret, w.previous_expires_at, w.failing_since, d.payload, \
-                 e.id, e.event_type, e.referral_id, e.status, e.version, e.created_at \
+                 e.id, e.event_type, e.referral_id, e.status, e.version, e.created_at, w.connector \
                  FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
                  LEFT JOIN events e ON e.organization = d.organization AND e.seq = d.event_seq \
                  WHERE (d.endpoint_id, d.event_seq) IN ({})",
@@ -334,6 +340,7 @@ impl Store {
                     previous_expires_at: r.get(8),
                     failing_since: r.get(9),
                     payload: r.get(10),
+                    connector: r.get(17),
                     event: event_id.map(|id| super::Event {
                         id,
                         seq: r.get(2),

@@ -448,4 +448,72 @@ mod tests {
             .to_string();
         assert!(e.contains("organisations"), "{e}");
     }
+
+    fn load_connector_file(toml: &str, template: &str) -> Result<Mappings, MappingError> {
+        let dir = std::env::temp_dir().join(format!("crossway-mapping-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("connectors")).unwrap();
+        std::fs::write(dir.join("connectors/cases.toml"), toml).unwrap();
+        std::fs::write(dir.join("connectors/create.json"), template).unwrap();
+        let result = Mappings::load(&dir, &["cbo-a".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    const CONNECTOR: &str = r#"# a case system
+id = "cases-a"
+organization = "cbo-a"
+base_url = "${CASES_URL}"
+auth = { kind = "none" }
+
+[[request]]
+name = "create"
+on = ["referral.created"]
+method = "POST"
+path = "/cases"
+template = "create.json"
+case_id = "/id"
+"#;
+
+    #[test]
+    fn a_connector_loads_with_its_template() {
+        let m = load_connector_file(CONNECTOR, r#"{"name": "{{ /client/name/family }}"}"#).unwrap();
+        let spec = &m.connectors["cases-a"];
+        assert_eq!(spec.event_types(), " referral.created ");
+        assert_eq!(spec.missing_environment(), ["CASES_URL"]);
+    }
+
+    #[test]
+    fn connector_mistakes_are_refused_at_the_rule_with_the_paths() {
+        let e = load_connector_file(CONNECTOR, r#"{"mrn": "{{ /client/mrn }}"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cases.toml:2: rule cases-a"), "{e}");
+        assert!(e.contains("create.json: /mrn reads /client/mrn"), "{e}");
+        let e = load_connector_file(
+            &CONNECTOR.replace("referral.created", "referral.made"),
+            "{}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rule cases-a") && e.contains("\"referral.made\""),
+            "{e}"
+        );
+        let e = load_connector_file(CONNECTOR, r#"{"p": "{{ /urgency | map priority }}"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uses map \"priority\""), "{e}");
+        let e = load_connector_file(&CONNECTOR.replace("method", "verb"), "{}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cases.toml:") && e.contains("verb"), "{e}");
+        let closing = format!(
+            "{CONNECTOR}[status]\nsource = \"push\"\ncase_id = \"/id\"\nfield = \"/status\"\n[status.map]\ndone = {{ status = \"closed\" }}\n"
+        );
+        let e = load_connector_file(&closing, "{}").unwrap_err().to_string();
+        assert!(
+            e.contains("status.map.done: reaching closed needs body.outcome"),
+            "{e}"
+        );
+    }
 }

@@ -4,6 +4,7 @@ mod helpers;
 
 mod cbo;
 mod conformance;
+mod connectors;
 mod crud;
 mod durability;
 mod errors;

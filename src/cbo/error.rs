@@ -13,6 +13,9 @@ pub enum CboError {
     Validation(Vec<FieldError>),
     #[error("no such referral for this organisation")]
     NotFound,
+    /// Something other than a referral is not there; the text says what.
+    #[error("{0}")]
+    Unknown(String),
     #[error("'{action}' is not allowed while the referral is '{}'", current.as_str())]
     InvalidTransition {
         action: &'static str,

@@ -294,13 +294,17 @@ impl Connectors {
             .connectors
             .get(connector)
             .filter(|s| s.organization == org.id)
-            .ok_or(CboError::NotFound)?;
+            .ok_or_else(|| {
+                CboError::Unknown(format!("this organisation has no connector {connector:?}"))
+            })?;
         if !spec
             .status
             .as_ref()
             .is_some_and(|s| s.source == Source::Push)
         {
-            return Err(CboError::NotFound);
+            return Err(CboError::Unknown(format!(
+                "connector {connector} takes no pushed statuses (its [status] rule is not source = \"push\")"
+            )));
         }
         let message: Value = serde_json::from_slice(body).map_err(|e| {
             CboError::Validation(vec![FieldError::body("", format!("not JSON: {e}"))])
@@ -324,7 +328,12 @@ impl Connectors {
             .store
             .referral_of_case(&spec.id, &report.case_id)
             .await?
-            .ok_or(CboError::NotFound)?;
+            .ok_or_else(|| {
+                CboError::Unknown(format!(
+                    "connector {} opened no case {:?}",
+                    spec.id, report.case_id
+                ))
+            })?;
         let mut applied = Applied {
             case_id: report.case_id.clone(),
             referral_id,

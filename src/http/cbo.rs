@@ -114,7 +114,7 @@ impl Problem {
     fn kind(&self) -> (u16, &'static str, &'static str) {
         match &self.error {
             CboError::Validation(_) => (422, "validation", "The request is not valid"),
-            CboError::NotFound => (404, "not-found", "No such resource"),
+            CboError::NotFound | CboError::Unknown(_) => (404, "not-found", "No such resource"),
             CboError::InvalidTransition { .. } => (
                 409,
                 "invalid-transition",
@@ -798,5 +798,6 @@ async fn openapi() -> HttpResponse {
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    Problem::new(CboError::NotFound, &req).error_response()
+    let route = format!("no route {} {}", req.method(), req.path());
+    Problem::new(CboError::Unknown(route), &req).error_response()
 }

@@ -1025,7 +1025,8 @@ async fn record_referral(
     {
         // The ServiceRequest is not re-read on every Task change: the need's domain is
         // kept, and the Task's own priority wins over the one recorded.
-        let (urgency, respond_by, respond_by_text, _) = projection::summary_fields(task, None);
+        let (urgency, respond_by, respond_by_text, _) =
+            projection::summary_fields(task, None, &Default::default());
         let status_changed = referral.status != status.as_str();
         // A Task re-pointed at another Patient (a merge) is that Patient's client's.
         let client_ref = match local_target(task.get("for"), ctx) {
@@ -1070,8 +1071,11 @@ async fn record_referral(
             .and_then(|s| serde_json::from_str::<Value>(&s.body).ok()),
         _ => None,
     };
-    let (urgency, respond_by, respond_by_text, domain) =
-        projection::summary_fields(task, service_request.as_ref());
+    let (urgency, respond_by, respond_by_text, domain) = projection::summary_fields(
+        task,
+        service_request.as_ref(),
+        &ctx.mappings.current().domains,
+    );
     match route(tx, ctx, task).await? {
         Some(organization) => {
             let client_ref = match local_target(task.get("for"), ctx) {
@@ -1257,6 +1261,8 @@ async fn route(tx: &mut Tx<'_>, ctx: &Context, task: &Value) -> Result<Option<St
         return Ok(None);
     };
     let organizations = ctx.organizations.all();
+    let mappings = ctx.mappings.current();
+    // An organisation's own identifiers (config/) first, then the routing rules.
     let by_identifier = |system: &str, value: &str| {
         organizations
             .iter()
@@ -1266,6 +1272,12 @@ async fn route(tx: &mut Tx<'_>, ctx: &Context, task: &Value) -> Result<Option<St
                     .any(|i| i.system == system && i.value == value)
             })
             .map(|o| o.id.clone())
+            .or_else(|| {
+                mappings
+                    .routes
+                    .by_identifier(system, value)
+                    .map(str::to_string)
+            })
     };
     if let (Some(system), Some(value)) = (
         owner.pointer("/identifier/system").and_then(Value::as_str),
@@ -1277,6 +1289,9 @@ async fn route(tx: &mut Tx<'_>, ctx: &Context, task: &Value) -> Result<Option<St
     let Some(r) = owner.get("reference").and_then(Value::as_str) else {
         return Ok(None);
     };
+    if let Some(org) = mappings.routes.by_reference(r) {
+        return Ok(Some(org.to_string()));
+    }
     let Some(Target::Local {
         resource_type: "Organization",
         id,

@@ -25,6 +25,7 @@ use crate::hie::FeedTables;
 use crate::identity::IdentityRules;
 use crate::referral::action::ReasonCodes;
 use crate::referral::projection::OMITTABLE;
+use crate::referral::routing::{Domains, Routes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
@@ -78,6 +79,10 @@ pub struct Mappings {
     pub reason_codes: ReasonCodes,
     /// Connectors to case-management systems, by id.
     pub connectors: BTreeMap<String, Arc<Spec>>,
+    /// Task.owner identifiers and references → organisation, besides `config/`.
+    pub routes: Routes,
+    /// ServiceRequest.category codings → SDOH domain.
+    pub domains: Domains,
 }
 
 /// The mappings in force. A reload swaps the whole set at once; each message or
@@ -111,6 +116,8 @@ const FEEDS: &str = "hie/feeds.toml";
 const VISIBILITY: &str = "cbo/visibility.toml";
 const CODES: &str = "cbo/codes.toml";
 const CONNECTORS: &str = "connectors";
+const ROUTING: &str = "cbo/routing.toml";
+const DOMAINS: &str = "cbo/domains.toml";
 
 /// HL7 table 0004 (patient class): the codes a feed may send in PV1-2.
 const PATIENT_CLASSES: &[&str] = &["E", "I", "O", "P", "R", "B", "C", "N", "U"];
@@ -132,6 +139,12 @@ impl Mappings {
         }
         if let Some(codes) = load_codes(dir)? {
             m.reason_codes = codes;
+        }
+        if let Some(routes) = load_routes(dir, organizations)? {
+            m.routes = routes;
+        }
+        if let Some(domains) = load_rules(dir, DOMAINS, Domains::build)? {
+            m.domains = domains;
         }
         for spec in load_connectors(dir, organizations)? {
             m.connectors.insert(spec.id.clone(), Arc::new(spec));
@@ -188,6 +201,12 @@ pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<St
             }
         }
     }
+    if let Err(e) = load_routes(dir, organizations) {
+        errors.push(e);
+    }
+    if let Err(e) = load_rules(dir, DOMAINS, Domains::build) {
+        errors.push(e);
+    }
     for name in connector_files(dir) {
         match load_connector(dir, &name, organizations) {
             Err(e) => errors.push(e),
@@ -235,6 +254,10 @@ fn load_feeds(dir: &Path) -> Result<Option<FeedTables>, MappingError> {
 
 fn load_codes(dir: &Path) -> Result<Option<ReasonCodes>, MappingError> {
     load_rules(dir, CODES, ReasonCodes::build)
+}
+
+fn load_routes(dir: &Path, organizations: &[String]) -> Result<Option<Routes>, MappingError> {
+    load_rules(dir, ROUTING, |file| Routes::build(file, organizations))
 }
 
 /// `connectors/<name>.toml` names, sorted.
@@ -310,7 +333,7 @@ fn load_visibility(
 /// Two rules with one id, in one file or across files: a rule id must name one rule.
 fn duplicate_ids(dir: &Path) -> Result<(), MappingError> {
     let mut seen: HashMap<String, String> = HashMap::new();
-    let files = [IDENTITY, FEEDS, VISIBILITY, CODES].map(String::from);
+    let files = [IDENTITY, FEEDS, VISIBILITY, CODES, ROUTING, DOMAINS].map(String::from);
     for name in files.into_iter().chain(connector_files(dir)) {
         let name = name.as_str();
         let path = dir.join(name);

@@ -265,13 +265,26 @@ fn projection_sample(bundle: &Value, mappings: &Mappings) -> Result<Value, Strin
         related.0.insert(format!("{kind}/{id}"), r.clone());
     }
     let task = task.ok_or("the Bundle holds no Task")?;
-    let owner = task
-        .pointer("/owner/reference")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix("Organization/"))
-        .ok_or("Task.owner must reference Organization/<id>")?;
+    // Routed as the gateway routes: a configured organisation's id, else the rules.
+    let owner = &task["owner"];
+    let reference = owner["reference"].as_str().unwrap_or("");
+    let owner = mappings
+        .routes
+        .by_reference(reference)
+        .or_else(|| {
+            let (system, value) = (
+                owner.pointer("/identifier/system"),
+                owner.pointer("/identifier/value"),
+            );
+            mappings
+                .routes
+                .by_identifier(system?.as_str()?, value?.as_str()?)
+        })
+        .or_else(|| reference.strip_prefix("Organization/"))
+        .ok_or("Task.owner must reference Organization/<id> or match a rule of cbo/routing.toml")?;
     let service_request = related.get(task.get("focus"));
-    let (urgency, _, respond_by, domain) = projection::summary_fields(&task, service_request);
+    let (urgency, _, respond_by, domain) =
+        projection::summary_fields(&task, service_request, &mappings.domains);
     let summary = Summary {
         id: GENERATED.into(),
         version: 1,

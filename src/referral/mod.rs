@@ -6,6 +6,7 @@
 
 pub mod action;
 pub mod projection;
+pub mod routing;
 pub mod tenants;
 
 pub use action::{Action, ActionError, CloseOutcome, DeclineReason, Edit};

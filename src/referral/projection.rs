@@ -422,6 +422,7 @@ pub fn project(summary: &Summary, task: &Value, related: &Related, omit: &[Strin
 pub fn summary_fields(
     task: &Value,
     service_request: Option<&Value>,
+    domains: &super::routing::Domains,
 ) -> (String, Option<i64>, Option<String>, Option<String>) {
     let urgency = str_at(task, "priority")
         .or_else(|| service_request.and_then(|sr| str_at(sr, "priority")))
@@ -431,10 +432,7 @@ pub fn summary_fields(
         .pointer("/restriction/period/end")
         .and_then(Value::as_str)
         .and_then(|s| Some((crate::fhir::datetime::parse_range(s)?.hi, s.to_string())));
-    let domain = service_request
-        .and_then(|sr| sr.pointer("/category/0/coding/0/code"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let domain = service_request.and_then(|sr| domains.of(sr));
     let (respond_by, respond_by_text) = end.unzip();
     (urgency, respond_by, respond_by_text, domain)
 }

@@ -289,3 +289,30 @@ async fn a_decline_reason_mapped_to_the_ehrs_code_reaches_the_task_in_that_code(
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn routing_and_domain_rules_send_a_referral_named_in_the_ehrs_own_terms() {
+    let app = spawn_app().await;
+    let mut bundle = referral_bundle();
+    for entry in bundle["entry"].as_array_mut().unwrap() {
+        let r = &mut entry["resource"];
+        if r["resourceType"] == "Task" {
+            // Metro Rides has no identifier in config/: cbo/routing.toml routes this one.
+            r["owner"] = serde_json::json!({"identifier": {
+                "system": "https://211.example.org/fhir/sid/agency", "value": "MR-0193"}});
+        }
+        if r["resourceType"] == "ServiceRequest" {
+            r["category"] = serde_json::json!([{"coding": [{"code": "TRANSPORT",
+                "system": "https://ehr.stmary.example.org/fhir/CodeSystem/sdoh-category"}]}]);
+        }
+    }
+    let resp = app.post("", &bundle).await;
+    assert_eq!(resp.status(), 200);
+    let metro = app.cbo("cbo-metro-rides");
+    let id = metro.referral_ids().await.pop().expect("routed to Metro Rides");
+    let view = metro.get(&format!("referrals/{id}")).await.body;
+    assert_eq!(view["need"]["domain"], "transportation-insecurity");
+    let listed = metro.get("referrals").await.body;
+    assert_eq!(listed["data"][0]["domain"], "transportation-insecurity");
+    assert!(app.cbo("cbo-riverside-food-bank").referral_ids().await.is_empty());
+}

@@ -309,10 +309,19 @@ async fn routing_and_domain_rules_send_a_referral_named_in_the_ehrs_own_terms() 
     let resp = app.post("", &bundle).await;
     assert_eq!(resp.status(), 200);
     let metro = app.cbo("cbo-metro-rides");
-    let id = metro.referral_ids().await.pop().expect("routed to Metro Rides");
+    let id = metro
+        .referral_ids()
+        .await
+        .pop()
+        .expect("routed to Metro Rides");
     let view = metro.get(&format!("referrals/{id}")).await.body;
     assert_eq!(view["need"]["domain"], "transportation-insecurity");
     let listed = metro.get("referrals").await.body;
     assert_eq!(listed["data"][0]["domain"], "transportation-insecurity");
-    assert!(app.cbo("cbo-riverside-food-bank").referral_ids().await.is_empty());
+    assert!(
+        app.cbo("cbo-riverside-food-bank")
+            .referral_ids()
+            .await
+            .is_empty()
+    );
 }

@@ -86,6 +86,65 @@ pub struct Settings {
     /// Organisations the gateway knows: CBO tenants and referral sources.
     #[serde(rename = "organization")]
     pub organizations: Vec<OrganizationConfig>,
+    /// EHRs that keep referral Tasks on their own FHIR server (coordination-platform
+    /// mode, the SDOH Clinical Care IG's indirect pattern).
+    #[serde(rename = "ehr_server")]
+    pub ehr_servers: Vec<EhrServerConfig>,
+    /// How often each EHR server is polled for Tasks and sent our changes.
+    pub ehr_poll_interval_ms: u64,
+}
+
+/// An EHR FHIR server the gateway works as a coordination platform for. URLs and the
+/// client id may be written `${NAME}` (read from the environment when used; until
+/// every one is set the server is skipped).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EhrServerConfig {
+    pub id: String,
+    /// The server's FHIR base (`https://ehr.example.org/fhir`).
+    pub base_url: String,
+    /// SMART Backend Services token endpoint; the gateway signs its client assertion
+    /// with its own key (JWKS at `/.well-known/jwks.json`).
+    pub token_url: String,
+    pub client_id: String,
+    #[serde(default = "default_ehr_scope")]
+    pub scope: String,
+    /// How the EHR's Tasks name the gateway as owner: the `owner` search value
+    /// (`Organization/crossway`).
+    pub owner: String,
+    /// The CBO the EHR's referrals go to.
+    pub route_to: String,
+}
+
+fn default_ehr_scope() -> String {
+    "system/Task.rus system/ServiceRequest.rs system/Patient.rs".into()
+}
+
+/// `text` with each `${NAME}` replaced by that environment variable; the error is the
+/// first name that is not set.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start + 2..].find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &rest[start + 2..start + 2 + len];
+        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        rest = &rest[start + 3 + len..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The `${NAME}`s in `text`.
+pub fn env_names(text: &str) -> Vec<&str> {
+    text.split("${")
+        .skip(1)
+        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+        .collect()
 }
 
 /// An organisation known to the gateway. Its FHIR Organization resource is created at
@@ -146,6 +205,8 @@ impl Default for Settings {
             webhook_workers: 2,
             webhook_timeout_ms: 10_000,
             organizations: Vec::new(),
+            ehr_servers: Vec::new(),
+            ehr_poll_interval_ms: 30_000,
         }
     }
 }
@@ -252,6 +313,9 @@ impl Settings {
         if let Some(v) = var("CROSSWAY_WEBHOOK_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
             self.webhook_timeout_ms = v;
         }
+        if let Some(v) = var("CROSSWAY_EHR_POLL_INTERVAL_MS").and_then(|v| v.parse().ok()) {
+            self.ehr_poll_interval_ms = v;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -285,6 +349,21 @@ impl Settings {
                 key: "dev_auth",
                 message: "the development header cannot be enabled in production".into(),
             });
+        }
+        for ehr in &self.ehr_servers {
+            if !self
+                .organizations
+                .iter()
+                .any(|o| o.id == ehr.route_to && o.kind == OrganizationKind::Cbo)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "ehr_server.route_to",
+                    message: format!(
+                        "{:?} (EHR server {}) is not a configured community organisation",
+                        ehr.route_to, ehr.id
+                    ),
+                });
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for org in &self.organizations {
@@ -364,5 +443,17 @@ mod tests {
             s.effective_database_url(),
             "sqlite://./data/crossway.db?mode=rwc"
         );
+    }
+
+    #[test]
+    fn environment_names_are_expanded_or_reported() {
+        let path = std::env::var("PATH").unwrap();
+        assert_eq!(expand_env("x${PATH}/y").unwrap(), format!("x{path}/y"));
+        assert_eq!(
+            expand_env("${CROSSWAY_SPEC_TEST_UNSET}").unwrap_err(),
+            "CROSSWAY_SPEC_TEST_UNSET"
+        );
+        assert_eq!(expand_env("plain").unwrap(), "plain");
+        assert_eq!(env_names("${A}/x/${B_C}"), ["A", "B_C"]);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod ehr;
 pub mod telemetry;
 
 pub mod fhir;
@@ -11,6 +12,7 @@ pub mod hl7v2;
 pub mod identity;
 pub mod mapping;
 pub mod mllp;
+pub mod oauth;
 pub mod outbox;
 pub mod referral;
 

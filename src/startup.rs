@@ -13,6 +13,7 @@ use crate::cache::Cache;
 use crate::cbo::Cbo;
 use crate::config::Settings;
 use crate::connector::Connectors;
+use crate::ehr::Coordinator;
 use crate::fhir::engine::{Context, Fhir};
 use crate::hie::Feed;
 use crate::http::{self, AppState};
@@ -119,6 +120,28 @@ impl Application {
         let listener = TcpListener::bind(&settings.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
         let addr = listener.local_addr()?;
+        if !settings.ehr_servers.is_empty() {
+            let scheme = if settings.tls_cert.as_os_str().is_empty() {
+                "http"
+            } else {
+                "https"
+            };
+            let our_base = if settings.public_base_url.is_empty() {
+                format!("{scheme}://{addr}/fhir")
+            } else {
+                settings.public_base_url.clone()
+            };
+            let coordinator = Arc::new(Coordinator::new(
+                fhir.clone(),
+                settings.ehr_servers.clone(),
+                auth.clone(),
+                our_base,
+                std::time::Duration::from_millis(settings.ehr_poll_interval_ms),
+                std::time::Duration::from_millis(settings.webhook_timeout_ms),
+                settings.allow_insecure_webhooks,
+            ));
+            workers.push(tokio::spawn(coordinator.run(shutdown.clone())));
+        }
         let state = web::Data::new(AppState {
             fhir,
             cbo,

@@ -9,7 +9,6 @@ ALTER TABLE webhook_endpoints ADD COLUMN connector TEXT;
 CREATE TABLE connector_cases (
     connector TEXT NOT NULL,
     case_id TEXT NOT NULL,
-    organization TEXT NOT NULL,
     referral_id TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (connector, case_id)

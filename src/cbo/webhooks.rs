@@ -45,7 +45,8 @@ pub struct Endpoint {
     pub url: String,
     pub events: Vec<String>,
     pub description: String,
-    /// `active` or `disabled` (after failing for longer than the retry window).
+    /// `active`; `disabled` after failing for longer than the retry window; for a
+    /// connector, `inactive` while the gateway's environment lacks its settings.
     pub status: String,
     pub created_at: String,
     /// Only in the answer that created or rotated it.

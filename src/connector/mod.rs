@@ -14,7 +14,6 @@
 
 pub mod spec;
 pub mod template;
-mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +23,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::expand_env as expand;
 pub use spec::Spec;
-use spec::{Auth, Source, expand, scalar_text};
+use spec::{Auth, Source, scalar_text};
 
 use crate::cbo::webhooks::url_problem;
 use crate::cbo::{ActionCall, Cbo, CboError, FieldError};
@@ -47,7 +47,7 @@ pub struct Connectors {
     store: Store,
     mappings: Live,
     http: reqwest::Client,
-    tokens: token::Tokens,
+    tokens: crate::oauth::Tokens,
     allow_insecure: bool,
 }
 
@@ -98,7 +98,7 @@ impl Connectors {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("a reqwest client with rustls builds"),
-            tokens: token::Tokens::default(),
+            tokens: crate::oauth::Tokens::default(),
             allow_insecure,
         }
     }
@@ -160,6 +160,12 @@ impl Connectors {
                 ))
             })?
             .map_err(Failure::new)?;
+        if request.case_id.is_some()
+            && let Some(case) = &case
+        {
+            tracing::info!(message = "Connector create skipped: the referral already has its case.", connector, referral = %event.referral_id, case = %case);
+            return Ok(200);
+        }
         let path = match (request.path.contains("{case_id}"), &case) {
             (false, _) => request.path.clone(),
             (true, Some(case)) => request.path.replace("{case_id}", &encode_segment(case)),
@@ -178,24 +184,22 @@ impl Connectors {
         let Some(pointer) = &request.case_id else {
             return Ok(answer.0);
         };
-        let case = answer
-            .1
-            .pointer(pointer)
-            .and_then(scalar_text)
-            .ok_or_else(|| Failure {
-                status: Some(answer.0),
-                error: format!("the answer has no case id at {pointer}"),
-            })?;
-        self.store
-            .record_case(
-                connector,
-                &case,
-                &spec.organization,
-                &event.referral_id,
-                now_micros(),
-            )
+        // The case exists now: sending the create again would open a second one, so an
+        // answer without a usable case id is logged, not retried.
+        let case = answer.1.pointer(pointer).and_then(scalar_text);
+        let Some(case) = case.filter(|c| c != "." && c != "..") else {
+            tracing::error!(message = "Connector created a case but its answer has no usable case id; statuses for it cannot be matched.", connector, referral = %event.referral_id, pointer = %pointer);
+            return Ok(answer.0);
+        };
+        let recorded = self
+            .store
+            .record_case(connector, &case, &event.referral_id, now_micros())
             .await
             .map_err(|e| Failure::new(e.to_string()))?;
+        if recorded != case {
+            tracing::warn!(message = "Connector answered with another case for a referral that has one; the first is kept.", connector, referral = %event.referral_id, case = %case, kept = %recorded);
+            return Ok(answer.0);
+        }
         tracing::info!(message = "Connector created a case.", connector, referral = %event.referral_id, case = %case);
         Ok(answer.0)
     }
@@ -235,15 +239,24 @@ impl Connectors {
                     scope,
                 } => {
                     let token_url = expand(token_url).map_err(unset)?;
-                    let client = token::Client {
-                        token_url: &token_url,
-                        client_id: &expand(client_id).map_err(unset)?,
-                        client_secret: &expand(client_secret).map_err(unset)?,
-                        scope: scope.as_deref(),
-                    };
+                    if let Some(problem) = url_problem(&token_url, self.allow_insecure) {
+                        return Err(Failure::new(format!("the connector's token_url {problem}")));
+                    }
+                    let client_id = expand(client_id).map_err(unset)?;
+                    let client_secret = expand(client_secret).map_err(unset)?;
+                    let mut form = vec![("grant_type", "client_credentials")];
+                    if let Some(scope) = scope {
+                        form.push(("scope", scope.as_str()));
+                    }
                     let token = self
                         .tokens
-                        .get(&self.http, &spec.id, &client)
+                        .get(&spec.id, || {
+                            Ok(self
+                                .http
+                                .post(&token_url)
+                                .basic_auth(&client_id, Some(&client_secret))
+                                .form(&form))
+                        })
                         .await
                         .map_err(Failure::new)?;
                     r.bearer_auth(token)
@@ -327,13 +340,24 @@ impl Connectors {
         let referral_id = self
             .store
             .referral_of_case(&spec.id, &report.case_id)
-            .await?
-            .ok_or_else(|| {
-                CboError::Unknown(format!(
-                    "connector {} opened no case {:?}",
-                    spec.id, report.case_id
-                ))
-            })?;
+            .await?;
+        // An ignored status needs no case: a system may report "new" before the create's
+        // answer is recorded.
+        if report.status.is_none() && referral_id.is_none() {
+            return Ok(Applied {
+                case_id: report.case_id,
+                referral_id: String::new(),
+                case_status: report.case_status,
+                status: String::new(),
+                actions: Vec::new(),
+            });
+        }
+        let referral_id = referral_id.ok_or_else(|| {
+            CboError::Unknown(format!(
+                "connector {} opened no case {:?}",
+                spec.id, report.case_id
+            ))
+        })?;
         let mut applied = Applied {
             case_id: report.case_id.clone(),
             referral_id,
@@ -354,6 +378,11 @@ impl Connectors {
         let last_body = report
             .body
             .map_or_else(|| "{}".to_string(), |b| b.to_string());
+        // The body of the last step is checked before the first, so a report is applied
+        // whole or not at all.
+        if let Some(last) = action::route(CboStatus::Pending, to).and_then(|s| s.last().copied()) {
+            crate::cbo::parse_action(last, last_body.as_bytes())?;
+        }
         let mut conflicts = 0;
         'fresh: loop {
             let (view, mut version) = self.cbo.get(&org.id, &applied.referral_id).await?;
@@ -455,7 +484,7 @@ impl Connectors {
             }
         };
         let results: Vec<(String, Result<Applied, String>)> = futures_util::stream::iter(cases)
-            .map(|(case, _)| {
+            .map(|case| {
                 let org = &org;
                 async move {
                     let path = path.replace("{case_id}", &encode_segment(&case));

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::template::{self, Maps};
 use crate::cbo::webhooks::EVENT_TYPES;
+use crate::config::{env_names, expand_env as expand};
 use crate::referral::CboStatus;
 use crate::referral::projection;
 
@@ -121,7 +122,7 @@ pub struct StatusTarget {
 }
 
 /// What a case system reported, as the connector reads it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub case_id: String,
     pub case_status: String,
@@ -172,6 +173,25 @@ impl Spec {
             ));
         }
         check_url("base_url", &self.base_url)?;
+        for name in self.environment().iter().flat_map(|t| env_names(t)) {
+            if name.starts_with("CROSSWAY_") {
+                return Err(format!(
+                    "${{{name}}} is the gateway's own setting and is not sent to other systems"
+                ));
+            }
+        }
+        for name in self.headers.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("headers: {name:?} is not a valid header name"));
+            }
+        }
+        if let Auth::ApiKey { header, .. } = &self.auth
+            && reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            return Err(format!(
+                "auth.header: {header:?} is not a valid header name"
+            ));
+        }
         if let Auth::Oauth2ClientCredentials { token_url, .. } = &self.auth {
             check_url("auth.token_url", token_url)?;
         }
@@ -260,8 +280,10 @@ impl Spec {
                 if !path.contains("{case_id}") {
                     return Err("status.path must name {case_id}".into());
                 }
-                if !s.every_seconds.is_some_and(|n| n > 0.0) {
-                    return Err("status.source = \"poll\" needs every_seconds > 0".into());
+                if !s.every_seconds.is_some_and(|n| n > 0.0 && n <= 86_400.0) {
+                    return Err(
+                        "status.source = \"poll\" needs every_seconds between 0 and 86400".into(),
+                    );
                 }
             }
         }
@@ -426,8 +448,8 @@ impl Spec {
         types
     }
 
-    /// The environment variables the connector needs that are not set.
-    pub fn missing_environment(&self) -> Vec<String> {
+    /// The texts in which `${NAME}`s are expanded.
+    fn environment(&self) -> Vec<&str> {
         let mut texts = vec![self.base_url.as_str()];
         texts.extend(self.headers.values().map(String::as_str));
         match &self.auth {
@@ -441,8 +463,13 @@ impl Spec {
             Auth::ApiKey { value, .. } => texts.push(value),
             Auth::None => {}
         }
+        texts
+    }
+
+    /// The environment variables the connector needs that are not set.
+    pub fn missing_environment(&self) -> Vec<String> {
         let mut missing = Vec::new();
-        for t in texts {
+        for t in self.environment() {
             if let Err(name) = expand(t)
                 && !missing.contains(&name)
             {
@@ -453,27 +480,15 @@ impl Spec {
     }
 }
 
-/// `text` with each `${NAME}` replaced by that environment variable; the error is the
-/// first name that is not set.
-pub fn expand(text: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let Some(len) = rest[start + 2..].find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = &rest[start + 2..start + 2 + len];
-        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
-        rest = &rest[start + 3 + len..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
+/// https, or `${NAME}` (checked when used); plain http only to loopback, for tests.
 fn check_url(what: &str, url: &str) -> Result<(), String> {
-    if url.starts_with("https://") || url.starts_with("http://") || url.starts_with("${") {
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|l| {
+            url.strip_prefix(l)
+                .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+        });
+    if url.starts_with("https://") || loopback || url.starts_with("${") {
         Ok(())
     } else {
         Err(format!(
@@ -507,20 +522,4 @@ fn read_template(dir: &Path, file: &str) -> Result<Value, String> {
     let path = dir.join(file);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {file}: {e}"))?;
     serde_json::from_str(&text).map_err(|e| format!("{file}:{}: {e}", e.line()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_names_are_expanded_or_reported() {
-        let path = std::env::var("PATH").unwrap();
-        assert_eq!(expand("x${PATH}/y").unwrap(), format!("x{path}/y"));
-        assert_eq!(
-            expand("${CROSSWAY_SPEC_TEST_UNSET}").unwrap_err(),
-            "CROSSWAY_SPEC_TEST_UNSET"
-        );
-        assert_eq!(expand("plain").unwrap(), "plain");
-    }
 }

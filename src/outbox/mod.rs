@@ -239,11 +239,18 @@ impl Dispatcher {
 
     async fn send(&self, d: &DueDelivery) -> Outcome {
         if let Some(connector) = &d.connector {
-            return match self.connectors.deliver(d, connector).await {
-                Ok(status) => Outcome::Delivered(status),
-                Err(f) => Outcome::Failed {
+            // A connector may ask for a token and renew it: the whole delivery gets one
+            // timeout, so the claim's lease still covers it.
+            let sent = tokio::time::timeout(self.timeout, self.connectors.deliver(d, connector));
+            return match sent.await {
+                Ok(Ok(status)) => Outcome::Delivered(status),
+                Ok(Err(f)) => Outcome::Failed {
                     status: f.status,
                     error: f.error,
+                },
+                Err(_) => Outcome::Failed {
+                    status: None,
+                    error: format!("no answer within {} ms", self.timeout.as_millis()),
                 },
             };
         }

@@ -9,6 +9,7 @@
 
 mod auth;
 mod connectors;
+mod ehr;
 mod identity;
 mod recent;
 mod referral_index;
@@ -19,6 +20,7 @@ pub mod writer;
 
 pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
+pub use ehr::Unpushed;
 pub use identity::{Conflict, InboundMessage, MergeRecord};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};

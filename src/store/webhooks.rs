@@ -17,7 +17,7 @@ pub struct EndpointRow {
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_expires_at: Option<i64>,
-    /// `active` or `disabled`.
+    /// `active` or `disabled`; a connector's also `inactive` or `retired`.
     pub status: String,
     pub failing_since: Option<i64>,
     pub created_at: i64,
@@ -153,7 +153,8 @@ impl Store {
     /// An organisation's endpoint (another organisation's is not found).
     pub async fn endpoint(&self, organization: &str, id: &str) -> Result<Option<EndpointRow>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 AND id = $2"
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE organization_id = $1 AND id = $2 \
+             AND status <> 'retired'"
         )))
         .bind(organization)
         .bind(id)

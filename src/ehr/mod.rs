@@ -1,0 +1,628 @@
+//! Coordination-platform mode: the SDOH Clinical Care IG's indirect referral pattern,
+//! for an EHR that keeps its referral Tasks on its own FHIR server. For each configured
+//! `[[ehr_server]]` the [`Coordinator`] polls
+//! `Task?owner=<us>&_lastUpdated=gt…&_include=Task:focus&_include=Task:patient`, makes
+//! each new requested Task a local referral (copies of its ServiceRequest and Patient,
+//! and the gateway's own Task `partOf` the EHR's, owned by the CBO it routes to), and
+//! writes every later change of the local Task — status, statusReason, notes, outputs —
+//! back to the EHR's Task with `If-Match`, reading it again on 412. A Task the EHR
+//! cancels is cancelled here too.
+//!
+//! State lives in the store (`ehr_links`: which local Task works which EHR Task, and
+//! the local version the EHR has seen), so a restart, or a second gateway process,
+//! picks up where the first stopped: creation is conditional on the Task's identifier,
+//! and a push that finds the EHR already up to date only records it.
+//!
+//! The EHR's JSON is read and written as JSON (never through typed models, which would
+//! drop elements the EHR sent); the gateway authenticates with SMART Backend Services,
+//! a client assertion signed with its own key (published at `/.well-known/jwks.json`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::auth::Authority;
+use crate::cbo::webhooks::url_problem;
+use crate::config::{EhrServerConfig, expand_env};
+use crate::fhir::FhirError;
+use crate::fhir::datetime::now_micros;
+use crate::fhir::engine::Fhir;
+use crate::referral::TaskStatus;
+use crate::store::StoreError;
+
+const TASK_PROFILE: &str =
+    "http://hl7.org/fhir/us/sdoh-clinicalcare/StructureDefinition/SDOHCC-TaskForReferralManagement";
+/// Writes back retried after a 412 before the next cycle tries again.
+const CONFLICT_RETRIES: usize = 5;
+/// Links pushed per cycle and server.
+const PUSH_BATCH: i64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EhrError {
+    #[error("the environment variable {0} is not set")]
+    Unset(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot reach the EHR: {0}")]
+    Unreachable(String),
+    #[error("the EHR answered {status} to {what}")]
+    Status { status: u16, what: String },
+    #[error("the EHR sent {0}")]
+    Invalid(String),
+    #[error("the local referral could not be written: {0}")]
+    Fhir(#[from] FhirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Coordinator {
+    fhir: Fhir,
+    servers: Vec<EhrServerConfig>,
+    http: reqwest::Client,
+    tokens: crate::oauth::Tokens,
+    auth: Arc<Authority>,
+    /// Our `/fhir` base, for references the EHR follows back (Task.output).
+    our_base: String,
+    interval: Duration,
+    allow_insecure: bool,
+    /// Per server: the newest `meta.lastUpdated` seen (the next poll asks for later).
+    watermarks: Mutex<HashMap<String, String>>,
+}
+
+/// An answer read from the EHR: its JSON and its version (ETag or meta.versionId).
+struct Read {
+    body: Value,
+    version: Option<String>,
+}
+
+impl Coordinator {
+    pub fn new(
+        fhir: Fhir,
+        servers: Vec<EhrServerConfig>,
+        auth: Arc<Authority>,
+        our_base: String,
+        interval: Duration,
+        timeout: Duration,
+        allow_insecure: bool,
+    ) -> Coordinator {
+        Coordinator {
+            fhir,
+            servers,
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a reqwest client with rustls builds"),
+            tokens: crate::oauth::Tokens::default(),
+            auth,
+            our_base: our_base.trim_end_matches('/').to_string(),
+            interval,
+            allow_insecure,
+            watermarks: Mutex::default(),
+        }
+    }
+
+    /// Polls and pushes every `interval` until `shutdown`; an EHR whose environment is
+    /// incomplete is skipped (and said so once).
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        for s in &self.servers {
+            match self.missing_environment(s) {
+                None => {
+                    tracing::info!(message = "EHR server coordination active.", ehr = %s.id)
+                }
+                Some(name) => {
+                    tracing::warn!(message = "EHR server coordination inactive: its environment is incomplete.", ehr = %s.id, missing = %name)
+                }
+            }
+        }
+        loop {
+            for s in &self.servers {
+                if self.missing_environment(s).is_some() {
+                    continue;
+                }
+                if let Err(e) = self.cycle(s).await {
+                    tracing::warn!(message = "EHR server cycle failed; retrying at the next.", ehr = %s.id, error = %e);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn missing_environment(&self, s: &EhrServerConfig) -> Option<String> {
+        [&s.base_url, &s.token_url, &s.client_id]
+            .into_iter()
+            .find_map(|t| expand_env(t).err())
+    }
+
+    /// One poll for new and cancelled Tasks, then one push of local changes.
+    pub async fn cycle(&self, s: &EhrServerConfig) -> Result<(), EhrError> {
+        self.pull(s).await?;
+        self.push(s).await
+    }
+
+    async fn pull(&self, s: &EhrServerConfig) -> Result<(), EhrError> {
+        let base = base_url(s)?;
+        let since = self
+            .watermarks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&s.id)
+            .cloned();
+        let mut query = vec![
+            ("owner", s.owner.clone()),
+            ("_include", "Task:focus".into()),
+            ("_include", "Task:patient".into()),
+            ("_count", "50".into()),
+        ];
+        if let Some(since) = &since {
+            query.push(("_lastUpdated", format!("gt{since}")));
+        }
+        let first = reqwest::Url::parse_with_params(&format!("{base}/Task"), &query)
+            .map_err(|e| EhrError::Config(format!("base_url {base:?}: {e}")))?;
+        let mut next = Some(first.to_string());
+        let mut newest = since;
+        while let Some(url) = next.take() {
+            let page = self.get(s, &url).await?.body;
+            let entries = page["entry"].as_array().cloned().unwrap_or_default();
+            let included: HashMap<String, Value> = entries
+                .iter()
+                .filter_map(|e| {
+                    let r = &e["resource"];
+                    Some((
+                        format!("{}/{}", r["resourceType"].as_str()?, r["id"].as_str()?),
+                        r.clone(),
+                    ))
+                })
+                .collect();
+            for task in entries
+                .iter()
+                .map(|e| &e["resource"])
+                .filter(|r| r["resourceType"] == "Task")
+            {
+                if let Some(at) = task.pointer("/meta/lastUpdated").and_then(Value::as_str)
+                    && newest.as_deref().is_none_or(|n| at > n)
+                {
+                    newest = Some(at.to_string());
+                }
+                self.take(s, &base, task, &included).await?;
+            }
+            next = page["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str())
+                .map(str::to_string);
+        }
+        if let Some(n) = newest {
+            self.watermarks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(s.id.clone(), n);
+        }
+        Ok(())
+    }
+
+    /// A Task the EHR assigned to us: a new requested one becomes a local referral; a
+    /// linked one the EHR cancelled is cancelled here.
+    async fn take(
+        &self,
+        s: &EhrServerConfig,
+        base: &str,
+        task: &Value,
+        included: &HashMap<String, Value>,
+    ) -> Result<(), EhrError> {
+        let remote_id = task["id"]
+            .as_str()
+            .ok_or_else(|| EhrError::Invalid("a Task without an id".into()))?;
+        let status = task["status"].as_str().unwrap_or("");
+        match self.fhir.store().ehr_link(&s.id, remote_id).await? {
+            Some(local) if matches!(status, "cancelled" | "entered-in-error") => {
+                self.cancel_local(&local, task).await
+            }
+            Some(_) => Ok(()),
+            None if matches!(status, "requested" | "received") => {
+                let focus = self.related(s, base, task, "focus", included).await?;
+                let patient = self.related(s, base, task, "for", included).await?;
+                self.adopt(s, base, task, &focus, &patient).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The resource `task.<element>` references: from the page's includes, else read.
+    async fn related(
+        &self,
+        s: &EhrServerConfig,
+        base: &str,
+        task: &Value,
+        element: &str,
+        included: &HashMap<String, Value>,
+    ) -> Result<Value, EhrError> {
+        let reference = task[element]["reference"].as_str().ok_or_else(|| {
+            EhrError::Invalid(format!("Task/{} without {element}.reference", task["id"]))
+        })?;
+        let relative = reference
+            .strip_prefix(base)
+            .map_or(reference, |r| r.trim_start_matches('/'));
+        if let Some(r) = included.get(relative) {
+            return Ok(r.clone());
+        }
+        let url = if relative.contains("://") {
+            relative.to_string()
+        } else {
+            format!("{base}/{relative}")
+        };
+        Ok(self.get(s, &url).await?.body)
+    }
+
+    /// Creates the local referral for `task` in one transaction: the Patient (once per
+    /// identifier), the ServiceRequest and the gateway's Task, each conditional so that a
+    /// repeated poll, or another process, makes them once.
+    async fn adopt(
+        &self,
+        s: &EhrServerConfig,
+        base: &str,
+        task: &Value,
+        focus: &Value,
+        patient: &Value,
+    ) -> Result<(), EhrError> {
+        let remote_id = task["id"].as_str().unwrap_or_default();
+        let system = format!("urn:crossway:ehr-server:{}", s.id);
+        let mut patient_copy = copy(patient, base);
+        let patient_condition = patient["identifier"][0]["system"]
+            .as_str()
+            .zip(patient["identifier"][0]["value"].as_str())
+            .map(|(sys, val)| format!("identifier={sys}|{val}"));
+        patient_copy.as_object_mut().map(|p| p.remove("link"));
+        let mut sr = copy(focus, base);
+        sr["subject"] = json!({"reference": "urn:uuid:patient"});
+        push_identifier(
+            &mut sr,
+            &system,
+            &format!("ServiceRequest/{}", focus["id"].as_str().unwrap_or("")),
+        );
+        let mut local = json!({
+            "resourceType": "Task",
+            "meta": {"profile": [TASK_PROFILE]},
+            "identifier": [{"system": system, "value": format!("Task/{remote_id}")}],
+            "partOf": [{"reference": format!("{base}/Task/{remote_id}")}],
+            "status": "requested",
+            "intent": "order",
+            "code": task["code"],
+            "focus": {"reference": "urn:uuid:service-request"},
+            "for": {"reference": "urn:uuid:patient"},
+            "authoredOn": task["authoredOn"],
+            "requester": absolute(&task["requester"], base),
+            "owner": {"reference": format!("Organization/{}", s.route_to)},
+        });
+        for element in ["priority", "restriction", "description"] {
+            if !task[element].is_null() {
+                local[element] = absolute(&task[element], base);
+            }
+        }
+        let entry = |full_url: &str, resource: Value, condition: Option<String>| {
+            let mut request = json!({"method": "POST", "url": resource["resourceType"]});
+            if let Some(c) = condition {
+                request["ifNoneExist"] = json!(c);
+            }
+            json!({"fullUrl": full_url, "resource": resource, "request": request})
+        };
+        let bundle = json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                entry("urn:uuid:patient", patient_copy, patient_condition),
+                entry("urn:uuid:service-request", sr, Some(format!("identifier={system}|ServiceRequest/{}", focus["id"].as_str().unwrap_or("")))),
+                entry("urn:uuid:task", local, Some(format!("identifier={system}|Task/{remote_id}"))),
+            ],
+        });
+        let answer = self
+            .fhir
+            .bundle(bundle, &self.our_base, false, None)
+            .await?;
+        let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
+        let location = answer["entry"][2]["response"]["location"]
+            .as_str()
+            .unwrap_or_default();
+        let mut parts = location.split('/');
+        let (Some("Task"), Some(local_id), Some("_history"), Some(version)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(EhrError::Invalid(format!(
+                "a transaction answer without the Task's location: {location:?}"
+            )));
+        };
+        let version: i64 = version.parse().unwrap_or(1);
+        self.fhir
+            .store()
+            .link_ehr_task(&s.id, remote_id, local_id, version, now_micros())
+            .await?;
+        tracing::info!(message = "EHR Task taken on as a referral.", ehr = %s.id, remote_task = remote_id, task = local_id, organization = %s.route_to);
+        Ok(())
+    }
+
+    /// The EHR cancelled its Task: the local one is cancelled too (the CBO sees it).
+    async fn cancel_local(&self, local_id: &str, remote: &Value) -> Result<(), EhrError> {
+        let stored = self.fhir.read("Task", local_id).await?;
+        let mut local: Value = serde_json::from_str(&stored.body).unwrap_or_default();
+        let status = local["status"].as_str().and_then(TaskStatus::parse);
+        if status.is_none_or(|s| !s.can_move_to(TaskStatus::Cancelled)) {
+            return Ok(());
+        }
+        local["status"] = json!("cancelled");
+        local["statusReason"] = if remote["statusReason"].is_null() {
+            json!({"text": "Cancelled by the referring organisation"})
+        } else {
+            remote["statusReason"].clone()
+        };
+        let etag = format!("W/\"{}\"", stored.version);
+        self.fhir
+            .update("Task", local_id, local, Some(&etag), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes each changed local Task back to its EHR Task.
+    async fn push(&self, s: &EhrServerConfig) -> Result<(), EhrError> {
+        let base = base_url(s)?;
+        for u in self.fhir.store().unpushed(&s.id, PUSH_BATCH).await? {
+            let stored = self.fhir.read("Task", &u.local_task).await?;
+            let local: Value = serde_json::from_str(&stored.body).unwrap_or_default();
+            let url = format!("{base}/Task/{}", u.remote_task);
+            let mut conflicts = 0;
+            loop {
+                let remote = self.get(s, &url).await?;
+                let merged = merge(&remote.body, &local, &self.our_base);
+                if merged == remote.body {
+                    break;
+                }
+                match self.put(s, &url, &merged, remote.version.as_deref()).await {
+                    Ok(()) => {
+                        tracing::info!(message = "Referral change written back to the EHR.", ehr = %s.id, remote_task = %u.remote_task, status = %merged["status"]);
+                        break;
+                    }
+                    Err(EhrError::Status { status: 412, .. }) if conflicts < CONFLICT_RETRIES => {
+                        conflicts += 1;
+                        tracing::info!(message = "The EHR's Task changed meanwhile; reading it again.", ehr = %s.id, remote_task = %u.remote_task);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.fhir
+                .store()
+                .pushed(&s.id, &u.remote_task, stored.version)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn token(&self, s: &EhrServerConfig) -> Result<String, EhrError> {
+        let token_url = expand_env(&s.token_url).map_err(EhrError::Unset)?;
+        let client_id = expand_env(&s.client_id).map_err(EhrError::Unset)?;
+        self.tokens
+            .get(&s.id, || {
+                let now = now_micros() / 1_000_000;
+                let claims = json!({
+                    "iss": client_id, "sub": client_id, "aud": token_url,
+                    "iat": now, "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string(),
+                });
+                let assertion = self.auth.keys().sign(&claims).map_err(|e| e.to_string())?;
+                Ok(self.http.post(&token_url).form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", s.scope.as_str()),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.as_str()),
+                ]))
+            })
+            .await
+            .map_err(EhrError::Config)
+    }
+
+    /// An authenticated request; a refused token is renewed and the request sent once
+    /// more.
+    async fn send(
+        &self,
+        s: &EhrServerConfig,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, EhrError> {
+        let mut renewed = false;
+        loop {
+            let token = self.token(s).await?;
+            let answer = build(&self.http)
+                .bearer_auth(token)
+                .header("accept", "application/fhir+json")
+                .send()
+                .await
+                .map_err(|e| EhrError::Unreachable(e.without_url().to_string()))?;
+            if answer.status() == 401 && !renewed {
+                self.tokens.forget(&s.id).await;
+                renewed = true;
+                continue;
+            }
+            if !answer.status().is_success() {
+                return Err(EhrError::Status {
+                    status: answer.status().as_u16(),
+                    what: what.to_string(),
+                });
+            }
+            return Ok(answer);
+        }
+    }
+
+    async fn get(&self, s: &EhrServerConfig, url: &str) -> Result<Read, EhrError> {
+        self.check(url)?;
+        let answer = self.send(s, |h| h.get(url), "a read").await?;
+        let etag = answer
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: Value = answer
+            .json()
+            .await
+            .map_err(|e| EhrError::Invalid(format!("a body that is not JSON: {e}")))?;
+        let version = etag.or_else(|| {
+            body.pointer("/meta/versionId")
+                .and_then(Value::as_str)
+                .map(|v| format!("W/\"{v}\""))
+        });
+        Ok(Read { body, version })
+    }
+
+    async fn put(
+        &self,
+        s: &EhrServerConfig,
+        url: &str,
+        body: &Value,
+        version: Option<&str>,
+    ) -> Result<(), EhrError> {
+        self.check(url)?;
+        let text = body.to_string();
+        self.send(
+            s,
+            |h| {
+                let r = h
+                    .put(url)
+                    .header("content-type", "application/fhir+json")
+                    .body(text.clone());
+                match version {
+                    Some(v) => r.header("if-match", v),
+                    None => r,
+                }
+            },
+            "an update",
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn check(&self, url: &str) -> Result<(), EhrError> {
+        match url_problem(url, self.allow_insecure) {
+            Some(problem) => Err(EhrError::Config(format!("the EHR's URL {problem}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn base_url(s: &EhrServerConfig) -> Result<String, EhrError> {
+    Ok(expand_env(&s.base_url)
+        .map_err(EhrError::Unset)?
+        .trim_end_matches('/')
+        .to_string())
+}
+
+/// A resource of the EHR as a new local one: its own id and meta dropped, and its
+/// references made absolute so that they still point at the EHR.
+fn copy(resource: &Value, base: &str) -> Value {
+    let mut out = absolute(resource, base);
+    if let Some(o) = out.as_object_mut() {
+        o.remove("id");
+        o.remove("meta");
+    }
+    out
+}
+
+/// `value` with every relative reference (`Type/id`) made absolute against `base`.
+fn absolute(value: &Value, base: &str) -> Value {
+    match value {
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("reference", Value::String(r))
+                            if !r.contains(':') && !r.starts_with('#') && r.contains('/') =>
+                        {
+                            Value::String(format!("{base}/{r}"))
+                        }
+                        _ => absolute(v, base),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|i| absolute(i, base)).collect()),
+        other => other.clone(),
+    }
+}
+
+fn push_identifier(resource: &mut Value, system: &str, value: &str) {
+    let identifier = json!({"system": system, "value": value});
+    match resource["identifier"].as_array_mut() {
+        Some(list) => list.push(identifier),
+        None => resource["identifier"] = json!([identifier]),
+    }
+}
+
+/// The EHR's Task with what the gateway's Task says: status, statusReason,
+/// businessStatus and outputs (their references made absolute to our base), and the
+/// gateway's notes added to the EHR's. Everything else stays as the EHR has it.
+fn merge(remote: &Value, local: &Value, our_base: &str) -> Value {
+    let mut merged = remote.clone();
+    for element in ["status", "statusReason", "businessStatus", "output"] {
+        match &local[element] {
+            Value::Null => {
+                merged.as_object_mut().map(|m| m.remove(element));
+            }
+            v => merged[element] = absolute(v, our_base),
+        }
+    }
+    let mut notes = remote["note"].as_array().cloned().unwrap_or_default();
+    for note in local["note"].as_array().into_iter().flatten() {
+        if !notes.contains(note) {
+            notes.push(note.clone());
+        }
+    }
+    if !notes.is_empty() {
+        merged["note"] = Value::Array(notes);
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_become_absolute_and_urls_stay() {
+        let v = json!({"requester": {"reference": "PractitionerRole/7"}, "a": [{"reference": "https://x/Patient/1"}],
+            "b": {"reference": "#contained"}, "c": {"reference": "urn:uuid:1"}});
+        assert_eq!(
+            absolute(&v, "https://ehr/fhir"),
+            json!({"requester": {"reference": "https://ehr/fhir/PractitionerRole/7"},
+                "a": [{"reference": "https://x/Patient/1"}], "b": {"reference": "#contained"},
+                "c": {"reference": "urn:uuid:1"}})
+        );
+    }
+
+    #[test]
+    fn a_merge_takes_our_status_and_outputs_and_keeps_the_ehrs_notes() {
+        let remote = json!({"resourceType": "Task", "id": "t1", "status": "requested",
+            "note": [{"text": "from the EHR"}], "extension": [{"url": "x"}]});
+        let local = json!({"status": "completed", "statusReason": {"text": "done"},
+            "note": [{"text": "from the CBO"}],
+            "output": [{"type": {"text": "resulting-activity"}, "valueReference": {"reference": "Procedure/p1"}}]});
+        let merged = merge(&remote, &local, "https://gw/fhir");
+        assert_eq!(merged["status"], "completed");
+        assert_eq!(merged["extension"], json!([{"url": "x"}]));
+        assert_eq!(
+            merged["note"],
+            json!([{"text": "from the EHR"}, {"text": "from the CBO"}])
+        );
+        assert_eq!(
+            merged["output"][0]["valueReference"]["reference"],
+            "https://gw/fhir/Procedure/p1"
+        );
+        assert_eq!(merge(&merged, &local, "https://gw/fhir"), merged);
+    }
+}

@@ -380,11 +380,16 @@ impl TestApp {
     }
 
     /// Starts a new process on the same store (after [`TestApp::kill`]).
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(&[]).await
+    }
+
+    /// Stops the gateway and starts it again on the same data, with `env`.
+    pub async fn restart_with(mut self, env: &[(&str, &str)]) -> TestApp {
         let (data_dir, database_url) = (self.data_dir.clone(), self.database_url.clone());
         self.keep_data = true;
         drop(self);
-        start(data_dir, database_url, "127.0.0.1:0".into(), &[]).await
+        start(data_dir, database_url, "127.0.0.1:0".into(), env).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -7,6 +7,7 @@ mod conformance;
 mod connectors;
 mod crud;
 mod durability;
+mod ehr;
 mod errors;
 mod faults;
 mod feeds;

@@ -70,9 +70,16 @@ pub struct FeedEvent {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FeedEventData {
-    pub referral_id: String,
+    /// The referral (every `referral.*` and `client.*` event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referral_id: Option<String>,
+    /// The referral's status; `disabled` for `webhook.endpoint_disabled`.
     pub status: String,
-    pub version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The webhook endpoint (`webhook.endpoint_disabled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
 }
 
 /// Query parameters of `GET /referrals`, as received.
@@ -469,16 +476,19 @@ impl Cbo {
     }
 }
 
-fn feed_event(e: Event) -> FeedEvent {
+/// An event as the feed shows it, and as webhooks deliver it.
+pub fn feed_event(e: Event) -> FeedEvent {
+    let about_endpoint = e.endpoint_id.is_some();
     FeedEvent {
         id: e.id,
         event_type: e.event_type,
         sequence: e.seq,
         occurred_at: datetime::format_instant(e.created_at),
         data: FeedEventData {
-            referral_id: e.referral_id,
+            referral_id: (!about_endpoint).then_some(e.referral_id),
             status: e.status,
-            version: e.version,
+            version: (!about_endpoint).then_some(e.version),
+            endpoint_id: e.endpoint_id,
         },
     }
 }

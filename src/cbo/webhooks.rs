@@ -21,6 +21,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "client.discharged",
     "client.admission_cancelled",
     "client.discharge_cancelled",
+    "webhook.endpoint_disabled",
 ];
 
 /// How long the previous secret keeps signing after a rotation.

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::connector::Connectors;
-use crate::fhir::datetime::{format_instant, now_micros};
+use crate::fhir::datetime::now_micros;
 use crate::store::{DueDelivery, Store};
 use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};
 
@@ -322,14 +322,9 @@ fn payload(d: &DueDelivery) -> (String, String) {
     }
     match &d.event {
         Some(e) => {
-            let body = json!({
-                "id": e.id,
-                "type": e.event_type,
-                "sequence": e.seq,
-                "occurred_at": format_instant(e.created_at),
-                "data": {"referral_id": e.referral_id, "status": e.status, "version": e.version},
-            });
-            (e.id.clone(), body.to_string())
+            let item = crate::cbo::feed_event(e.clone());
+            let body = serde_json::to_string(&item).expect("feed items serialise");
+            (e.id.clone(), body)
         }
         // The event was pruned by retention; say so rather than send nothing.
         None => {

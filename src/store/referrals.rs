@@ -54,6 +54,8 @@ pub struct Event {
     pub status: String,
     pub version: i64,
     pub created_at: i64,
+    /// For `webhook.*` events, the endpoint they are about (`referral_id` is empty).
+    pub endpoint_id: Option<String>,
 }
 
 /// The first answer given to an Idempotency-Key.
@@ -108,7 +110,8 @@ fn referral_row(r: &sqlx::any::AnyRow) -> ReferralRow {
     }
 }
 
-const EVENT_COLUMNS: &str = "id, seq, event_type, referral_id, status, version, created_at";
+const EVENT_COLUMNS: &str =
+    "id, seq, event_type, referral_id, status, version, created_at, endpoint_id";
 
 fn event_row(r: &sqlx::any::AnyRow) -> Event {
     Event {
@@ -119,6 +122,7 @@ fn event_row(r: &sqlx::any::AnyRow) -> Event {
         status: r.get(4),
         version: r.get(5),
         created_at: r.get(6),
+        endpoint_id: r.get(7),
     }
 }
 

@@ -317,7 +317,8 @@ impl Store {
             let text = format!(
                 "SELECT d.endpoint_id, d.organization, d.event_seq, d.attempts, d.created_at, \
                  w.url, w.secret, w.previous_secret, w.previous_expires_at, w.failing_since, d.payload, \
-                 e.id, e.event_type, e.referral_id, e.status, e.version, e.created_at, w.connector \
+                 e.id, e.event_type, e.referral_id, e.status, e.version, e.created_at, w.connector, \
+                 e.endpoint_id \
                  FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id \
                  LEFT JOIN events e ON e.organization = d.organization AND e.seq = d.event_seq \
                  WHERE (d.endpoint_id, d.event_seq) IN ({})",
@@ -350,6 +351,7 @@ impl Store {
                         status: r.get(14),
                         version: r.get(15),
                         created_at: r.get(16),
+                        endpoint_id: r.get(18),
                     }),
                 });
             }
@@ -421,16 +423,50 @@ impl Store {
     }
 
     /// Disables an endpoint that has failed for too long; true when this call did it.
+    /// Disables an endpoint and, in the same transaction, tells its organisation
+    /// through the event feed (`webhook.endpoint_disabled`, delivered to its other
+    /// endpoints too); false when it was not active.
     pub async fn disable_endpoint(&self, endpoint_id: &str, now: i64) -> Result<bool> {
-        let done = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let Some(organization) = sqlx::query(
             "UPDATE webhook_endpoints SET status = 'disabled', disabled_at = $2 \
-             WHERE id = $1 AND status = 'active'",
+             WHERE id = $1 AND status = 'active' RETURNING organization_id",
         )
         .bind(endpoint_id)
         .bind(now)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
-        .rows_affected();
-        Ok(done == 1)
+        .map(|r| r.get::<String, _>(0)) else {
+            return Ok(false);
+        };
+        let seq: i64 = sqlx::query(
+            "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, 1) \
+             ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(&organization)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        sqlx::query(
+            "INSERT INTO events (organization, seq, event_type, referral_id, created_at, id, \
+             status, version, endpoint_id) \
+             VALUES ($1, $2, 'webhook.endpoint_disabled', '', $3, $4, 'disabled', 0, $5)",
+        )
+        .bind(&organization)
+        .bind(seq)
+        .bind(now)
+        .bind(format!("evt_{}", uuid::Uuid::now_v7().simple()))
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(FAN_OUT)
+            .bind(&organization)
+            .bind(seq)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -329,6 +329,14 @@ async fn a_delivery_that_keeps_failing_is_failed_and_its_endpoint_disabled() {
     let cbo = app.cbo(ORG);
     let created = cbo.post("webhooks", &json!({"url": rx.url})).await;
     let endpoint = created.body["id"].as_str().unwrap().to_string();
+    let watcher = receiver(Arc::new(|_| Behaviour::Ok)).await;
+    let watching = cbo
+        .post(
+            "webhooks",
+            &json!({"url": watcher.url, "events": ["webhook.endpoint_disabled"]}),
+        )
+        .await;
+    assert_eq!(watching.status, 201, "{}", watching.body);
     app.post_referral().await;
     let mut log = Vec::new();
     for _ in 0..300 {
@@ -357,7 +365,30 @@ async fn a_delivery_that_keeps_failing_is_failed_and_its_endpoint_disabled() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, "disabled");
+    // The organisation is told: in its feed, and at its other endpoints.
+    let feed = cbo.get("events?limit=200").await.body;
+    let told = feed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "webhook.endpoint_disabled")
+        .unwrap_or_else(|| panic!("{feed}"))
+        .clone();
+    assert_eq!(
+        told["data"],
+        json!({"endpoint_id": endpoint, "status": "disabled"})
+    );
+    wait_for("the other endpoint told", 20, || {
+        watcher
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.body.contains(told["id"].as_str().unwrap()))
+    })
+    .await;
     rx.server.stop(false).await;
+    watcher.server.stop(false).await;
 }
 
 /// Two gateway processes on one PostgreSQL (and Redis) deliver 5,000 events between

@@ -206,7 +206,8 @@ impl Default for Settings {
             webhook_timeout_ms: 10_000,
             organizations: Vec::new(),
             ehr_servers: Vec::new(),
-            ehr_poll_interval_ms: 30_000,
+            // The IG: no more often than every 15 minutes.
+            ehr_poll_interval_ms: 900_000,
         }
     }
 }

@@ -2,8 +2,9 @@
 //! for an EHR that keeps its referral Tasks on its own FHIR server. For each configured
 //! `[[ehr_server]]` the [`Coordinator`] polls
 //! `Task?owner=<us>&_lastUpdated=gt…&_include=Task:focus&_include=Task:patient`, makes
-//! each new requested Task a local referral (copies of its ServiceRequest and Patient,
-//! and the gateway's own Task `partOf` the EHR's, owned by the CBO it routes to), and
+//! each new requested Task a local referral (a copy of its Patient, a filler
+//! ServiceRequest `basedOn` its own, and the gateway's Task `partOf` the EHR's, owned by
+//! the CBO it routes to), and
 //! writes every later change of the local Task — status, statusReason, notes, outputs —
 //! back to the EHR's Task with `If-Match`, reading it again on 412. A Task the EHR
 //! cancels is cancelled here too.
@@ -280,8 +281,11 @@ impl Coordinator {
             .zip(patient["identifier"][0]["value"].as_str())
             .map(|(sys, val)| format!("identifier={sys}|{val}"));
         patient_copy.as_object_mut().map(|p| p.remove("link"));
+        // The IG's filler request: ours, `basedOn` theirs.
         let mut sr = copy(focus, base);
         sr["subject"] = json!({"reference": "urn:uuid:patient"});
+        sr["intent"] = json!("filler-order");
+        sr["basedOn"] = json!([{"reference": format!("{base}/ServiceRequest/{}", focus["id"].as_str().unwrap_or(""))}]);
         push_identifier(
             &mut sr,
             &system,

@@ -271,6 +271,14 @@ async fn an_ehr_servers_tasks_become_referrals_and_every_change_is_written_back(
         local["requester"]["reference"],
         format!("{}/PractitionerRole/ehr-pr-1", ehr.url)
     );
+    let filler = app
+        .get_json(local["focus"]["reference"].as_str().unwrap())
+        .await;
+    assert_eq!(filler["intent"], "filler-order");
+    assert_eq!(
+        filler["basedOn"][0]["reference"],
+        format!("{}/ServiceRequest/ehr-sr-1", ehr.url)
+    );
 
     // The client assertion is signed with the key our JWKS publishes.
     let assertion = ehr.ehr.lock().unwrap().assertions[0].clone();

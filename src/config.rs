@@ -92,6 +92,11 @@ pub struct Settings {
     pub ehr_servers: Vec<EhrServerConfig>,
     /// How often each EHR server is polled for Tasks and sent our changes.
     pub ehr_poll_interval_ms: u64,
+    /// SMTP relay for the Subscription email channel (`smtp://host:25`,
+    /// `smtps://user:pass@host`); empty: the email channel is not offered.
+    pub smtp_url: String,
+    /// The sender of those mails.
+    pub smtp_from: String,
 }
 
 /// An EHR FHIR server the gateway works as a coordination platform for. URLs and the
@@ -208,6 +213,8 @@ impl Default for Settings {
             ehr_servers: Vec::new(),
             // The IG: no more often than every 15 minutes.
             ehr_poll_interval_ms: 900_000,
+            smtp_url: String::new(),
+            smtp_from: "Crossway <crossway@localhost>".into(),
         }
     }
 }
@@ -316,6 +323,12 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_EHR_POLL_INTERVAL_MS").and_then(|v| v.parse().ok()) {
             self.ehr_poll_interval_ms = v;
+        }
+        if let Some(v) = var("CROSSWAY_SMTP_URL") {
+            self.smtp_url = v;
+        }
+        if let Some(v) = var("CROSSWAY_SMTP_FROM") {
+            self.smtp_from = v;
         }
     }
 

@@ -20,6 +20,7 @@ pub mod audit;
 pub mod auth;
 pub mod cbo;
 pub mod store;
+pub mod subscription;
 
 pub mod cache;
 pub mod http;

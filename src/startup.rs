@@ -22,6 +22,7 @@ use crate::mapping::{Live, Mappings};
 use crate::mllp;
 use crate::referral::tenants::Tenants;
 use crate::store::{Backend, Store};
+use crate::subscription::Subscriptions;
 
 pub struct Application {
     server: actix_web::dev::Server,
@@ -105,32 +106,54 @@ impl Application {
         ));
         tokio::spawn(sweep(cbo.clone(), settings.sweep_interval_ms));
         tokio::spawn(watch_tenants(tenants, fhir.clone()));
+
+        let listener = TcpListener::bind(&settings.http_addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
+        let addr = listener.local_addr()?;
+        // Our `/fhir` base as others follow it (notifications, write-backs to EHRs).
+        let our_base = if settings.public_base_url.is_empty() {
+            let scheme = if settings.tls_cert.as_os_str().is_empty() {
+                "http"
+            } else {
+                "https"
+            };
+            format!("{scheme}://{addr}/fhir")
+        } else {
+            settings.public_base_url.clone()
+        };
+        let mailer = if settings.smtp_url.is_empty() {
+            None
+        } else {
+            Some(
+                crate::subscription::Mailer::new(&settings.smtp_url, &settings.smtp_from)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        };
+        let subscriptions = Arc::new(Subscriptions::new(
+            fhir.clone(),
+            fhir.subscriptions().clone(),
+            mailer,
+            our_base.clone(),
+            std::time::Duration::from_millis(settings.webhook_timeout_ms),
+            settings.allow_insecure_webhooks,
+        ));
+        tokio::spawn(watch_subscriptions(fhir.clone()));
         let dispatcher = Arc::new(crate::outbox::Dispatcher::new(
             fhir.store().clone(),
             crate::outbox::RetryPolicy::standard(settings.webhook_retry_scale),
             std::time::Duration::from_millis(settings.webhook_timeout_ms),
             connectors.clone(),
+            subscriptions.clone(),
         ));
         let mut workers = Vec::new();
         for _ in 0..settings.webhook_workers {
             workers.push(tokio::spawn(dispatcher.clone().run(shutdown.clone())));
         }
         workers.push(tokio::spawn(connectors.clone().poll(shutdown.clone())));
-
-        let listener = TcpListener::bind(&settings.http_addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.http_addr))?;
-        let addr = listener.local_addr()?;
+        workers.push(tokio::spawn(
+            subscriptions.clone().heartbeats(shutdown.clone()),
+        ));
         if !settings.ehr_servers.is_empty() {
-            let scheme = if settings.tls_cert.as_os_str().is_empty() {
-                "http"
-            } else {
-                "https"
-            };
-            let our_base = if settings.public_base_url.is_empty() {
-                format!("{scheme}://{addr}/fhir")
-            } else {
-                settings.public_base_url.clone()
-            };
             let coordinator = Arc::new(Coordinator::new(
                 fhir.clone(),
                 settings.ehr_servers.clone(),
@@ -146,6 +169,7 @@ impl Application {
             fhir,
             cbo,
             connectors,
+            subscriptions,
             cache,
             identities,
             feed,
@@ -279,15 +303,34 @@ async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Live, Fhir
         .refresh(&store)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read registered tenants: {e}"))?;
+    let subscriptions = crate::subscription::Registry::default();
+    subscriptions
+        .refresh(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the subscriptions: {e}"))?;
     let fhir = Fhir::new(
         store,
         Context {
             own_base,
             organizations: tenants.clone(),
             mappings: mappings.clone(),
+            subscriptions,
         },
     );
     Ok((mappings, fhir, tenants))
+}
+
+/// Keeps the live subscriptions current: one created through another process starts
+/// taking events here within half a second.
+async fn watch_subscriptions(fhir: Fhir) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = fhir.subscriptions().refresh(fhir.store()).await {
+            tracing::warn!(message = "Cannot read the subscriptions; retrying.", error = %e);
+        }
+    }
 }
 
 /// Picks up tenants registered by `crossway clients add cbo` in any process, and

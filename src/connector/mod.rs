@@ -32,6 +32,7 @@ use crate::cbo::{ActionCall, Cbo, CboError, FieldError};
 use crate::config::OrganizationConfig;
 use crate::fhir::datetime::now_micros;
 use crate::mapping::Live;
+use crate::outbox::Failure;
 use crate::referral::{CboStatus, action};
 use crate::store::{ConnectorEndpoint, DueDelivery, Store, StoreError};
 
@@ -49,22 +50,6 @@ pub struct Connectors {
     http: reqwest::Client,
     tokens: crate::oauth::Tokens,
     allow_insecure: bool,
-}
-
-/// A request that did not succeed: the answer's status, if any, and why.
-#[derive(Debug)]
-pub struct Failure {
-    pub status: Option<u16>,
-    pub error: String,
-}
-
-impl Failure {
-    fn new(error: impl Into<String>) -> Failure {
-        Failure {
-            status: None,
-            error: error.into(),
-        }
-    }
 }
 
 /// What a reported case status did to its referral.

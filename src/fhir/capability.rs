@@ -20,6 +20,22 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
             {"name": "entity", "type": "string", "documentation": "what was touched, as recorded (path and query)"},
         ],
     }));
+    // Subscriptions (R4 Backport) on the IG's topics: their own handlers.
+    let backport = "http://hl7.org/fhir/uv/subscriptions-backport";
+    resources.push(json!({
+        "type": "Subscription",
+        "supportedProfile": [format!("{backport}/StructureDefinition/backport-subscription")],
+        "interaction": [{"code": "create"}, {"code": "read"}, {"code": "delete"}],
+        "operation": [
+            {"name": "status", "definition": format!("{backport}/OperationDefinition/backport-subscription-status")},
+            {"name": "events", "definition": format!("{backport}/OperationDefinition/backport-subscription-events")},
+        ],
+        "extension": crate::subscription::topic::topic_urls().iter().map(|t| json!({
+            "url": format!("{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"),
+            "valueCanonical": t,
+        })).collect::<Vec<_>>(),
+        "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); payloads empty, id-only, full-resource; handshake, heartbeats; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient",
+    }));
     let origin = base.strip_suffix("/fhir").unwrap_or(base);
     json!({
         "resourceType": "CapabilityStatement",

@@ -33,6 +33,9 @@ pub struct Context {
     pub organizations: Tenants,
     /// The mappings in force: how Patient identifiers become person identifiers.
     pub mappings: crate::mapping::Live,
+    /// The live FHIR Subscriptions: a Task or ServiceRequest version matching one is an
+    /// event of it, numbered in the same transaction.
+    pub subscriptions: crate::subscription::Registry,
 }
 
 /// The result of a create or update.
@@ -114,6 +117,10 @@ impl Fhir {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn subscriptions(&self) -> &crate::subscription::Registry {
+        &self.ctx.subscriptions
     }
 
     pub async fn create(
@@ -797,6 +804,11 @@ async fn write_one(
             .with_last_updated(&datetime::format_instant(now)),
     };
     let index = prepared.index;
+    if matches!(ty, "Task" | "ServiceRequest") {
+        for subscription in ctx.subscriptions.matching(&resource) {
+            tx.stage_notification(&subscription, format!("{ty}/{}", stored.id), now);
+        }
+    }
     tx.stage(stored.clone(), index);
     Ok(Written {
         stored,

@@ -19,6 +19,8 @@ use crate::fhir::outcome::operation_outcome;
 use crate::fhir::{FhirError, Issue};
 use crate::store::StoredResource;
 
+mod subscription;
+
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -32,6 +34,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("").route(web::post().to(transaction)))
         .service(resource("/").route(web::post().to(transaction)))
         .service(resource("/$process-message").route(web::post().to(process_message)))
+        .service(resource("/Subscription").route(web::post().to(subscription::create)))
+        .service(
+            resource("/Subscription/{id}")
+                .route(web::get().to(subscription::read))
+                .route(web::delete().to(subscription::delete)),
+        )
+        .service(resource("/Subscription/{id}/$status").route(web::get().to(subscription::status)))
+        .service(resource("/Subscription/{id}/$events").route(web::get().to(subscription::events)))
         .service(resource("/{type}/_search").route(web::post().to(search_post)))
         .service(
             resource("/{type}/{id}")

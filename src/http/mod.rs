@@ -36,6 +36,7 @@ pub struct AppState {
     pub fhir: Fhir,
     pub cbo: Cbo,
     pub connectors: std::sync::Arc<crate::connector::Connectors>,
+    pub subscriptions: std::sync::Arc<crate::subscription::Subscriptions>,
     pub cache: Cache,
     pub identities: std::sync::Arc<IdentityCache>,
     pub feed: Feed,

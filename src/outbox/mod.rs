@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::connector::Connectors;
 use crate::fhir::datetime::now_micros;
 use crate::store::{DueDelivery, Store};
+use crate::subscription::Subscriptions;
 use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};
 
 /// When to retry, and for how long.
@@ -65,6 +66,23 @@ impl RetryPolicy {
     }
 }
 
+/// A delivery that did not succeed: the answer's status, if any, and why (what the
+/// delivery log shows).
+#[derive(Debug)]
+pub struct Failure {
+    pub status: Option<u16>,
+    pub error: String,
+}
+
+impl Failure {
+    pub fn new(error: impl Into<String>) -> Failure {
+        Failure {
+            status: None,
+            error: error.into(),
+        }
+    }
+}
+
 /// Deliveries claimed at once by one worker.
 const CLAIM: usize = 256;
 
@@ -78,6 +96,8 @@ pub struct Dispatcher {
     concurrency: usize,
     /// Sends the deliveries of connector endpoints.
     connectors: Arc<Connectors>,
+    /// Sends the notifications of FHIR Subscriptions (`subscription:<id>` endpoints).
+    subscriptions: Arc<Subscriptions>,
 }
 
 /// What one attempt came to.
@@ -92,10 +112,12 @@ impl Dispatcher {
         policy: RetryPolicy,
         timeout: Duration,
         connectors: Arc<Connectors>,
+        subscriptions: Arc<Subscriptions>,
     ) -> Dispatcher {
         Dispatcher {
             store,
             connectors,
+            subscriptions,
             timeout,
             http: reqwest::Client::builder()
                 .timeout(timeout)
@@ -238,6 +260,20 @@ impl Dispatcher {
     }
 
     async fn send(&self, d: &DueDelivery) -> Outcome {
+        if d.endpoint_id.starts_with("subscription:") {
+            let sent = tokio::time::timeout(self.timeout, self.subscriptions.deliver(d));
+            return match sent.await {
+                Ok(Ok(status)) => Outcome::Delivered(status),
+                Ok(Err(f)) => Outcome::Failed {
+                    status: f.status,
+                    error: f.error,
+                },
+                Err(_) => Outcome::Failed {
+                    status: None,
+                    error: format!("no answer within {} ms", self.timeout.as_millis()),
+                },
+            };
+        }
         if let Some(connector) = &d.connector {
             // A connector may ask for a token and renew it: the whole delivery gets one
             // timeout, so the claim's lease still covers it.

@@ -15,6 +15,7 @@ mod recent;
 mod referral_index;
 mod referrals;
 mod sql;
+mod subscriptions;
 mod webhooks;
 pub mod writer;
 
@@ -24,6 +25,7 @@ pub use ehr::Unpushed;
 pub use identity::{Conflict, InboundMessage, MergeRecord};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
+pub use subscriptions::{SubscriptionRow, endpoint_id as subscription_endpoint};
 pub use webhooks::{DeliveryRow, DueDelivery, EndpointRow};
 
 /// What a batch's commands will read, so the writer can read it all at once.
@@ -509,6 +511,7 @@ pub struct Mark {
     loaded: usize,
     written: usize,
     written_referrals: usize,
+    notifications: usize,
     next_seq: i64,
 }
 
@@ -539,6 +542,8 @@ pub struct Tx<'c> {
     written: Vec<StoredResource>,
     /// Index rows of current versions read for replacement: (type, id) → rows.
     replaced: HashMap<(String, String), String>,
+    /// Subscription events to number and queue: (subscription, focus, at).
+    notifications: Vec<(String, String, i64)>,
 }
 
 impl<'c> Tx<'c> {
@@ -677,6 +682,7 @@ impl<'c> Tx<'c> {
             loaded: self.loaded.len(),
             written_referrals: self.written_referrals.len(),
             written: self.written.len(),
+            notifications: self.notifications.len(),
             next_seq: self.next_seq,
         }
     }
@@ -689,6 +695,7 @@ impl<'c> Tx<'c> {
         self.loaded.truncate(m.loaded);
         self.written_referrals.truncate(m.written_referrals);
         self.written.truncate(m.written);
+        self.notifications.truncate(m.notifications);
         self.next_seq = m.next_seq;
     }
 
@@ -714,7 +721,8 @@ impl<'c> Tx<'c> {
             }
             self.written.extend(staged.into_iter().map(|s| s.resource));
         }
-        self.flush_referrals().await
+        self.flush_referrals().await?;
+        self.flush_notifications().await
     }
 }
 

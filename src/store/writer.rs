@@ -229,6 +229,7 @@ async fn run_batch<C: Command>(
         written_referrals: Vec::new(),
         written: Vec::new(),
         replaced: HashMap::new(),
+        notifications: Vec::new(),
     };
     let mut wanted = Preload::default();
     for (command, _) in batch.iter() {

@@ -15,11 +15,20 @@ async fn metadata_states_what_is_implemented() {
     let oauth = &cs["rest"][0]["security"]["extension"][0]["extension"][0];
     assert_eq!(oauth["valueUri"], format!("http://{}/auth/token", app.addr));
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    assert_eq!(resources.len(), 22);
+    assert_eq!(resources.len(), 23);
+    let subscription = resources
+        .iter()
+        .find(|r| r["type"] == "Subscription")
+        .unwrap();
+    assert!(
+        subscription["extension"]
+            .to_string()
+            .contains("http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task")
+    );
     // Every advertised search parameter is accepted by the server.
     for r in resources {
         let ty = r["type"].as_str().unwrap();
-        for p in r["searchParam"].as_array().unwrap() {
+        for p in r["searchParam"].as_array().into_iter().flatten() {
             let name = p["name"].as_str().unwrap();
             let value = match p["type"].as_str().unwrap() {
                 "date" => "gt2020-01-01",

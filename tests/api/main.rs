@@ -15,5 +15,6 @@ mod mappings;
 mod metrics;
 mod search;
 mod security;
+mod subscriptions;
 mod transaction;
 mod webhooks;

@@ -17,6 +17,9 @@ CREATE TABLE subscription_events (
     subscription_id TEXT NOT NULL,
     event_number BIGINT NOT NULL,
     focus TEXT NOT NULL,
+    -- The version of the focus the event is about (a full-resource notification
+    -- shows that version, not a later one).
+    version BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     PRIMARY KEY (subscription_id, event_number)
 );

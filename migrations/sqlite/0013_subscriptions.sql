@@ -17,6 +17,9 @@ CREATE TABLE subscription_events (
     subscription_id TEXT NOT NULL,
     event_number INTEGER NOT NULL,
     focus TEXT NOT NULL,
+    -- The version of the focus the event is about (a full-resource notification
+    -- shows that version, not a later one).
+    version INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     PRIMARY KEY (subscription_id, event_number)
 );

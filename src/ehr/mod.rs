@@ -18,7 +18,7 @@
 //! drop elements the EHR sent); the gateway authenticates with SMART Backend Services,
 //! a client assertion signed with its own key (published at `/.well-known/jwks.json`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +70,9 @@ pub struct Coordinator {
     allow_insecure: bool,
     /// Per server: the newest `meta.lastUpdated` seen (the next poll asks for later).
     watermarks: Mutex<HashMap<String, String>>,
+    /// Per server: Tasks that could not be taken on, read again by id each cycle (the
+    /// watermark moves on without them).
+    retry: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 /// An answer read from the EHR: its JSON and its version (ETag or meta.versionId).
@@ -102,6 +105,7 @@ impl Coordinator {
             interval,
             allow_insecure,
             watermarks: Mutex::default(),
+            retry: Mutex::default(),
         }
     }
 
@@ -142,8 +146,10 @@ impl Coordinator {
 
     /// One poll for new and cancelled Tasks, then one push of local changes.
     pub async fn cycle(&self, s: &EhrServerConfig) -> Result<(), EhrError> {
-        self.pull(s).await?;
-        self.push(s).await
+        // A failed poll does not hold back the write-backs.
+        let pulled = self.pull(s).await;
+        let pushed = self.push(s).await;
+        pulled.and(pushed)
     }
 
     async fn pull(&self, s: &EhrServerConfig) -> Result<(), EhrError> {
@@ -165,6 +171,7 @@ impl Coordinator {
         }
         let first = reqwest::Url::parse_with_params(&format!("{base}/Task"), &query)
             .map_err(|e| EhrError::Config(format!("base_url {base:?}: {e}")))?;
+        self.retry_failed(s, &base).await;
         let mut next = Some(first.to_string());
         let mut newest = since;
         while let Some(url) = next.take() {
@@ -190,7 +197,15 @@ impl Coordinator {
                 {
                     newest = Some(at.to_string());
                 }
-                self.take(s, &base, task, &included).await?;
+                // One Task the gateway cannot take on does not stop the others.
+                if let Err(e) = self.take(s, &base, task, &included).await {
+                    tracing::warn!(message = "EHR Task not taken on; it is read again at the next poll.", ehr = %s.id, remote_task = %task["id"], error = %e);
+                    if let Some(id) = task["id"].as_str() {
+                        self.retries(|r| {
+                            r.entry(s.id.clone()).or_default().insert(id.to_string());
+                        });
+                    }
+                }
             }
             next = page["link"]
                 .as_array()
@@ -199,6 +214,14 @@ impl Coordinator {
                 .find(|l| l["relation"] == "next")
                 .and_then(|l| l["url"].as_str())
                 .map(str::to_string);
+            // Our token goes only to the EHR's own base.
+            if let Some(url) = &next
+                && !url.starts_with(&format!("{base}/"))
+            {
+                return Err(EhrError::Invalid(format!(
+                    "a next link outside its base ({url})"
+                )));
+            }
         }
         if let Some(n) = newest {
             self.watermarks
@@ -207,6 +230,33 @@ impl Coordinator {
                 .insert(s.id.clone(), n);
         }
         Ok(())
+    }
+
+    fn retries<T>(&self, f: impl FnOnce(&mut HashMap<String, HashSet<String>>) -> T) -> T {
+        f(&mut self
+            .retry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Reads each Task that failed before again, by id, and tries it once more.
+    async fn retry_failed(&self, s: &EhrServerConfig, base: &str) {
+        let ids: Vec<String> =
+            self.retries(|r| r.get(&s.id).into_iter().flatten().cloned().collect());
+        for id in ids {
+            let outcome = match self.get(s, &format!("{base}/Task/{id}")).await {
+                Ok(task) => self.take(s, base, &task.body, &HashMap::new()).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.retries(|r| r.entry(s.id.clone()).or_default().remove(&id));
+                }
+                Err(e) => {
+                    tracing::info!(message = "EHR Task still not taken on.", ehr = %s.id, remote_task = %id, error = %e)
+                }
+            }
+        }
     }
 
     /// A Task the EHR assigned to us: a new requested one becomes a local referral; a
@@ -254,11 +304,12 @@ impl Coordinator {
         if let Some(r) = included.get(relative) {
             return Ok(r.clone());
         }
-        let url = if relative.contains("://") {
-            relative.to_string()
-        } else {
-            format!("{base}/{relative}")
-        };
+        if relative.contains("://") {
+            return Err(EhrError::Invalid(format!(
+                "Task.{element} {reference:?} outside its base: the gateway's token is not sent elsewhere"
+            )));
+        }
+        let url = format!("{base}/{relative}");
         Ok(self.get(s, &url).await?.body)
     }
 
@@ -382,11 +433,27 @@ impl Coordinator {
             let mut conflicts = 0;
             loop {
                 let remote = self.get(s, &url).await?;
+                // What the EHR ended stays ended: its cancellation reached us on the
+                // poll; our later status is not written over it.
+                let ended = remote.body["status"]
+                    .as_str()
+                    .and_then(TaskStatus::parse)
+                    .is_some_and(|t| t.next_statuses().iter().all(|n| *n == "entered-in-error"));
+                if ended && remote.body["status"] != local["status"] {
+                    tracing::info!(message = "The EHR's Task is closed there; the gateway's change is not written over it.", ehr = %s.id, remote_task = %u.remote_task, remote_status = %remote.body["status"], status = %local["status"]);
+                    break;
+                }
                 let merged = merge(&remote.body, &local, &self.our_base);
                 if merged == remote.body {
                     break;
                 }
-                match self.put(s, &url, &merged, remote.version.as_deref()).await {
+                let Some(version) = remote.version.as_deref() else {
+                    return Err(EhrError::Invalid(format!(
+                        "Task/{} without a version (ETag or meta.versionId): it cannot be updated safely",
+                        u.remote_task
+                    )));
+                };
+                match self.put(s, &url, &merged, version).await {
                     Ok(()) => {
                         tracing::info!(message = "Referral change written back to the EHR.", ehr = %s.id, remote_task = %u.remote_task, status = %merged["status"]);
                         break;
@@ -488,21 +555,17 @@ impl Coordinator {
         s: &EhrServerConfig,
         url: &str,
         body: &Value,
-        version: Option<&str>,
+        version: &str,
     ) -> Result<(), EhrError> {
         self.check(url)?;
         let text = body.to_string();
         self.send(
             s,
             |h| {
-                let r = h
-                    .put(url)
+                h.put(url)
                     .header("content-type", "application/fhir+json")
-                    .body(text.clone());
-                match version {
-                    Some(v) => r.header("if-match", v),
-                    None => r,
-                }
+                    .header("if-match", version)
+                    .body(text.clone())
             },
             "an update",
         )

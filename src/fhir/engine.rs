@@ -806,7 +806,7 @@ async fn write_one(
     let index = prepared.index;
     if matches!(ty, "Task" | "ServiceRequest") {
         for subscription in ctx.subscriptions.matching(&resource) {
-            tx.stage_notification(&subscription, format!("{ty}/{}", stored.id), now);
+            tx.stage_notification(&subscription, format!("{ty}/{}", stored.id), version, now);
         }
     }
     tx.stage(stored.clone(), index);

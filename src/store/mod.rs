@@ -542,8 +542,8 @@ pub struct Tx<'c> {
     written: Vec<StoredResource>,
     /// Index rows of current versions read for replacement: (type, id) → rows.
     replaced: HashMap<(String, String), String>,
-    /// Subscription events to number and queue: (subscription, focus, at).
-    notifications: Vec<(String, String, i64)>,
+    /// Subscription events to number and queue.
+    notifications: Vec<subscriptions::StagedNotification>,
 }
 
 impl<'c> Tx<'c> {

@@ -20,6 +20,15 @@ pub fn endpoint_id(subscription: &str) -> String {
     format!("subscription:{subscription}")
 }
 
+/// A subscription event waiting for the batch's flush.
+#[derive(Debug)]
+pub(super) struct StagedNotification {
+    subscription: String,
+    focus: String,
+    version: i64,
+    at: i64,
+}
+
 const COLUMNS: &str = "id, client_id, resource, status, events_since_start, last_sent_at";
 
 fn row(r: &sqlx::any::AnyRow) -> SubscriptionRow {
@@ -34,44 +43,64 @@ fn row(r: &sqlx::any::AnyRow) -> SubscriptionRow {
 }
 
 impl Tx<'_> {
-    /// An event of `subscription` about `focus` (`Task/abc`): numbered, kept, and
-    /// queued for notification, all with the write that caused it.
-    pub fn stage_notification(&mut self, subscription: &str, focus: String, now: i64) {
-        self.notifications
-            .push((subscription.to_string(), focus, now));
+    /// An event of `subscription` about `version` of `focus` (`Task/abc`): numbered,
+    /// kept, and queued for notification, all with the write that caused it.
+    pub fn stage_notification(
+        &mut self,
+        subscription: &str,
+        focus: String,
+        version: i64,
+        now: i64,
+    ) {
+        self.notifications.push(StagedNotification {
+            subscription: subscription.to_string(),
+            focus,
+            version,
+            at: now,
+        });
     }
 
     pub(super) async fn flush_notifications(&mut self) -> Result<()> {
-        for (subscription, focus, now) in std::mem::take(&mut self.notifications) {
-            let Some(number) = sqlx::query(
-                "UPDATE subscriptions SET events_since_start = events_since_start + 1 \
+        let mut staged = std::mem::take(&mut self.notifications);
+        // Subscription rows are locked in id order, one bump each, so two batches (two
+        // writers, or two processes) never wait on each other in a cycle.
+        staged.sort_by(|a, b| a.subscription.cmp(&b.subscription));
+        for group in staged.chunk_by(|a, b| a.subscription == b.subscription) {
+            let subscription = &group[0].subscription;
+            let count = group.len() as i64;
+            let Some(last) = sqlx::query(
+                "UPDATE subscriptions SET events_since_start = events_since_start + $2 \
                  WHERE id = $1 AND status IN ('requested', 'active') RETURNING events_since_start",
             )
-            .bind(&subscription)
+            .bind(subscription)
+            .bind(count)
             .fetch_optional(&mut *self.conn)
             .await?
             .map(|r| r.get::<i64, _>(0)) else {
                 continue;
             };
-            sqlx::query(
-                "INSERT INTO subscription_events (subscription_id, event_number, focus, created_at) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&subscription)
-            .bind(number)
-            .bind(&focus)
-            .bind(now)
-            .execute(&mut *self.conn)
-            .await?;
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (endpoint_id, organization, event_seq, status, \
-                 attempts, next_attempt_at, created_at) VALUES ($1, '', $2, 'pending', 0, $3, $3)",
-            )
-            .bind(endpoint_id(&subscription))
-            .bind(number)
-            .bind(now)
-            .execute(&mut *self.conn)
-            .await?;
+            for (n, event) in (last - count + 1..).zip(group) {
+                sqlx::query(
+                    "INSERT INTO subscription_events (subscription_id, event_number, focus, version, \
+                     created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(subscription)
+                .bind(n)
+                .bind(&event.focus)
+                .bind(event.version)
+                .bind(event.at)
+                .execute(&mut *self.conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (endpoint_id, organization, event_seq, status, \
+                     attempts, next_attempt_at, created_at) VALUES ($1, '', $2, 'pending', 0, $3, $3)",
+                )
+                .bind(endpoint_id(subscription))
+                .bind(n)
+                .bind(event.at)
+                .execute(&mut *self.conn)
+                .await?;
+            }
         }
         Ok(())
     }
@@ -133,35 +162,46 @@ impl Store {
             .collect())
     }
 
-    /// A new status (with the resource showing it); the outbox endpoint sends only while
-    /// the subscription is active.
+    /// A new status (with the resource showing it), only from `from` when given (a
+    /// handshake must not revive a subscription deleted meanwhile); false when it was
+    /// not in `from`. The outbox endpoint sends only while the subscription is active.
     pub async fn set_subscription_status(
         &self,
         id: &str,
+        from: Option<&str>,
         status: &str,
         resource: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE subscriptions SET status = $2, resource = $3 WHERE id = $1")
-            .bind(id)
-            .bind(status)
-            .bind(resource)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE subscriptions SET status = $2, resource = $3 \
+             WHERE id = $1 AND ($4 = '' OR status = $4)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(resource)
+        .bind(from.unwrap_or(""))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        let endpoint = if status == "active" {
+            "active"
+        } else {
+            "inactive"
+        };
         sqlx::query(
             "UPDATE webhook_endpoints SET status = $2, failing_since = NULL, disabled_at = NULL \
              WHERE id = $1",
         )
         .bind(endpoint_id(id))
-        .bind(if status == "active" {
-            "active"
-        } else {
-            "inactive"
-        })
+        .bind(endpoint)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Records that something was sent to the subscriber (heartbeats wait a period after).
@@ -174,15 +214,16 @@ impl Store {
         Ok(())
     }
 
-    /// Events `since..=until` of a subscription: (number, focus, created_at).
+    /// Events `since..=until` of a subscription (at most 1000): (number, focus,
+    /// version, created_at).
     pub async fn subscription_events(
         &self,
         id: &str,
         since: i64,
         until: i64,
-    ) -> Result<Vec<(i64, String, i64)>> {
+    ) -> Result<Vec<(i64, String, i64, i64)>> {
         Ok(sqlx::query(
-            "SELECT event_number, focus, created_at FROM subscription_events \
+            "SELECT event_number, focus, version, created_at FROM subscription_events \
              WHERE subscription_id = $1 AND event_number >= $2 AND event_number <= $3 \
              ORDER BY event_number LIMIT 1000",
         )
@@ -192,7 +233,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
     }
 }

@@ -425,7 +425,8 @@ impl Store {
     /// Disables an endpoint that has failed for too long; true when this call did it.
     /// Disables an endpoint and, in the same transaction, tells its organisation
     /// through the event feed (`webhook.endpoint_disabled`, delivered to its other
-    /// endpoints too); false when it was not active.
+    /// endpoints too), or puts a FHIR Subscription in `error`; false when it was not
+    /// active.
     pub async fn disable_endpoint(&self, endpoint_id: &str, now: i64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let Some(organization) = sqlx::query(
@@ -439,6 +440,17 @@ impl Store {
         .map(|r| r.get::<String, _>(0)) else {
             return Ok(false);
         };
+        // A FHIR Subscription's subscriber learns it from the subscription's status.
+        if let Some(subscription) = endpoint_id.strip_prefix("subscription:") {
+            sqlx::query(
+                "UPDATE subscriptions SET status = 'error' WHERE id = $1 AND status = 'active'",
+            )
+            .bind(subscription)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(true);
+        }
         let seq: i64 = sqlx::query(
             "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, 1) \
              ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + 1 \

@@ -32,6 +32,9 @@ use topic::{Channel, Content, Plan};
 /// Subscription id and what it asks for.
 type Live = Arc<Vec<(String, Plan)>>;
 
+/// How long a subscription waits for its handshake before it is sent again.
+const HANDSHAKE_RETRY_MICROS: i64 = 30_000_000;
+
 /// The live subscriptions (requested or active), as the writer matches them.
 #[derive(Debug, Clone, Default)]
 pub struct Registry(Arc<RwLock<Live>>);
@@ -180,7 +183,9 @@ impl Subscriptions {
         Ok(masked(resource))
     }
 
-    /// The handshake: a success makes the subscription active, a failure `error`.
+    /// The handshake: a success makes a requested subscription active, a failure
+    /// `error` (the stored error says no more than that: the details are logged, not
+    /// shown to a client who could probe addresses with them).
     async fn handshake(&self, id: &str) {
         let Ok(Some(row)) = self.store.subscription(id).await else {
             return;
@@ -188,6 +193,7 @@ impl Subscriptions {
         let Some((resource, plan)) = parsed(&row) else {
             return;
         };
+        let _ = self.store.subscription_sent(id, now_micros()).await;
         let bundle = self.bundle(Kind::Handshake, &row, &plan, &[]);
         let (status, error) = match self.send(id, &plan, &bundle, None).await {
             Ok(_) => ("active", None),
@@ -196,20 +202,23 @@ impl Subscriptions {
         let mut resource = resource;
         resource["status"] = json!(status);
         match &error {
-            Some(e) => resource["error"] = json!(format!("handshake failed: {e}")),
+            Some(_) => resource["error"] = json!("the endpoint did not accept the handshake"),
             None => {
                 resource.as_object_mut().map(|r| r.remove("error"));
             }
         }
-        if let Err(e) = self
+        match self
             .store
-            .set_subscription_status(id, status, &resource.to_string())
+            .set_subscription_status(id, Some("requested"), status, &resource.to_string())
             .await
         {
-            tracing::warn!(message = "Subscription status not recorded.", subscription = id, error = %e);
-            return;
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(message = "Subscription status not recorded.", subscription = id, error = %e);
+                return;
+            }
         }
-        let _ = self.store.subscription_sent(id, now_micros()).await;
         let _ = self.registry.refresh(&self.store).await;
         match error {
             None => tracing::info!(
@@ -236,9 +245,11 @@ impl Subscriptions {
             .ok_or_else(|| FhirError::NotFound {
                 resource: format!("Subscription/{id}"),
             })?;
-        let (resource, plan) = parsed(&row).ok_or_else(|| FhirError::NotFound {
+        let (mut resource, plan) = parsed(&row).ok_or_else(|| FhirError::NotFound {
             resource: format!("Subscription/{id}"),
         })?;
+        // The row's status is the truth (the outbox may have put it in error).
+        resource["status"] = json!(row.status);
         Ok((row, resource, plan))
     }
 
@@ -251,7 +262,7 @@ impl Subscriptions {
         let (_, mut resource, _) = self.own(client, id).await?;
         resource["status"] = json!("off");
         self.store
-            .set_subscription_status(id, "off", &resource.to_string())
+            .set_subscription_status(id, None, "off", &resource.to_string())
             .await?;
         self.registry.refresh(&self.store).await?;
         Ok(())
@@ -265,7 +276,7 @@ impl Subscriptions {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": 1,
-            "entry": [{"resource": notification::status(Kind::QueryStatus, &standing, &[], &self.base),
+            "entry": [{"resource": notification::status(Kind::QueryStatus, &standing, &[], false, &self.base),
                 "search": {"mode": "match"}}],
         }))
     }
@@ -295,9 +306,10 @@ impl Subscriptions {
         let since = since.unwrap_or(1).max(1);
         let until = until.unwrap_or(row.events_since_start);
         let mut events = Vec::new();
-        for (number, focus, at) in self.store.subscription_events(id, since, until).await? {
+        for (number, focus, version, at) in self.store.subscription_events(id, since, until).await?
+        {
             let resource = match plan.content {
-                Content::FullResource => self.current(&focus).await,
+                Content::FullResource => self.version_of(&focus, version).await,
                 _ => None,
             };
             events.push(Event {
@@ -310,11 +322,18 @@ impl Subscriptions {
         Ok(self.bundle(Kind::QueryEvent, &row, &plan, &events))
     }
 
-    /// The current version of `focus` (`Task/abc`), for a full-resource notification.
-    async fn current(&self, focus: &str) -> Option<Value> {
+    /// `version` of `focus` (`Task/abc`): a full-resource notification shows the
+    /// resource as the event saw it, not as it is now.
+    async fn version_of(&self, focus: &str, version: i64) -> Option<Value> {
         let (ty, id) = focus.split_once('/')?;
-        let stored = self.fhir.read(ty, id).await.ok()?;
+        let stored = self.fhir.vread(ty, id, &version.to_string()).await.ok()?;
         serde_json::from_str(&stored.body).ok()
+    }
+
+    /// The resource type a subscription's events are about (its readers need a scope
+    /// for it).
+    pub async fn topic_type(&self, client: &str, id: &str) -> Result<&'static str, FhirError> {
+        Ok(self.own(client, id).await?.2.resource_type)
     }
 
     fn bundle(&self, kind: Kind, row: &SubscriptionRow, plan: &Plan, events: &[Event]) -> Value {
@@ -342,7 +361,7 @@ impl Subscriptions {
             .ok_or_else(|| Failure::new("the subscription no longer exists"))?;
         let (_, plan) =
             parsed(&row).ok_or_else(|| Failure::new("the subscription is not readable"))?;
-        let (number, focus, at) = self
+        let (number, focus, version, at) = self
             .store
             .subscription_events(id, d.event_seq, d.event_seq)
             .await
@@ -350,7 +369,7 @@ impl Subscriptions {
             .pop()
             .ok_or_else(|| Failure::new("the event is no longer kept"))?;
         let resource = match plan.content {
-            Content::FullResource => self.current(&focus).await,
+            Content::FullResource => self.version_of(&focus, version).await,
             _ => None,
         };
         let event = Event {
@@ -370,7 +389,8 @@ impl Subscriptions {
         Ok(status)
     }
 
-    /// Heartbeats for active subscriptions that have sent nothing for their period.
+    /// Heartbeats for active rest-hook subscriptions that sent nothing for their period,
+    /// and handshakes again for requested ones whose handshake was lost.
     pub async fn heartbeats(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
@@ -381,22 +401,27 @@ impl Subscriptions {
                 continue;
             };
             let now = now_micros();
-            for row in live.iter().filter(|r| r.status == "active") {
+            for row in &live {
                 let Some((_, plan)) = parsed(row) else {
                     continue;
                 };
-                let period = plan.heartbeat_seconds as i64 * 1_000_000;
-                if period == 0 || row.last_sent_at.is_some_and(|at| now - at < period) {
+                let quiet = |period: i64| row.last_sent_at.is_none_or(|at| now - at >= period);
+                if row.status == "requested" {
+                    if quiet(HANDSHAKE_RETRY_MICROS) {
+                        self.handshake(&row.id).await;
+                    }
                     continue;
                 }
+                // Heartbeats keep a rest-hook subscriber sure the channel works; a mail
+                // every period would only be noise.
+                let period = plan.heartbeat_seconds as i64 * 1_000_000;
+                if plan.channel != Channel::RestHook || period == 0 || !quiet(period) {
+                    continue;
+                }
+                let _ = self.store.subscription_sent(&row.id, now).await;
                 let bundle = self.bundle(Kind::Heartbeat, row, &plan, &[]);
-                match self.send(&row.id, &plan, &bundle, None).await {
-                    Ok(_) => {
-                        let _ = self.store.subscription_sent(&row.id, now).await;
-                    }
-                    Err(f) => {
-                        tracing::info!(message = "Subscription heartbeat not delivered.", subscription = %row.id, error = %f.error)
-                    }
+                if let Err(f) = self.send(&row.id, &plan, &bundle, None).await {
+                    tracing::info!(message = "Subscription heartbeat not delivered.", subscription = %row.id, error = %f.error)
                 }
             }
         }

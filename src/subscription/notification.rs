@@ -51,8 +51,9 @@ pub struct Event {
     pub resource: Option<Value>,
 }
 
-/// The subscription-status Parameters.
-pub fn status(kind: Kind, s: &Standing<'_>, events: &[Event], base: &str) -> Value {
+/// The subscription-status Parameters; `focus` says whether events name their focus
+/// (not with `empty` content, which keeps only the event numbers).
+pub fn status(kind: Kind, s: &Standing<'_>, events: &[Event], focus: bool, base: &str) -> Value {
     let mut parameter = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", s.id)}}),
         json!({"name": "topic", "valueCanonical": s.topic}),
@@ -61,11 +62,14 @@ pub fn status(kind: Kind, s: &Standing<'_>, events: &[Event], base: &str) -> Val
         json!({"name": "events-since-subscription-start", "valueString": s.events_since_start.to_string()}),
     ];
     for e in events {
-        parameter.push(json!({"name": "notification-event", "part": [
-            {"name": "event-number", "valueString": e.number.to_string()},
-            {"name": "timestamp", "valueInstant": format_instant(e.at)},
-            {"name": "focus", "valueReference": {"reference": format!("{base}/{}", e.focus)}},
-        ]}));
+        let mut part = vec![
+            json!({"name": "event-number", "valueString": e.number.to_string()}),
+            json!({"name": "timestamp", "valueInstant": format_instant(e.at)}),
+        ];
+        if focus {
+            part.push(json!({"name": "focus", "valueReference": {"reference": format!("{base}/{}", e.focus)}}));
+        }
+        parameter.push(json!({"name": "notification-event", "part": part}));
     }
     json!({
         "resourceType": "Parameters",
@@ -84,14 +88,9 @@ pub fn bundle(
     base: &str,
     now: i64,
 ) -> Value {
-    let shown: &[Event] = if content == Content::Empty {
-        &[]
-    } else {
-        events
-    };
     let mut entry = vec![json!({
         "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-        "resource": status(kind, s, shown, base),
+        "resource": status(kind, s, events, content != Content::Empty, base),
         "request": {"method": "GET", "url": format!("{base}/Subscription/{}/$status", s.id)},
         "response": {"status": "200"},
     })];
@@ -173,5 +172,8 @@ mod tests {
             0,
         );
         assert_eq!(empty["entry"].as_array().unwrap().len(), 1);
+        let event = &empty["entry"][0]["resource"]["parameter"][5]["part"];
+        assert_eq!(event[0]["valueString"], "7", "the number stays");
+        assert_eq!(event.as_array().unwrap().len(), 2, "the focus does not");
     }
 }

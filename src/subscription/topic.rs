@@ -37,6 +37,20 @@ pub fn topic_urls() -> Vec<String> {
         .collect()
 }
 
+/// Headers a subscription may not set: they are the request's own.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     RestHook,
@@ -218,8 +232,21 @@ pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
         let line = h.as_str().unwrap_or("");
         let (name, value) = line
             .split_once(':')
-            .filter(|(n, _)| reqwest::header::HeaderName::from_bytes(n.trim().as_bytes()).is_ok())
+            .filter(|(n, v)| {
+                reqwest::header::HeaderName::from_bytes(n.trim().as_bytes()).is_ok()
+                    && reqwest::header::HeaderValue::from_str(v.trim()).is_ok()
+            })
             .ok_or_else(|| invalid(&format!("channel.header[{i}]"), "must read \"Name: value\""))?;
+        let lower = name.trim().to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+            return Err(invalid(
+                &format!("channel.header[{i}]"),
+                format!(
+                    "{} is set by the gateway, not by a subscription",
+                    name.trim()
+                ),
+            ));
+        }
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
     let content = match extension(
@@ -245,11 +272,19 @@ pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
             "an email carries no personal data: use id-only or empty",
         ));
     }
-    let heartbeat_seconds = extension(channel, "backport-heartbeat-period")
-        .next()
-        .and_then(|e| e.get("valueUnsignedInt"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let heartbeat_seconds = match extension(channel, "backport-heartbeat-period").next() {
+        None => 0,
+        Some(e) => e
+            .get("valueUnsignedInt")
+            .and_then(Value::as_u64)
+            .filter(|s| *s <= 86_400)
+            .ok_or_else(|| {
+                invalid(
+                    "channel.extension",
+                    "the heartbeat period is a number of seconds up to 86400",
+                )
+            })?,
+    };
     Ok(Plan {
         topic: criteria.to_string(),
         resource_type,
@@ -271,10 +306,11 @@ pub fn matches(plan: &Plan, resource: &Value) -> bool {
                 ("ServiceRequest", "patient") => "subject",
                 (_, other) => other,
             };
-            match element {
-                "status" => resource.get("status").and_then(Value::as_str) == Some(value.as_str()),
+            // A comma lists alternatives, as in a search (`status=completed,cancelled`).
+            value.split(',').any(|value| match element {
+                "status" => resource.get("status").and_then(Value::as_str) == Some(value),
                 _ => references(resource.get(element)).any(|r| same_reference(r, value)),
-            }
+            })
         })
 }
 

@@ -92,6 +92,11 @@ async fn ehr_server() -> EhrServer {
                 "name": [{"family": "Okafor", "given": ["Grace"]}], "birthDate": "1961-02-17"}),
         );
         e.add_task("ehr-task-1", "ehr-sr-1");
+        // A Task whose focus lives on another host: not followed (our token stays
+        // with the EHR), and it does not hold up the others.
+        e.add_task("ehr-task-elsewhere", "ehr-sr-x");
+        e.tasks.get_mut("ehr-task-elsewhere").unwrap().0["focus"] =
+            json!({"reference": "https://elsewhere.example/fhir/ServiceRequest/x"});
     }
     let shared = ehr.clone();
     let server = HttpServer::new(move || {
@@ -168,11 +173,11 @@ fn answer(ehr: &Mutex<Ehr>, req: &HttpRequest, body: &[u8]) -> HttpResponse {
                     && since.as_deref().is_none_or(|s| at > s)
                 {
                     entries.push(json!({"resource": task, "search": {"mode": "match"}}));
-                    if param("_include").iter().any(|i| i == "Task:focus") {
-                        let focus = task["focus"]["reference"].as_str().unwrap();
-                        entries.push(
-                            json!({"resource": e.others[focus], "search": {"mode": "include"}}),
-                        );
+                    let focus = task["focus"]["reference"].as_str().unwrap();
+                    if param("_include").iter().any(|i| i == "Task:focus")
+                        && let Some(included) = e.others.get(focus)
+                    {
+                        entries.push(json!({"resource": included, "search": {"mode": "include"}}));
                     }
                 }
             }

@@ -212,6 +212,22 @@ async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_f
         .1;
     assert_eq!(since["valueString"], "2");
 
+    // Closed after: the accepted event still shows the Task as it was then.
+    let r = cbo
+        .post(
+            &format!("referrals/{referral}/close"),
+            &json!({"outcome": "resolved"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = app
+        .get_json(&format!(
+            "Subscription/{id}/$events?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource"
+        ))
+        .await;
+    assert_eq!(event_numbers(&second), [2]);
+    assert_eq!(second["entry"][1]["resource"]["status"], "accepted");
+
     // Quiet for longer than the period: a heartbeat.
     eventually("a heartbeat", || {
         hook.got
@@ -227,13 +243,13 @@ async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_f
     let status = app.get_json(&format!("Subscription/{id}/$status")).await;
     let parameters = &status["entry"][0]["resource"]["parameter"];
     assert_eq!(parameters[3]["valueCode"], "query-status");
-    assert_eq!(parameters[4]["valueString"], "2");
+    assert_eq!(parameters[4]["valueString"], "3");
     let events = app
         .get_json(&format!(
             "Subscription/{id}/$events?eventsSinceNumber=1&content=id-only"
         ))
         .await;
-    assert_eq!(event_numbers(&events), [1, 2]);
+    assert_eq!(event_numbers(&events), [1, 2, 3]);
     assert!(events["entry"][1].get("resource").is_none());
     assert!(
         events["entry"][1]["fullUrl"]
@@ -241,6 +257,19 @@ async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_f
             .unwrap()
             .contains("/fhir/Task/")
     );
+
+    // A client that may not read Tasks may not subscribe to them.
+    let narrow = app
+        .ehr_token(&app.ehr, Some("system/Subscription.cruds"))
+        .await;
+    let refused = bearer(&narrow)
+        .post(app.url("Subscription"))
+        .header("content-type", "application/fhir+json")
+        .body(subscription(&hook.url, "rest-hook", "id-only", 0).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
 
     // Another client does not see it; once deleted, nothing more is sent.
     let other = app.add_ehr(&[]);

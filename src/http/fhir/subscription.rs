@@ -11,6 +11,7 @@ use crate::auth::Interaction;
 use crate::fhir::FhirError;
 use crate::fhir::bundle::parse_query_string;
 use crate::http::AppState;
+use crate::subscription::topic;
 
 const TYPE: &str = "Subscription";
 
@@ -27,6 +28,8 @@ pub async fn create(
 ) -> Result<HttpResponse> {
     let principal = allowed(&req, &state, TYPE, Interaction::Create).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
+    // Notifications show the topic's resources: the client must be allowed to read them.
+    principal.require(topic::plan(&body)?.resource_type, Interaction::Read)?;
     let created = state
         .subscriptions
         .create(&principal.client_id, body)
@@ -35,8 +38,7 @@ pub async fn create(
     let mut resp = answer(StatusCode::CREATED, &created);
     resp.headers_mut().insert(
         header::LOCATION,
-        header::HeaderValue::from_str(&format!("Subscription/{id}/_history/1"))
-            .expect("ids are header-safe"),
+        header::HeaderValue::from_str(&format!("Subscription/{id}")).expect("ids are header-safe"),
     );
     Ok(resp)
 }
@@ -87,6 +89,11 @@ pub async fn events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let principal = allowed(&req, &state, TYPE, Interaction::Read).await?;
+    let topic_type = state
+        .subscriptions
+        .topic_type(&principal.client_id, &path)
+        .await?;
+    principal.require(topic_type, Interaction::Read)?;
     let params = parse_query_string(req.query_string());
     let number = |name: &str| -> std::result::Result<Option<i64>, FhirError> {
         match params.iter().find(|(k, _)| k == name) {

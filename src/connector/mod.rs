@@ -78,11 +78,7 @@ impl Connectors {
             cbo,
             store,
             mappings,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("a reqwest client with rustls builds"),
+            http: crate::outbox::client(timeout),
             tokens: crate::oauth::Tokens::default(),
             allow_insecure,
         }

@@ -94,11 +94,7 @@ impl Coordinator {
         Coordinator {
             fhir,
             servers,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("a reqwest client with rustls builds"),
+            http: crate::outbox::client(timeout),
             tokens: crate::oauth::Tokens::default(),
             auth,
             our_base: our_base.trim_end_matches('/').to_string(),

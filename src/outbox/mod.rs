@@ -83,6 +83,17 @@ impl Failure {
     }
 }
 
+/// The HTTP client for calls to other systems: rustls, no redirects followed (a
+/// redirect could carry a token elsewhere), `timeout` per request.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("a reqwest client with rustls builds")
+}
+
 /// Deliveries claimed at once by one worker.
 const CLAIM: usize = 256;
 
@@ -119,12 +130,7 @@ impl Dispatcher {
             connectors,
             subscriptions,
             timeout,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("a reqwest client with rustls builds"),
+            http: client(timeout),
             policy,
             concurrency: 64,
         }
@@ -259,36 +265,31 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// A delivery another module builds (a connector may also ask for a token): the
+    /// whole of it gets the one timeout, so the claim's lease still covers it.
+    async fn bounded(
+        &self,
+        delivery: impl std::future::Future<Output = Result<u16, Failure>>,
+    ) -> Outcome {
+        match tokio::time::timeout(self.timeout, delivery).await {
+            Ok(Ok(status)) => Outcome::Delivered(status),
+            Ok(Err(f)) => Outcome::Failed {
+                status: f.status,
+                error: f.error,
+            },
+            Err(_) => Outcome::Failed {
+                status: None,
+                error: format!("no answer within {} ms", self.timeout.as_millis()),
+            },
+        }
+    }
+
     async fn send(&self, d: &DueDelivery) -> Outcome {
         if d.endpoint_id.starts_with("subscription:") {
-            let sent = tokio::time::timeout(self.timeout, self.subscriptions.deliver(d));
-            return match sent.await {
-                Ok(Ok(status)) => Outcome::Delivered(status),
-                Ok(Err(f)) => Outcome::Failed {
-                    status: f.status,
-                    error: f.error,
-                },
-                Err(_) => Outcome::Failed {
-                    status: None,
-                    error: format!("no answer within {} ms", self.timeout.as_millis()),
-                },
-            };
+            return self.bounded(self.subscriptions.deliver(d)).await;
         }
         if let Some(connector) = &d.connector {
-            // A connector may ask for a token and renew it: the whole delivery gets one
-            // timeout, so the claim's lease still covers it.
-            let sent = tokio::time::timeout(self.timeout, self.connectors.deliver(d, connector));
-            return match sent.await {
-                Ok(Ok(status)) => Outcome::Delivered(status),
-                Ok(Err(f)) => Outcome::Failed {
-                    status: f.status,
-                    error: f.error,
-                },
-                Err(_) => Outcome::Failed {
-                    status: None,
-                    error: format!("no answer within {} ms", self.timeout.as_millis()),
-                },
-            };
+            return self.bounded(self.connectors.deliver(d, connector)).await;
         }
         let (id, body) = payload(d);
         let timestamp = now_micros() / 1_000_000;

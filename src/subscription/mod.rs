@@ -120,11 +120,7 @@ impl Subscriptions {
             store: fhir.store().clone(),
             fhir,
             registry,
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("a reqwest client with rustls builds"),
+            http: crate::outbox::client(timeout),
             mailer,
             base: base.trim_end_matches('/').to_string(),
             allow_insecure,

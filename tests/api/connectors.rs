@@ -3,13 +3,15 @@
 //! credentials that pushes its statuses (`casebook-harbor`), and a flat REST system
 //! with an API key that Crossway polls (`pantrytrack-riverside`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, entry_id, referral_bundle, spawn_app_with};
+use crate::helpers::{
+    TestApp, copy_of_mappings, entry_id, referral_bundle, spawn_app_with, stub_server,
+};
 use crate::webhooks::wait_for;
 
 const HARBOR: &str = "cbo-harbor-housing";
@@ -82,26 +84,8 @@ const API_KEY: &str = "pt-key-riverside";
 async fn case_system() -> CaseSystem {
     let stub: Arc<Mutex<Stub>> = Arc::default();
     let s = stub.clone();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
-        let s = s.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let s = s.clone();
-            async move { answer(&s, &req, &body) }
-        }))
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    CaseSystem {
-        url,
-        stub,
-        server: handle,
-    }
+    let (url, server) = stub_server(move |req, body| answer(&s, req, body));
+    CaseSystem { url, stub, server }
 }
 
 fn answer(stub: &Mutex<Stub>, req: &HttpRequest, body: &[u8]) -> HttpResponse {
@@ -197,27 +181,6 @@ async fn referral_for(app: &TestApp, org: &str) -> (String, String) {
     let task_id = entry_id(&r, 4);
     let id = app.cbo(org).referral_ids().await.last().unwrap().clone();
     (id, task_id)
-}
-
-fn copy_of_mappings() -> PathBuf {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("crossway-mappings-{}", uuid::Uuid::new_v4()));
-    copy(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
-        &dir,
-    );
-    dir
 }
 
 fn edit(path: &Path, from: &str, to: &str) {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app_with, stub_server};
 
 const RIVERSIDE: &str = "cbo-riverside-food-bank";
 
@@ -79,8 +79,6 @@ impl Drop for EhrServer {
 }
 
 async fn ehr_server() -> EhrServer {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/fhir", listener.local_addr().unwrap());
     let ehr = Arc::new(Mutex::new(Ehr::default()));
     {
         let mut e = ehr.lock().unwrap();
@@ -99,21 +97,9 @@ async fn ehr_server() -> EhrServer {
             json!({"reference": "https://elsewhere.example/fhir/ServiceRequest/x"});
     }
     let shared = ehr.clone();
-    let server = HttpServer::new(move || {
-        let shared = shared.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let shared = shared.clone();
-            async move { answer(&shared, &req, &body) }
-        }))
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
+    let (base, handle) = stub_server(move |req, body| answer(&shared, req, body));
     EhrServer {
-        url,
+        url: format!("{base}/fhir"),
         ehr,
         server: handle,
     }

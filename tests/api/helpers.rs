@@ -782,3 +782,51 @@ pub fn adt(trigger: &str, control: &str, pid3: &str, visit: &str) -> String {
 pub fn mrn(value: &str) -> String {
     format!("{value}^^^SMH^MR")
 }
+
+/// A stand-in for a system we cannot run (a case system, an EHR's FHIR server, a
+/// subscriber) on loopback: every request goes to `answer`. Returns `http://addr` and
+/// the handle that stops it.
+pub fn stub_server<F>(answer: F) -> (String, actix_web::dev::ServerHandle)
+where
+    F: Fn(&actix_web::HttpRequest, &[u8]) -> actix_web::HttpResponse + Clone + Send + 'static,
+{
+    use actix_web::{App, HttpRequest, HttpServer, web};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = HttpServer::new(move || {
+        let answer = answer.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+            let answer = answer.clone();
+            async move { answer(&req, &body) }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (url, handle)
+}
+
+/// A copy of the shipped mappings, to change without touching the repository's.
+pub fn copy_of_mappings() -> PathBuf {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("crossway-mappings-{}", uuid::Uuid::new_v4()));
+    copy(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
+        &dir,
+    );
+    dir
+}

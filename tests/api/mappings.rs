@@ -3,7 +3,7 @@
 //! that name the rule and the paths; a candidate is tried on stored traffic without
 //! writing anything.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::helpers::*;
@@ -27,25 +27,6 @@ fn mappings(args: &[&str], dir: &Path) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
-}
-
-/// A copy of the shipped mappings to break.
-fn copy_of_mappings() -> PathBuf {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("crossway-mappings-{}", uuid::Uuid::new_v4()));
-    copy(Path::new(MAPPINGS), &dir);
-    dir
 }
 
 fn replace_in(path: &Path, from: &str, to: &str) {

@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::HttpResponse;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::helpers::{TestApp, bearer, spawn_app_with};
+use crate::helpers::{TestApp, bearer, spawn_app_with, stub_server};
 
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
 const TASK_TOPIC: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task";
@@ -29,44 +29,30 @@ async fn hook(fail: &'static [usize]) -> Hook {
     let got: Got = Arc::default();
     let seen = Arc::new(Mutex::new(0usize));
     let (g, n) = (got.clone(), seen.clone());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/notify", listener.local_addr().unwrap());
-    let server = HttpServer::new(move || {
-        let (g, n) = (g.clone(), n.clone());
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let (g, n) = (g.clone(), n.clone());
-            async move {
-                let i = {
-                    let mut n = n.lock().unwrap();
-                    *n += 1;
-                    *n - 1
-                };
-                if fail.contains(&i) {
-                    return HttpResponse::InternalServerError().finish();
-                }
-                let auth = req
-                    .headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                g.lock()
-                    .unwrap()
-                    .push((auth, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                HttpResponse::Ok().finish()
-            }
-        }))
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    let handle = server.handle();
-    tokio::spawn(server);
+    let (base, server) = stub_server(move |req, body| {
+        let i = {
+            let mut n = n.lock().unwrap();
+            *n += 1;
+            *n - 1
+        };
+        if fail.contains(&i) {
+            return HttpResponse::InternalServerError().finish();
+        }
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        g.lock()
+            .unwrap()
+            .push((auth, serde_json::from_slice(body).unwrap_or(Value::Null)));
+        HttpResponse::Ok().finish()
+    });
     Hook {
-        url,
+        url: format!("{base}/notify"),
         got,
-        server: handle,
+        server,
     }
 }
 

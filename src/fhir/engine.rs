@@ -1009,6 +1009,78 @@ async fn link_patient(
             format!("{reason}: held for identity review"),
         ));
     }
+    merge_by_link(tx, ctx, id, resource, &linked.person, now, warnings).await
+}
+
+/// A Patient whose `link` says it is `replaced-by` another, or `replaces` one, merges
+/// the two persons the way an A40 does: the retired person's identifiers become
+/// aliases of the survivor and its open referrals follow to the survivor's Patient.
+async fn merge_by_link(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    id: &str,
+    resource: &Value,
+    person: &crate::identity::Person,
+    now: i64,
+    warnings: &mut Vec<Issue>,
+) -> Result<(), FhirError> {
+    use crate::identity::{self, Identifier};
+    for (i, link) in resource
+        .get("link")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let kind = link.get("type").and_then(Value::as_str).unwrap_or("");
+        if !matches!(kind, "replaced-by" | "replaces") {
+            continue;
+        }
+        let Some(("Patient", other)) = local_target(link.get("other"), ctx) else {
+            continue;
+        };
+        if other == id {
+            continue;
+        }
+        let other_id = Identifier::patient(other);
+        tx.lock_identifiers(std::slice::from_ref(&other_id)).await?;
+        let other_person = match tx.identifier_owner(&other_id).await? {
+            Some(owner) => tx.person(&owner).await?,
+            None => None,
+        };
+        let Some(other_person) = other_person else {
+            warnings.push(Issue::warning(
+                IssueCode::NotFound,
+                format!("Patient.link[{i}].other"),
+                format!("Patient/{other} is not known here: nothing was merged"),
+            ));
+            continue;
+        };
+        let (retired, survivor, survivor_patient) = if kind == "replaced-by" {
+            (person, &other_person, other)
+        } else {
+            (&other_person, person, id)
+        };
+        let cause = format!("Patient/{id} link {kind} Patient/{other}");
+        let Some(record) = identity::merge(tx, retired, survivor, "fhir", &cause, now).await?
+        else {
+            continue;
+        };
+        for referral in tx.open_referrals_of(&retired.client_ref).await? {
+            // Boxed: re-pointing writes a Task, and writing is what got us here.
+            Box::pin(super::ingest::repoint(
+                tx,
+                ctx,
+                &record.id,
+                "Task",
+                &referral.task_id,
+                "for",
+                survivor_patient,
+                now,
+            ))
+            .await?;
+        }
+    }
     Ok(())
 }
 

@@ -94,7 +94,7 @@ pub(super) async fn ingest(
     }
     let outcome = match notice.effect {
         Effect::Ignore => Ingested::Ignored,
-        Effect::Unlink => unlink(tx, &notice, now).await?,
+        Effect::Unlink => unlink(tx, ctx, &notice, now).await?,
         _ => apply(tx, ctx, &notice, &record.id, now).await?,
     };
     (record.status, record.error) = match &outcome {
@@ -344,11 +344,11 @@ async fn merge(
         else {
             continue;
         };
-        moved.extend(record.moved);
         for referral in tx.open_referrals_of(&person.client_ref).await? {
             repoint(
                 tx,
                 ctx,
+                &record.id,
                 "Task",
                 &referral.task_id,
                 "for",
@@ -357,6 +357,7 @@ async fn merge(
             )
             .await?;
         }
+        moved.extend(record.moved);
         let old_patient = format!("hie-{}", person.id);
         if let Some(stored) = tx.current("Patient", &old_patient).await? {
             let mut p: Value = serde_json::from_str(&stored.body).unwrap_or(json!({}));
@@ -372,10 +373,13 @@ async fn merge(
 }
 
 /// Points a resource's patient reference (and, for a Task, its ServiceRequest's
-/// subject) at another Patient.
-async fn repoint(
+/// subject) at another Patient, recording it under `merge_id` so an unlink can point it
+/// back.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn repoint(
     tx: &mut Tx<'_>,
     ctx: &Context,
+    merge_id: &str,
     resource_type: &str,
     id: &str,
     element: &str,
@@ -392,15 +396,25 @@ async fn repoint(
         Some(("ServiceRequest", sr)) if resource_type == "Task" => Some(sr.to_string()),
         _ => None,
     };
-    resource[element] = json!({"reference": format!("Patient/{patient_id}")});
-    if let Some(obj) = resource.as_object_mut() {
-        obj.remove("meta");
+    let after = format!("Patient/{patient_id}");
+    let before = resource[element]["reference"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if before != after {
+        tx.record_repoint(merge_id, resource_type, id, element, &before, &after)
+            .await?;
+        resource[element] = json!({"reference": after});
+        if let Some(obj) = resource.as_object_mut() {
+            obj.remove("meta");
+        }
+        put(tx, ctx, resource_type, id, resource, false, now).await?;
     }
-    put(tx, ctx, resource_type, id, resource, false, now).await?;
     if let Some(sr) = focus {
         Box::pin(repoint(
             tx,
             ctx,
+            merge_id,
             "ServiceRequest",
             &sr,
             "subject",
@@ -412,11 +426,44 @@ async fn repoint(
     Ok(())
 }
 
+/// Undoing a merge: what it re-pointed and still points where the merge left it points
+/// back (a referral the survivor's side changed since keeps that change).
+pub(super) async fn repoint_back(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    merge_id: &str,
+    now: i64,
+) -> Result<(), FhirError> {
+    for (resource_type, id, element, before, after) in tx.repoints_of(merge_id).await? {
+        let Some(stored) = tx.current(&resource_type, &id).await? else {
+            continue;
+        };
+        let Ok(mut resource) = serde_json::from_str::<Value>(&stored.body) else {
+            continue;
+        };
+        if resource[element.as_str()]["reference"].as_str() != Some(after.as_str()) {
+            continue;
+        }
+        resource[element.as_str()] = json!({"reference": before});
+        if let Some(obj) = resource.as_object_mut() {
+            obj.remove("meta");
+        }
+        put(tx, ctx, &resource_type, &id, resource, false, now).await?;
+    }
+    Ok(())
+}
+
 /// An A37: undoes the merge that retired the second PID's identifier.
-async fn unlink(tx: &mut Tx<'_>, notice: &Notice, now: i64) -> Result<Ingested, FhirError> {
+async fn unlink(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    notice: &Notice,
+    now: i64,
+) -> Result<Ingested, FhirError> {
     let mut invalidate = Vec::new();
     for id in &notice.retired {
         if let Some(record) = identity::unmerge(tx, id, now).await? {
+            repoint_back(tx, ctx, &record.id, now).await?;
             invalidate.extend(record.moved);
         }
     }

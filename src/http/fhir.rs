@@ -366,10 +366,14 @@ async fn create(
     allowed(&req, &state, &resource_type, Interaction::Create).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_none_exist = header_str(req.headers(), "if-none-exist");
+    let merges = merges_persons(&body);
     let written = state
         .fhir
         .create(&resource_type, body, if_none_exist)
         .await?;
+    if merges {
+        state.identities.forget_all().await;
+    }
     Ok(written_response(
         written,
         &base(&req, &state),
@@ -387,6 +391,7 @@ async fn update(
     let caller = allowed(&req, &state, &resource_type, Interaction::Update).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
+    let merges = merges_persons(&body);
     let written = state
         .fhir
         .update(
@@ -397,6 +402,9 @@ async fn update(
             caller.organization.as_deref(),
         )
         .await?;
+    if merges {
+        state.identities.forget_all().await;
+    }
     Ok(written_response(
         written,
         &base(&req, &state),
@@ -613,6 +621,9 @@ async fn transaction(
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     check_entries(&caller, &body)?;
     let with_resources = prefer(&req).0 == Return::Representation;
+    let merges = body["entry"]
+        .as_array()
+        .is_some_and(|entries| entries.iter().any(|e| merges_persons(&e["resource"])));
     let response = state
         .fhir
         .bundle(
@@ -622,7 +633,22 @@ async fn transaction(
             caller.organization.as_deref(),
         )
         .await?;
+    if merges {
+        state.identities.forget_all().await;
+    }
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
+}
+
+/// A Patient whose `link` merges persons (`replaced-by`, `replaces`): once it is
+/// written, cached identifier → person answers may be stale, so they are all dropped
+/// (merges are rare; the store is the truth).
+fn merges_persons(resource: &Value) -> bool {
+    resource["resourceType"] == "Patient"
+        && resource["link"].as_array().is_some_and(|links| {
+            links
+                .iter()
+                .any(|l| matches!(l["type"].as_str(), Some("replaced-by" | "replaces")))
+        })
 }
 
 async fn unsupported(req: HttpRequest) -> HttpResponse {

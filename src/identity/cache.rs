@@ -240,22 +240,46 @@ impl IdentityCache {
         Ok(found)
     }
 
-    /// Keeps an in-process cache honest about merges committed by other processes (an
-    /// operator command beside the embedded gateway): clears it whenever the store's
-    /// identity generation moves. Runs forever; a no-op for other backends.
+    /// Keeps in-process state honest about merges committed by other processes (an
+    /// operator command beside the embedded gateway): whenever the store's identity
+    /// generation moves, the in-process cache is cleared, and so are the current
+    /// versions the embedded store keeps in memory (the merge re-pointed Tasks).
+    /// Runs forever.
     pub async fn watch(self: std::sync::Arc<Self>, store: Store, every: Duration) {
-        let Backend::Local(map) = &self.backend else {
-            return;
-        };
         let mut seen = None;
         loop {
             if let Ok(generation) = store.identity_generation().await {
                 if seen.is_some_and(|s| s != generation) {
-                    map.write().expect("identity cache lock").clear();
+                    if let Backend::Local(map) = &self.backend {
+                        map.write().expect("identity cache lock").clear();
+                    }
+                    if let Err(e) = store.reload_after_foreign_write().await {
+                        tracing::warn!(message = "Cannot re-read referrals after another process's merge.", error = %e);
+                    }
                 }
                 seen = Some(generation);
             }
             tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Drops every entry (a merge whose moved identifiers the caller does not know);
+    /// on Redis by moving to a new key epoch, which retires all entries at once.
+    pub async fn forget_all(&self) {
+        match &self.backend {
+            Backend::None => {}
+            Backend::Local(map) => map.write().expect("identity cache lock").clear(),
+            Backend::Redis { manager, prefix } => {
+                let mut conn = manager.clone();
+                let bumped: redis::RedisResult<u64> = redis::cmd("INCR")
+                    .arg(format!("{prefix}epoch"))
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = bumped {
+                    self.redis_failed(&e);
+                    self.lost_invalidation.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
 

@@ -347,6 +347,48 @@ impl Tx<'_> {
         self.bump_identity_generation().await
     }
 
+    /// Records that a merge changed `element` of a resource from `before` to `after`.
+    pub async fn record_repoint(
+        &mut self,
+        merge_id: &str,
+        res_type: &str,
+        res_id: &str,
+        element: &str,
+        before: &str,
+        after: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO merge_repoints (merge_id, res_type, res_id, element, before, after) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(merge_id)
+        .bind(res_type)
+        .bind(res_id)
+        .bind(element)
+        .bind(before)
+        .bind(after)
+        .execute(&mut *self.conn)
+        .await?;
+        Ok(())
+    }
+
+    /// What a merge re-pointed: (type, id, element, before, after).
+    pub async fn repoints_of(
+        &mut self,
+        merge_id: &str,
+    ) -> Result<Vec<(String, String, String, String, String)>> {
+        Ok(sqlx::query(
+            "SELECT res_type, res_id, element, before, after FROM merge_repoints \
+             WHERE merge_id = $1 ORDER BY res_type, res_id",
+        )
+        .bind(merge_id)
+        .fetch_all(&mut *self.conn)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect())
+    }
+
     async fn bump_identity_generation(&mut self) -> Result<()> {
         sqlx::query("UPDATE identity_generation SET generation = generation + 1 WHERE id = 1")
             .execute(&mut *self.conn)

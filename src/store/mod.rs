@@ -244,6 +244,19 @@ impl Store {
         Ok(())
     }
 
+    /// Another process wrote (an operator's merge or unmerge beside the embedded
+    /// gateway): the current versions kept in memory are dropped and the referral rows
+    /// read again. A no-op on PostgreSQL, which keeps nothing in memory.
+    pub async fn reload_after_foreign_write(&self) -> Result<()> {
+        if let Some(recent) = &self.recent {
+            recent.clear();
+        }
+        if let Some(index) = &self.referral_index {
+            index.refresh(self.all_referrals().await?);
+        }
+        Ok(())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -35,6 +35,13 @@ impl RecentVersions {
             .cloned()
     }
 
+    /// Forgets everything (another process wrote: an operator's merge or unmerge).
+    pub fn clear(&self) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.entries.clear();
+        map.bytes = 0;
+    }
+
     /// Keeps `r` unless a newer version of the same resource is already known.
     pub fn offer(&self, r: StoredResource) {
         self.offer_all(std::iter::once(r));

@@ -24,6 +24,23 @@ struct Inner {
 }
 
 impl ReferralIndex {
+    /// Rows read back from the database after another process wrote: each is kept only
+    /// if it is newer than the row held (a local commit may have moved on meanwhile).
+    pub fn refresh(&self, rows: impl IntoIterator<Item = ReferralRow>) {
+        let newer: Vec<ReferralRow> = {
+            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            rows.into_iter()
+                .filter(|r| {
+                    inner
+                        .by_id
+                        .get(&r.referral.id)
+                        .is_none_or(|old| old.referral.version < r.referral.version)
+                })
+                .collect()
+        };
+        self.apply(newer);
+    }
+
     /// Rows as committed, in commit order.
     pub fn apply(&self, rows: impl IntoIterator<Item = ReferralRow>) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());

@@ -339,6 +339,58 @@ async fn a_merge_moves_open_referrals_to_the_survivor() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(separated, "the unmerged MRN no longer names the survivor");
+    // What the merge re-pointed points back: the referral is the old client's again.
+    let task = app.get_json(&format!("Task/{task_id}")).await;
+    assert_eq!(
+        task["for"]["reference"],
+        format!("Patient/{referral_patient}")
+    );
+    let back = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    assert_eq!(back, client_before);
+}
+
+/// An EHR that merges over FHIR: the old Patient says it is `replaced-by` the new one.
+#[tokio::test]
+async fn a_patient_replaced_by_another_over_fhir_merges_the_persons() {
+    let app = spawn_app().await;
+    let response = app.post_referral().await;
+    let task_id = entry_id(&response, 4);
+    let old_patient = entry_id(&response, 0);
+    let cbo = app.cbo(CBO);
+    let referral = cbo.referral_ids().await.remove(0);
+    let client_before =
+        cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    let survivor = app
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}],
+            "identifier": [{"system": MRN_SYSTEM, "value": "NEW-77"}]}),
+        )
+        .await;
+    let survivor = survivor["id"].as_str().unwrap().to_string();
+    let mut old = app.get_json(&format!("Patient/{old_patient}")).await;
+    old["active"] = json!(false);
+    old["link"] =
+        json!([{"other": {"reference": format!("Patient/{survivor}")}, "type": "replaced-by"}]);
+    let put = app.put(&format!("Patient/{old_patient}"), &old).await;
+    assert_eq!(put.status(), 200);
+    let task = app.get_json(&format!("Task/{task_id}")).await;
+    assert_eq!(task["for"]["reference"], format!("Patient/{survivor}"));
+    let after =
+        cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    assert_ne!(after, client_before, "the survivor's client");
+    // The old MRN is an alias of the survivor now.
+    assert!(patients(&app, "MRN-10001").await.contains(&survivor));
+    // Saying it again merges nothing more.
+    assert_eq!(
+        app.put(&format!("Patient/{old_patient}"), &old)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.get_json(&format!("Task/{task_id}")).await["for"]["reference"],
+        format!("Patient/{survivor}")
+    );
 }
 
 #[tokio::test]

@@ -82,10 +82,11 @@ async fn measure(mode: &str, cache: Arc<IdentityCache>, store: Store, persons: u
                 let at = Instant::now();
                 let found = cache.lookup(&store, &ids).await.expect("lookup");
                 latencies.push(at.elapsed());
+                let expected = format!("per{i}");
                 assert!(
                     found
                         .iter()
-                        .all(|p| p.as_ref().is_some_and(|p| p.id == format!("per{i}")))
+                        .all(|p| p.as_ref().is_some_and(|p| p.id == expected))
                 );
             }
             latencies

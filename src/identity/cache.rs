@@ -28,7 +28,7 @@ const MAX_LOCAL: usize = 2_000_000;
 
 enum Backend {
     None,
-    Local(RwLock<HashMap<String, Person>>),
+    Local(RwLock<LocalMap>),
     Redis {
         manager: ConnectionManager,
         /// Key prefix: one per store, so deployments (or test databases) sharing a
@@ -47,6 +47,43 @@ pub struct IdentityCache {
     lost_invalidation: AtomicBool,
     fill: redis::Script,
     drop: redis::Script,
+}
+
+/// The in-process cache: system → value → person, so a lookup borrows the
+/// identifier's own strings instead of building a key for each.
+#[derive(Default)]
+struct LocalMap {
+    by_system: HashMap<String, HashMap<String, Person>>,
+    len: usize,
+}
+
+impl LocalMap {
+    fn get(&self, id: &Identifier) -> Option<&Person> {
+        self.by_system.get(&id.system)?.get(&id.value)
+    }
+
+    fn insert(&mut self, id: &Identifier, person: Person) {
+        if self.len >= MAX_LOCAL {
+            self.clear();
+        }
+        let values = self.by_system.entry(id.system.clone()).or_default();
+        if values.insert(id.value.clone(), person).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, id: &Identifier) {
+        if let Some(values) = self.by_system.get_mut(&id.system)
+            && values.remove(&id.value).is_some()
+        {
+            self.len -= 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_system.clear();
+        self.len = 0;
+    }
 }
 
 fn key(prefix: &str, epoch: u64, id: &Identifier) -> String {
@@ -72,7 +109,7 @@ impl IdentityCache {
     }
 
     pub fn in_process() -> IdentityCache {
-        IdentityCache::with(Backend::Local(RwLock::new(HashMap::new())))
+        IdentityCache::with(Backend::Local(RwLock::default()))
     }
 
     /// `store_key` names the store (its URL): processes sharing a store share entries.
@@ -148,17 +185,15 @@ impl IdentityCache {
             Backend::Local(map) => {
                 let mut found: Vec<Option<Person>> = {
                     let map = map.read().expect("identity cache lock");
-                    ids.iter().map(|i| map.get(&i.token()).cloned()).collect()
+                    ids.iter().map(|i| map.get(i).cloned()).collect()
                 };
                 for (n, id) in ids.iter().enumerate() {
                     if found[n].is_none()
                         && let Some(p) = store.identifier_owner(id).await?
                     {
-                        let mut map = map.write().expect("identity cache lock");
-                        if map.len() >= MAX_LOCAL {
-                            map.clear();
-                        }
-                        map.insert(id.token(), p.clone());
+                        map.write()
+                            .expect("identity cache lock")
+                            .insert(id, p.clone());
                         found[n] = Some(p);
                     }
                 }
@@ -295,7 +330,7 @@ impl IdentityCache {
             Backend::Local(map) => {
                 let mut map = map.write().expect("identity cache lock");
                 for id in ids {
-                    map.remove(&id.token());
+                    map.remove(id);
                 }
             }
             Backend::Redis { manager, prefix } => {

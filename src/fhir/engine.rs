@@ -1066,20 +1066,16 @@ async fn merge_by_link(
         else {
             continue;
         };
-        for referral in tx.open_referrals_of(&retired.client_ref).await? {
-            // Boxed: re-pointing writes a Task, and writing is what got us here.
-            Box::pin(super::ingest::repoint(
-                tx,
-                ctx,
-                &record.id,
-                "Task",
-                &referral.task_id,
-                "for",
-                survivor_patient,
-                now,
-            ))
-            .await?;
-        }
+        // Boxed: re-pointing writes a Task, and writing is what got us here.
+        Box::pin(super::ingest::follow_survivor(
+            tx,
+            ctx,
+            &record.id,
+            &retired.client_ref,
+            survivor_patient,
+            now,
+        ))
+        .await?;
     }
     Ok(())
 }

@@ -344,19 +344,15 @@ async fn merge(
         else {
             continue;
         };
-        for referral in tx.open_referrals_of(&person.client_ref).await? {
-            repoint(
-                tx,
-                ctx,
-                &record.id,
-                "Task",
-                &referral.task_id,
-                "for",
-                survivor_patient,
-                now,
-            )
-            .await?;
-        }
+        follow_survivor(
+            tx,
+            ctx,
+            &record.id,
+            &person.client_ref,
+            survivor_patient,
+            now,
+        )
+        .await?;
         moved.extend(record.moved);
         let old_patient = format!("hie-{}", person.id);
         if let Some(stored) = tx.current("Patient", &old_patient).await? {
@@ -372,11 +368,39 @@ async fn merge(
     Ok(moved)
 }
 
+/// The open referrals of the retired client follow a merge to the survivor's Patient
+/// (`Task.for` and the ServiceRequest's `subject`, so the EHR sees it), each change
+/// recorded under `merge_id` so an unlink can point it back. A40s and FHIR
+/// `Patient.link` merges both come through here.
+pub(super) async fn follow_survivor(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    merge_id: &str,
+    retired_client_ref: &str,
+    survivor_patient: &str,
+    now: i64,
+) -> Result<(), FhirError> {
+    for referral in tx.open_referrals_of(retired_client_ref).await? {
+        repoint(
+            tx,
+            ctx,
+            merge_id,
+            "Task",
+            &referral.task_id,
+            "for",
+            survivor_patient,
+            now,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Points a resource's patient reference (and, for a Task, its ServiceRequest's
 /// subject) at another Patient, recording it under `merge_id` so an unlink can point it
 /// back.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn repoint(
+async fn repoint(
     tx: &mut Tx<'_>,
     ctx: &Context,
     merge_id: &str,

@@ -505,7 +505,7 @@ impl Command for WriteCommand {
                 .map(|e| linking(&e.resource_type))
                 .find(|i| *i != Isolation::None)
                 .unwrap_or(Isolation::None),
-            Write::Ingest(_) => Isolation::Savepoint,
+            Write::Ingest(inbound) => inbound.isolation(),
             Write::Action(_) | Write::Prune { .. } => Isolation::None,
             Write::Adopt { .. } => Isolation::Savepoint,
         }
@@ -522,6 +522,7 @@ impl Command for WriteCommand {
                     wanted.resources.push(("Task".into(), task.clone()));
                 }
             }
+            Write::Ingest(inbound) => inbound.preload(wanted),
             _ => {}
         }
     }

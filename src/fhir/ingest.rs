@@ -11,7 +11,8 @@ use super::engine::{Context, local_target, put};
 use crate::hie::{Effect, EncounterChange, Notice, NoticeError};
 use crate::hl7v2::ErrorCode;
 use crate::identity::{self, Identifier, Person, Resolved};
-use crate::store::{InboundMessage, Tx};
+use crate::store::writer::Isolation;
+use crate::store::{InboundMessage, Preload, Tx};
 
 /// A feed message on its way into the store.
 #[derive(Debug)]
@@ -46,6 +47,40 @@ impl Inbound {
         Inbound {
             replay: true,
             ..Inbound::record(record)
+        }
+    }
+
+    /// Admits, discharges and demographics only stage rows: they need no savepoint.
+    /// Merges and unlinks change stored identity rows, and a replay rewrites its
+    /// stored message.
+    pub(super) fn isolation(&self) -> Isolation {
+        let changes_stored = self
+            .notice
+            .as_ref()
+            .is_some_and(|n| matches!(n.effect, Effect::Merge | Effect::Unlink));
+        if changes_stored || self.replay {
+            Isolation::Savepoint
+        } else {
+            Isolation::None
+        }
+    }
+
+    /// The message key, the identifiers and the Encounter, read for the whole batch.
+    pub(super) fn preload(&self, wanted: &mut Preload) {
+        wanted
+            .inbound
+            .push((self.record.source.clone(), self.record.control_id.clone()));
+        if let Some(notice) = &self.notice {
+            wanted
+                .identifiers
+                .extend(notice.identifiers.iter().cloned());
+            wanted.identifiers.extend(notice.retired.iter().cloned());
+            if let Some(change) = &notice.encounter {
+                wanted.resources.push((
+                    "Encounter".into(),
+                    encounter_id(&notice.source, &change.key),
+                ));
+            }
         }
     }
 }
@@ -174,8 +209,7 @@ async fn person_patient(
     let mut next = match current {
         Some(stored) => serde_json::from_str::<Value>(&stored.body).unwrap_or(json!({})),
         None => {
-            tx.attach(&person.id, &[Identifier::patient(&id)], "feed", now)
-                .await?;
+            tx.attach(&person.id, &[Identifier::patient(&id)], "feed", now);
             json!({"resourceType": "Patient"})
         }
     };
@@ -332,8 +366,7 @@ async fn merge(
     retired.sort();
     retired.dedup();
     // Identifiers first seen in MRG-1 become aliases: a late message still resolves.
-    tx.attach(&survivor.id, &unknown, &notice.source, now)
-        .await?;
+    tx.attach(&survivor.id, &unknown, &notice.source, now);
     let mut moved = Vec::new();
     for person_id in retired {
         let Some(person) = tx.person(&person_id).await? else {

@@ -41,11 +41,11 @@ pub async fn resolve(
         Decision::Conflict(persons) => return Ok(Resolved::Conflict(persons)),
         Decision::Known(id) => match tx.person(&id).await? {
             Some(p) => (p, false),
-            None => (tx.new_person(now).await?, true),
+            None => (tx.new_person(now), true),
         },
-        Decision::New => (tx.new_person(now).await?, true),
+        Decision::New => (tx.new_person(now), true),
     };
-    tx.attach(&person.id, &unknown, source, now).await?;
+    tx.attach(&person.id, &unknown, source, now);
     Ok(Resolved::Person { person, created })
 }
 
@@ -97,13 +97,13 @@ pub async fn link_patient(
     };
     let person = match person {
         Some(p) => p,
-        None => tx.new_person(now).await?,
+        None => tx.new_person(now),
     };
     let mut attach = vec![ids[0].clone()];
     if conflict.is_empty() {
         attach.extend(unknown);
     }
-    tx.attach(&person.id, &attach, "fhir", now).await?;
+    tx.attach(&person.id, &attach, "fhir", now);
     Ok(Linked {
         person,
         skipped,

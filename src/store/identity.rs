@@ -1,13 +1,20 @@
 //! The person index (persons, identifiers, merges, conflicts) and the inbound feed log
 //! (every HL7 v2 or FHIR notification message as received).
 //!
-//! Unlike resources, these rows are written straight to the transaction, not staged:
-//! commands that write them run in a savepoint ([`super::writer::Isolation::Savepoint`]),
-//! so a failing command still leaves nothing behind.
+//! New persons, identifiers and inbound messages are *staged* like resources, and
+//! written with one statement per table at the end of the batch: a feed message costs
+//! no round trip of its own. What the batch will ask about (owners of its identifiers,
+//! whether its messages were seen) is read for the whole batch up front, under the
+//! PostgreSQL locks that keep two gateways from creating the same person twice
+//! ([`Tx::preload_identity`]). Merges and unmerges change stored rows: they write
+//! what is staged first and run in a savepoint ([`super::writer::Isolation`]).
+
+use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
-use super::{Result, Store, Tx};
+use super::sql::{self, INT, TEXT};
+use super::{Backend, Result, Store, Tx};
 use crate::identity::{Identifier, PATIENT_SYSTEM, Person};
 
 /// One merge as recorded, with what it moved.
@@ -56,6 +63,9 @@ const PATIENTS_OF: &str = "SELECT value FROM person_identifiers WHERE person_id 
 
 const INBOUND_COLUMNS: &str =
     "id, source, control_id, format, event, status, error, body, received_at";
+
+const INBOUND_COLUMNS_M: &str = "m.id, m.source, m.control_id, m.format, m.event, m.status, \
+     m.error, m.body, m.received_at";
 
 const INSERT_INBOUND: &str = "INSERT INTO inbound_messages \
      (id, source, control_id, format, event, status, error, body, received_at) \
@@ -110,110 +120,285 @@ fn decode_identifiers(text: &str) -> Vec<Identifier> {
         .collect()
 }
 
+/// An identifier attached in this batch.
+#[derive(Debug, Clone)]
+struct StagedIdentifier {
+    id: Identifier,
+    person: String,
+    source: String,
+    at: i64,
+}
+
+/// A key of the inbound log: (source, control id).
+type InboundKey = (String, String);
+
+/// Identity rows staged by one batch, and what the batch read up front.
+#[derive(Default)]
+pub(super) struct Staging {
+    persons: Vec<(Person, i64)>,
+    identifiers: Vec<StagedIdentifier>,
+    /// New inbound rows; a later row with the same key replaces an earlier one.
+    inbound: Vec<InboundMessage>,
+    /// Owners read by [`Tx::preload_identity`]: (system, value) → person, `None` when
+    /// unknown then. Dropped by a merge, which moves identifiers in the database.
+    owners: HashMap<(String, String), Option<String>>,
+    /// Inbound keys read by [`Tx::preload_identity`] → the stored row, if any.
+    seen: HashMap<InboundKey, Option<InboundMessage>>,
+    /// PostgreSQL advisory locks held, in the order taken (a savepoint rollback
+    /// releases the ones taken inside it).
+    locks: Vec<String>,
+    locked: HashSet<String>,
+}
+
+/// Where a command's staged identity rows start.
+#[derive(Clone, Copy)]
+pub(super) struct StagingMark {
+    persons: usize,
+    identifiers: usize,
+    inbound: usize,
+    locks: usize,
+}
+
+impl Staging {
+    pub(super) fn mark(&self) -> StagingMark {
+        StagingMark {
+            persons: self.persons.len(),
+            identifiers: self.identifiers.len(),
+            inbound: self.inbound.len(),
+            locks: self.locks.len(),
+        }
+    }
+
+    /// Forgets what was read up front: after a savepoint rollback it may describe
+    /// rows the rollback removed.
+    pub(super) fn forget_reads(&mut self) {
+        self.owners.clear();
+        self.seen.clear();
+    }
+
+    pub(super) fn rollback_to(&mut self, m: StagingMark) {
+        self.persons.truncate(m.persons);
+        self.identifiers.truncate(m.identifiers);
+        self.inbound.truncate(m.inbound);
+        for released in self.locks.drain(m.locks..) {
+            self.locked.remove(&released);
+        }
+    }
+
+    /// The owner of an identifier as far as this batch knows without asking: staged,
+    /// or read up front. `None`: ask the database.
+    fn owner(&self, id: &Identifier) -> Option<Option<String>> {
+        if let Some(s) = self
+            .identifiers
+            .iter()
+            .rev()
+            .find(|s| s.id.system == id.system && s.id.value == id.value)
+        {
+            return Some(Some(s.person.clone()));
+        }
+        self.owners
+            .get(&(id.system.clone(), id.value.clone()))
+            .cloned()
+    }
+
+    fn staged_inbound(&self, source: &str, control_id: &str) -> Option<&InboundMessage> {
+        self.inbound
+            .iter()
+            .rev()
+            .find(|m| m.source == source && m.control_id == control_id)
+    }
+}
+
+/// The lock key of an inbound message (so two gateways cannot both claim it).
+fn inbound_lock(source: &str, control_id: &str) -> String {
+    format!("inbound:{source}|{control_id}")
+}
+
+fn identity_lock(id: &Identifier) -> String {
+    format!("identity:{}", id.token())
+}
+
 impl Tx<'_> {
+    /// Reads, in one round trip each, the owners of the batch's identifiers and whether
+    /// its messages were seen before. On PostgreSQL their locks are taken first, all in
+    /// one statement and one global order, so two writers never deadlock over them.
+    pub(super) async fn preload_identity(
+        &mut self,
+        identifiers: &[Identifier],
+        inbound: &[InboundKey],
+    ) -> Result<()> {
+        let mut keys: Vec<String> = identifiers.iter().map(identity_lock).collect();
+        keys.extend(inbound.iter().map(|(s, c)| inbound_lock(s, c)));
+        self.lock_all(keys).await?;
+        if !identifiers.is_empty() {
+            let rows: Vec<(&str, &str)> = identifiers
+                .iter()
+                .map(|i| (i.system.as_str(), i.value.as_str()))
+                .collect();
+            let text = match self.backend {
+                Backend::Sqlite => {
+                    "SELECT i.system, i.value, i.person_id FROM jsonb_each(jsonb($1)) AS k \
+                     CROSS JOIN person_identifiers AS i \
+                     ON i.system = k.value ->> 0 AND i.value = k.value ->> 1"
+                }
+                Backend::Postgres => {
+                    "SELECT i.system, i.value, i.person_id FROM jsonb_array_elements($1::jsonb) AS k \
+                     JOIN person_identifiers AS i ON i.system = k ->> 0 AND i.value = k ->> 1"
+                }
+            };
+            let found = sqlx::query(text)
+                .bind(sql::json_rows(&rows))
+                .fetch_all(&mut *self.conn)
+                .await?;
+            let owners = &mut self.identity.owners;
+            for (system, value) in rows {
+                owners.insert((system.to_string(), value.to_string()), None);
+            }
+            for r in &found {
+                owners.insert((r.get(0), r.get(1)), Some(r.get(2)));
+            }
+        }
+        if !inbound.is_empty() {
+            let text = match self.backend {
+                Backend::Sqlite => format!(
+                    "SELECT {INBOUND_COLUMNS_M} FROM jsonb_each(jsonb($1)) AS k \
+                     CROSS JOIN inbound_messages AS m \
+                     ON m.source = k.value ->> 0 AND m.control_id = k.value ->> 1"
+                ),
+                Backend::Postgres => format!(
+                    "SELECT {INBOUND_COLUMNS_M} FROM jsonb_array_elements($1::jsonb) AS k \
+                     JOIN inbound_messages AS m ON m.source = k ->> 0 AND m.control_id = k ->> 1"
+                ),
+            };
+            let found = sqlx::query(sqlx::AssertSqlSafe(text))
+                .bind(sql::json_rows(inbound))
+                .fetch_all(&mut *self.conn)
+                .await?;
+            let seen = &mut self.identity.seen;
+            for key in inbound {
+                seen.insert(key.clone(), None);
+            }
+            for r in &found {
+                let m = inbound_row(r);
+                seen.insert((m.source.clone(), m.control_id.clone()), Some(m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the PostgreSQL advisory locks not yet held, sorted, in one statement.
+    async fn lock_all(&mut self, mut keys: Vec<String>) -> Result<()> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| !self.identity.locked.contains(k));
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // jsonb_array_elements_text yields the elements in array order.
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) \
+             FROM jsonb_array_elements_text($1::jsonb) AS k",
+        )
+        .bind(sql::json_rows(&keys))
+        .fetch_one(&mut *self.conn)
+        .await?;
+        for k in keys {
+            self.identity.locked.insert(k.clone());
+            self.identity.locks.push(k);
+        }
+        Ok(())
+    }
+
     /// Takes the cross-process locks for these identifiers, in one global order so two
     /// writers never wait on each other (PostgreSQL; one SQLite writer is serial anyway).
     pub async fn lock_identifiers(&mut self, ids: &[Identifier]) -> Result<()> {
-        let mut tokens: Vec<String> = ids.iter().map(Identifier::token).collect();
-        tokens.sort();
-        tokens.dedup();
-        for t in tokens {
-            self.lock(&format!("identity:{t}")).await?;
-        }
-        Ok(())
+        self.lock_all(ids.iter().map(identity_lock).collect()).await
     }
 
     /// The person an identifier (current or retired) names.
     pub async fn identifier_owner(&mut self, id: &Identifier) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT person_id FROM person_identifiers WHERE system = $1 AND value = $2",
-        )
-        .bind(&id.system)
-        .bind(&id.value)
-        .fetch_optional(&mut *self.conn)
-        .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(self
+            .identifier_owners(std::slice::from_ref(id))
+            .await?
+            .pop()
+            .flatten())
     }
 
-    pub async fn new_person(&mut self, now: i64) -> Result<Person> {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+    /// A new person, staged.
+    pub fn new_person(&mut self, now: i64) -> Person {
+        // Time-ordered, so the persons and identifier indexes (and the feed Patient
+        // `hie-<id>`) grow at their right edge instead of dirtying a random page each.
+        let id = uuid::Uuid::now_v7().simple().to_string();
         let person = Person {
             client_ref: format!("cli_{id}"),
             id,
         };
-        sqlx::query(
-            "INSERT INTO persons (id, client_ref, created_at, updated_at) VALUES ($1, $2, $3, $3)",
-        )
-        .bind(&person.id)
-        .bind(&person.client_ref)
-        .bind(now)
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(person)
+        self.identity.persons.push((person.clone(), now));
+        person
     }
 
-    /// Attaches identifiers to a person, in one statement; ones already known (to
-    /// anyone) are left as they are — callers decide conflicts before attaching.
-    pub async fn attach(
-        &mut self,
-        person: &str,
-        ids: &[Identifier],
-        source: &str,
-        now: i64,
-    ) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<String> = (0..ids.len())
-            .map(|i| {
-                let b = i * 3;
-                format!("(${}, ${}, $1, ${}, $2, $3)", b + 4, b + 5, b + 6)
-            })
-            .collect();
-        let text = format!(
-            "INSERT INTO person_identifiers (system, value, person_id, id_type, source, created_at) \
-             VALUES {} ON CONFLICT (system, value) DO NOTHING",
-            rows.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(text))
-            .bind(person)
-            .bind(source)
-            .bind(now);
+    /// Attaches identifiers to a person (staged); ones already known (to anyone) are
+    /// left as they are — callers decide conflicts before attaching.
+    pub fn attach(&mut self, person: &str, ids: &[Identifier], source: &str, now: i64) {
         for id in ids {
-            q = q.bind(&id.system).bind(&id.value).bind(id.kind.as_deref());
+            if matches!(self.identity.owner(id), Some(Some(_))) {
+                continue;
+            }
+            self.identity.identifiers.push(StagedIdentifier {
+                id: id.clone(),
+                person: person.to_string(),
+                source: source.to_string(),
+                at: now,
+            });
         }
-        q.execute(&mut *self.conn).await?;
-        Ok(())
     }
 
-    /// The person each identifier names (`None`: unknown), in one statement.
+    /// The person each identifier names (`None`: unknown); what the batch does not
+    /// know already is read in one statement.
     pub async fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<Vec<Option<String>>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let terms: Vec<String> = (0..ids.len())
-            .map(|i| format!("(system = ${} AND value = ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let text = format!(
-            "SELECT system, value, person_id FROM person_identifiers WHERE {}",
-            terms.join(" OR ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-        for id in ids {
-            q = q.bind(&id.system).bind(&id.value);
-        }
-        let rows = q.fetch_all(&mut *self.conn).await?;
-        Ok(ids
+        let mut owners: Vec<Option<Option<String>>> =
+            ids.iter().map(|id| self.identity.owner(id)).collect();
+        let unknown: Vec<&Identifier> = ids
             .iter()
-            .map(|id| {
-                rows.iter()
-                    .find(|r| r.get::<&str, _>(0) == id.system && r.get::<&str, _>(1) == id.value)
-                    .map(|r| r.get(2))
-            })
-            .collect())
+            .zip(&owners)
+            .filter(|(_, o)| o.is_none())
+            .map(|(id, _)| id)
+            .collect();
+        if !unknown.is_empty() {
+            let terms: Vec<String> = (0..unknown.len())
+                .map(|i| format!("(system = ${} AND value = ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let text = format!(
+                "SELECT system, value, person_id FROM person_identifiers WHERE {}",
+                terms.join(" OR ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+            for id in &unknown {
+                q = q.bind(&id.system).bind(&id.value);
+            }
+            let rows = q.fetch_all(&mut *self.conn).await?;
+            for (id, owner) in ids.iter().zip(owners.iter_mut()) {
+                if owner.is_none() {
+                    *owner = Some(
+                        rows.iter()
+                            .find(|r| {
+                                r.get::<&str, _>(0) == id.system && r.get::<&str, _>(1) == id.value
+                            })
+                            .map(|r| r.get(2)),
+                    );
+                }
+            }
+        }
+        Ok(owners.into_iter().map(Option::flatten).collect())
     }
 
     pub async fn person(&mut self, id: &str) -> Result<Option<Person>> {
+        if let Some((p, _)) = self.identity.persons.iter().find(|(p, _)| p.id == id) {
+            return Ok(Some(p.clone()));
+        }
         let row = sqlx::query("SELECT id, client_ref FROM persons WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *self.conn)
@@ -226,12 +411,144 @@ impl Tx<'_> {
 
     /// Ids of the Patient resources that belong to a person, oldest first.
     pub async fn patients_of(&mut self, person: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(PATIENTS_OF)
-            .bind(person)
-            .bind(PATIENT_SYSTEM)
-            .fetch_all(&mut *self.conn)
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let is_new = self.identity.persons.iter().any(|(p, _)| p.id == person);
+        let mut ids: Vec<String> = if is_new {
+            Vec::new()
+        } else {
+            sqlx::query(PATIENTS_OF)
+                .bind(person)
+                .bind(PATIENT_SYSTEM)
+                .fetch_all(&mut *self.conn)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        for s in &self.identity.identifiers {
+            if s.person == person && s.id.system == PATIENT_SYSTEM && !ids.contains(&s.id.value) {
+                ids.push(s.id.value.clone());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes the staged persons, identifiers and inbound messages. Before a merge
+    /// changes stored identity rows, and at the end of the batch.
+    pub(super) async fn flush_identity(&mut self) -> Result<()> {
+        let persons = std::mem::take(&mut self.identity.persons);
+        if !persons.is_empty() {
+            let rows: Vec<(&str, &str, i64, i64)> = persons
+                .iter()
+                .map(|(p, at)| (p.id.as_str(), p.client_ref.as_str(), *at, *at))
+                .collect();
+            let (text, args) = sql::bulk_insert(
+                self.backend,
+                "persons",
+                &[
+                    ("id", TEXT),
+                    ("client_ref", TEXT),
+                    ("created_at", INT),
+                    ("updated_at", INT),
+                ],
+                sql::json_rows(&rows),
+                "",
+            );
+            self.run(text, args).await?;
+        }
+        let identifiers = std::mem::take(&mut self.identity.identifiers);
+        if !identifiers.is_empty() {
+            let rows: Vec<(&str, &str, &str, Option<&str>, &str, i64)> = identifiers
+                .iter()
+                .map(|s| {
+                    (
+                        s.id.system.as_str(),
+                        s.id.value.as_str(),
+                        s.person.as_str(),
+                        s.id.kind.as_deref(),
+                        s.source.as_str(),
+                        s.at,
+                    )
+                })
+                .collect();
+            let (text, args) = sql::bulk_insert(
+                self.backend,
+                "person_identifiers",
+                &[
+                    ("system", TEXT),
+                    ("value", TEXT),
+                    ("person_id", TEXT),
+                    ("id_type", TEXT),
+                    ("source", TEXT),
+                    ("created_at", INT),
+                ],
+                sql::json_rows(&rows),
+                "WHERE true ON CONFLICT (system, value) DO NOTHING",
+            );
+            self.run(text, args).await?;
+            // What was staged is now what the database says.
+            for s in identifiers {
+                self.identity
+                    .owners
+                    .entry((s.id.system, s.id.value))
+                    .or_insert(Some(s.person));
+            }
+        }
+        let mut inbound = std::mem::take(&mut self.identity.inbound);
+        if !inbound.is_empty() {
+            // The last row staged for a key is its final state.
+            let mut last = HashSet::new();
+            inbound.reverse();
+            inbound.retain(|m| last.insert((m.source.clone(), m.control_id.clone())));
+            inbound.reverse();
+            let rows: Vec<_> = inbound
+                .iter()
+                .map(|m| {
+                    (
+                        m.id.as_str(),
+                        m.source.as_str(),
+                        m.control_id.as_str(),
+                        m.format.as_str(),
+                        m.event.as_str(),
+                        m.status.as_str(),
+                        m.error.as_deref(),
+                        m.body.as_str(),
+                        m.received_at,
+                    )
+                })
+                .collect();
+            let (text, args) = sql::bulk_insert(
+                self.backend,
+                "inbound_messages",
+                &[
+                    ("id", TEXT),
+                    ("source", TEXT),
+                    ("control_id", TEXT),
+                    ("format", TEXT),
+                    ("event", TEXT),
+                    ("status", TEXT),
+                    ("error", TEXT),
+                    ("body", TEXT),
+                    ("received_at", INT),
+                ],
+                sql::json_rows(&rows),
+                "",
+            );
+            self.run(text, args).await?;
+            for m in inbound {
+                self.identity
+                    .seen
+                    .insert((m.source.clone(), m.control_id.clone()), Some(m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a statement that changes stored identity rows: staged rows written, and
+    /// what was read up front forgotten (it may no longer hold).
+    async fn before_identity_change(&mut self) -> Result<()> {
+        self.flush_identity().await?;
+        self.identity.owners.clear();
+        Ok(())
     }
 
     /// Retires `retired` into `survivor`: its identifiers become the survivor's aliases
@@ -244,6 +561,7 @@ impl Tx<'_> {
         cause: &str,
         now: i64,
     ) -> Result<MergeRecord> {
+        self.before_identity_change().await?;
         let rows = sqlx::query(
             "UPDATE person_identifiers SET person_id = $1, retired = 1 WHERE person_id = $2 \
              RETURNING system, value, id_type",
@@ -322,6 +640,7 @@ impl Tx<'_> {
 
     /// Undoes a merge: the retired person is live again with the identifiers it had.
     pub async fn undo_merge(&mut self, record: &MergeRecord, now: i64) -> Result<()> {
+        self.before_identity_change().await?;
         for id in &record.moved {
             sqlx::query(
                 "UPDATE person_identifiers SET person_id = $1, retired = 0 \
@@ -426,6 +745,16 @@ impl Tx<'_> {
         source: &str,
         control_id: &str,
     ) -> Result<Option<InboundMessage>> {
+        if let Some(m) = self.identity.staged_inbound(source, control_id) {
+            return Ok(Some(m.clone()));
+        }
+        if let Some(seen) = self
+            .identity
+            .seen
+            .get(&(source.to_string(), control_id.to_string()))
+        {
+            return Ok(seen.clone());
+        }
         let text = format!(
             "SELECT {INBOUND_COLUMNS} FROM inbound_messages WHERE source = $1 AND control_id = $2"
         );
@@ -437,18 +766,27 @@ impl Tx<'_> {
         Ok(row.as_ref().map(inbound_row))
     }
 
-    /// Records a message unless its key is already taken; false for a duplicate.
+    /// Stages a message unless its key is already taken; false for a duplicate. Nothing
+    /// is written yet, so a command that fails later leaves no claim behind.
     pub async fn claim_inbound(&mut self, m: &InboundMessage) -> Result<bool> {
-        let text =
-            format!("{INSERT_INBOUND} ON CONFLICT (source, control_id) DO NOTHING RETURNING id");
-        let row = bind_inbound(sqlx::query(sqlx::AssertSqlSafe(text)), m)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        Ok(row.is_some())
+        if self.knows_inbound(&m.source, &m.control_id).await? {
+            return Ok(false);
+        }
+        self.identity.inbound.push(m.clone());
+        Ok(true)
     }
 
-    /// Records a message, or its new status when it is replayed.
+    /// Records a message, or its new status when it was stored before (a replay).
     pub async fn record_inbound(&mut self, m: &InboundMessage) -> Result<()> {
+        if !self.knows_inbound(&m.source, &m.control_id).await?
+            || self
+                .identity
+                .staged_inbound(&m.source, &m.control_id)
+                .is_some()
+        {
+            self.identity.inbound.push(m.clone());
+            return Ok(());
+        }
         let text = format!(
             "{INSERT_INBOUND} ON CONFLICT (source, control_id) \
              DO UPDATE SET status = excluded.status, error = excluded.error"
@@ -457,6 +795,31 @@ impl Tx<'_> {
             .execute(&mut *self.conn)
             .await?;
         Ok(())
+    }
+
+    /// Whether a message with this key is stored or staged. A key the batch did not
+    /// read up front is locked and read now.
+    async fn knows_inbound(&mut self, source: &str, control_id: &str) -> Result<bool> {
+        if self.identity.staged_inbound(source, control_id).is_some() {
+            return Ok(true);
+        }
+        let key = (source.to_string(), control_id.to_string());
+        if !self.identity.seen.contains_key(&key) {
+            self.lock_all(vec![inbound_lock(source, control_id)])
+                .await?;
+            let text = format!(
+                "SELECT {INBOUND_COLUMNS} FROM inbound_messages WHERE source = $1 AND control_id = $2"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(text))
+                .bind(source)
+                .bind(control_id)
+                .fetch_optional(&mut *self.conn)
+                .await?;
+            self.identity
+                .seen
+                .insert(key.clone(), row.as_ref().map(inbound_row));
+        }
+        Ok(matches!(self.identity.seen.get(&key), Some(Some(_))))
     }
 }
 

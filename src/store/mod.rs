@@ -35,10 +35,14 @@ pub struct Preload {
     pub resources: Vec<(String, String)>,
     /// Referral ids.
     pub referrals: Vec<String>,
+    /// Identifiers whose owners the batch will look up.
+    pub identifiers: Vec<crate::identity::Identifier>,
+    /// Inbound messages (source, control id) the batch will claim.
+    pub inbound: Vec<(String, String)>,
 }
 use referrals::{StagedEvent, StagedKey, StagedReferral};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -190,10 +194,9 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // Checkpoints are mostly done by the background task (see
-                        // `writer`); a commit checkpoints only past ~16 MB of WAL, then
-                        // finds most pages already copied.
-                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                        // Checkpoints are done by the background task (see `writer`);
+                        // a commit checkpoints only if that task fell far behind.
+                        conn.execute("PRAGMA wal_autocheckpoint = 65536").await?;
                         // A larger page cache and memory-mapped reads keep a batch's index
                         // pages in memory instead of spilling and re-reading them.
                         conn.execute("PRAGMA cache_size = -32768").await?;
@@ -526,6 +529,7 @@ pub struct Mark {
     written_referrals: usize,
     notifications: usize,
     next_seq: i64,
+    identity: identity::StagingMark,
 }
 
 /// The write side of one group-commit transaction, handed to each command in turn.
@@ -557,6 +561,10 @@ pub struct Tx<'c> {
     replaced: HashMap<(String, String), String>,
     /// Subscription events to number and queue.
     notifications: Vec<subscriptions::StagedNotification>,
+    /// Resources the batch preloaded and found not stored.
+    absent: HashSet<(String, String)>,
+    /// Persons, identifiers and inbound messages (see `identity`).
+    identity: identity::Staging,
 }
 
 impl<'c> Tx<'c> {
@@ -575,6 +583,9 @@ impl<'c> Tx<'c> {
             let found = found.clone();
             self.replaced.insert(key, index_rows.clone());
             return Ok(Some(found));
+        }
+        if self.absent.contains(&key) {
+            return Ok(None);
         }
         let text = match self.backend {
             Backend::Sqlite => sql::READ_CURRENT_TO_REPLACE,
@@ -620,7 +631,14 @@ impl<'c> Tx<'c> {
                 let key = (found.resource_type.clone(), found.id.clone());
                 self.preloaded.insert(key, (found, r.get(5)));
             }
+            for key in &wanted.resources {
+                if !self.preloaded.contains_key(key) {
+                    self.absent.insert(key.clone());
+                }
+            }
         }
+        self.preload_identity(&wanted.identifiers, &wanted.inbound)
+            .await?;
         self.preload_referrals(&wanted.referrals).await
     }
 
@@ -697,6 +715,7 @@ impl<'c> Tx<'c> {
             written: self.written.len(),
             notifications: self.notifications.len(),
             next_seq: self.next_seq,
+            identity: self.identity.mark(),
         }
     }
 
@@ -710,6 +729,7 @@ impl<'c> Tx<'c> {
         self.written.truncate(m.written);
         self.notifications.truncate(m.notifications);
         self.next_seq = m.next_seq;
+        self.identity.rollback_to(m.identity);
     }
 
     async fn execute(&mut self, text: &'static str) -> Result<()> {
@@ -719,13 +739,15 @@ impl<'c> Tx<'c> {
 
     /// Writes everything staged so far.
     pub async fn flush(&mut self) -> Result<()> {
+        self.flush_identity().await?;
         if !self.resources.is_empty() {
             let staged = std::mem::take(&mut self.resources);
             let replaced = std::mem::take(&mut self.replaced);
             // Once written, the database has newer versions than what was preloaded.
             for s in &staged {
-                self.preloaded
-                    .remove(&(s.resource.resource_type.clone(), s.resource.id.clone()));
+                let key = (s.resource.resource_type.clone(), s.resource.id.clone());
+                self.preloaded.remove(&key);
+                self.absent.remove(&key);
             }
             for (text, args) in sql::write_resources(self.backend, &staged, &replaced) {
                 sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)

@@ -282,8 +282,8 @@ impl Tx<'_> {
         {
             return Ok(person.client_ref);
         }
-        let person = self.new_person(now).await?;
-        self.attach(&person.id, &[id], "fhir", now).await?;
+        let person = self.new_person(now);
+        self.attach(&person.id, &[id], "fhir", now);
         Ok(person.client_ref)
     }
 
@@ -386,7 +386,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    async fn run(&mut self, text: String, args: Vec<sql::Arg>) -> Result<()> {
+    pub(super) async fn run(&mut self, text: String, args: Vec<sql::Arg>) -> Result<()> {
         sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
             .execute(&mut *self.conn)
             .await?;

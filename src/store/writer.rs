@@ -95,21 +95,36 @@ impl<C: Command> Writer<C> {
             Backend::Postgres => 2,
         };
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..writers {
-            tokio::spawn(run::<C>(
-                store.pool.clone(),
-                store.backend,
-                Memory {
-                    recent: store.recent.clone(),
-                    referrals: store.referral_index.clone(),
-                },
-                rx.clone(),
-                committed.clone(),
-            ));
-        }
+        let runs: Vec<_> = (0..writers)
+            .map(|_| {
+                run::<C>(
+                    store.pool.clone(),
+                    store.backend,
+                    Memory {
+                        recent: store.recent.clone(),
+                        referrals: store.referral_index.clone(),
+                    },
+                    rx.clone(),
+                    committed.clone(),
+                )
+            })
+            .collect();
+        // The writers run on a thread of their own: a statement's answer (from the
+        // SQLite worker thread or the PostgreSQL socket) resumes a writer at once
+        // instead of queueing behind the connections' tasks on the shared runtime.
+        std::thread::Builder::new()
+            .name("crossway-writer".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("writer runtime");
+                runtime.block_on(futures_util::future::join_all(runs));
+            })
+            .expect("writer thread");
         tokio::spawn(answer_when_durable::<C>(store.wal.clone(), durable));
         if store.backend == Backend::Sqlite {
-            tokio::spawn(checkpoint(store.pool.clone()));
+            tokio::spawn(checkpoint(store.pool.clone(), store.wal.clone()));
         }
         Writer { queue }
     }
@@ -230,6 +245,8 @@ async fn run_batch<C: Command>(
         written: Vec::new(),
         replaced: HashMap::new(),
         notifications: Vec::new(),
+        absent: Default::default(),
+        identity: Default::default(),
     };
     let mut wanted = Preload::default();
     for (command, _) in batch.iter() {
@@ -315,8 +332,12 @@ async fn run_isolated<C: Command>(
     command: C,
     searches: bool,
 ) -> Result<Result<C::Output, C::Error>, StoreError> {
+    // What earlier commands staged is written before the savepoint, so that undoing
+    // this command cannot undo theirs.
     if searches {
         tx.flush().await?;
+    } else {
+        tx.flush_identity().await?;
     }
     tx.execute("SAVEPOINT command").await?;
     let mark = tx.mark();
@@ -329,6 +350,7 @@ async fn run_isolated<C: Command>(
     }
     if result.is_err() {
         tx.rollback_to(mark);
+        tx.identity.forget_reads();
         tx.execute("ROLLBACK TO SAVEPOINT command").await?;
     }
     tx.execute("RELEASE SAVEPOINT command").await?;
@@ -378,20 +400,30 @@ async fn answer_when_durable<C: Command>(
     }
 }
 
-/// Copies the SQLite WAL back into the database file in the background. PASSIVE never
-/// blocks the writer; it leaves the automatic checkpoint at commit little to copy, so
-/// commits keep their latency.
-async fn checkpoint(pool: AnyPool) {
+/// WAL size past which the background checkpoint restarts the log.
+const WAL_RESTART_BYTES: u64 = 64 << 20;
+
+/// Copies the SQLite WAL back into the database file in the background, so that
+/// commits never checkpoint (a checkpoint fsyncs the database file: tens of ms).
+/// PASSIVE never blocks the writer; once the log is large a RESTART (whose remaining
+/// work PASSIVE has mostly done) makes the next transaction write from its start.
+async fn checkpoint(pool: AnyPool, wal: Option<std::path::PathBuf>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        let large = wal
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() > WAL_RESTART_BYTES);
+        let mode = if large {
+            "PRAGMA wal_checkpoint(RESTART)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        if let Err(e) = sqlx::query(mode).execute(&pool).await {
             tracing::warn!(message = "WAL checkpoint failed.", error = %e);
         }
     }

@@ -372,6 +372,10 @@ impl Store {
             super::sql::json_rows(&rows),
             "",
         );
+        let _turn = match &self.write_turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        };
         super::sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
             .execute(&self.pool)
             .await?;

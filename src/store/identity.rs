@@ -129,6 +129,9 @@ struct StagedIdentifier {
     at: i64,
 }
 
+/// A `person_identifiers` row as bulk-inserted: system, value, person, type, source, time.
+type IdentifierRow<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a str, i64);
+
 /// A key of the inbound log: (source, control id).
 type InboundKey = (String, String);
 
@@ -457,7 +460,7 @@ impl Tx<'_> {
         }
         let identifiers = std::mem::take(&mut self.identity.identifiers);
         if !identifiers.is_empty() {
-            let rows: Vec<(&str, &str, &str, Option<&str>, &str, i64)> = identifiers
+            let rows: Vec<IdentifierRow<'_>> = identifiers
                 .iter()
                 .map(|s| {
                     (

@@ -28,6 +28,7 @@ use super::referral_index::ReferralIndex;
 struct Memory {
     recent: Option<Arc<RecentVersions>>,
     referrals: Option<Arc<ReferralIndex>>,
+    turn: Option<Arc<Mutex<()>>>,
 }
 use super::{Backend, Preload, Store, StoreError, Tx};
 
@@ -103,6 +104,7 @@ impl<C: Command> Writer<C> {
                     Memory {
                         recent: store.recent.clone(),
                         referrals: store.referral_index.clone(),
+                        turn: store.write_turn.clone(),
                     },
                     rx.clone(),
                     committed.clone(),
@@ -124,7 +126,7 @@ impl<C: Command> Writer<C> {
             .expect("writer thread");
         tokio::spawn(answer_when_durable::<C>(store.wal.clone(), durable));
         if store.backend == Backend::Sqlite {
-            tokio::spawn(checkpoint(store.pool.clone(), store.wal.clone()));
+            tokio::spawn(checkpoint(store.pool.clone()));
         }
         Writer { queue }
     }
@@ -187,7 +189,13 @@ async fn run<C: Command>(
                 }
             }
         }
-        match run_batch::<C>(c, backend, &memory, next_seq.unwrap_or(0), &mut batch).await {
+        let turn = match &memory.turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        };
+        let ran = run_batch::<C>(c, backend, &memory, next_seq.unwrap_or(0), &mut batch).await;
+        drop(turn);
+        match ran {
             Ok((seq, answers)) => {
                 next_seq = Some(seq);
                 let _ = committed.send(answers);
@@ -400,30 +408,20 @@ async fn answer_when_durable<C: Command>(
     }
 }
 
-/// WAL size past which the background checkpoint restarts the log.
-const WAL_RESTART_BYTES: u64 = 64 << 20;
-
-/// Copies the SQLite WAL back into the database file in the background, so that
-/// commits never checkpoint (a checkpoint fsyncs the database file: tens of ms).
-/// PASSIVE never blocks the writer; once the log is large a RESTART (whose remaining
-/// work PASSIVE has mostly done) makes the next transaction write from its start.
-async fn checkpoint(pool: AnyPool, wal: Option<std::path::PathBuf>) {
+/// Copies the SQLite WAL back into the database file in the background. PASSIVE never
+/// blocks the writer; it leaves the automatic checkpoint at commit little to copy, so
+/// commits keep their latency.
+async fn checkpoint(pool: AnyPool) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
         if pool.is_closed() {
             return;
         }
-        let large = wal
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .is_some_and(|m| m.len() > WAL_RESTART_BYTES);
-        let mode = if large {
-            "PRAGMA wal_checkpoint(RESTART)"
-        } else {
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        };
-        if let Err(e) = sqlx::query(mode).execute(&pool).await {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
             tracing::warn!(message = "WAL checkpoint failed.", error = %e);
         }
     }

@@ -345,7 +345,15 @@ async fn a_merge_moves_open_referrals_to_the_survivor() {
         task["for"]["reference"],
         format!("Patient/{referral_patient}")
     );
-    let back = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+    // The CBO view follows once this process has read the other's write (≤ 0.5 s).
+    let mut back = Value::Null;
+    for _ in 0..40 {
+        back = cbo.get(&format!("referrals/{referral}")).await.body["client"]["client_ref"].clone();
+        if back == client_before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(back, client_before);
 }
 

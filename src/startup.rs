@@ -436,17 +436,19 @@ struct FeedHandler {
 impl mllp::Handler for FeedHandler {
     fn handle(&self, frame: mllp::Frame, peer: SocketAddr) -> mllp::HandlerFuture<'_> {
         Box::pin(async move {
-            let (ack, entity) = match frame {
+            let (outcome, acks, entity) = match frame {
                 mllp::Frame::Message(bytes) => {
                     let entity = crate::hie::adt::describe(&bytes);
-                    (self.feed.hl7v2(&bytes).await?, entity)
+                    let (outcome, acks) = self.feed.hl7v2(&bytes).await;
+                    (outcome, acks?, entity)
                 }
                 mllp::Frame::TooLarge { head, len } => (
-                    self.feed.too_large(&head, len, self.limit),
+                    Some(crate::hl7v2::AckCode::Reject),
+                    vec![self.feed.too_large(&head, len, self.limit)],
                     format!("oversize message ({len} bytes)"),
                 ),
             };
-            let code = crate::hie::adt::ack_code(&ack);
+            let codes: Vec<&str> = acks.iter().map(|a| crate::hie::adt::ack_code(a)).collect();
             let client = format!("mllp:{}", peer.ip());
             self.audit.record(Access {
                 client_id: &client,
@@ -454,15 +456,19 @@ impl mllp::Handler for FeedHandler {
                 face: "mllp",
                 action: "C",
                 entity,
-                detail: format!("ACK {code}"),
-                outcome: match code {
-                    "AA" | "CA" => 200,
-                    "AE" | "CE" => 422,
+                detail: if codes.is_empty() {
+                    "no ACK asked for".into()
+                } else {
+                    format!("ACK {}", codes.join(" "))
+                },
+                outcome: match outcome {
+                    Some(crate::hl7v2::AckCode::Accept) => 200,
+                    Some(crate::hl7v2::AckCode::Error) | None => 422,
                     _ => 400,
                 },
                 trace_id: "",
             });
-            Some(ack.into_bytes().into())
+            Some(acks.into_iter().map(|a| a.into_bytes().into()).collect())
         })
     }
 }

@@ -481,10 +481,10 @@ impl Command for WriteCommand {
     type Error = FhirError;
 
     fn isolation(&self) -> Isolation {
-        // Identity rows are written straight to the transaction (see `store::identity`),
-        // so whatever links a Patient runs in a savepoint.
-        let linking = |ty: &str| {
-            if ty == "Patient" {
+        // Identity rows are staged like resources (see `store::identity`); only a
+        // Patient whose `link` merges persons changes stored rows, in a savepoint.
+        let linking = |ty: &str, resource: Option<&Value>| {
+            if ty == "Patient" && resource.is_some_and(merges_by_link) {
                 Isolation::Savepoint
             } else {
                 Isolation::None
@@ -495,14 +495,21 @@ impl Command for WriteCommand {
                 if_none_exist: Some(_),
                 ..
             } => Isolation::Search,
-            Write::Create { resource_type, .. } | Write::Update { resource_type, .. } => {
-                linking(resource_type)
+            Write::Create {
+                resource_type,
+                resource,
+                ..
             }
+            | Write::Update {
+                resource_type,
+                resource,
+                ..
+            } => linking(resource_type, Some(resource)),
             Write::Bundle { plan, .. } if plan.searches => Isolation::Search,
             Write::Bundle { plan, .. } => plan
                 .entries
                 .iter()
-                .map(|e| linking(&e.resource_type))
+                .map(|e| linking(&e.resource_type, e.resource.as_ref()))
                 .find(|i| *i != Isolation::None)
                 .unwrap_or(Isolation::None),
             Write::Ingest(inbound) => inbound.isolation(),
@@ -512,10 +519,41 @@ impl Command for WriteCommand {
     }
 
     fn preload(&self, wanted: &mut Preload) {
+        let identity = |wanted: &mut Preload, ty: &str, id: Option<&str>, resource: &Value| {
+            if ty == "Patient" {
+                let rules = &self.ctx.mappings.current().identity;
+                wanted
+                    .identifiers
+                    .extend(id.map(crate::identity::Identifier::patient));
+                wanted
+                    .identifiers
+                    .extend(rules.from_fhir_patient(resource).0);
+            }
+        };
         match &self.write {
+            Write::Create {
+                resource_type,
+                id,
+                resource,
+                ..
+            } => identity(wanted, resource_type, Some(id), resource),
             Write::Update {
-                resource_type, id, ..
-            } => wanted.resources.push((resource_type.clone(), id.clone())),
+                resource_type,
+                id,
+                resource,
+                ..
+            } => {
+                wanted.resources.push((resource_type.clone(), id.clone()));
+                identity(wanted, resource_type, Some(id), resource);
+            }
+            Write::Bundle { plan, .. } => {
+                for e in &plan.entries {
+                    if let Some(resource) = &e.resource {
+                        let id = resource.get("id").and_then(Value::as_str);
+                        identity(wanted, &e.resource_type, id, resource);
+                    }
+                }
+            }
             Write::Action(a) => {
                 wanted.referrals.push(a.referral_id.clone());
                 if let Some(task) = &a.task_hint {
@@ -1002,8 +1040,7 @@ async fn link_patient(
             reason,
             &linked.conflict,
             now,
-        )
-        .await?;
+        );
         warnings.push(Issue::warning(
             IssueCode::Conflict,
             "Patient.identifier",
@@ -1011,6 +1048,21 @@ async fn link_patient(
         ));
     }
     merge_by_link(tx, ctx, id, resource, &linked.person, now, warnings).await
+}
+
+/// Whether a Patient's `link` merges persons (see [`merge_by_link`]).
+fn merges_by_link(resource: &Value) -> bool {
+    resource
+        .get("link")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|l| {
+            matches!(
+                l.get("type").and_then(Value::as_str),
+                Some("replaced-by" | "replaces")
+            )
+        })
 }
 
 /// A Patient whose `link` says it is `replaced-by` another, or `replaces` one, merges

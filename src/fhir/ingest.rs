@@ -164,8 +164,7 @@ async fn apply(
                     "the message's identifiers belong to different persons",
                     &persons,
                     now,
-                )
-                .await?;
+                );
                 return Ok(Ingested::Conflict(persons));
             }
         };

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::{Effect, Notice, NoticeError, adt, notification};
 use crate::fhir::engine::{Inbound, Ingested};
 use crate::fhir::{Fhir, FhirError, datetime};
-use crate::hl7v2::{self, AckCode, AckError, ErrorCode, ErrorLocation, Severity};
+use crate::hl7v2::{self, AckCode, AckError, AckMode, ErrorCode, ErrorLocation, Severity};
 use crate::identity::Identifier;
 use crate::identity::cache::IdentityCache;
 use crate::mapping::{Live, Mappings};
@@ -126,40 +126,90 @@ impl Feed {
         }
     }
 
-    /// Handles one HL7 v2 message; returns the ACK to send, or `None` when the store
-    /// could not take it (no ACK: the sender keeps it and resends).
-    pub async fn hl7v2(&self, bytes: &[u8]) -> Option<String> {
+    /// Handles one HL7 v2 message; returns its application outcome (`None`: not
+    /// stored) and the ACKs to send, in order (in enhanced mode none, one or two, as
+    /// MSH-15/MSH-16 ask), or no ACKs at all when an original-mode message could not be
+    /// stored (the sender keeps it and resends).
+    pub async fn hl7v2(&self, bytes: &[u8]) -> (Option<AckCode>, Option<Vec<String>>) {
         let started = std::time::Instant::now();
-        let answer = self.answer_hl7v2(bytes).await;
-        let code = answer.as_ref().map_or("none", |(code, _)| code.as_str());
+        let (outcome, acks) = self.answer_hl7v2(bytes).await;
+        let code = outcome.map_or("none", AckCode::as_str);
         metrics::counter!(HL7_MESSAGES, "ack" => code).increment(1);
         metrics::histogram!(HL7_ACK_LATENCY, "ack" => code).record(started.elapsed().as_secs_f64());
-        answer.map(|(_, ack)| ack)
+        (outcome, acks)
     }
 
-    async fn answer_hl7v2(&self, bytes: &[u8]) -> Option<(AckCode, String)> {
+    /// The application outcome (`None`: not stored) and the ACKs that answer it.
+    async fn answer_hl7v2(&self, bytes: &[u8]) -> (Option<AckCode>, Option<Vec<String>>) {
         let msg = match hl7v2::parse_bytes(bytes) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(message = "HL7 v2 message rejected: it does not parse.", error = %e);
-                let body = String::from_utf8_lossy(bytes).into_owned();
-                let mut r = row("(unparsed)", &ack_id(), "hl7v2", "", body);
-                r.status = "rejected".into();
-                r.error = Some(e.to_string());
-                self.fhir.ingest(Inbound::record(r)).await.ok()?;
-                return Some((
-                    AckCode::Reject,
-                    hl7v2::reject(bytes, &e, &ack_id(), &hl7_now()),
-                ));
+                let ack = self.refuse_unparsed(bytes, e).await;
+                return (ack.as_ref().map(|_| AckCode::Reject), ack.map(|a| vec![a]));
             }
         };
-        let body = msg.as_str().to_string();
-        let answer = |code: AckCode, errors: &[AckError]| {
-            Some((code, hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors)))
+        let outcome = self.outcome_hl7v2(&msg).await;
+        let ack = |code: AckCode, errors: &[AckError]| {
+            hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors)
         };
+        let acks = match (hl7v2::ack_mode(&msg), &outcome) {
+            (AckMode::Original, None) => None,
+            (AckMode::Original, Some((code, errors))) => Some(vec![ack(*code, errors)]),
+            (
+                AckMode::Enhanced {
+                    accept,
+                    application,
+                },
+                _,
+            ) => {
+                let (commit, commit_errors) = match &outcome {
+                    None => (
+                        AckCode::CommitError,
+                        vec![AckError {
+                            code: ErrorCode::InternalError,
+                            severity: Severity::Error,
+                            location: None,
+                            message: "the message could not be stored; send it again".into(),
+                        }],
+                    ),
+                    Some((AckCode::Reject, errors)) => (AckCode::CommitReject, errors.clone()),
+                    Some(_) => (AckCode::CommitAccept, Vec::new()),
+                };
+                let mut acks = Vec::new();
+                if accept.wants(commit == AckCode::CommitAccept) {
+                    acks.push(ack(commit, &commit_errors));
+                }
+                if let Some((code, errors)) = &outcome
+                    && application.wants(*code == AckCode::Accept)
+                {
+                    acks.push(ack(*code, errors));
+                }
+                Some(acks)
+            }
+        };
+        (outcome.map(|(code, _)| code), acks)
+    }
+
+    /// Keeps a message that does not parse and answers it AR (original mode: its
+    /// MSH-15/MSH-16 cannot be read).
+    async fn refuse_unparsed(&self, bytes: &[u8], e: hl7v2::Error) -> Option<String> {
+        tracing::warn!(message = "HL7 v2 message rejected: it does not parse.", error = %e);
+        let body = String::from_utf8_lossy(bytes).into_owned();
+        let mut r = row("(unparsed)", &ack_id(), "hl7v2", "", body);
+        r.status = "rejected".into();
+        r.error = Some(e.to_string());
+        self.fhir.ingest(Inbound::record(r)).await.ok()?;
+        Some(hl7v2::reject(bytes, &e, &ack_id(), &hl7_now()))
+    }
+
+    /// Stores and applies a parsed message; its application outcome, `None` when the
+    /// store could not take it.
+    async fn outcome_hl7v2(&self, msg: &hl7v2::Message<'_>) -> Option<(AckCode, Vec<AckError>)> {
+        let body = msg.as_str().to_string();
+        let answer = |code: AckCode, errors: &[AckError]| Some((code, errors.to_vec()));
         let mappings = self.mappings.current();
-        let notice = adt::notice(&msg, &mappings.feeds, &mappings.identity);
-        let (source, control, event) = adt::key(&msg);
+        let notice = adt::notice(msg, &mappings.feeds, &mappings.identity);
+        let (source, control, event) = adt::key(msg);
         match self
             .take(notice, &source, &control, "hl7v2", &event, body)
             .await

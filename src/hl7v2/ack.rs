@@ -1,4 +1,5 @@
-//! Original-mode acknowledgements (MSH + MSA + optional ERR, v2.5 layout).
+//! Acknowledgements (MSH + MSA + optional ERR, v2.5 layout): original mode, and the
+//! commit and application ACKs of enhanced mode (MSH-15/MSH-16).
 //!
 //! The clock and id generator are the caller's: pass MSH-7 and MSH-10 of the ACK in.
 
@@ -16,6 +17,12 @@ pub enum AckCode {
     Error,
     /// AR: rejected (bad MSH, unsupported type/version/processing id).
     Reject,
+    /// CA: enhanced mode, the message is safely stored.
+    CommitAccept,
+    /// CE: enhanced mode, the message could not be stored; send it again.
+    CommitError,
+    /// CR: enhanced mode, the message is refused (as for AR).
+    CommitReject,
 }
 
 impl AckCode {
@@ -24,7 +31,74 @@ impl AckCode {
             AckCode::Accept => "AA",
             AckCode::Error => "AE",
             AckCode::Reject => "AR",
+            AckCode::CommitAccept => "CA",
+            AckCode::CommitError => "CE",
+            AckCode::CommitReject => "CR",
         }
+    }
+}
+
+/// HL7 table 0155: when an acknowledgement is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCondition {
+    /// AL
+    Always,
+    /// NE
+    Never,
+    /// ER: only when the outcome is an error or a rejection.
+    Error,
+    /// SU: only when the outcome is a success.
+    Success,
+}
+
+impl AckCondition {
+    fn from_code(code: &str) -> Option<AckCondition> {
+        match code {
+            "AL" => Some(AckCondition::Always),
+            "NE" => Some(AckCondition::Never),
+            "ER" => Some(AckCondition::Error),
+            "SU" => Some(AckCondition::Success),
+            _ => None,
+        }
+    }
+
+    /// Whether an acknowledgement of an outcome that did (or did not) succeed is sent.
+    pub fn wants(self, success: bool) -> bool {
+        match self {
+            AckCondition::Always => true,
+            AckCondition::Never => false,
+            AckCondition::Error => !success,
+            AckCondition::Success => success,
+        }
+    }
+}
+
+/// How a message asks to be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// MSH-15 and MSH-16 both empty: one application ACK (AA, AE or AR).
+    Original,
+    /// A commit ACK (CA, CE, CR) under MSH-15's condition, then an application ACK
+    /// under MSH-16's.
+    Enhanced {
+        accept: AckCondition,
+        application: AckCondition,
+    },
+}
+
+/// The mode MSH-15/MSH-16 ask for. In enhanced mode an empty or unknown condition
+/// counts as AL: an ACK the sender did not want is ignored, one it waits for and never
+/// gets makes it resend.
+pub fn ack_mode(msg: &Message<'_>) -> AckMode {
+    let raw = |path: &str| msg.get(path).ok().flatten().unwrap_or("");
+    let (accept, application) = (raw("MSH-15"), raw("MSH-16"));
+    if accept.is_empty() && application.is_empty() {
+        return AckMode::Original;
+    }
+    let condition = |code: &str| AckCondition::from_code(code).unwrap_or(AckCondition::Always);
+    AckMode::Enhanced {
+        accept: condition(accept),
+        application: condition(application),
     }
 }
 
@@ -311,6 +385,33 @@ mod tests {
 
     const MSG: &str =
         "MSH|^~\\&|EHR|HOSP|XWAY|CW|20240101||ADT^A01^ADT_A01|CTRL42|P|2.5.1\rPID|1||7\r";
+
+    #[test]
+    fn msh_15_and_16_choose_the_mode() {
+        let mode = |tail: &str| {
+            let text = format!("MSH|^~\\&|EHR|HOSP|XWAY|CW|20240101||ADT^A08|C1|P|2.5.1{tail}\r");
+            ack_mode(&parse(&text).unwrap())
+        };
+        assert_eq!(mode(""), AckMode::Original);
+        assert_eq!(mode("|||"), AckMode::Original);
+        assert_eq!(
+            mode("|||NE|ER"),
+            AckMode::Enhanced {
+                accept: AckCondition::Never,
+                application: AckCondition::Error
+            }
+        );
+        // An empty or unknown condition in enhanced mode asks for the ACK.
+        assert_eq!(
+            mode("|||SU|XX"),
+            AckMode::Enhanced {
+                accept: AckCondition::Success,
+                application: AckCondition::Always
+            }
+        );
+        assert!(AckCondition::Error.wants(false) && !AckCondition::Error.wants(true));
+        assert!(AckCondition::Success.wants(true) && !AckCondition::Success.wants(false));
+    }
 
     #[test]
     fn accept_swaps_sender_and_receiver() {

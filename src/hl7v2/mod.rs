@@ -51,7 +51,10 @@ mod path;
 #[cfg(test)]
 mod proptests;
 
-pub use ack::{AckCode, AckError, ErrorCode, ErrorLocation, Severity, ack, reject};
+pub use ack::{
+    AckCode, AckCondition, AckError, AckMode, ErrorCode, ErrorLocation, Severity, ack, ack_mode,
+    reject,
+};
 pub use batch::{Batch, split_batch};
 pub use delimiters::Delimiters;
 pub use encode::MessageBuilder;

@@ -62,7 +62,18 @@ impl Client {
 
     /// Sends `payload` as one frame and returns the reply's payload.
     pub async fn send(&mut self, payload: &[u8]) -> Result<Bytes, MllpError> {
-        self.conn.write_frame(payload, self.timeout).await?;
+        self.send_only(payload).await?;
+        self.receive().await
+    }
+
+    /// Sends `payload` as one frame without waiting for a reply (an enhanced-mode
+    /// message that asks for no ACK).
+    pub async fn send_only(&mut self, payload: &[u8]) -> Result<(), MllpError> {
+        self.conn.write_frame(payload, self.timeout).await
+    }
+
+    /// Reads the next reply (after a commit ACK, the application ACK).
+    pub async fn receive(&mut self) -> Result<Bytes, MllpError> {
         match self.conn.read_frame(self.timeout, self.timeout).await? {
             Some(Frame::Message(reply)) => Ok(reply),
             Some(Frame::TooLarge { len, .. }) => Err(MllpError::ReplyTooLarge(len)),

@@ -46,13 +46,14 @@ impl Default for Limits {
 }
 
 /// The future a [`Handler`] returns.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Option<Bytes>> + Send + 'a>>;
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Option<Vec<Bytes>>> + Send + 'a>>;
 
 /// What the server does with each frame; the domain side of the feed.
 pub trait Handler: Send + Sync + 'static {
-    /// Handles one frame from `peer` and returns the reply payload (framed by the
-    /// server), or `None` to send nothing and close the connection: the sender, without
-    /// an ACK, will send the message again later (e.g. while the store is down).
+    /// Handles one frame from `peer` and returns the reply payloads, each framed by the
+    /// server (none, one, or an enhanced-mode commit ACK and application ACK), or
+    /// `None` to send nothing and close the connection: the sender, without an ACK,
+    /// will send the message again later (e.g. while the store is down).
     fn handle(&self, frame: Frame, peer: SocketAddr) -> HandlerFuture<'_>;
 }
 
@@ -233,9 +234,11 @@ async fn exchange(
             );
         }
         *messages += 1;
-        let Some(reply) = handler.handle(frame, peer).await else {
+        let Some(replies) = handler.handle(frame, peer).await else {
             return Ok("handler gave no reply");
         };
-        conn.write_frame(&reply, limits.idle_timeout).await?;
+        for reply in replies {
+            conn.write_frame(&reply, limits.idle_timeout).await?;
+        }
     }
 }

@@ -25,11 +25,11 @@ impl Handler for Echo {
             tokio::time::sleep(self.delay).await;
             match frame {
                 Frame::Message(payload) if &payload[..] == b"CLOSE" => None,
-                Frame::Message(payload) => Some([&b"ACK|"[..], &payload].concat().into()),
+                Frame::Message(payload) => Some(vec![[&b"ACK|"[..], &payload].concat().into()]),
                 Frame::TooLarge { head, len } => {
                     let mut reply = format!("AR|{len}|{}|", head.len()).into_bytes();
                     reply.extend_from_slice(&head[..16]);
-                    Some(reply.into())
+                    Some(vec![reply.into()])
                 }
             }
         })

@@ -147,6 +147,10 @@ pub(super) struct Staging {
     owners: HashMap<(String, String), Option<String>>,
     /// Inbound keys read by [`Tx::preload_identity`] → the stored row, if any.
     seen: HashMap<InboundKey, Option<InboundMessage>>,
+    /// The persons those owners are, read with them.
+    persons_seen: HashMap<String, Person>,
+    /// Identity conflicts recorded for review.
+    conflicts: Vec<StagedConflict>,
     /// PostgreSQL advisory locks held, in the order taken (a savepoint rollback
     /// releases the ones taken inside it).
     locks: Vec<String>,
@@ -159,8 +163,13 @@ pub(super) struct StagingMark {
     persons: usize,
     identifiers: usize,
     inbound: usize,
+    conflicts: usize,
     locks: usize,
 }
+
+/// An `identity_conflicts` row: id, source, message id, reason, persons, time.
+#[derive(Debug, Clone, serde::Serialize)]
+struct StagedConflict(String, String, String, String, String, i64);
 
 impl Staging {
     pub(super) fn mark(&self) -> StagingMark {
@@ -168,6 +177,7 @@ impl Staging {
             persons: self.persons.len(),
             identifiers: self.identifiers.len(),
             inbound: self.inbound.len(),
+            conflicts: self.conflicts.len(),
             locks: self.locks.len(),
         }
     }
@@ -177,12 +187,14 @@ impl Staging {
     pub(super) fn forget_reads(&mut self) {
         self.owners.clear();
         self.seen.clear();
+        self.persons_seen.clear();
     }
 
     pub(super) fn rollback_to(&mut self, m: StagingMark) {
         self.persons.truncate(m.persons);
         self.identifiers.truncate(m.identifiers);
         self.inbound.truncate(m.inbound);
+        self.conflicts.truncate(m.conflicts);
         for released in self.locks.drain(m.locks..) {
             self.locked.remove(&released);
         }
@@ -257,8 +269,36 @@ impl Tx<'_> {
             for (system, value) in rows {
                 owners.insert((system.to_string(), value.to_string()), None);
             }
+            let mut persons: Vec<String> = Vec::new();
             for r in &found {
-                owners.insert((r.get(0), r.get(1)), Some(r.get(2)));
+                let person: String = r.get(2);
+                persons.push(person.clone());
+                owners.insert((r.get(0), r.get(1)), Some(person));
+            }
+            persons.sort();
+            persons.dedup();
+            if !persons.is_empty() {
+                let text = match self.backend {
+                    Backend::Sqlite => {
+                        "SELECT p.id, p.client_ref FROM jsonb_each(jsonb($1)) AS k \
+                         CROSS JOIN persons AS p ON p.id = k.value"
+                    }
+                    Backend::Postgres => {
+                        "SELECT p.id, p.client_ref FROM jsonb_array_elements_text($1::jsonb) AS k \
+                         JOIN persons AS p ON p.id = k"
+                    }
+                };
+                for r in sqlx::query(text)
+                    .bind(sql::json_rows(&persons))
+                    .fetch_all(&mut *self.conn)
+                    .await?
+                {
+                    let p = Person {
+                        id: r.get(0),
+                        client_ref: r.get(1),
+                    };
+                    self.identity.persons_seen.insert(p.id.clone(), p);
+                }
             }
         }
         if !inbound.is_empty() {
@@ -402,6 +442,9 @@ impl Tx<'_> {
         if let Some((p, _)) = self.identity.persons.iter().find(|(p, _)| p.id == id) {
             return Ok(Some(p.clone()));
         }
+        if let Some(p) = self.identity.persons_seen.get(id) {
+            return Ok(Some(p.clone()));
+        }
         let row = sqlx::query("SELECT id, client_ref FROM persons WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *self.conn)
@@ -496,6 +539,24 @@ impl Tx<'_> {
                     .or_insert(Some(s.person));
             }
         }
+        let conflicts = std::mem::take(&mut self.identity.conflicts);
+        if !conflicts.is_empty() {
+            let (text, args) = sql::bulk_insert(
+                self.backend,
+                "identity_conflicts",
+                &[
+                    ("id", TEXT),
+                    ("source", TEXT),
+                    ("message_id", TEXT),
+                    ("reason", TEXT),
+                    ("persons", TEXT),
+                    ("created_at", INT),
+                ],
+                sql::json_rows(&conflicts),
+                "",
+            );
+            self.run(text, args).await?;
+        }
         let mut inbound = std::mem::take(&mut self.identity.inbound);
         if !inbound.is_empty() {
             // The last row staged for a key is its final state.
@@ -551,6 +612,7 @@ impl Tx<'_> {
     async fn before_identity_change(&mut self) -> Result<()> {
         self.flush_identity().await?;
         self.identity.owners.clear();
+        self.identity.persons_seen.clear();
         Ok(())
     }
 
@@ -718,28 +780,25 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub async fn record_conflict(
+    /// Records (staged) that a message or resource named several persons.
+    pub fn record_conflict(
         &mut self,
         source: &str,
         message_id: &str,
         reason: &str,
         persons: &[String],
         now: i64,
-    ) -> Result<String> {
+    ) -> String {
         let id = format!("icf_{}", uuid::Uuid::now_v7().simple());
-        sqlx::query(
-            "INSERT INTO identity_conflicts (id, source, message_id, reason, persons, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&id)
-        .bind(source)
-        .bind(message_id)
-        .bind(reason)
-        .bind(persons.join(","))
-        .bind(now)
-        .execute(&mut *self.conn)
-        .await?;
-        Ok(id)
+        self.identity.conflicts.push(StagedConflict(
+            id.clone(),
+            source.to_string(),
+            message_id.to_string(),
+            reason.to_string(),
+            persons.join(","),
+            now,
+        ));
+        id
     }
 
     /// The stored message with this deduplication key.

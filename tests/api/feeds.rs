@@ -274,6 +274,89 @@ async fn concurrent_messages_for_one_new_patient_create_one_person() {
     assert_eq!(patients(&app, "NEW-1").await.len(), 1);
 }
 
+/// Enhanced mode (MSH-15/MSH-16): a commit ACK once the message is stored, then the
+/// application ACK, each only under the condition the sender asked for.
+#[tokio::test]
+async fn enhanced_mode_sends_the_commit_and_application_acks_asked_for() {
+    let app = spawn_app().await;
+    let enhanced_event =
+        |trigger: &str, control: &str, pid3: &str, accept: &str, application: &str| {
+            adt(trigger, control, &mrn(pid3), "V1")
+                .replacen(
+                    "|P|2.5.1\n",
+                    &format!("|P|2.5.1|||{accept}|{application}\n"),
+                    1,
+                )
+                .replace('\n', "\r")
+        };
+    let enhanced = |control: &str, pid3: &str, accept: &str, application: &str| {
+        enhanced_event("A08", control, pid3, accept, application)
+    };
+    let text = |b: bytes::Bytes| String::from_utf8_lossy(&b).replace('\r', "\n");
+    let mut client = crossway::mllp::Client::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+
+    // AL/AL: CA, then AA, both answering MSH-10.
+    let commit = text(
+        client
+            .send(enhanced("enh-1", "ENH-1", "AL", "AL").as_bytes())
+            .await
+            .unwrap(),
+    );
+    assert!(commit.contains("MSA|CA|enh-1"), "{commit}");
+    let application = text(client.receive().await.unwrap());
+    assert!(application.contains("MSA|AA|enh-1"), "{application}");
+
+    // NE/NE: nothing comes back, yet the message is applied; AL/NE after it gets its CA
+    // alone (a second frame would be read as the next answer).
+    client
+        .send_only(enhanced("enh-2", "ENH-2", "NE", "NE").as_bytes())
+        .await
+        .unwrap();
+    let only = text(
+        client
+            .send(enhanced("enh-3", "ENH-3", "AL", "NE").as_bytes())
+            .await
+            .unwrap(),
+    );
+    assert!(only.contains("MSA|CA|enh-3"), "{only}");
+
+    // ER/ER: a message that cannot be applied is still stored (a dead letter: no commit
+    // error, so no CA) and its AE names the field; a refused one gets CR and AR.
+    let odd = enhanced_event("A01", "enh-4", "ENH-4", "ER", "ER").replace("PV1|1|I|", "PV1|1|Z|");
+    let error = text(client.send(odd.as_bytes()).await.unwrap());
+    assert_eq!(ack_code(&error), "AE", "{error}");
+    assert!(error.contains("PV1-2"), "{error}");
+    let refused =
+        enhanced("enh-5", "ENH-5", "ER", "ER").replace("|SMH|CROSSWAY", "|NOWHERE|CROSSWAY");
+    let commit = text(client.send(refused.as_bytes()).await.unwrap());
+    assert_eq!(ack_code(&commit), "CR", "{commit}");
+    assert!(commit.contains("MSH^1^4"), "CR names MSH-4: {commit}");
+    assert_eq!(ack_code(&text(client.receive().await.unwrap())), "AR");
+
+    // SU/SU on a good message: CA and AA; the connection still answers in order.
+    let commit = text(
+        client
+            .send(enhanced("enh-6", "ENH-6", "SU", "SU").as_bytes())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ack_code(&commit), "CA", "{commit}");
+    assert_eq!(ack_code(&text(client.receive().await.unwrap())), "AA");
+
+    for (mrn, stored) in [
+        ("ENH-1", 1),
+        ("ENH-2", 1),
+        ("ENH-3", 1),
+        ("ENH-6", 1),
+        ("ENH-5", 0),
+    ] {
+        assert_eq!(patients(&app, mrn).await.len(), stored, "{mrn}");
+    }
+    assert!(app.operator(&["dlq", "list"]).contains("enh-4"));
+}
+
 /// A40 with a referral on the survivor: the CBO sees the same client; with a referral
 /// on the retired record: the Task is re-pointed to the survivor's Patient.
 #[tokio::test]

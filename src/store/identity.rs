@@ -487,8 +487,7 @@ impl Tx<'_> {
                 .iter()
                 .map(|(p, at)| (p.id.as_str(), p.client_ref.as_str(), *at, *at))
                 .collect();
-            let (text, args) = sql::bulk_insert(
-                self.backend,
+            self.insert_rows(
                 "persons",
                 &[
                     ("id", TEXT),
@@ -498,8 +497,8 @@ impl Tx<'_> {
                 ],
                 sql::json_rows(&rows),
                 "",
-            );
-            self.run(text, args).await?;
+            )
+            .await?;
         }
         let identifiers = std::mem::take(&mut self.identity.identifiers);
         if !identifiers.is_empty() {
@@ -516,8 +515,7 @@ impl Tx<'_> {
                     )
                 })
                 .collect();
-            let (text, args) = sql::bulk_insert(
-                self.backend,
+            self.insert_rows(
                 "person_identifiers",
                 &[
                     ("system", TEXT),
@@ -529,8 +527,8 @@ impl Tx<'_> {
                 ],
                 sql::json_rows(&rows),
                 "WHERE true ON CONFLICT (system, value) DO NOTHING",
-            );
-            self.run(text, args).await?;
+            )
+            .await?;
             // What was staged is now what the database says.
             for s in identifiers {
                 self.identity
@@ -541,8 +539,7 @@ impl Tx<'_> {
         }
         let conflicts = std::mem::take(&mut self.identity.conflicts);
         if !conflicts.is_empty() {
-            let (text, args) = sql::bulk_insert(
-                self.backend,
+            self.insert_rows(
                 "identity_conflicts",
                 &[
                     ("id", TEXT),
@@ -554,8 +551,8 @@ impl Tx<'_> {
                 ],
                 sql::json_rows(&conflicts),
                 "",
-            );
-            self.run(text, args).await?;
+            )
+            .await?;
         }
         let mut inbound = std::mem::take(&mut self.identity.inbound);
         if !inbound.is_empty() {
@@ -580,8 +577,7 @@ impl Tx<'_> {
                     )
                 })
                 .collect();
-            let (text, args) = sql::bulk_insert(
-                self.backend,
+            self.insert_rows(
                 "inbound_messages",
                 &[
                     ("id", TEXT),
@@ -596,8 +592,8 @@ impl Tx<'_> {
                 ],
                 sql::json_rows(&rows),
                 "",
-            );
-            self.run(text, args).await?;
+            )
+            .await?;
             for m in inbound {
                 self.identity
                     .seen

@@ -367,8 +367,7 @@ impl Tx<'_> {
                     )
                 })
                 .collect();
-            let (text, args) = sql::bulk_insert(
-                self.backend,
+            self.insert_rows(
                 "idempotency_keys",
                 &[
                     ("organization", TEXT),
@@ -380,10 +379,22 @@ impl Tx<'_> {
                 ],
                 sql::json_rows(&rows),
                 "",
-            );
-            self.run(text, args).await?;
+            )
+            .await?;
         }
         Ok(())
+    }
+
+    /// Inserts a JSON array of rows into `table` in one statement (`sql::bulk_insert`).
+    pub(super) async fn insert_rows(
+        &mut self,
+        table: &str,
+        columns: &[(&str, bool)],
+        rows: String,
+        suffix: &str,
+    ) -> Result<()> {
+        let (text, args) = sql::bulk_insert(self.backend, table, columns, rows, suffix);
+        self.run(text, args).await
     }
 
     pub(super) async fn run(&mut self, text: String, args: Vec<sql::Arg>) -> Result<()> {
@@ -452,8 +463,7 @@ impl Tx<'_> {
                 )
             })
             .collect();
-        let (text, args) = sql::bulk_insert(
-            self.backend,
+        self.insert_rows(
             "events",
             &[
                 ("organization", TEXT),
@@ -467,8 +477,8 @@ impl Tx<'_> {
             ],
             sql::json_rows(&rows),
             "",
-        );
-        self.run(text, args).await?;
+        )
+        .await?;
         // Webhook deliveries are created with their events, in the same transaction.
         for (org, first, last) in ranges {
             self.fan_out(&org, first, last).await?;

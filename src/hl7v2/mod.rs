@@ -5,10 +5,11 @@
 //!
 //! # Parsing
 //! [`parse`] records every segment, field, repetition and component boundary in flat
-//! `u32` offset vectors; lookups are then index arithmetic. Pass 1 finds delimiter bytes
-//! 64 at a time (SSE2 on x86_64 — the module's only `unsafe`, a call guarded by
-//! `cfg(target_feature = "sse2")` — or a portable `u64` fallback); pass 2 turns them
-//! into entries without a branch per delimiter. Nothing is copied: values are raw, still-escaped slices of the input, and
+//! `u32` offset vectors; lookups are then index arithmetic. One pass computes, 64 bytes
+//! at a time, a bit mask per delimiter class (SSE2 on x86_64, or a portable byte loop)
+//! and walks the set bits, writing entries without a branch per delimiter. The
+//! module's `unsafe` is that SSE2 code and the unchecked writes of the walk, whose
+//! bound is asserted once per segment. Nothing is copied: values are raw, still-escaped slices of the input, and
 //! [`Message::unescape`] decodes one when text is needed (borrowing if it has no escape).
 //! Subcomponents are split on demand. A long-lived [`Parser`] reuses its buffers.
 //!

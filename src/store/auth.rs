@@ -372,10 +372,7 @@ impl Store {
             super::sql::json_rows(&rows),
             "",
         );
-        let _turn = match &self.write_turn {
-            Some(turn) => Some(turn.lock().await),
-            None => None,
-        };
+        let _turn = super::take_turn(self.write_turn.as_ref()).await;
         super::sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
             .execute(&self.pool)
             .await?;

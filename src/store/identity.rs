@@ -246,35 +246,12 @@ impl Tx<'_> {
         keys.extend(inbound.iter().map(|(s, c)| inbound_lock(s, c)));
         self.lock_all(keys).await?;
         if !identifiers.is_empty() {
-            let rows: Vec<(&str, &str)> = identifiers
-                .iter()
-                .map(|i| (i.system.as_str(), i.value.as_str()))
+            let mut persons: Vec<String> = self
+                .read_owners(identifiers.iter())
+                .await?
+                .into_iter()
+                .flatten()
                 .collect();
-            let text = match self.backend {
-                Backend::Sqlite => {
-                    "SELECT i.system, i.value, i.person_id FROM jsonb_each(jsonb($1)) AS k \
-                     CROSS JOIN person_identifiers AS i \
-                     ON i.system = k.value ->> 0 AND i.value = k.value ->> 1"
-                }
-                Backend::Postgres => {
-                    "SELECT i.system, i.value, i.person_id FROM jsonb_array_elements($1::jsonb) AS k \
-                     JOIN person_identifiers AS i ON i.system = k ->> 0 AND i.value = k ->> 1"
-                }
-            };
-            let found = sqlx::query(text)
-                .bind(sql::json_rows(&rows))
-                .fetch_all(&mut *self.conn)
-                .await?;
-            let owners = &mut self.identity.owners;
-            for (system, value) in rows {
-                owners.insert((system.to_string(), value.to_string()), None);
-            }
-            let mut persons: Vec<String> = Vec::new();
-            for r in &found {
-                let person: String = r.get(2);
-                persons.push(person.clone());
-                owners.insert((r.get(0), r.get(1)), Some(person));
-            }
             persons.sort();
             persons.dedup();
             if !persons.is_empty() {
@@ -329,8 +306,48 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Reads the owners of identifiers into the batch's map (`None`: unknown), in one
+    /// statement; returns them in order.
+    async fn read_owners<'i>(
+        &mut self,
+        ids: impl Iterator<Item = &'i Identifier>,
+    ) -> Result<Vec<Option<String>>> {
+        let keys: Vec<(&str, &str)> = ids.map(|i| (i.system.as_str(), i.value.as_str())).collect();
+        let text = match self.backend {
+            Backend::Sqlite => {
+                "SELECT i.system, i.value, i.person_id FROM jsonb_each(jsonb($1)) AS k \
+                 CROSS JOIN person_identifiers AS i \
+                 ON i.system = k.value ->> 0 AND i.value = k.value ->> 1"
+            }
+            Backend::Postgres => {
+                "SELECT i.system, i.value, i.person_id FROM jsonb_array_elements($1::jsonb) AS k \
+                 JOIN person_identifiers AS i ON i.system = k ->> 0 AND i.value = k ->> 1"
+            }
+        };
+        let found = sqlx::query(text)
+            .bind(sql::json_rows(&keys))
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let owners = &mut self.identity.owners;
+        for (system, value) in &keys {
+            owners.insert((system.to_string(), value.to_string()), None);
+        }
+        for r in &found {
+            owners.insert((r.get(0), r.get(1)), Some(r.get(2)));
+        }
+        Ok(keys
+            .iter()
+            .map(|(s, v)| {
+                owners
+                    .get(&(s.to_string(), v.to_string()))
+                    .cloned()
+                    .flatten()
+            })
+            .collect())
+    }
+
     /// Takes the PostgreSQL advisory locks not yet held, sorted, in one statement.
-    async fn lock_all(&mut self, mut keys: Vec<String>) -> Result<()> {
+    pub(super) async fn lock_all(&mut self, mut keys: Vec<String>) -> Result<()> {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
@@ -402,40 +419,17 @@ impl Tx<'_> {
     /// The person each identifier names (`None`: unknown); what the batch does not
     /// know already is read in one statement.
     pub async fn identifier_owners(&mut self, ids: &[Identifier]) -> Result<Vec<Option<String>>> {
-        let mut owners: Vec<Option<Option<String>>> =
-            ids.iter().map(|id| self.identity.owner(id)).collect();
         let unknown: Vec<&Identifier> = ids
             .iter()
-            .zip(&owners)
-            .filter(|(_, o)| o.is_none())
-            .map(|(id, _)| id)
+            .filter(|id| self.identity.owner(id).is_none())
             .collect();
         if !unknown.is_empty() {
-            let terms: Vec<String> = (0..unknown.len())
-                .map(|i| format!("(system = ${} AND value = ${})", 2 * i + 1, 2 * i + 2))
-                .collect();
-            let text = format!(
-                "SELECT system, value, person_id FROM person_identifiers WHERE {}",
-                terms.join(" OR ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-            for id in &unknown {
-                q = q.bind(&id.system).bind(&id.value);
-            }
-            let rows = q.fetch_all(&mut *self.conn).await?;
-            for (id, owner) in ids.iter().zip(owners.iter_mut()) {
-                if owner.is_none() {
-                    *owner = Some(
-                        rows.iter()
-                            .find(|r| {
-                                r.get::<&str, _>(0) == id.system && r.get::<&str, _>(1) == id.value
-                            })
-                            .map(|r| r.get(2)),
-                    );
-                }
-            }
+            self.read_owners(unknown.into_iter()).await?;
         }
-        Ok(owners.into_iter().map(Option::flatten).collect())
+        Ok(ids
+            .iter()
+            .map(|id| self.identity.owner(id).flatten())
+            .collect())
     }
 
     pub async fn person(&mut self, id: &str) -> Result<Option<Person>> {
@@ -529,12 +523,10 @@ impl Tx<'_> {
                 "WHERE true ON CONFLICT (system, value) DO NOTHING",
             )
             .await?;
-            // What was staged is now what the database says.
+            // The map may say "unknown" for these; the database now knows better (an
+            // identifier someone else held was left to them): ask it next time.
             for s in identifiers {
-                self.identity
-                    .owners
-                    .entry((s.id.system, s.id.value))
-                    .or_insert(Some(s.person));
+                self.identity.owners.remove(&(s.id.system, s.id.value));
             }
         }
         let conflicts = std::mem::take(&mut self.identity.conflicts);
@@ -797,7 +789,8 @@ impl Tx<'_> {
         id
     }
 
-    /// The stored message with this deduplication key.
+    /// The message with this deduplication key, staged or stored. A key the batch did
+    /// not read up front is locked and read now (and remembered).
     pub async fn inbound(
         &mut self,
         source: &str,
@@ -806,13 +799,12 @@ impl Tx<'_> {
         if let Some(m) = self.identity.staged_inbound(source, control_id) {
             return Ok(Some(m.clone()));
         }
-        if let Some(seen) = self
-            .identity
-            .seen
-            .get(&(source.to_string(), control_id.to_string()))
-        {
+        let key = (source.to_string(), control_id.to_string());
+        if let Some(seen) = self.identity.seen.get(&key) {
             return Ok(seen.clone());
         }
+        self.lock_all(vec![inbound_lock(source, control_id)])
+            .await?;
         let text = format!(
             "SELECT {INBOUND_COLUMNS} FROM inbound_messages WHERE source = $1 AND control_id = $2"
         );
@@ -821,13 +813,15 @@ impl Tx<'_> {
             .bind(control_id)
             .fetch_optional(&mut *self.conn)
             .await?;
-        Ok(row.as_ref().map(inbound_row))
+        let found = row.as_ref().map(inbound_row);
+        self.identity.seen.insert(key, found.clone());
+        Ok(found)
     }
 
     /// Stages a message unless its key is already taken; false for a duplicate. Nothing
     /// is written yet, so a command that fails later leaves no claim behind.
     pub async fn claim_inbound(&mut self, m: &InboundMessage) -> Result<bool> {
-        if self.knows_inbound(&m.source, &m.control_id).await? {
+        if self.inbound(&m.source, &m.control_id).await?.is_some() {
             return Ok(false);
         }
         self.identity.inbound.push(m.clone());
@@ -836,12 +830,11 @@ impl Tx<'_> {
 
     /// Records a message, or its new status when it was stored before (a replay).
     pub async fn record_inbound(&mut self, m: &InboundMessage) -> Result<()> {
-        if !self.knows_inbound(&m.source, &m.control_id).await?
-            || self
-                .identity
-                .staged_inbound(&m.source, &m.control_id)
-                .is_some()
-        {
+        let staged = self
+            .identity
+            .staged_inbound(&m.source, &m.control_id)
+            .is_some();
+        if staged || self.inbound(&m.source, &m.control_id).await?.is_none() {
             self.identity.inbound.push(m.clone());
             return Ok(());
         }
@@ -853,31 +846,6 @@ impl Tx<'_> {
             .execute(&mut *self.conn)
             .await?;
         Ok(())
-    }
-
-    /// Whether a message with this key is stored or staged. A key the batch did not
-    /// read up front is locked and read now.
-    async fn knows_inbound(&mut self, source: &str, control_id: &str) -> Result<bool> {
-        if self.identity.staged_inbound(source, control_id).is_some() {
-            return Ok(true);
-        }
-        let key = (source.to_string(), control_id.to_string());
-        if !self.identity.seen.contains_key(&key) {
-            self.lock_all(vec![inbound_lock(source, control_id)])
-                .await?;
-            let text = format!(
-                "SELECT {INBOUND_COLUMNS} FROM inbound_messages WHERE source = $1 AND control_id = $2"
-            );
-            let row = sqlx::query(sqlx::AssertSqlSafe(text))
-                .bind(source)
-                .bind(control_id)
-                .fetch_optional(&mut *self.conn)
-                .await?;
-            self.identity
-                .seen
-                .insert(key.clone(), row.as_ref().map(inbound_row));
-        }
-        Ok(matches!(self.identity.seen.get(&key), Some(Some(_))))
     }
 }
 

@@ -701,13 +701,7 @@ impl<'c> Tx<'c> {
     /// Serialises conflicting commands across gateway processes (PostgreSQL advisory
     /// lock held to COMMIT). One process never needs it: its writer is already serial.
     pub async fn lock(&mut self, key: &str) -> Result<()> {
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(key)
-                .execute(&mut *self.conn)
-                .await?;
-        }
-        Ok(())
+        self.lock_all(vec![key.to_string()]).await
     }
 
     fn mark(&self) -> Mark {
@@ -764,6 +758,17 @@ impl<'c> Tx<'c> {
         }
         self.flush_referrals().await?;
         self.flush_notifications().await
+    }
+}
+
+/// Waits for this process's turn at SQLite's write lock (see `Store::write_turn`);
+/// nothing to wait for on PostgreSQL.
+async fn take_turn(
+    turn: Option<&std::sync::Arc<tokio::sync::Mutex<()>>>,
+) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    match turn {
+        Some(turn) => Some(turn.lock().await),
+        None => None,
     }
 }
 

@@ -189,10 +189,7 @@ async fn run<C: Command>(
                 }
             }
         }
-        let turn = match &memory.turn {
-            Some(turn) => Some(turn.lock().await),
-            None => None,
-        };
+        let turn = super::take_turn(memory.turn.as_ref()).await;
         let ran = run_batch::<C>(c, backend, &memory, next_seq.unwrap_or(0), &mut batch).await;
         drop(turn);
         match ran {

@@ -1050,6 +1050,13 @@ async fn link_patient(
     merge_by_link(tx, ctx, id, resource, &linked.person, now, warnings).await
 }
 
+/// The type of a Patient `link` that merges persons: `replaced-by` or `replaces`.
+fn merging_link(link: &Value) -> Option<&str> {
+    link.get("type")
+        .and_then(Value::as_str)
+        .filter(|kind| matches!(*kind, "replaced-by" | "replaces"))
+}
+
 /// Whether a Patient's `link` merges persons (see [`merge_by_link`]).
 fn merges_by_link(resource: &Value) -> bool {
     resource
@@ -1057,12 +1064,7 @@ fn merges_by_link(resource: &Value) -> bool {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .any(|l| {
-            matches!(
-                l.get("type").and_then(Value::as_str),
-                Some("replaced-by" | "replaces")
-            )
-        })
+        .any(|l| merging_link(l).is_some())
 }
 
 /// A Patient whose `link` says it is `replaced-by` another, or `replaces` one, merges
@@ -1085,10 +1087,9 @@ async fn merge_by_link(
         .flatten()
         .enumerate()
     {
-        let kind = link.get("type").and_then(Value::as_str).unwrap_or("");
-        if !matches!(kind, "replaced-by" | "replaces") {
+        let Some(kind) = merging_link(link) else {
             continue;
-        }
+        };
         let Some(("Patient", other)) = local_target(link.get("other"), ctx) else {
             continue;
         };

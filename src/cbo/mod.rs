@@ -8,11 +8,13 @@
 mod body;
 mod error;
 mod services;
+mod views;
 pub mod webhooks;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -32,6 +34,7 @@ use crate::mapping::Live;
 use crate::referral::projection::{self, Summary};
 use crate::referral::tenants::Tenants;
 use crate::store::{Event, ReferralFilter, StoreError, StoredResource};
+use views::{View, Views};
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
@@ -46,6 +49,7 @@ pub struct Cbo {
     organizations: Tenants,
     /// Idempotency keys whose first request is still running in this process.
     in_flight: Arc<Mutex<HashSet<(String, String)>>>,
+    views: Arc<Views>,
     event_retention_days: u32,
 }
 
@@ -123,6 +127,7 @@ impl Cbo {
             mappings,
             organizations,
             in_flight: Arc::default(),
+            views: Arc::default(),
             event_retention_days,
         }
     }
@@ -221,25 +226,54 @@ impl Cbo {
         })
     }
 
-    /// The referral as this organisation may see it, and its version (the ETag).
-    pub async fn get(&self, org: &str, id: &str) -> Result<(Value, i64), CboError> {
+    /// The referral as this organisation may see it (JSON), and its version (the ETag).
+    pub async fn get(&self, org: &str, id: &str) -> Result<(Bytes, i64), CboError> {
         let store = self.fhir.store();
         let (row, task) = store
             .referral_with_task(org, id)
             .await?
             .ok_or(CboError::NotFound)?;
-        let task = task
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .ok_or(CboError::NotFound)?;
-        let related = projection::gather(&task, &mut FromStore(store)).await?;
+        let task = task.ok_or(CboError::NotFound)?;
         let summary = projection::summary(&row.referral, row.updated_at);
-        let view = projection::project(
-            &summary,
-            &task,
-            &related,
-            &self.mappings.current().omitted_for(org),
-        );
-        Ok((view, row.referral.version))
+        let omit = self.mappings.current().omitted_for(org);
+        let version = row.referral.version;
+        let current = |ty: &str, id: &str| store.known_version(ty, id);
+        if let Some(body) = self.views.get(org, id, &summary, &omit, current) {
+            return Ok((body, version));
+        }
+        let value = serde_json::from_str::<Value>(&task.body).map_err(|_| CboError::NotFound)?;
+        let related = projection::gather(&value, &mut FromStore(store)).await?;
+        let body = Bytes::from(projection::project(&summary, &value, &related, &omit).to_string());
+        let inputs: Option<Vec<_>> = std::iter::once(Some(("Task".into(), task.id, task.version)))
+            .chain(
+                related
+                    .versions
+                    .into_iter()
+                    .map(|(ty, id, v)| Some((ty, id, v?))),
+            )
+            .collect();
+        // Kept only when built from what is current: never from a read that a write
+        // overtook, and never with PostgreSQL, where versions are not known in memory.
+        if let Some(inputs) =
+            inputs.filter(|i| i.iter().all(|(t, id, v)| current(t, id) == Some(*v)))
+        {
+            let view = View {
+                summary,
+                omit,
+                inputs,
+                body: body.clone(),
+            };
+            self.views.put(org, id, view);
+        }
+        Ok((body, version))
+    }
+
+    /// [`Cbo::get`] as a JSON value, for templates and status reports.
+    pub async fn view(&self, org: &str, id: &str) -> Result<(Value, i64), CboError> {
+        let (body, version) = self.get(org, id).await?;
+        let view = serde_json::from_slice(&body)
+            .map_err(|e| CboError::Unknown(format!("the referral view is not JSON: {e}")))?;
+        Ok((view, version))
     }
 
     /// Runs an action for `org`. A retry with the same Idempotency-Key gets the first
@@ -269,7 +303,7 @@ impl Cbo {
         // not changed by an action, so it is read here, in parallel with other requests,
         // rather than inside the serial writer.
         let (related, task_hint) = match visible {
-            Some((row, Some(task))) => match serde_json::from_str::<Value>(&task) {
+            Some((row, Some(task))) => match serde_json::from_str::<Value>(&task.body) {
                 Ok(task) => (
                     projection::gather(&task, &mut FromStore(store)).await?,
                     Some(row.referral.task_id),

@@ -123,7 +123,7 @@ impl Connectors {
         let event = d.event.as_ref().ok_or_else(|| {
             Failure::new("the event was pruned by retention before it could be sent")
         })?;
-        let view = match self.cbo.get(&spec.organization, &event.referral_id).await {
+        let view = match self.cbo.view(&spec.organization, &event.referral_id).await {
             Ok((view, _)) => view,
             Err(e) => return Err(Failure::new(format!("cannot read the referral: {e}"))),
         };
@@ -352,7 +352,7 @@ impl Connectors {
             .map(|s| s.field.clone())
             .unwrap_or_default();
         let Some(to) = report.status else {
-            let (view, _) = self.cbo.get(&org.id, &applied.referral_id).await?;
+            let (view, _) = self.cbo.view(&org.id, &applied.referral_id).await?;
             applied.status = view["status"].as_str().unwrap_or_default().to_string();
             return Ok(applied);
         };
@@ -366,7 +366,7 @@ impl Connectors {
         }
         let mut conflicts = 0;
         'fresh: loop {
-            let (view, mut version) = self.cbo.get(&org.id, &applied.referral_id).await?;
+            let (view, mut version) = self.cbo.view(&org.id, &applied.referral_id).await?;
             let from = view["status"]
                 .as_str()
                 .and_then(CboStatus::parse)

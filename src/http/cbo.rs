@@ -422,7 +422,7 @@ async fn get_referral(
     Ok(HttpResponse::Ok()
         .content_type(JSON)
         .insert_header((header::ETAG, tag))
-        .body(view.to_string()))
+        .body(view))
 }
 
 /// Runs an action on behalf of the calling organisation.

@@ -262,7 +262,7 @@ fn projection_sample(bundle: &Value, mappings: &Mappings) -> Result<Value, Strin
         if kind == "Task" {
             task = Some(r.clone());
         }
-        related.0.insert(format!("{kind}/{id}"), r.clone());
+        related.resources.insert(format!("{kind}/{id}"), r.clone());
     }
     let task = task.ok_or("the Bundle holds no Task")?;
     // Routed as the gateway routes: a configured organisation's id, else the rules.

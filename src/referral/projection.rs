@@ -18,14 +18,21 @@ use crate::store::StoredResource;
 
 /// Resources around a referral Task, keyed `Type/id`.
 #[derive(Debug, Default)]
-pub struct Related(pub HashMap<String, Value>);
+pub struct Related {
+    pub resources: HashMap<String, Value>,
+    /// The version of each resource read (None: it does not exist), so that a view
+    /// built from them can be reused for as long as they are all current.
+    pub versions: Vec<(String, String, Option<i64>)>,
+}
 
 impl Related {
     /// The resource a Reference points at, if it was read.
     pub fn get(&self, reference: Option<&Value>) -> Option<&Value> {
         let r = reference?.get("reference")?.as_str()?;
         match reference::parse(r, None)? {
-            Target::Local { resource_type, id } => self.0.get(&format!("{resource_type}/{id}")),
+            Target::Local { resource_type, id } => {
+                self.resources.get(&format!("{resource_type}/{id}"))
+            }
             _ => None,
         }
     }
@@ -34,12 +41,13 @@ impl Related {
     /// missing (null) so it is not asked for again.
     pub fn add(&mut self, keys: &[(String, String)], found: Vec<StoredResource>) {
         for (ty, id) in keys {
-            let value = found
-                .iter()
-                .find(|r| r.resource_type == *ty && r.id == *id)
+            let stored = found.iter().find(|r| r.resource_type == *ty && r.id == *id);
+            let value = stored
                 .and_then(|r| serde_json::from_str(&r.body).ok())
                 .unwrap_or(Value::Null);
-            self.0.insert(format!("{ty}/{id}"), value);
+            self.resources.insert(format!("{ty}/{id}"), value);
+            self.versions
+                .push((ty.clone(), id.clone(), stored.map(|r| r.version)));
         }
     }
 }
@@ -322,7 +330,11 @@ pub fn wanted(task: &Value, related: &Related) -> Vec<(String, String)> {
         };
         if let Some(Target::Local { resource_type, id }) = reference::parse(s, None) {
             let key = (resource_type.to_string(), id.to_string());
-            if !related.0.contains_key(&format!("{resource_type}/{id}")) && !out.contains(&key) {
+            if !related
+                .resources
+                .contains_key(&format!("{resource_type}/{id}"))
+                && !out.contains(&key)
+            {
                 out.push(key);
             }
         }
@@ -737,7 +749,13 @@ mod tests {
                 json!({"resourceType": "Consent", "status": s}),
             );
         }
-        (task, Related(map))
+        (
+            task,
+            Related {
+                resources: map,
+                versions: Vec::new(),
+            },
+        )
     }
 
     #[test]
@@ -806,7 +824,7 @@ mod tests {
     #[test]
     fn wanted_follows_references_level_by_level() {
         let (task, mut rel) = related(Some("active"), false);
-        rel.0.remove("Consent/c1");
+        rel.resources.remove("Consent/c1");
         assert_eq!(
             wanted(&task, &rel),
             [("Consent".to_string(), "c1".to_string())]

@@ -320,6 +320,12 @@ impl Store {
         Ok(found)
     }
 
+    /// The current version of a resource when it is known without asking the database
+    /// (the embedded store's recent versions); None when it is not known that way.
+    pub fn known_version(&self, resource_type: &str, id: &str) -> Option<i64> {
+        self.recent.as_ref()?.version(resource_type, id)
+    }
+
     pub async fn vread(
         &self,
         resource_type: &str,

@@ -35,6 +35,13 @@ impl RecentVersions {
             .cloned()
     }
 
+    pub fn version(&self, resource_type: &str, id: &str) -> Option<i64> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.entries
+            .get(&(resource_type.to_string(), id.to_string()))
+            .map(|r| r.version)
+    }
+
     /// Forgets everything (another process wrote: an operator's merge or unmerge).
     pub fn clear(&self) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

@@ -480,10 +480,7 @@ impl Tx<'_> {
         )
         .await?;
         // Webhook deliveries are created with their events, in the same transaction.
-        for (org, first, last) in ranges {
-            self.fan_out(&org, first, last).await?;
-        }
-        Ok(())
+        self.fan_out(&ranges).await
     }
 }
 
@@ -585,25 +582,25 @@ impl Store {
         Ok(row.as_ref().map(referral_row))
     }
 
-    /// An organisation's referral and the current JSON of its Task, in one round trip.
+    /// An organisation's referral and the current version of its Task, in one round trip.
     pub async fn referral_with_task(
         &self,
         organization: &str,
         id: &str,
-    ) -> Result<Option<(ReferralRow, Option<String>)>> {
+    ) -> Result<Option<(ReferralRow, Option<StoredResource>)>> {
         if let Some(index) = &self.referral_index {
             let Some(row) = index.get(organization, id) else {
                 return Ok(None);
             };
             let task = self.read("Task", &row.referral.task_id).await?;
-            return Ok(Some((row, task.map(|t| t.body))));
+            return Ok(Some((row, task)));
         }
         let columns: Vec<String> = REFERRAL_COLUMNS
             .split(", ")
             .map(|c| format!("f.{c}"))
             .collect();
         let text = format!(
-            "SELECT {}, v.body FROM referrals f \
+            "SELECT {}, v.version, v.last_updated, v.body FROM referrals f \
              LEFT JOIN resources r ON r.res_type = 'Task' AND r.res_id = f.task_id \
              LEFT JOIN resource_versions v ON v.res_type = 'Task' AND v.res_id = f.task_id AND v.version = r.version \
              WHERE f.id = $1 AND f.organization = $2",
@@ -614,8 +611,21 @@ impl Store {
             .bind(organization)
             .fetch_optional(&self.pool)
             .await?;
-        // The Task body comes after the referral's columns.
-        Ok(row.map(|r| (referral_row(&r), r.get(columns.len()))))
+        // The Task's version, time and body come after the referral's columns.
+        let n = columns.len();
+        Ok(row.map(|r| {
+            let referral = referral_row(&r);
+            let task = r
+                .get::<Option<String>, _>(n + 2)
+                .map(|body| StoredResource {
+                    resource_type: "Task".into(),
+                    id: referral.referral.task_id.clone(),
+                    version: r.get(n),
+                    last_updated: r.get(n + 1),
+                    body,
+                });
+            (referral, task)
+        }))
     }
 
     /// A page of an organisation's referrals, oldest change first.

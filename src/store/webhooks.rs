@@ -62,14 +62,34 @@ pub struct DueDelivery {
     pub event: Option<super::Event>,
 }
 
-/// Creates the deliveries of one organisation's new events, for every active endpoint
-/// subscribed to their type.
-const FAN_OUT: &str = "INSERT INTO webhook_deliveries \
-     (endpoint_id, organization, event_seq, status, attempts, next_attempt_at, created_at) \
-     SELECT w.id, e.organization, e.seq, 'pending', 0, e.created_at, e.created_at \
-     FROM events e JOIN webhook_endpoints w ON w.organization_id = e.organization \
-     WHERE e.organization = $1 AND e.seq >= $2 AND e.seq <= $3 AND w.status = 'active' \
-     AND (w.event_types = '*' OR w.event_types LIKE '% ' || e.event_type || ' %')";
+/// Creates the deliveries of new events for every active endpoint subscribed to their
+/// type. `$1` is a JSON array of (organisation, first, last sequence): the events of a
+/// whole batch are fanned out in one statement.
+fn fan_out_sql(backend: Backend) -> String {
+    let (from, org, first, last) = match backend {
+        Backend::Sqlite => (
+            "jsonb_each(jsonb($1)) AS r",
+            "r.value ->> 0",
+            "r.value ->> 1",
+            "r.value ->> 2",
+        ),
+        Backend::Postgres => (
+            "jsonb_array_elements($1::jsonb) AS r",
+            "r ->> 0",
+            "(r ->> 1)::bigint",
+            "(r ->> 2)::bigint",
+        ),
+    };
+    format!(
+        "INSERT INTO webhook_deliveries \
+         (endpoint_id, organization, event_seq, status, attempts, next_attempt_at, created_at) \
+         SELECT w.id, e.organization, e.seq, 'pending', 0, e.created_at, e.created_at \
+         FROM {from} JOIN events e ON e.organization = {org} AND e.seq >= {first} AND e.seq <= {last} \
+         JOIN webhook_endpoints w ON w.organization_id = e.organization \
+         WHERE w.status = 'active' \
+         AND (w.event_types = '*' OR w.event_types LIKE '% ' || e.event_type || ' %')"
+    )
+}
 
 const ENDPOINT_COLUMNS: &str = "id, organization_id, url, description, event_types, secret, \
      previous_secret, previous_expires_at, status, failing_since, created_at, connector";
@@ -100,16 +120,13 @@ fn endpoint_row(r: &sqlx::any::AnyRow) -> EndpointRow {
 }
 
 impl Tx<'_> {
-    pub(super) async fn fan_out(
-        &mut self,
-        organization: &str,
-        first: i64,
-        last: i64,
-    ) -> Result<()> {
-        sqlx::query(FAN_OUT)
-            .bind(organization)
-            .bind(first)
-            .bind(last)
+    pub(super) async fn fan_out(&mut self, ranges: &[(String, i64, i64)]) -> Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let text = fan_out_sql(self.backend);
+        sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(super::sql::json_rows(ranges))
             .execute(&mut *self.conn)
             .await?;
         Ok(())
@@ -472,10 +489,8 @@ impl Store {
         .bind(endpoint_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(FAN_OUT)
-            .bind(&organization)
-            .bind(seq)
-            .bind(seq)
+        sqlx::query(sqlx::AssertSqlSafe(fan_out_sql(self.backend)))
+            .bind(super::sql::json_rows(&[(&organization, seq, seq)]))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

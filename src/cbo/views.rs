@@ -1,0 +1,162 @@
+//! Referral views already built, kept as the JSON sent, and reused while every input is
+//! unchanged: the referral row, the organisation's visibility rules, and the version of
+//! each resource the view was built from.
+//!
+//! Building a view parses the Task and the resources around it and projects them; a
+//! read that finds its view here does neither. The versions are checked against what
+//! the store knows without a query (the embedded store's recent versions), so with
+//! PostgreSQL, where another process may write, nothing is ever reused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::referral::projection::Summary;
+
+/// JSON kept before the views are dropped and rebuilt by use.
+const MAX_BYTES: usize = 256 << 20;
+
+#[derive(Default)]
+pub struct Views {
+    map: RwLock<Map>,
+}
+
+#[derive(Default)]
+struct Map {
+    entries: HashMap<(String, String), Arc<View>>,
+    bytes: usize,
+}
+
+/// One organisation's view of one referral, and what it was built from.
+pub struct View {
+    pub summary: Summary,
+    pub omit: Vec<String>,
+    /// (type, id, version) of the Task and of every resource read around it.
+    pub inputs: Vec<(String, String, i64)>,
+    pub body: Bytes,
+}
+
+impl Views {
+    /// The view of `id` for `org` if it was built from exactly these inputs;
+    /// `current` gives a resource's current version, None when unknown.
+    pub fn get(
+        &self,
+        org: &str,
+        id: &str,
+        summary: &Summary,
+        omit: &[String],
+        current: impl Fn(&str, &str) -> Option<i64>,
+    ) -> Option<Bytes> {
+        let view = {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            map.entries.get(&(org.to_string(), id.to_string()))?.clone()
+        };
+        let fresh = view.summary == *summary
+            && view.omit == omit
+            && view
+                .inputs
+                .iter()
+                .all(|(ty, id, version)| current(ty, id) == Some(*version));
+        fresh.then(|| view.body.clone())
+    }
+
+    pub fn put(&self, org: &str, id: &str, view: View) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.bytes >= MAX_BYTES {
+            map.entries.clear();
+            map.bytes = 0;
+        }
+        map.bytes += view.body.len();
+        if let Some(old) = map
+            .entries
+            .insert((org.to_string(), id.to_string()), Arc::new(view))
+        {
+            map.bytes -= old.body.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::referral::CboStatus;
+
+    fn summary(version: i64) -> Summary {
+        Summary {
+            id: "r1".into(),
+            version,
+            status: CboStatus::Pending,
+            urgency: "routine".into(),
+            created_at: "2025-03-14T16:02:11Z".into(),
+            updated_at: "2025-03-14T16:02:11Z".into(),
+            respond_by: None,
+            domain: None,
+            client_ref: None,
+        }
+    }
+
+    fn view() -> View {
+        View {
+            summary: summary(1),
+            omit: vec!["need.conditions".into()],
+            inputs: vec![
+                ("Task".into(), "t1".into(), 1),
+                ("Patient".into(), "p1".into(), 3),
+            ],
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[test]
+    fn a_view_is_reused_only_while_everything_it_was_built_from_is_current() {
+        let views = Views::default();
+        views.put("cbo-1", "r1", view());
+        let omit = ["need.conditions".to_string()];
+        let versions = |task: i64, patient: Option<i64>| {
+            move |ty: &str, _: &str| if ty == "Task" { Some(task) } else { patient }
+        };
+        assert!(
+            views
+                .get("cbo-1", "r1", &summary(1), &omit, versions(1, Some(3)))
+                .is_some()
+        );
+        // Another organisation, another referral, another row, other rules.
+        assert!(
+            views
+                .get("cbo-2", "r1", &summary(1), &omit, versions(1, Some(3)))
+                .is_none()
+        );
+        assert!(
+            views
+                .get("cbo-1", "r2", &summary(1), &omit, versions(1, Some(3)))
+                .is_none()
+        );
+        assert!(
+            views
+                .get("cbo-1", "r1", &summary(2), &omit, versions(1, Some(3)))
+                .is_none()
+        );
+        assert!(
+            views
+                .get("cbo-1", "r1", &summary(1), &[], versions(1, Some(3)))
+                .is_none()
+        );
+        // A newer input, or one whose version is not known without a query.
+        assert!(
+            views
+                .get("cbo-1", "r1", &summary(1), &omit, versions(2, Some(3)))
+                .is_none()
+        );
+        assert!(
+            views
+                .get("cbo-1", "r1", &summary(1), &omit, versions(1, Some(4)))
+                .is_none()
+        );
+        assert!(
+            views
+                .get("cbo-1", "r1", &summary(1), &omit, versions(1, None))
+                .is_none()
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Single-pass indexer: one scan records every segment, field, repetition and component
 //! boundary in four flat vectors of `u32` offsets. Delimiters are found 64 bytes at a
-//! time as bit masks (SSE2), and the loop walks the set bits; nothing is looked up per
-//! byte.
+//! time as bit masks (AVX2 when the CPU has it, else SSE2), and the loop walks the set
+//! bits; nothing is looked up per byte. Per delimiter the loop stores three `u32`s.
 
 use std::fmt;
 
@@ -40,8 +40,14 @@ pub(super) struct Index {
     fields: Vec<u32>,
     /// Per repetition: end (exclusive) of its components.
     repetitions: Vec<u32>,
-    /// Per component: byte range.
-    components: Vec<Span>,
+    /// Per component: end (exclusive) byte offset. A component starts one byte after
+    /// the previous one ends (past the delimiter between them), except those in
+    /// `starts`.
+    components: Vec<u32>,
+    /// (component index, start offset), ascending, of the components that do not start
+    /// one byte after the previous one: a header's opaque fields, and a segment's first
+    /// when more than one end-of-line byte (CRLF, a blank line) precedes it.
+    starts: Vec<(u32, u32)>,
 }
 
 impl Index {
@@ -65,7 +71,27 @@ impl Index {
     }
 
     pub(super) fn component(&self, i: usize) -> Option<Span> {
-        self.components.get(i).copied()
+        let end = *self.components.get(i)?;
+        let start = match self.starts.binary_search_by_key(&(i as u32), |&(c, _)| c) {
+            Ok(k) => self.starts.get(k)?.1,
+            Err(_) => self.default_start(i),
+        };
+        Some(Span { start, end })
+    }
+
+    /// Where component `i` starts unless `starts` says otherwise.
+    fn default_start(&self, i: usize) -> u32 {
+        match i.checked_sub(1) {
+            Some(prev) => self.components.get(prev).map_or(0, |end| end + 1),
+            None => 0,
+        }
+    }
+
+    /// Records that the next component, number `next`, starts at `start`.
+    fn start_at(&mut self, next: usize, start: u32) {
+        if self.default_start(next) != start {
+            self.starts.push((next as u32, start));
+        }
     }
 }
 
@@ -168,9 +194,10 @@ fn chunk<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
     out
 }
 
-/// The masks of the block starting at `base` (bytes past the end count as none).
+/// The masks of the block starting at `base` (bytes past the end count as none), with
+/// AVX2 when `AVX2` (the caller has checked the CPU), else SSE2.
 #[inline(always)]
-fn block_masks(b: &[u8], base: usize, d: &Delimiters) -> Masks {
+fn block_masks<const AVX2: bool>(b: &[u8], base: usize, d: &Delimiters) -> Masks {
     let padded: [u8; BLOCK];
     let block: &[u8; BLOCK] = match b.get(base..base + BLOCK).map(<&[u8; BLOCK]>::try_from) {
         Some(Ok(full)) => full,
@@ -180,8 +207,15 @@ fn block_masks(b: &[u8], base: usize, d: &Delimiters) -> Masks {
         }
     };
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    // SAFETY: the cfg guarantees SSE2, the only feature `simd::masks` enables.
-    return unsafe { simd::masks(block, d) };
+    // SAFETY: AVX2 is only asked for once the CPU was found to have it; the cfg
+    // guarantees SSE2, the only feature `simd::masks` enables.
+    return unsafe {
+        if AVX2 {
+            simd::masks_avx2(block, d)
+        } else {
+            simd::masks(block, d)
+        }
+    };
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
     portable_masks(block, d)
 }
@@ -206,11 +240,14 @@ fn portable_masks(block: &[u8; BLOCK], d: &Delimiters) -> Masks {
     m
 }
 
-/// Block masks on SSE2, which every x86_64 CPU has: 16 bytes per compare.
+/// Block masks on SSE2, which every x86_64 CPU has (16 bytes per compare), and on
+/// AVX2 (32).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod simd {
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        __m128i, __m256i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8,
     };
 
     use super::{BLOCK, Delimiters, Masks};
@@ -238,22 +275,48 @@ mod simd {
         }
         m
     }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(super) fn masks_avx2(block: &[u8; BLOCK], d: &Delimiters) -> Masks {
+        let splat = |c: u8| _mm256_set1_epi8(i8::from_ne_bytes([c]));
+        let (component, repetition, field) = (
+            splat(d.component_byte()),
+            splat(d.repetition_byte()),
+            splat(d.field_byte()),
+        );
+        let (cr, lf) = (splat(b'\r'), splat(b'\n'));
+        let bits = |v: __m256i| u64::from(_mm256_movemask_epi8(v).cast_unsigned());
+        let mut m = Masks::default();
+        for (i, lane) in block.as_chunks::<32>().0.iter().enumerate() {
+            // SAFETY: `lane` is 32 readable bytes; the load has no alignment need.
+            let v = unsafe { _mm256_loadu_si256(lane.as_ptr().cast::<__m256i>()) };
+            let shift = 32 * i;
+            m.component |= bits(_mm256_cmpeq_epi8(v, component)) << shift;
+            m.repetition |= bits(_mm256_cmpeq_epi8(v, repetition)) << shift;
+            m.field |= bits(_mm256_cmpeq_epi8(v, field)) << shift;
+            m.segment |= bits(_mm256_or_si256(
+                _mm256_cmpeq_epi8(v, cr),
+                _mm256_cmpeq_epi8(v, lf),
+            )) << shift;
+        }
+        m
+    }
 }
 
-/// Pass-2 state: counts of committed entries and the open component's start.
+/// Counts of the entries written so far.
 #[derive(Clone, Copy)]
 struct Counts {
     fields: usize,
     repetitions: usize,
     components: usize,
-    component_start: u32,
 }
 
-/// Scratch slices written by pass 2.
+/// Scratch slices the scan writes.
 struct Out<'i> {
     fields: &'i mut [u32],
     repetitions: &'i mut [u32],
-    components: &'i mut [Span],
+    components: &'i mut [u32],
 }
 
 impl Out<'_> {
@@ -262,13 +325,9 @@ impl Out<'_> {
     #[inline(always)]
     fn close(&mut self, c: &mut Counts, class: u8, at: u32) {
         if let Some(slot) = self.components.get_mut(c.components) {
-            *slot = Span {
-                start: c.component_start,
-                end: at,
-            };
+            *slot = at;
         }
         c.components += 1;
-        c.component_start = at + 1;
         if let Some(slot) = self.repetitions.get_mut(c.repetitions) {
             *slot = c.components as u32;
         }
@@ -277,12 +336,6 @@ impl Out<'_> {
             *slot = c.repetitions as u32;
         }
         c.fields += usize::from(class >= FIELD);
-    }
-
-    /// A field that is one opaque component (segment id, MSH-1, MSH-2).
-    fn opaque_field(&mut self, c: &mut Counts, start: u32, end: u32) {
-        c.component_start = start;
-        self.close(c, FIELD, end);
     }
 }
 
@@ -293,15 +346,46 @@ struct Walker<'d> {
     /// Start of the loaded block (`usize::MAX`: none yet).
     base: usize,
     masks: Masks,
+    /// The CPU has AVX2 and BMI1.
+    avx2: bool,
 }
 
 impl Walker<'_> {
-    /// The hot loop: closes entries from `resume` up to the segment's terminator (or
-    /// the end of input) and returns where the segment ends. Entries are written
-    /// unconditionally and counts advance by 0 or 1, so the only branches are per
-    /// block and per segment. State lives in locals so it stays in registers.
+    /// Closes entries from `resume` up to the segment's terminator (or the end of
+    /// input) and returns where the segment ends.
     #[inline(never)]
     fn segment_end(&mut self, b: &[u8], resume: usize, counts: &mut Counts, out: Out<'_>) -> usize {
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU has AVX2 and BMI1.
+            return unsafe { self.segment_end_avx2(b, resume, counts, out) };
+        }
+        self.walk::<false>(b, resume, counts, out)
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[target_feature(enable = "avx2,bmi1")]
+    fn segment_end_avx2(
+        &mut self,
+        b: &[u8],
+        resume: usize,
+        counts: &mut Counts,
+        out: Out<'_>,
+    ) -> usize {
+        self.walk::<true>(b, resume, counts, out)
+    }
+
+    /// The hot loop. Entries are written unconditionally and counts advance by 0 or 1,
+    /// so the only branches are per block and per segment. State lives in locals so it
+    /// stays in registers.
+    #[inline(always)]
+    fn walk<const AVX2: bool>(
+        &mut self,
+        b: &[u8],
+        resume: usize,
+        counts: &mut Counts,
+        out: Out<'_>,
+    ) -> usize {
         let n = b.len();
         let Out {
             fields,
@@ -318,12 +402,11 @@ impl Walker<'_> {
             fields: mut nf,
             repetitions: mut nr,
             components: mut nc,
-            component_start: mut start,
         } = *counts;
         let mut base = resume & !(BLOCK - 1);
         if base != self.base {
             self.base = base;
-            self.masks = block_masks(b, base, self.d);
+            self.masks = block_masks::<AVX2>(b, base, self.d);
         }
         let mut m = self.masks;
         let mut pending = m.any() & (!0u64 << (resume - base));
@@ -344,9 +427,8 @@ impl Walker<'_> {
                 let at = base as u32 + bit;
                 // SAFETY: nc, nr, nf < room ≤ the slices' lengths (asserted above).
                 unsafe {
-                    *components.get_unchecked_mut(nc) = Span { start, end: at };
+                    *components.get_unchecked_mut(nc) = at;
                     nc += 1;
-                    start = at + 1;
                     *repetitions.get_unchecked_mut(nr) = nc as u32;
                     nr += ((closes_repetition >> bit) & 1) as usize;
                     *fields.get_unchecked_mut(nf) = nr as u32;
@@ -361,7 +443,7 @@ impl Walker<'_> {
             if base >= n {
                 break n;
             }
-            m = block_masks(b, base, self.d);
+            m = block_masks::<AVX2>(b, base, self.d);
             self.base = base;
             self.masks = m;
             pending = m.any();
@@ -370,7 +452,6 @@ impl Walker<'_> {
             fields: nf,
             repetitions: nr,
             components: nc,
-            component_start: start,
         };
         let mut out = Out {
             fields,
@@ -380,6 +461,16 @@ impl Walker<'_> {
         out.close(counts, SEGMENT, end as u32);
         end
     }
+}
+
+/// Whether the block masks can use AVX2 (and the walk BMI1); checked once per message,
+/// the answer is cached by std.
+fn has_avx2() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    return std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("bmi1");
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    false
 }
 
 fn is_eol(c: u8) -> bool {
@@ -405,22 +496,23 @@ fn index_segments(b: &[u8], start: usize, d: &Delimiters, index: &mut Index) -> 
     ensure(&mut index.components, n + 2);
     ensure(&mut index.repetitions, n + 2);
     ensure(&mut index.fields, n + 2);
+    index.starts.clear();
     let mut walker = Walker {
         d,
         base: usize::MAX,
         masks: Masks::default(),
+        avx2: has_avx2(),
     };
     let mut c = Counts {
         fields: 0,
         repetitions: 0,
         components: 0,
-        component_start: 0,
     };
     let mut pos = start;
     loop {
         let seg_start = pos;
         let first_field = c.fields as u32;
-        c.component_start = pos as u32;
+        index.start_at(c.components, pos as u32);
         let id = b.get(pos..pos + 3).unwrap_or(&[]);
         let after_id = b.get(pos + 3).copied();
         let id_ok = id.len() == 3 && id.iter().all(u8::is_ascii_alphanumeric);
@@ -440,16 +532,24 @@ fn index_segments(b: &[u8], start: usize, d: &Delimiters, index: &mut Index) -> 
                 .iter()
                 .position(|&c| c == sep || is_eol(c))
                 .map_or(n, |p| resume + 1 + p);
-            let mut out = Out {
-                fields: &mut index.fields,
-                repetitions: &mut index.repetitions,
-                components: &mut index.components,
-            };
-            out.opaque_field(&mut c, pos as u32, resume as u32);
-            out.opaque_field(&mut c, resume as u32, resume as u32 + 1);
-            out.opaque_field(&mut c, resume as u32 + 1, enc_end as u32);
+            // Three fields of one opaque component each: the id, MSH-1 (the separator
+            // itself) and MSH-2 (the encoding characters).
+            for (start, end) in [
+                (None, resume),
+                (Some(resume), resume + 1),
+                (Some(resume + 1), enc_end),
+            ] {
+                if let Some(start) = start {
+                    index.start_at(c.components, start as u32);
+                }
+                let mut out = Out {
+                    fields: &mut index.fields,
+                    repetitions: &mut index.repetitions,
+                    components: &mut index.components,
+                };
+                out.close(&mut c, FIELD, end as u32);
+            }
             if b.get(enc_end) == Some(&sep) {
-                c.component_start = enc_end as u32 + 1;
                 resume = enc_end + 1;
             } else {
                 header_end = Some(enc_end);
@@ -516,17 +616,18 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The SSE2 masks and the portable ones agree, whatever the bytes and however
+        /// The SSE2 and AVX2 masks and the portable ones agree, whatever the bytes and however
         /// short the last block.
         #[test]
         fn block_masks_match_the_portable_ones(body in "[A-Z0-9|^~&\\\\#\r\n\t }{\x00]{0,200}") {
             let b = body.as_bytes();
             let d = Delimiters::default();
             for base in (0..b.len().max(1)).step_by(BLOCK) {
-                proptest::prop_assert_eq!(
-                    block_masks(b, base, &d),
-                    portable_masks(&chunk(b, base), &d)
-                );
+                let portable = portable_masks(&chunk(b, base), &d);
+                proptest::prop_assert_eq!(block_masks::<false>(b, base, &d), portable);
+                if has_avx2() {
+                    proptest::prop_assert_eq!(block_masks::<true>(b, base, &d), portable);
+                }
             }
         }
     }

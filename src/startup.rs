@@ -144,6 +144,7 @@ impl Application {
             std::time::Duration::from_millis(settings.webhook_timeout_ms),
             connectors.clone(),
             subscriptions.clone(),
+            settings.allow_insecure_webhooks,
         ));
         let mut workers = Vec::new();
         for _ in 0..settings.webhook_workers {

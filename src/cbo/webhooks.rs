@@ -135,6 +135,13 @@ pub fn url_problem(url: &str, allow_insecure: bool) -> Option<&'static str> {
     if host.is_empty() || host.contains('@') {
         return Some("must name a host (and no user info)");
     }
+    // A name is checked as it resolves, when the gateway connects (`outbox::destination`).
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>()
+        && !crate::outbox::destination::allowed(ip, allow_insecure)
+    {
+        return Some("must not point at a loopback, private or link-local address");
+    }
     match scheme {
         "https" => None,
         "http" if allow_insecure && matches!(host, "127.0.0.1" | "localhost" | "[::1]") => None,
@@ -318,6 +325,12 @@ mod tests {
             ("cbo.example.org/hooks", true),
             ("https://user@cbo.example.org/", true),
             ("https:///path", true),
+            // Not public: a metadata service, the internal network, loopback over https.
+            ("https://169.254.169.254/latest/meta-data", true),
+            ("https://10.0.0.5/hooks", true),
+            ("https://[fd00::1]:8443/hooks", true),
+            ("https://[::ffff:192.168.1.1]/hooks", true),
+            ("https://127.0.0.1/hooks", false),
         ] {
             assert!(check_url(url, allow).is_err(), "{url} {allow}");
         }

@@ -9,6 +9,7 @@
 //! `webhook-id` is its event's id in every attempt, so receivers deduplicate; nothing
 //! is ever deleted by the dispatcher.
 
+pub mod destination;
 pub mod sign;
 
 use std::sync::Arc;
@@ -83,15 +84,29 @@ impl Failure {
     }
 }
 
-/// The HTTP client for calls to other systems: rustls, no redirects followed (a
-/// redirect could carry a token elsewhere), `timeout` per request.
+/// The HTTP client for calls to systems the operator configured (connectors, EHRs):
+/// rustls, no redirects followed (a redirect could carry a token elsewhere), `timeout`
+/// per request.
 pub fn client(timeout: Duration) -> reqwest::Client {
+    builder(timeout)
+        .build()
+        .expect("a reqwest client with rustls builds")
+}
+
+/// [`client`] for addresses a tenant registered (webhook endpoints, Subscription
+/// channels): names connect only to public addresses ([`destination`]).
+pub fn tenant_client(timeout: Duration, allow_loopback: bool) -> reqwest::Client {
+    builder(timeout)
+        .dns_resolver(Arc::new(destination::PublicOnly { allow_loopback }))
+        .build()
+        .expect("a reqwest client with rustls builds")
+}
+
+fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)
-        .build()
-        .expect("a reqwest client with rustls builds")
 }
 
 /// Deliveries claimed at once by one worker.
@@ -124,13 +139,14 @@ impl Dispatcher {
         timeout: Duration,
         connectors: Arc<Connectors>,
         subscriptions: Arc<Subscriptions>,
+        allow_loopback: bool,
     ) -> Dispatcher {
         Dispatcher {
             store,
             connectors,
             subscriptions,
             timeout,
-            http: client(timeout),
+            http: tenant_client(timeout, allow_loopback),
             policy,
             concurrency: 64,
         }

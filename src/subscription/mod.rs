@@ -120,7 +120,7 @@ impl Subscriptions {
             store: fhir.store().clone(),
             fhir,
             registry,
-            http: crate::outbox::client(timeout),
+            http: crate::outbox::tenant_client(timeout, allow_insecure),
             mailer,
             base: base.trim_end_matches('/').to_string(),
             allow_insecure,

@@ -197,6 +197,15 @@ async fn every_event_arrives_signed_through_failures_timeouts_and_recovery() {
         .post("webhooks", &json!({"url": "http://cbo.example.org/hook"}))
         .await;
     assert_eq!(refused.status, 422, "{}", refused.body);
+    // Referral data never goes to a metadata service or the internal network.
+    for inside in [
+        "https://169.254.169.254/latest/meta-data",
+        "https://10.0.0.5/hook",
+    ] {
+        let refused = cbo.post("webhooks", &json!({ "url": inside })).await;
+        assert_eq!(refused.status, 422, "{inside}: {}", refused.body);
+        assert_eq!(refused.body["errors"][0]["pointer"], "/url");
+    }
     let unknown = cbo
         .post(
             "webhooks",

@@ -414,8 +414,9 @@ async fn answer_when_durable<C: Command>(
 /// Copies the SQLite WAL back into the database file in the background, every 100 ms
 /// (following every commit instead measured no better and took CPU from the writer).
 /// PASSIVE never blocks the writer; it leaves the automatic checkpoint at commit (the
-/// one that lets the WAL start over) little to copy, so commits keep their latency. The pages it copied are then flushed here too: SQLite fsyncs the database
-/// only when a checkpoint reaches the end of the WAL, which under load is the commit's
+/// one that lets the WAL start over) little to copy, so commits keep their latency.
+/// The pages it copied are then flushed here too: SQLite fsyncs the database only when
+/// a checkpoint reaches the end of the WAL, which under load is the commit's
 /// checkpoint, and that fsync would otherwise write out every page the background
 /// copied (tens of milliseconds with the writer waiting).
 async fn checkpoint(pool: AnyPool, database: std::path::PathBuf) {

@@ -548,8 +548,16 @@ impl Command for WriteCommand {
             }
             Write::Bundle { plan, .. } => {
                 for e in &plan.entries {
+                    // The planned id, server-assigned on a create, is the Patient's own
+                    // identifier: preloaded with the others, it is not locked and looked
+                    // up by itself while the command runs.
+                    let id = match &e.request {
+                        EntryRequest::Create { id, .. } | EntryRequest::Update { id, .. } => {
+                            Some(id.as_str())
+                        }
+                        EntryRequest::Read { .. } | EntryRequest::Search { .. } => None,
+                    };
                     if let Some(resource) = &e.resource {
-                        let id = resource.get("id").and_then(Value::as_str);
                         identity(wanted, &e.resource_type, id, resource);
                     }
                 }

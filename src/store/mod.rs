@@ -577,6 +577,8 @@ pub struct Tx<'c> {
     absent: HashSet<(String, String)>,
     /// Persons, identifiers and inbound messages (see `identity`).
     identity: identity::Staging,
+    /// Writes queued by the flush, sent together by [`Tx::send_deferred`].
+    deferred: Vec<sql::Write>,
 }
 
 impl<'c> Tx<'c> {
@@ -629,9 +631,8 @@ impl<'c> Tx<'c> {
             if self.backend == Backend::Postgres {
                 text.push_str(" FOR UPDATE OF r");
             }
-            let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-                .fetch_all(&mut *self.conn)
-                .await?;
+            let query = sql::per_batch(self.backend, sqlx::query(sqlx::AssertSqlSafe(text)));
+            let rows = sql::bind(query, args).fetch_all(&mut *self.conn).await?;
             for r in &rows {
                 let found = StoredResource {
                     resource_type: r.get(0),
@@ -743,9 +744,33 @@ impl<'c> Tx<'c> {
         Ok(())
     }
 
+    /// Sends the writes the flush queued: on PostgreSQL as one statement
+    /// (`sql::combine`), on SQLite one by one (each is a call into the library).
+    pub(super) async fn send_deferred(&mut self) -> Result<()> {
+        let mut parts = std::mem::take(&mut self.deferred);
+        if self.backend == Backend::Postgres && parts.len() > 1 {
+            parts = vec![sql::combine(parts)];
+        }
+        for w in parts {
+            self.query(w).execute(&mut *self.conn).await?;
+        }
+        Ok(())
+    }
+
+    fn query(
+        &self,
+        w: sql::Write,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(w.text));
+        if w.reads_by_keys {
+            query = sql::per_batch(self.backend, query);
+        }
+        sql::bind(query, w.args)
+    }
+
     /// Writes everything staged so far.
     pub async fn flush(&mut self) -> Result<()> {
-        self.flush_identity().await?;
+        self.defer_identity();
         if !self.resources.is_empty() {
             let staged = std::mem::take(&mut self.resources);
             let replaced = std::mem::take(&mut self.replaced);
@@ -755,11 +780,8 @@ impl<'c> Tx<'c> {
                 self.preloaded.remove(&key);
                 self.absent.remove(&key);
             }
-            for (text, args) in sql::write_resources(self.backend, &staged, &replaced) {
-                sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-                    .execute(&mut *self.conn)
-                    .await?;
-            }
+            self.deferred
+                .extend(sql::write_resources(self.backend, &staged, &replaced));
             self.written.extend(staged.into_iter().map(|s| s.resource));
         }
         self.flush_referrals().await?;

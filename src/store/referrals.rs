@@ -186,9 +186,8 @@ impl Tx<'_> {
             placeholders.join(", ")
         );
         let args = ids.iter().map(|i| sql::Arg::Text(i.clone())).collect();
-        let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-            .fetch_all(&mut *self.conn)
-            .await?;
+        let query = sql::per_batch(self.backend, sqlx::query(sqlx::AssertSqlSafe(text)));
+        let rows = sql::bind(query, args).fetch_all(&mut *self.conn).await?;
         self.loaded
             .extend(rows.iter().map(|r| referral_row(r).referral));
         Ok(())
@@ -336,11 +335,13 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Writes the staged referrals, events and idempotency keys with whatever else the
+    /// flush queued, then fans the events out to webhooks.
     pub(super) async fn flush_referrals(&mut self) -> Result<()> {
         let referrals = std::mem::take(&mut self.referrals);
         if !referrals.is_empty() {
             let (text, args) = write_referrals(self.backend, &referrals);
-            self.run(text, args).await?;
+            self.defer(text, args);
             self.written_referrals
                 .extend(referrals.into_iter().map(|s| ReferralRow {
                     referral: s.referral,
@@ -348,9 +349,10 @@ impl Tx<'_> {
                 }));
         }
         let events = std::mem::take(&mut self.events);
-        if !events.is_empty() {
-            self.write_events(events).await?;
-        }
+        let ranges = match events.is_empty() {
+            true => Vec::new(),
+            false => self.write_events(events).await?,
+        };
         let keys = std::mem::take(&mut self.keys);
         if !keys.is_empty() {
             let rows: Vec<(&str, &str, &str, u16, &str, i64)> = keys
@@ -367,7 +369,7 @@ impl Tx<'_> {
                     )
                 })
                 .collect();
-            self.insert_rows(
+            self.defer_rows(
                 "idempotency_keys",
                 &[
                     ("organization", TEXT),
@@ -379,32 +381,36 @@ impl Tx<'_> {
                 ],
                 sql::json_rows(&rows),
                 "",
-            )
-            .await?;
+            );
         }
-        Ok(())
+        self.send_deferred().await?;
+        // Webhook deliveries are created with their events, in the same transaction.
+        self.fan_out(&ranges).await
     }
 
-    /// Inserts a JSON array of rows into `table` in one statement (`sql::bulk_insert`).
-    pub(super) async fn insert_rows(
+    /// Queues the insert of a JSON array of rows into `table` (`sql::bulk_insert`).
+    pub(super) fn defer_rows(
         &mut self,
         table: &str,
         columns: &[(&str, bool)],
         rows: String,
         suffix: &str,
-    ) -> Result<()> {
+    ) {
         let (text, args) = sql::bulk_insert(self.backend, table, columns, rows, suffix);
-        self.run(text, args).await
+        self.defer(text, args);
     }
 
-    pub(super) async fn run(&mut self, text: String, args: Vec<sql::Arg>) -> Result<()> {
-        sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+    pub(super) fn defer(&mut self, text: String, args: Vec<sql::Arg>) {
+        self.deferred.push(sql::Write {
+            text,
+            args,
+            reads_by_keys: false,
+        });
     }
 
-    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<()> {
+    /// Numbers the events (sent with the writes queued so far) and queues their insert;
+    /// returns each organisation's (first, last) sequence for the fan-out.
+    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<Vec<(String, i64, i64)>> {
         // One counter bump per organisation reserves a block of sequence numbers. The
         // counter row stays locked until COMMIT, which keeps each organisation's feed
         // gap-free and ordered across gateway processes.
@@ -428,6 +434,9 @@ impl Tx<'_> {
              SET last_seq = tenant_counters.last_seq + excluded.last_seq \
              RETURNING organization, last_seq",
         );
+        // Sent on its own, after the queued writes: the counter rows stay locked from
+        // here to COMMIT, and the other writer may be waiting for them.
+        self.send_deferred().await?;
         let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
             .fetch_all(&mut *self.conn)
             .await?;
@@ -463,7 +472,7 @@ impl Tx<'_> {
                 )
             })
             .collect();
-        self.insert_rows(
+        self.defer_rows(
             "events",
             &[
                 ("organization", TEXT),
@@ -477,10 +486,8 @@ impl Tx<'_> {
             ],
             sql::json_rows(&rows),
             "",
-        )
-        .await?;
-        // Webhook deliveries are created with their events, in the same transaction.
-        self.fan_out(&ranges).await
+        );
+        Ok(ranges)
     }
 }
 

@@ -125,7 +125,7 @@ impl Tx<'_> {
             return Ok(());
         }
         let text = fan_out_sql(self.backend);
-        sqlx::query(sqlx::AssertSqlSafe(text))
+        super::sql::per_batch(self.backend, sqlx::query(sqlx::AssertSqlSafe(text)))
             .bind(super::sql::json_rows(ranges))
             .execute(&mut *self.conn)
             .await?;

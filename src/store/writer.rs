@@ -255,6 +255,7 @@ async fn run_batch<C: Command>(
         notifications: Vec::new(),
         absent: Default::default(),
         identity: Default::default(),
+        deferred: Vec::new(),
     };
     let mut wanted = Preload::default();
     for (command, _) in batch.iter() {

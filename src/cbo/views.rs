@@ -4,8 +4,8 @@
 //!
 //! Building a view parses the Task and the resources around it and projects them; a
 //! read that finds its view here does neither. The versions are checked against what
-//! the store knows without a query (the embedded store's recent versions), so with
-//! PostgreSQL, where another process may write, nothing is ever reused.
+//! the store knows without a query (`Store::known_version`, which on PostgreSQL hears
+//! of other processes' commits through `store::replicas`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

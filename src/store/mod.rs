@@ -14,6 +14,7 @@ mod identity;
 mod recent;
 mod referral_index;
 mod referrals;
+mod replicas;
 mod sql;
 mod subscriptions;
 mod webhooks;
@@ -148,8 +149,13 @@ pub struct Store {
     backend: Backend,
     /// SQLite's write-ahead log, which the writer fsyncs itself (see `writer`).
     wal: Option<std::path::PathBuf>,
-    /// SQLite only: current versions served from memory (see `recent`).
-    recent: Option<std::sync::Arc<recent::RecentVersions>>,
+    /// Current versions served from memory (see `recent`).
+    recent: std::sync::Arc<recent::RecentVersions>,
+    /// PostgreSQL: the listener that keeps `recent` in step with other processes (see
+    /// `replicas`), held so that it stops with the last clone of the store.
+    _listening: Option<std::sync::Arc<replicas::Listening>>,
+    /// PostgreSQL: this process's name in its announcements of versions.
+    origin: Option<String>,
     /// SQLite only: every referral row in memory (see `referral_index`).
     referral_index: Option<std::sync::Arc<referral_index::ReferralIndex>>,
     /// SQLite only: taken by each write transaction of this process, so that the
@@ -207,6 +213,14 @@ impl Store {
                         conn.execute("PRAGMA cache_size = -32768").await?;
                         conn.execute("PRAGMA mmap_size = 268435456").await?;
                         conn.execute("PRAGMA temp_store = MEMORY").await?;
+                    } else {
+                        // Our statements are few, fixed and written for the indexes. By
+                        // default PostgreSQL plans a statement anew at every execution
+                        // while it guesses a generic plan costlier: a third of its CPU
+                        // on the FHIR search page. A generic plan is made again whenever
+                        // ANALYZE (autovacuum) updates a table's statistics.
+                        conn.execute("SET plan_cache_mode = force_generic_plan")
+                            .await?;
                     }
                     Ok(())
                 })
@@ -219,12 +233,22 @@ impl Store {
             }
             Backend::Postgres => None,
         };
-        let recent = (backend == Backend::Sqlite).then(Default::default);
+        let recent = std::sync::Arc::new(RecentVersions::new(backend == Backend::Sqlite));
+        let origin = (backend == Backend::Postgres).then(|| uuid::Uuid::new_v4().to_string());
+        let listening = origin.as_ref().map(|origin| {
+            std::sync::Arc::new(replicas::listen(
+                url.to_string(),
+                origin.clone(),
+                recent.clone(),
+            ))
+        });
         let mut store = Store {
             pool,
             backend,
             wal,
             recent,
+            _listening: listening,
+            origin,
             referral_index: None,
             write_turn: (backend == Backend::Sqlite).then(Default::default),
         };
@@ -257,9 +281,7 @@ impl Store {
     /// gateway): the current versions kept in memory are dropped and the referral rows
     /// read again. A no-op on PostgreSQL, which keeps nothing in memory.
     pub async fn reload_after_foreign_write(&self) -> Result<()> {
-        if let Some(recent) = &self.recent {
-            recent.clear();
-        }
+        self.recent.clear();
         if let Some(index) = &self.referral_index {
             index.refresh(self.all_referrals().await?);
         }
@@ -305,25 +327,26 @@ impl Store {
     }
 
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
-        if let Some(found) = self.recent.as_ref().and_then(|r| r.get(resource_type, id)) {
+        if let Some(found) = self.recent.get(resource_type, id) {
             return Ok(Some(found));
         }
+        let epoch = self.recent.epoch();
         let row = sqlx::query(sql::READ_CURRENT)
             .bind(resource_type)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         let found = row.map(|r| stored(resource_type, id, &r));
-        if let (Some(recent), Some(f)) = (&self.recent, &found) {
-            recent.offer(f.clone());
+        if let Some(f) = &found {
+            self.recent.offer_all([f.clone()], epoch);
         }
         Ok(found)
     }
 
     /// The current version of a resource when it is known without asking the database
-    /// (the embedded store's recent versions); None when it is not known that way.
+    /// (the recent versions); None when it is not known that way.
     pub fn known_version(&self, resource_type: &str, id: &str) -> Option<i64> {
-        self.recent.as_ref()?.version(resource_type, id)
+        self.recent.version(resource_type, id)
     }
 
     pub async fn vread(
@@ -362,25 +385,20 @@ impl Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(recent) = &self.recent {
-            let known: Vec<StoredResource> = keys
-                .iter()
-                .filter_map(|(t, id)| recent.get(t, id))
-                .collect();
-            if known.len() == keys.len() {
-                return Ok(known);
-            }
+        let known: Vec<StoredResource> = keys
+            .iter()
+            .filter_map(|(t, id)| self.recent.get(t, id))
+            .collect();
+        if known.len() == keys.len() {
+            return Ok(known);
         }
         let mut conn = self.pool.acquire().await?;
-        match &self.recent {
-            Some(recent) => current_versions(&mut conn, recent, keys).await,
-            None => read_many(&mut conn, keys).await,
-        }
+        current_versions(&mut conn, &self.recent, keys).await
     }
 
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
         let mut conn = self.pool.acquire().await?;
-        search(&mut conn, self.backend, self.recent.as_deref(), query).await
+        search(&mut conn, self.backend, Some(&self.recent), query).await
     }
 }
 
@@ -408,7 +426,7 @@ async fn search(
     recent: Option<&RecentVersions>,
     query: &SearchQuery,
 ) -> Result<SearchPage> {
-    // With the embedded store's recent versions at hand, the page query fetches ids only.
+    // With the recent versions at hand, the page query fetches ids and versions only.
     let with_bodies = recent.is_none();
     let (text, args) = sql::search(backend, query, with_bodies);
     let mut rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
@@ -440,7 +458,24 @@ async fn search(
                 .iter()
                 .map(|r| (query.resource_type.clone(), r.get(0)))
                 .collect();
-            current_versions(conn, recent, &keys).await?
+            let mut found = current_versions(conn, recent, &keys).await?;
+            // The page matched these versions; memory may not have heard of them yet
+            // (another process's commit, announced a moment later).
+            let behind: Vec<(String, String)> = found
+                .iter()
+                .zip(&rows)
+                .filter(|(f, r)| f.version < r.get::<i64, _>(1))
+                .map(|(f, _)| (f.resource_type.clone(), f.id.clone()))
+                .collect();
+            if !behind.is_empty() {
+                let newer = read_many(conn, &behind).await?;
+                for f in found.iter_mut() {
+                    if let Some(n) = newer.iter().find(|n| n.id == f.id) {
+                        *f = n.clone();
+                    }
+                }
+            }
+            found
         }
     };
     let mut included = Vec::new();
@@ -476,6 +511,7 @@ async fn current_versions(
     recent: &RecentVersions,
     keys: &[(String, String)],
 ) -> Result<Vec<StoredResource>> {
+    let epoch = recent.epoch();
     let mut found: Vec<Option<StoredResource>> =
         keys.iter().map(|(t, id)| recent.get(t, id)).collect();
     let missing: Vec<(String, String)> = keys
@@ -486,7 +522,7 @@ async fn current_versions(
         .collect();
     if !missing.is_empty() {
         let fetched = read_many(conn, &missing).await?;
-        recent.offer_all(fetched.iter().cloned());
+        recent.offer_all(fetched.iter().cloned(), epoch);
         for (slot, (t, id)) in found.iter_mut().zip(keys) {
             if slot.is_none() {
                 *slot = fetched

@@ -24,9 +24,11 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::recent::RecentVersions;
 use super::referral_index::ReferralIndex;
 
-/// The embedded store's in-memory views, brought up to date after each COMMIT.
+/// The in-memory views, brought up to date after each COMMIT.
 struct Memory {
-    recent: Option<Arc<RecentVersions>>,
+    recent: Arc<RecentVersions>,
+    /// PostgreSQL: the name under which versions are announced (see `replicas`).
+    origin: Option<String>,
     referrals: Option<Arc<ReferralIndex>>,
     turn: Option<Arc<Mutex<()>>>,
 }
@@ -103,6 +105,7 @@ impl<C: Command> Writer<C> {
                     store.backend,
                     Memory {
                         recent: store.recent.clone(),
+                        origin: store.origin.clone(),
                         referrals: store.referral_index.clone(),
                         turn: store.write_turn.clone(),
                     },
@@ -223,6 +226,8 @@ async fn run_batch<C: Command>(
 ) -> Result<(i64, Answers<C>), String> {
     let started = std::time::Instant::now();
     let size = batch.len();
+    // Versions read in an earlier epoch of `recent` may be outdated (see `recent`).
+    let epoch = memory.recent.epoch();
     // SQLite: take the write lock at BEGIN, so that another writer on the file (the
     // audit trail, the token endpoint, an operator command) makes this batch wait for
     // it instead of failing its first write with SQLITE_BUSY_SNAPSHOT.
@@ -294,6 +299,12 @@ async fn run_batch<C: Command>(
     {
         broken = Some(e.to_string());
     }
+    if broken.is_none()
+        && let Some(origin) = &memory.origin
+        && let Err(e) = tx.announce(origin).await
+    {
+        broken = Some(e.to_string());
+    }
     let seq = tx.next_seq;
     let written = std::mem::take(&mut tx.written);
     let written_referrals = std::mem::take(&mut tx.written_referrals);
@@ -304,9 +315,7 @@ async fn run_batch<C: Command>(
     };
     match committed {
         Ok(()) => {
-            if let Some(recent) = &memory.recent {
-                recent.offer_all(written);
-            }
+            memory.recent.offer_all(written, epoch);
             if let Some(referrals) = &memory.referrals {
                 referrals.apply(written_referrals);
             }

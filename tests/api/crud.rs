@@ -219,3 +219,64 @@ async fn twenty_concurrent_conditional_creates_make_one_resource() {
         .await;
     assert_eq!(found.len(), 1);
 }
+
+/// Two gateway processes on one PostgreSQL each serve current versions from memory and
+/// hear of the other's commits (LISTEN/NOTIFY): a read, a conditional read and a search
+/// through one never keep answering with a version the other has replaced.
+#[tokio::test]
+async fn a_sibling_process_never_keeps_serving_a_replaced_version() {
+    if store_kind() != "postgres" {
+        eprintln!(
+            "a_sibling_process_never_keeps_serving_a_replaced_version: runs in the PostgreSQL pass"
+        );
+        return;
+    }
+    let one = spawn_app().await;
+    let two = spawn_sibling(&one, &[]).await;
+    let mut p = patient();
+    p["id"] = json!("shared-1");
+    assert_eq!(one.put("Patient/shared-1", &p).await.status(), 201);
+    // Read through the other process, which now holds version 1 in memory.
+    for _ in 0..3 {
+        assert_eq!(
+            two.get_json("Patient/shared-1").await["meta"]["versionId"],
+            "1"
+        );
+    }
+
+    p["gender"] = json!("other");
+    assert_eq!(
+        one.put("Patient/shared-1", &p).await.headers()["etag"],
+        "W/\"2\""
+    );
+    // Announced at COMMIT: the other process follows within milliseconds.
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = two.get_json("Patient/shared-1").await;
+        if seen["meta"]["versionId"] == "2" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["meta"]["versionId"], "2", "{seen}");
+    assert_eq!(seen["gender"], "other");
+    let conditional = two
+        .client
+        .get(two.url("Patient/shared-1"))
+        .header("if-none-match", "W/\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conditional.status(), 200);
+
+    // A search answers with the version it matched, announced or not yet.
+    p["name"] = json!([{"family": "Zubiri", "given": ["Ana"]}]);
+    assert_eq!(
+        one.put("Patient/shared-1", &p).await.headers()["etag"],
+        "W/\"3\""
+    );
+    let page = two.get_json("Patient?name=Zubiri").await;
+    let entry = &page["entry"][0]["resource"];
+    assert_eq!(entry["meta"]["versionId"], "3", "{page}");
+    assert_eq!(entry["name"][0]["family"], "Zubiri");
+}

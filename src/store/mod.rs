@@ -156,8 +156,8 @@ pub struct Store {
     _listening: Option<std::sync::Arc<replicas::Listening>>,
     /// PostgreSQL: this process's name in its announcements of versions.
     origin: Option<String>,
-    /// SQLite only: every referral row in memory (see `referral_index`).
-    referral_index: Option<std::sync::Arc<referral_index::ReferralIndex>>,
+    /// Every referral row in memory (see `referral_index`).
+    referral_index: std::sync::Arc<referral_index::ReferralIndex>,
     /// SQLite only: taken by each write transaction of this process, so that the
     /// writer and the audit trail queue for the file's one write lock in turn instead
     /// of meeting SQLite's busy handler, which sleeps in steps of up to 100 ms.
@@ -233,30 +233,34 @@ impl Store {
             }
             Backend::Postgres => None,
         };
-        let recent = std::sync::Arc::new(RecentVersions::new(backend == Backend::Sqlite));
-        let origin = (backend == Backend::Postgres).then(|| uuid::Uuid::new_v4().to_string());
-        let listening = origin.as_ref().map(|origin| {
-            std::sync::Arc::new(replicas::listen(
-                url.to_string(),
-                origin.clone(),
-                recent.clone(),
-            ))
-        });
+        // On SQLite the memory is trusted from the start; on PostgreSQL once `replicas`
+        // listens for the other processes' writes.
+        let embedded = backend == Backend::Sqlite;
         let mut store = Store {
             pool,
             backend,
             wal,
-            recent,
-            _listening: listening,
-            origin,
-            referral_index: None,
-            write_turn: (backend == Backend::Sqlite).then(Default::default),
+            recent: std::sync::Arc::new(RecentVersions::new(embedded)),
+            _listening: None,
+            origin: (!embedded).then(|| uuid::Uuid::new_v4().to_string()),
+            referral_index: std::sync::Arc::new(referral_index::ReferralIndex::new(embedded)),
+            write_turn: embedded.then(Default::default),
         };
         store.migrate().await?;
-        if backend == Backend::Sqlite {
-            let index = referral_index::ReferralIndex::default();
-            index.apply(store.all_referrals().await?);
-            store.referral_index = Some(std::sync::Arc::new(index));
+        match &store.origin {
+            None => store.referral_index.apply(store.all_referrals().await?),
+            Some(origin) => {
+                // The listener's copy does not hold the listener (no cycle).
+                let copy = Store {
+                    _listening: None,
+                    ..store.clone()
+                };
+                store._listening = Some(std::sync::Arc::new(replicas::listen(
+                    url.to_string(),
+                    origin.clone(),
+                    copy,
+                )));
+            }
         }
         Ok(store)
     }
@@ -279,13 +283,16 @@ impl Store {
 
     /// Another process wrote (an operator's merge or unmerge beside the embedded
     /// gateway): the current versions kept in memory are dropped and the referral rows
-    /// read again. A no-op on PostgreSQL, which keeps nothing in memory.
+    /// read again. (On PostgreSQL its writes are also announced; see `replicas`.)
     pub async fn reload_after_foreign_write(&self) -> Result<()> {
         self.recent.clear();
-        if let Some(index) = &self.referral_index {
-            index.refresh(self.all_referrals().await?);
-        }
+        self.referral_index.apply(self.all_referrals().await?);
         Ok(())
+    }
+
+    /// The referral rows in memory, when they may answer.
+    fn referral_index(&self) -> Option<&referral_index::ReferralIndex> {
+        Some(&*self.referral_index).filter(|i| i.trusted())
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,52 +1,63 @@
-//! Every referral row in memory, for the embedded store: CBO lists and reads are
-//! answered without a query (each query is a round trip to SQLite's worker thread).
+//! Every referral row in memory: CBO lists and reads are answered without a query.
 //!
-//! Only for SQLite, where this process is the only writer: the rows are loaded at open
-//! and the writer applies each batch's rows after COMMIT, so the index is never older
-//! than the database. As with `recent`, a reader may see a commit a few milliseconds
-//! before its fsync completes; only the writer's client is promised durability.
+//! The writers apply each batch's rows after COMMIT. On SQLite this process is the only
+//! writer and the rows are loaded at open, so the index is never older than the
+//! database. On PostgreSQL `replicas` loads them once it listens for other processes'
+//! announcements, and reads the rows they announce; until then, and while it has no
+//! connection, the index is untrusted and the store asks the database. As with
+//! `recent`, a reader may see a commit a few milliseconds before its fsync completes;
+//! only the writer's client is promised durability.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
 use super::{ReferralFilter, ReferralRow};
 
-#[derive(Default)]
 pub struct ReferralIndex {
     inner: RwLock<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     by_id: HashMap<String, ReferralRow>,
     /// Per organisation, the list order: (updated_at, id).
     by_org: HashMap<String, BTreeSet<(i64, String)>>,
+    /// Whether it may answer (see the module comment).
+    trusted: bool,
 }
 
 impl ReferralIndex {
-    /// Rows read back from the database after another process wrote: each is kept only
-    /// if it is newer than the row held (a local commit may have moved on meanwhile).
-    pub fn refresh(&self, rows: impl IntoIterator<Item = ReferralRow>) {
-        let newer: Vec<ReferralRow> = {
-            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            rows.into_iter()
-                .filter(|r| {
-                    inner
-                        .by_id
-                        .get(&r.referral.id)
-                        .is_none_or(|old| old.referral.version < r.referral.version)
-                })
-                .collect()
-        };
-        self.apply(newer);
+    pub fn new(trusted: bool) -> ReferralIndex {
+        ReferralIndex {
+            inner: RwLock::new(Inner {
+                by_id: HashMap::new(),
+                by_org: HashMap::new(),
+                trusted,
+            }),
+        }
     }
 
-    /// Rows as committed, in commit order.
+    pub fn trusted(&self) -> bool {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).trusted
+    }
+
+    pub fn set_trusted(&self, trusted: bool) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .trusted = trusted;
+    }
+
+    /// Keeps each row unless the row held has a newer version: rows come from the
+    /// writers after COMMIT and from the database after another process wrote, and
+    /// the two may cross. (A row changes only with its Task's version.)
     pub fn apply(&self, rows: impl IntoIterator<Item = ReferralRow>) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for row in rows {
             let id = row.referral.id.clone();
             if let Some(old) = inner.by_id.get(&id) {
+                if old.referral.version > row.referral.version {
+                    continue;
+                }
                 let key = (old.updated_at, id.clone());
                 let org = old.referral.organization.clone();
                 if let Some(set) = inner.by_org.get_mut(&org) {
@@ -119,7 +130,7 @@ mod tests {
 
     #[test]
     fn pages_follow_the_last_change_and_stay_per_organisation() {
-        let index = ReferralIndex::default();
+        let index = ReferralIndex::new(true);
         index.apply([
             row("a", "o1", "pending", 1),
             row("b", "o1", "pending", 2),
@@ -145,5 +156,20 @@ mod tests {
         assert_eq!(ids(index.page("o1", &accepted)), ["a"]);
         assert!(index.get("o2", "a").is_none());
         assert_eq!(index.get("o1", "a").unwrap().referral.status, "accepted");
+    }
+
+    #[test]
+    fn a_row_read_late_does_not_replace_a_newer_one() {
+        let index = ReferralIndex::new(true);
+        let mut newer = row("a", "o1", "accepted", 5);
+        newer.referral.version = 3;
+        index.apply([newer]);
+        index.apply([row("a", "o1", "pending", 1)]);
+        assert_eq!(index.get("o1", "a").unwrap().referral.status, "accepted");
+        let all = ReferralFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(index.page("o1", &all).len(), 1);
     }
 }

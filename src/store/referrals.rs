@@ -565,7 +565,7 @@ fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<
 }
 
 impl Store {
-    /// Every referral row (to fill `referral_index` at open).
+    /// Every referral row (to fill `referral_index`).
     pub(super) async fn all_referrals(&self) -> Result<Vec<ReferralRow>> {
         let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals");
         let rows = sqlx::query(sqlx::AssertSqlSafe(text))
@@ -574,9 +574,23 @@ impl Store {
         Ok(rows.iter().map(referral_row).collect())
     }
 
+    /// The rows of these referrals (PostgreSQL: announced by another process), each
+    /// read by its own index probe.
+    pub(super) async fn referral_rows(&self, ids: &[String]) -> Result<Vec<ReferralRow>> {
+        let text = format!(
+            "SELECT f.* FROM jsonb_array_elements_text($1::jsonb) AS k \
+             CROSS JOIN LATERAL (SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = k LIMIT 1) AS f"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(sql::json_rows(ids))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(referral_row).collect())
+    }
+
     /// An organisation's referral by id (another organisation's is not found).
     pub async fn referral(&self, organization: &str, id: &str) -> Result<Option<ReferralRow>> {
-        if let Some(index) = &self.referral_index {
+        if let Some(index) = self.referral_index() {
             return Ok(index.get(organization, id));
         }
         let text =
@@ -595,7 +609,7 @@ impl Store {
         organization: &str,
         id: &str,
     ) -> Result<Option<(ReferralRow, Option<StoredResource>)>> {
-        if let Some(index) = &self.referral_index {
+        if let Some(index) = self.referral_index() {
             let Some(row) = index.get(organization, id) else {
                 return Ok(None);
             };
@@ -641,7 +655,7 @@ impl Store {
         organization: &str,
         f: &ReferralFilter,
     ) -> Result<Vec<ReferralRow>> {
-        if let Some(index) = &self.referral_index {
+        if let Some(index) = self.referral_index() {
             return Ok(index.page(organization, f));
         }
         let mut text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE organization = $1");

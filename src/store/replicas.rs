@@ -1,32 +1,46 @@
-//! PostgreSQL: keeps this process's current versions in memory (`recent`) in step with
+//! PostgreSQL: keeps this process's memory (`recent`, `referral_index`) in step with
 //! the other gateway processes sharing the database, through LISTEN/NOTIFY.
 //!
-//! Each writer announces the versions it commits, in the same transaction, so an
-//! announcement is delivered at COMMIT or not at all. The listener supersedes the
-//! entries they name. Until it listens, and while it has no connection, `recent` is
-//! untrusted; when a connection is replaced, announcements may have been missed, so
-//! everything is forgotten.
+//! Each writer announces the versions and referral rows it commits, in the same
+//! transaction, so an announcement is delivered at COMMIT or not at all. The listener
+//! supersedes the versions they name and reads the referral rows again. Until it
+//! listens, and while it has no connection, the memory is untrusted (the store asks
+//! the database); once it listens (again), announcements may have been missed, so the
+//! versions are forgotten and every referral row is read again.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use super::StoredResource;
-use super::recent::RecentVersions;
+use super::{ReferralRow, Store, StoredResource};
 
-pub(super) const CHANNEL: &str = "crossway_versions";
+const CHANNEL: &str = "crossway_versions";
 
 /// Payload bytes per notification, under PostgreSQL's limit of 8,000.
 const MAX_PAYLOAD: usize = 7_000;
 
-/// Announces `written` (sent by the writer before COMMIT): a JSON array of payloads, each
-/// `origin` then one `type/id/version` per line. FHIR ids have no `/` or newline.
-pub(super) fn announcements(origin: &str, written: &[StoredResource]) -> Option<String> {
+/// The announcement lines' "type" for a referral row (resource types are capitalised).
+const REFERRAL: &str = "referral";
+
+/// The payloads announcing `written` and `referrals` (sent by the writer before
+/// COMMIT), as a JSON array: each is `origin`, then one `type/id/version` per line.
+/// FHIR and referral ids have no `/` or newline.
+fn announcements(
+    origin: &str,
+    written: &[StoredResource],
+    referrals: &[ReferralRow],
+) -> Option<String> {
+    let lines = written
+        .iter()
+        .map(|r| format!("\n{}/{}/{}", r.resource_type, r.id, r.version))
+        .chain(
+            referrals
+                .iter()
+                .map(|r| format!("\n{REFERRAL}/{}/{}", r.referral.id, r.referral.version)),
+        );
     let mut payloads = Vec::new();
     let mut current = String::new();
-    for r in written {
-        let line = format!("\n{}/{}/{}", r.resource_type, r.id, r.version);
+    for line in lines {
         if !current.is_empty() && current.len() + line.len() > MAX_PAYLOAD {
             payloads.push(std::mem::take(&mut current));
         }
@@ -41,47 +55,56 @@ pub(super) fn announcements(origin: &str, written: &[StoredResource]) -> Option<
     (!payloads.is_empty()).then(|| serde_json::to_string(&payloads).expect("strings serialise"))
 }
 
-/// The statement that sends them (`$1`: the channel, `$2`: `announcements`).
-pub(super) const ANNOUNCE: &str =
-    "SELECT count(pg_notify($1, p)) FROM jsonb_array_elements_text($2::jsonb) AS p";
-
 impl super::Tx<'_> {
-    /// Announces the versions this transaction wrote, delivered if it commits.
+    /// Announces what this transaction wrote; delivered if it commits.
     pub(super) async fn announce(&mut self, origin: &str) -> super::Result<()> {
-        if let Some(payloads) = announcements(origin, &self.written) {
-            sqlx::query(ANNOUNCE)
-                .bind(CHANNEL)
-                .bind(payloads)
-                .fetch_one(&mut *self.conn)
-                .await?;
+        if let Some(payloads) = announcements(origin, &self.written, &self.written_referrals) {
+            sqlx::query(
+                "SELECT count(pg_notify($1, p)) FROM jsonb_array_elements_text($2::jsonb) AS p",
+            )
+            .bind(CHANNEL)
+            .bind(payloads)
+            .fetch_one(&mut *self.conn)
+            .await?;
         }
         Ok(())
     }
 }
 
-/// Applies one payload from another process.
-fn apply(recent: &RecentVersions, origin: &str, payload: &str) {
+/// What one payload from another process asks for.
+#[derive(Debug, PartialEq)]
+enum Announced<'a> {
+    /// Versions to supersede and referral rows to read again.
+    Changes {
+        versions: Vec<(&'a str, &'a str, i64)>,
+        referrals: Vec<String>,
+    },
+    /// This process's own.
+    Own,
+    /// Not readable: nothing it might have named can be trusted.
+    Unreadable,
+}
+
+fn parse<'a>(origin: &str, payload: &'a str) -> Announced<'a> {
     let mut lines = payload.split('\n');
     if lines.next() == Some(origin) {
-        return;
+        return Announced::Own;
     }
+    let (mut versions, mut referrals) = (Vec::new(), Vec::new());
     for line in lines {
         let parsed = line.rsplit_once('/').and_then(|(key, version)| {
-            let (resource_type, id) = key.split_once('/')?;
-            Some((resource_type, id, version.parse::<i64>().ok()?))
+            let (kind, id) = key.split_once('/')?;
+            Some((kind, id, version.parse::<i64>().ok()?))
         });
         match parsed {
-            Some((resource_type, id, version)) => recent.supersede(resource_type, id, version),
-            // Not ours to read: serve nothing that it might have named.
-            None => {
-                tracing::warn!(
-                    message =
-                        "Unreadable version announcement; current versions in memory dropped."
-                );
-                recent.clear();
-                return;
-            }
+            Some((REFERRAL, id, _)) => referrals.push(id.to_string()),
+            Some(version) => versions.push(version),
+            None => return Announced::Unreadable,
         }
+    }
+    Announced::Changes {
+        versions,
+        referrals,
     }
 }
 
@@ -95,44 +118,71 @@ impl Drop for Listening {
 }
 
 /// Starts listening for the announcements of other processes (`origin` tells this
-/// process's own apart).
-pub(super) fn listen(url: String, origin: String, recent: Arc<RecentVersions>) -> Listening {
+/// process's own apart). `store` must not hold the returned handle.
+pub(super) fn listen(url: String, origin: String, store: Store) -> Listening {
     let task = tokio::spawn(async move {
         loop {
-            recent.set_trusted(false);
-            let mut listener = match PgListener::connect(&url).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(message = "Cannot listen for other processes' writes; reading everything from the database.", error = %e);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen(CHANNEL).await {
-                tracing::warn!(message = "Cannot listen for other processes' writes; reading everything from the database.", error = %e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            if let Err(e) = follow(&url, &origin, &store).await {
+                tracing::warn!(message = "Not following other processes' writes; reading from the database until it does.", error = %e);
             }
-            recent.set_trusted(true);
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) => apply(&recent, &origin, n.payload()),
-                    // Reconnected (and listening again): what was missed is unknown.
-                    Ok(None) => recent.clear(),
-                    Err(e) => {
-                        tracing::warn!(message = "Lost the listener for other processes' writes.", error = %e);
-                        break;
-                    }
-                }
-            }
+            store.recent.set_trusted(false);
+            store.referral_index.set_trusted(false);
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     Listening(task.abort_handle())
 }
 
+/// Listens and applies announcements until the connection fails.
+async fn follow(url: &str, origin: &str, store: &Store) -> Result<(), Box<dyn std::error::Error>> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    catch_up(store).await?;
+    loop {
+        match listener.try_recv().await? {
+            Some(n) => match parse(origin, n.payload()) {
+                Announced::Own => {}
+                Announced::Changes {
+                    versions,
+                    referrals,
+                } => {
+                    for (resource_type, id, version) in versions {
+                        store.recent.supersede(resource_type, id, version);
+                    }
+                    if !referrals.is_empty() {
+                        store
+                            .referral_index
+                            .apply(store.referral_rows(&referrals).await?);
+                    }
+                }
+                Announced::Unreadable => {
+                    tracing::warn!(
+                        message =
+                            "Unreadable announcement from another process; memory read again."
+                    );
+                    catch_up(store).await?;
+                }
+            },
+            // Reconnected and listening again: what was missed is unknown.
+            None => catch_up(store).await?,
+        }
+    }
+}
+
+/// Forgets the versions and reads every referral row again; then both may answer.
+async fn catch_up(store: &Store) -> super::Result<()> {
+    store.recent.set_trusted(false);
+    store.referral_index.set_trusted(false);
+    store.referral_index.apply(store.all_referrals().await?);
+    store.recent.set_trusted(true);
+    store.referral_index.set_trusted(true);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Referral;
 
     fn version(resource_type: &str, id: &str, version: i64) -> StoredResource {
         StoredResource {
@@ -144,31 +194,42 @@ mod tests {
         }
     }
 
+    fn referral(id: &str, version: i64) -> ReferralRow {
+        ReferralRow {
+            referral: Referral {
+                id: id.into(),
+                organization: "o".into(),
+                task_id: "t".into(),
+                status: "pending".into(),
+                version,
+                urgency: "routine".into(),
+                respond_by: None,
+                respond_by_text: None,
+                client_ref: None,
+                domain: None,
+                created_at: 0,
+            },
+            updated_at: 0,
+        }
+    }
+
     #[test]
-    fn announcements_supersede_other_processes_entries_only() {
+    fn announcements_name_versions_and_referrals_for_other_processes() {
         let written = [version("Task", "t1", 2), version("Patient", "p-1.a", 7)];
         let sent: Vec<String> =
-            serde_json::from_str(&announcements("a", &written).unwrap()).unwrap();
-        assert_eq!(sent, vec!["a\nTask/t1/2\nPatient/p-1.a/7"]);
-
-        let recent = RecentVersions::new(true);
-        let mut old = written.clone().map(|mut r| {
-            r.version -= 1;
-            r
-        });
-        recent.offer_all(old.clone(), recent.epoch());
-        apply(&recent, "a", &sent[0]);
+            serde_json::from_str(&announcements("a", &written, &[referral("r1", 2)]).unwrap())
+                .unwrap();
+        assert_eq!(sent, vec!["a\nTask/t1/2\nPatient/p-1.a/7\nreferral/r1/2"]);
+        assert_eq!(parse("a", &sent[0]), Announced::Own);
         assert_eq!(
-            recent.version("Task", "t1"),
-            Some(1),
-            "its own announcement"
+            parse("b", &sent[0]),
+            Announced::Changes {
+                versions: vec![("Task", "t1", 2), ("Patient", "p-1.a", 7)],
+                referrals: vec!["r1".into()],
+            }
         );
-        apply(&recent, "b", &sent[0]);
-        assert_eq!(recent.version("Task", "t1"), Some(2));
-        assert!(recent.get("Patient", "p-1.a").is_none());
-        old[0].version = 2;
-        recent.offer_all(old, recent.epoch());
-        assert_eq!(recent.get("Task", "t1").unwrap().version, 2);
+        assert_eq!(parse("b", "a\nnot a version"), Announced::Unreadable);
+        assert_eq!(announcements("a", &[], &[]), None);
     }
 
     #[test]
@@ -177,7 +238,7 @@ mod tests {
             .map(|i| version("Observation", &format!("{i:064}"), 1))
             .collect();
         let sent: Vec<String> =
-            serde_json::from_str(&announcements("origin", &written).unwrap()).unwrap();
+            serde_json::from_str(&announcements("origin", &written, &[]).unwrap()).unwrap();
         assert!(sent.len() > 1);
         assert!(
             sent.iter()
@@ -185,14 +246,5 @@ mod tests {
         );
         let lines: usize = sent.iter().map(|p| p.lines().count() - 1).sum();
         assert_eq!(lines, 1_000);
-        assert_eq!(announcements("origin", &[]), None);
-    }
-
-    #[test]
-    fn an_unreadable_announcement_forgets_everything() {
-        let recent = RecentVersions::new(true);
-        recent.offer_all([version("Task", "t", 1)], recent.epoch());
-        apply(&recent, "b", "a\nnot a version");
-        assert_eq!(recent.version("Task", "t"), None);
     }
 }

@@ -29,7 +29,7 @@ struct Memory {
     recent: Arc<RecentVersions>,
     /// PostgreSQL: the name under which versions are announced (see `replicas`).
     origin: Option<String>,
-    referrals: Option<Arc<ReferralIndex>>,
+    referrals: Arc<ReferralIndex>,
     turn: Option<Arc<Mutex<()>>>,
 }
 use super::{Backend, Preload, Store, StoreError, Tx};
@@ -316,9 +316,7 @@ async fn run_batch<C: Command>(
     match committed {
         Ok(()) => {
             memory.recent.offer_all(written, epoch);
-            if let Some(referrals) = &memory.referrals {
-                referrals.apply(written_referrals);
-            }
+            memory.referrals.apply(written_referrals);
             metrics::histogram!(crate::telemetry::metrics::STORE_COMMIT_LATENCY)
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!(crate::telemetry::metrics::STORE_COMMIT_SIZE).record(size as f64);

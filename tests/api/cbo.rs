@@ -3,7 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, entry_id, referral_bundle, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Reply, TestApp, entry_id, referral_bundle, spawn_app, spawn_app_with, spawn_sibling, store_kind,
+};
 
 const ORG: &str = "cbo-riverside-food-bank";
 
@@ -779,4 +781,50 @@ async fn the_openapi_document_describes_every_route_and_real_responses() {
             "problem member {field} is not documented"
         );
     }
+}
+
+/// Two gateway processes on one PostgreSQL both answer CBO lists and reads from memory,
+/// and each follows the other's writes (LISTEN/NOTIFY): a referral posted through one
+/// is listed by the other, and an action through one shows in the other's list and view.
+#[tokio::test]
+async fn a_sibling_process_lists_and_shows_the_other_s_referrals_and_actions() {
+    if store_kind() != "postgres" {
+        eprintln!(
+            "a_sibling_process_lists_and_shows_the_other_s_referrals_and_actions: runs in the PostgreSQL pass"
+        );
+        return;
+    }
+    let one = spawn_app().await;
+    let two = spawn_sibling(&one, &[]).await;
+    assert!(two.cbo(ORG).referral_ids().await.is_empty());
+    let (id, _) = referral(&one).await;
+    let path = format!("referrals/{id}");
+    let mut listed = false;
+    for _ in 0..50 {
+        if two.cbo(ORG).referral_ids().await.contains(&id) {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(listed, "the other process lists the new referral");
+    assert_eq!(two.cbo(ORG).get(&path).await.body["status"], "pending");
+
+    let accepted = one
+        .cbo(ORG)
+        .post(&format!("{path}/accept"), &json!({}))
+        .await;
+    assert_eq!(accepted.status, 200);
+    let mut view = two.cbo(ORG).get(&path).await;
+    for _ in 0..50 {
+        if view.body["status"] == "accepted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        view = two.cbo(ORG).get(&path).await;
+    }
+    assert_eq!(view.body["status"], "accepted", "{}", view.body);
+    assert_eq!(view.headers["etag"], "W/\"2\"");
+    let page = two.cbo(ORG).get("referrals?status=accepted").await.body;
+    assert_eq!(page["data"][0]["id"], id.as_str(), "{page}");
 }

@@ -230,7 +230,7 @@ impl Fhir {
         request: ActionRequest,
     ) -> Result<Result<ActionDone, Refusal>, FhirError> {
         match self.submit(Write::Action(Box::new(request))).await? {
-            Outcome::Action(done) => Ok(done),
+            Outcome::Action(done) => Ok(done.map(Acted::answer)),
             _ => unreachable!("an action yields an action outcome"),
         }
     }
@@ -466,7 +466,7 @@ enum Outcome {
     Adopted(usize),
     Written(Written),
     Bundle(String),
-    Action(Result<ActionDone, Refusal>),
+    Action(Result<Acted, Refusal>),
     Ingested(Ingested),
     Pruned,
 }
@@ -884,23 +884,50 @@ fn same_content(old: &Value, new: &Value) -> bool {
     strip(old) == strip(new)
 }
 
+/// An action's answer as the writer leaves it: the referral view is built by the
+/// caller, off the writer's serial path, unless an idempotency record needs it.
+enum Acted {
+    Done(ActionDone),
+    View(Box<ActedView>),
+}
+
+struct ActedView {
+    summary: projection::Summary,
+    task: Value,
+    related: Related,
+    omit: Vec<String>,
+}
+
+impl Acted {
+    fn answer(self) -> ActionDone {
+        match self {
+            Acted::Done(done) => done,
+            Acted::View(v) => ActionDone {
+                status: 200,
+                body: projection::project(&v.summary, &v.task, &v.related, &v.omit).to_string(),
+                replayed: false,
+            },
+        }
+    }
+}
+
 async fn run_action(
     tx: &mut Tx<'_>,
     ctx: &Context,
     req: ActionRequest,
     now: i64,
-) -> Result<Result<ActionDone, Refusal>, FhirError> {
+) -> Result<Result<Acted, Refusal>, FhirError> {
     if let Some(k) = &req.idempotency
         && let Some(first) = tx.idempotent_response(&req.organization, &k.key).await?
     {
         if first.fingerprint != k.fingerprint {
             return Ok(Err(Refusal::IdempotencyKeyReused));
         }
-        return Ok(Ok(ActionDone {
+        return Ok(Ok(Acted::Done(ActionDone {
             status: first.status,
             body: first.body,
             replayed: true,
-        }));
+        })));
     }
     let Some(referral) = tx
         .referral(&req.referral_id)
@@ -976,33 +1003,31 @@ async fn run_action(
     };
     write_one(tx, ctx, one, edit.task.clone(), None, vec![], now).await?;
     let updated = tx.referral(&req.referral_id).await?.unwrap_or(referral);
-    let (status, body) = match edit.note.filter(|_| is_note) {
-        Some(note) => (
-            201,
-            serde_json::json!({"author": "cbo", "at": note["time"], "text": note["text"]})
+    let view = match edit.note.filter(|_| is_note) {
+        Some(note) => Acted::Done(ActionDone {
+            status: 201,
+            body: serde_json::json!({"author": "cbo", "at": note["time"], "text": note["text"]})
                 .to_string(),
-        ),
-        None => {
-            let summary = projection::summary(&updated, now);
-            (
-                200,
-                projection::project(&summary, &edit.task, &related, &req.omit).to_string(),
-            )
-        }
+            replayed: false,
+        }),
+        None => Acted::View(Box::new(ActedView {
+            summary: projection::summary(&updated, now),
+            task: edit.task,
+            related,
+            omit: req.omit,
+        })),
     };
-    if let Some(k) = req.idempotency {
-        let response = crate::store::IdempotentResponse {
-            fingerprint: k.fingerprint,
-            status,
-            body: body.clone(),
-        };
-        tx.stage_idempotent_response(&req.organization, &k.key, response, now);
-    }
-    Ok(Ok(ActionDone {
-        status,
-        body,
-        replayed: false,
-    }))
+    let Some(k) = req.idempotency else {
+        return Ok(Ok(view));
+    };
+    let done = view.answer();
+    let response = crate::store::IdempotentResponse {
+        fingerprint: k.fingerprint,
+        status: done.status,
+        body: done.body.clone(),
+    };
+    tx.stage_idempotent_response(&req.organization, &k.key, response, now);
+    Ok(Ok(Acted::Done(done)))
 }
 
 /// Reads around a change inside its transaction.

@@ -788,12 +788,17 @@ impl<'c> Tx<'c> {
     }
 
     /// Sends the writes the flush queued: on PostgreSQL as one statement
-    /// (`sql::combine`), on SQLite one by one (each is a call into the library).
+    /// (`sql::combine`), on SQLite one by one (each is a call into the library). Writes
+    /// that read by keys go first, on their own: planned per batch, they would make
+    /// PostgreSQL parse and plan the whole combination every time.
     pub(super) async fn send_deferred(&mut self) -> Result<()> {
-        let mut parts = std::mem::take(&mut self.deferred);
-        if self.backend == Backend::Postgres && parts.len() > 1 {
-            parts = vec![sql::combine(parts)];
+        let (mut parts, mut rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|w| w.reads_by_keys);
+        if self.backend == Backend::Postgres && rest.len() > 1 {
+            rest = vec![sql::combine(rest)];
         }
+        parts.extend(rest);
         for w in parts {
             self.query(w).execute(&mut *self.conn).await?;
         }

@@ -91,6 +91,21 @@ pub(super) struct StagedKey {
 const REFERRAL_COLUMNS: &str = "id, organization, task_id, status, version, urgency, respond_by, \
      client_ref, domain, created_at, updated_at, respond_by_text";
 
+/// The referral rows of a JSON array of ids (`$1`), on PostgreSQL each read by its own
+/// index probe, whatever the statistics say (see `Tx::preload_identity`).
+fn by_ids(backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals \
+             WHERE id IN (SELECT value FROM jsonb_each(jsonb($1)))"
+        ),
+        Backend::Postgres => format!(
+            "SELECT f.* FROM jsonb_array_elements_text($1::jsonb) AS k \
+             CROSS JOIN LATERAL (SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = k LIMIT 1) AS f"
+        ),
+    }
+}
+
 fn referral_row(r: &sqlx::any::AnyRow) -> ReferralRow {
     ReferralRow {
         referral: Referral {
@@ -180,14 +195,10 @@ impl Tx<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let text = format!(
-            "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id IN ({})",
-            placeholders.join(", ")
-        );
-        let args = ids.iter().map(|i| sql::Arg::Text(i.clone())).collect();
-        let query = sql::per_batch(self.backend, sqlx::query(sqlx::AssertSqlSafe(text)));
-        let rows = sql::bind(query, args).fetch_all(&mut *self.conn).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(by_ids(self.backend)))
+            .bind(sql::json_rows(ids))
+            .fetch_all(&mut *self.conn)
+            .await?;
         self.loaded
             .extend(rows.iter().map(|r| referral_row(r).referral));
         Ok(())
@@ -574,14 +585,9 @@ impl Store {
         Ok(rows.iter().map(referral_row).collect())
     }
 
-    /// The rows of these referrals (PostgreSQL: announced by another process), each
-    /// read by its own index probe.
+    /// The rows of these referrals (PostgreSQL: announced by another process).
     pub(super) async fn referral_rows(&self, ids: &[String]) -> Result<Vec<ReferralRow>> {
-        let text = format!(
-            "SELECT f.* FROM jsonb_array_elements_text($1::jsonb) AS k \
-             CROSS JOIN LATERAL (SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = k LIMIT 1) AS f"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(by_ids(self.backend)))
             .bind(sql::json_rows(ids))
             .fetch_all(&self.pool)
             .await?;

@@ -324,21 +324,37 @@ impl Tx<'_> {
     /// Removes events and idempotency keys older than the given times. Each
     /// organisation's `pruned_through` records how far its feed was cut.
     /// Runs in the writer's transaction: on SQLite a second writer would contend for
-    /// the one write lock.
+    /// the one write lock. Every statement is an index range over what goes, and an
+    /// organisation's counter row is locked only when its feed is cut: the other
+    /// writer may be waiting for it.
     pub async fn prune(&mut self, events_before: i64, keys_before: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE tenant_counters SET pruned_through = COALESCE((SELECT MAX(seq) FROM events e \
-             WHERE e.organization = tenant_counters.organization AND e.created_at < $1), pruned_through)",
-        )
-        .bind(events_before)
-        .execute(&mut *self.conn)
-        .await?;
-        sqlx::query(
-            "DELETE FROM events WHERE seq <= (SELECT pruned_through FROM tenant_counters t \
-             WHERE t.organization = events.organization)",
-        )
-        .execute(&mut *self.conn)
-        .await?;
+        let counters = sqlx::query("SELECT organization, pruned_through FROM tenant_counters")
+            .fetch_all(&mut *self.conn)
+            .await?;
+        for row in counters {
+            let (organization, pruned_through): (String, i64) = (row.get(0), row.get(1));
+            let cut: Option<i64> = sqlx::query(
+                "SELECT MAX(seq) FROM events WHERE organization = $1 AND created_at < $2",
+            )
+            .bind(&organization)
+            .bind(events_before)
+            .fetch_one(&mut *self.conn)
+            .await?
+            .get(0);
+            let Some(cut) = cut.filter(|c| *c > pruned_through) else {
+                continue;
+            };
+            sqlx::query("UPDATE tenant_counters SET pruned_through = $2 WHERE organization = $1")
+                .bind(&organization)
+                .bind(cut)
+                .execute(&mut *self.conn)
+                .await?;
+            sqlx::query("DELETE FROM events WHERE organization = $1 AND seq <= $2")
+                .bind(&organization)
+                .bind(cut)
+                .execute(&mut *self.conn)
+                .await?;
+        }
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(keys_before)
             .execute(&mut *self.conn)

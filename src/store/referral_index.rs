@@ -105,11 +105,11 @@ impl ReferralIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::Referral;
 
-    fn row(id: &str, org: &str, status: &str, at: i64) -> ReferralRow {
+    pub(in crate::store) fn row(id: &str, org: &str, status: &str, at: i64) -> ReferralRow {
         ReferralRow {
             referral: Referral {
                 id: id.into(),

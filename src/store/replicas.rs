@@ -182,7 +182,6 @@ async fn catch_up(store: &Store) -> super::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Referral;
 
     fn version(resource_type: &str, id: &str, version: i64) -> StoredResource {
         StoredResource {
@@ -195,22 +194,9 @@ mod tests {
     }
 
     fn referral(id: &str, version: i64) -> ReferralRow {
-        ReferralRow {
-            referral: Referral {
-                id: id.into(),
-                organization: "o".into(),
-                task_id: "t".into(),
-                status: "pending".into(),
-                version,
-                urgency: "routine".into(),
-                respond_by: None,
-                respond_by_text: None,
-                client_ref: None,
-                domain: None,
-                created_at: 0,
-            },
-            updated_at: 0,
-        }
+        let mut row = crate::store::referral_index::tests::row(id, "o", "pending", 0);
+        row.referral.version = version;
+        row
     }
 
     #[test]

@@ -277,8 +277,8 @@ impl IdentityCache {
 
     /// Keeps in-process state honest about merges committed by other processes (an
     /// operator command beside the embedded gateway): whenever the store's identity
-    /// generation moves, the in-process cache is cleared, and so are the current
-    /// versions the embedded store keeps in memory (the merge re-pointed Tasks).
+    /// generation moves, the in-process cache is cleared, and so is what the embedded
+    /// store keeps in memory (the merge re-pointed Tasks).
     /// Runs forever.
     pub async fn watch(self: std::sync::Arc<Self>, store: Store, every: Duration) {
         let mut seen = None;

@@ -283,8 +283,12 @@ impl Store {
 
     /// Another process wrote (an operator's merge or unmerge beside the embedded
     /// gateway): the current versions kept in memory are dropped and the referral rows
-    /// read again. (On PostgreSQL its writes are also announced; see `replicas`.)
+    /// read again. Nothing to do on PostgreSQL, where every writer announces what it
+    /// commits (see `replicas`).
     pub async fn reload_after_foreign_write(&self) -> Result<()> {
+        if self.origin.is_some() {
+            return Ok(());
+        }
         self.recent.clear();
         self.referral_index.apply(self.all_referrals().await?);
         Ok(())

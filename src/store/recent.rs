@@ -91,18 +91,13 @@ impl RecentVersions {
 
     /// Forgets everything (another process wrote, or its announcements may be lost).
     pub fn clear(&self) {
-        let mut map = self.write();
-        map.entries.clear();
-        map.bytes = 0;
-        map.epoch += 1;
+        self.write().forget_all();
     }
 
     /// Serves entries again, or stops (forgetting them either way).
     pub fn set_trusted(&self, trusted: bool) {
         let mut map = self.write();
-        map.entries.clear();
-        map.bytes = 0;
-        map.epoch += 1;
+        map.forget_all();
         map.trusted = trusted;
     }
 
@@ -154,11 +149,16 @@ impl RecentVersions {
 }
 
 impl Map {
+    /// Empties the map and starts a new epoch.
+    fn forget_all(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.epoch += 1;
+    }
+
     fn make_room(&mut self) {
         if self.bytes >= MAX_BYTES {
-            self.entries.clear();
-            self.bytes = 0;
-            self.epoch += 1;
+            self.forget_all();
         }
     }
 

@@ -213,13 +213,16 @@ impl<'m, 'a> Segment<'m, 'a> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert((self.position, number));
         }
-        let at = self.entry.fields.start as usize + number;
-        let reps = self.msg.index.repetitions_of(at, at)?;
+        let header = self.is_header();
+        let comps = self
+            .msg
+            .index
+            .field_components(&self.entry, number, header)?;
         Some(Field {
             msg: self.msg,
-            reps,
+            comps,
             number,
-            opaque: number == 0 || self.is_header() && number <= 2,
+            opaque: number == 0 || header && number <= 2,
         })
     }
 
@@ -234,7 +237,7 @@ impl<'m, 'a> Segment<'m, 'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Field<'m, 'a> {
     msg: &'m Message<'a>,
-    reps: Span,
+    comps: Span,
     number: usize,
     opaque: bool,
 }
@@ -245,24 +248,16 @@ impl<'m, 'a> Field<'m, 'a> {
     }
 
     pub fn raw(&self) -> &'a str {
-        let last = (self.reps.end as usize).wrapping_sub(1);
-        self.msg
-            .index
-            .components_of(self.reps.start as usize, last)
-            .map_or("", |comps| self.msg.byte_range(comps))
+        self.msg.byte_range(self.comps)
     }
 
     pub fn repetition_count(&self) -> usize {
-        (self.reps.end - self.reps.start) as usize
+        self.repetition_spans().count()
     }
 
     /// Repetition by 1-based number.
     pub fn repetition(&self, number: usize) -> Option<Repetition<'m, 'a>> {
-        if number == 0 || number > self.repetition_count() {
-            return None;
-        }
-        let at = self.reps.start as usize + number - 1;
-        let comps = self.msg.index.components_of(at, at)?;
+        let comps = self.repetition_spans().nth(number.checked_sub(1)?)?;
         Some(Repetition {
             msg: self.msg,
             comps,
@@ -272,7 +267,37 @@ impl<'m, 'a> Field<'m, 'a> {
 
     pub fn repetitions(&self) -> impl Iterator<Item = Repetition<'m, 'a>> + use<'m, 'a> {
         let this = *self;
-        (1..=self.repetition_count()).filter_map(move |n| this.repetition(n))
+        self.repetition_spans().map(move |comps| Repetition {
+            msg: this.msg,
+            comps,
+            opaque: this.opaque,
+        })
+    }
+
+    /// Each repetition's components: a repetition ends at the field's end or at a
+    /// component ended by the repetition character (never in an opaque field).
+    fn repetition_spans(&self) -> impl Iterator<Item = Span> + use<'m, 'a> {
+        let (msg, Span { start, end }, opaque) = (self.msg, self.comps, self.opaque);
+        let repetition = msg.delimiters.repetition_byte();
+        let mut from = start;
+        (start..end).filter_map(move |i| {
+            let last = i + 1 == end;
+            let closes = last
+                || !opaque
+                    && msg
+                        .index
+                        .component_end(i as usize)
+                        .and_then(|at| msg.input.as_bytes().get(at as usize))
+                        == Some(&repetition);
+            closes.then(|| {
+                let span = Span {
+                    start: from,
+                    end: i + 1,
+                };
+                from = i + 1;
+                span
+            })
+        })
     }
 }
 

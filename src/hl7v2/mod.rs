@@ -4,12 +4,14 @@
 //! the benchmark can include it with `#[path]`.
 //!
 //! # Parsing
-//! [`parse`] records every segment, field, repetition and component boundary in flat
-//! `u32` offset vectors; lookups are then index arithmetic. One pass computes, 64 bytes
-//! at a time, a bit mask per delimiter class (SSE2 on x86_64, or a portable byte loop)
-//! and walks the set bits, writing entries without a branch per delimiter. The
-//! module's `unsafe` is that SSE2 code and the unchecked writes of the walk, whose
-//! bound is asserted once per segment. Nothing is copied: values are raw, still-escaped slices of the input, and
+//! [`parse`] records the end of every component and every field in two flat `u32`
+//! offset vectors, and each segment's ranges into them; a repetition ends at a
+//! component ended by the repetition character. One walk computes, 64 bytes at a time,
+//! a bit mask per delimiter class (SSE2 or AVX2 on x86_64, else a portable byte loop)
+//! and turns the masks into offsets eight bits at a time through a table (AVX2), so
+//! there is no branch per delimiter; line ends are a class of their own, so there is
+//! none per segment either. The module's `unsafe` is that SIMD code, whose stores'
+//! bound is asserted per block. Nothing is copied: values are raw, still-escaped slices of the input, and
 //! [`Message::unescape`] decodes one when text is needed (borrowing if it has no escape).
 //! Subcomponents are split on demand. A long-lived [`Parser`] reuses its buffers.
 //!

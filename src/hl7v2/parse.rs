@@ -1,7 +1,11 @@
-//! Single-pass indexer: one scan records every segment, field, repetition and component
-//! boundary in four flat vectors of `u32` offsets. Delimiters are found 64 bytes at a
-//! time as bit masks (AVX2 when the CPU has it, else SSE2), and the loop walks the set
-//! bits; nothing is looked up per byte. Per delimiter the loop stores three `u32`s.
+//! Single-pass indexer: one walk over the message records the end of every component
+//! and every field in two flat vectors of `u32` byte offsets, and each segment's ranges
+//! into them. Delimiters are found 64 bytes at a time as bit masks (AVX2 when the CPU
+//! has it, else SSE2); with AVX2 the set bits become offsets eight mask bits at a time
+//! through a table, with no loop or branch per delimiter. Line ends are a delimiter
+//! class of their own, so the walk does not stop per segment either: it stops only
+//! before a header segment (MSH, BHS, FHS), whose encoding characters are not
+//! delimiters.
 
 use std::fmt;
 
@@ -9,7 +13,7 @@ use super::delimiters::Delimiters;
 use super::error::Error;
 use super::message::Message;
 
-/// Half-open range: byte offsets for components, child indexes for segments.
+/// Half-open range: byte offsets, or indexes into one of [`Index`]'s vectors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Span {
     pub(super) start: u32,
@@ -20,56 +24,37 @@ pub(super) struct Span {
 pub(super) struct SegmentEntry {
     /// Byte range of the segment without its terminator.
     pub(super) bytes: Span,
-    /// Range of field indexes; entry 0 is the segment id, entry n is field n.
+    /// Its fields in [`Index`]'s field ends; entry 0 is the segment id.
     pub(super) fields: Span,
+    /// Its components in [`Index`]'s component ends.
+    pub(super) components: Span,
 }
 
-/// Boundaries of one message. Fields, repetitions and components are numbered globally
-/// in input order; every field has at least one repetition and every repetition at
-/// least one component, so a field's repetitions run from the previous field's end to
-/// its own (likewise for components): storing ends is enough.
+/// Boundaries of one message. Every delimiter ends a component, so `components` holds
+/// every delimiter's offset in input order (plus the end of input when it is not a line
+/// end); a repetition ends at a component whose delimiter is the repetition
+/// character. `fields` holds the offsets of the delimiters that end a field, a subset
+/// of `components`: a field's components are found by binary search within its
+/// segment.
 ///
-/// `fields`, `repetitions` and `components` are scratch buffers longer than their used
-/// part: the scanner writes entries for every delimiter unconditionally and advances
-/// the counts by 0 or 1, so there is no unpredictable branch per delimiter. Only indexes
-/// reachable from `segments` are meaningful.
+/// Both vectors are scratch buffers longer than their used part (the walk writes eight
+/// entries at a time); only indexes reachable from `segments` are meaningful. Blank
+/// lines leave entries that no segment reaches.
 #[derive(Clone, Default)]
 pub(super) struct Index {
     pub(super) segments: Vec<SegmentEntry>,
-    /// Per field: end (exclusive) of its repetitions.
+    /// Per field: offset of the byte that ends it.
     fields: Vec<u32>,
-    /// Per repetition: end (exclusive) of its components.
-    repetitions: Vec<u32>,
-    /// Per component: end (exclusive) byte offset. A component starts one byte after
-    /// the previous one ends (past the delimiter between them), except those in
-    /// `starts`.
+    /// Per component: offset of the byte that ends it. A component starts one byte
+    /// after the previous one ends, except those in `starts`.
     components: Vec<u32>,
     /// (component index, start offset), ascending, of the components that do not start
-    /// one byte after the previous one: a header's opaque fields, and a segment's first
-    /// when more than one end-of-line byte (CRLF, a blank line) precedes it.
+    /// one byte after the previous one: a header's opaque fields, and a message's first
+    /// when line ends precede it.
     starts: Vec<(u32, u32)>,
 }
 
 impl Index {
-    fn children(ends: &[u32], first: usize, last: usize) -> Option<Span> {
-        let start = match first.checked_sub(1) {
-            Some(prev) => *ends.get(prev)?,
-            None => 0,
-        };
-        let end = *ends.get(last)?;
-        (start < end).then_some(Span { start, end })
-    }
-
-    /// Repetition indexes of the fields `first..=last`.
-    pub(super) fn repetitions_of(&self, first: usize, last: usize) -> Option<Span> {
-        Self::children(&self.fields, first, last)
-    }
-
-    /// Component indexes of the repetitions `first..=last`.
-    pub(super) fn components_of(&self, first: usize, last: usize) -> Option<Span> {
-        Self::children(&self.repetitions, first, last)
-    }
-
     pub(super) fn component(&self, i: usize) -> Option<Span> {
         let end = *self.components.get(i)?;
         let start = match self.starts.binary_search_by_key(&(i as u32), |&(c, _)| c) {
@@ -77,6 +62,40 @@ impl Index {
             Err(_) => self.default_start(i),
         };
         Some(Span { start, end })
+    }
+
+    /// Byte offset that ends component `i`.
+    pub(super) fn component_end(&self, i: usize) -> Option<u32> {
+        self.components.get(i).copied()
+    }
+
+    /// Components of field `number` (0 = the id) of `segment`; a header's first three
+    /// fields are one opaque component each.
+    pub(super) fn field_components(
+        &self,
+        segment: &SegmentEntry,
+        number: usize,
+        header: bool,
+    ) -> Option<Span> {
+        let last = |n: usize| -> Option<usize> {
+            let first = segment.components.start as usize;
+            if header && n <= 2 {
+                return Some(first + n);
+            }
+            let end = *self.fields.get(segment.fields.start as usize + n)?;
+            let from = if header { first + 3 } else { first };
+            let within = self.components.get(from..segment.components.end as usize)?;
+            Some(from + within.partition_point(|&e| e < end))
+        };
+        let start = match number.checked_sub(1) {
+            Some(prev) => last(prev)? + 1,
+            None => segment.components.start as usize,
+        };
+        let end = last(number)? + 1;
+        (start < end && end <= segment.components.end as usize).then_some(Span {
+            start: start as u32,
+            end: end as u32,
+        })
     }
 
     /// Where component `i` starts unless `starts` says otherwise.
@@ -102,11 +121,6 @@ impl fmt::Debug for Index {
             .finish_non_exhaustive()
     }
 }
-
-/// Levels a delimiter closes, ordered so that each level closes all lower ones.
-const REPETITION: u8 = 2;
-const FIELD: u8 = 3;
-const SEGMENT: u8 = 4;
 
 /// Segments whose field 1 is the separator itself and field 2 the encoding characters.
 pub(super) fn is_header_id(id: &[u8]) -> bool {
@@ -157,29 +171,27 @@ impl Parser {
 
 /// Grows a scratch buffer to at least `len` entries (never shrinks, so a reused
 /// [`Parser`] stops allocating once it has seen its largest message).
-fn ensure<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+fn ensure(v: &mut Vec<u32>, len: usize) {
     if v.len() < len {
-        v.resize(len.max(v.len() * 2), T::default());
+        v.resize(len.max(v.len() * 2), 0);
     }
 }
 
 /// Bytes per mask step.
 const BLOCK: usize = 64;
 
+/// Entries a flatten step may write past the count it reports.
+const SLACK: usize = 8;
+
 /// Delimiter positions of one 64-byte block, a bit per byte (bit i: byte `base + i`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Masks {
-    component: u64,
-    repetition: u64,
-    field: u64,
+    /// Every delimiter: each ends a component.
+    all: u64,
+    /// Field separators and line ends: each ends a field.
+    closers: u64,
     /// CR or LF.
     segment: u64,
-}
-
-impl Masks {
-    fn any(&self) -> u64 {
-        self.component | self.repetition | self.field | self.segment
-    }
 }
 
 /// Copies up to `N` bytes from `at`, zero-padded past the end of `b`.
@@ -227,30 +239,75 @@ fn portable_masks(block: &[u8; BLOCK], d: &Delimiters) -> Masks {
     let mut m = Masks::default();
     for (i, &c) in block.iter().enumerate() {
         let bit = 1u64 << i;
-        if c == d.component_byte() {
-            m.component |= bit;
-        } else if c == d.repetition_byte() {
-            m.repetition |= bit;
-        } else if c == d.field_byte() {
-            m.field |= bit;
-        } else if c == b'\r' || c == b'\n' {
+        let segment = c == b'\r' || c == b'\n';
+        let closer = segment || c == d.field_byte();
+        if closer || c == d.component_byte() || c == d.repetition_byte() {
+            m.all |= bit;
+        }
+        if closer {
+            m.closers |= bit;
+        }
+        if segment {
             m.segment |= bit;
         }
     }
     m
 }
 
+/// Writes `base + i` for each set bit i of `mask`, ascending, from `out[at]`; returns
+/// how many. May write up to [`SLACK`] entries past them.
+#[inline(always)]
+fn flatten<const AVX2: bool>(mask: u64, base: usize, out: &mut [u32], at: usize) -> usize {
+    assert!(at + mask.count_ones() as usize + SLACK <= out.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if AVX2 {
+        // SAFETY: the CPU has AVX2 (the caller checked); the assert above leaves room
+        // for every 8-entry store, each at most at the count written so far.
+        return unsafe { simd::flatten_avx2(mask, base as u32, out.as_mut_ptr().add(at)) };
+    }
+    let mut n = 0;
+    let mut bits = mask;
+    while bits != 0 {
+        if let Some(slot) = out.get_mut(at + n) {
+            *slot = base as u32 + bits.trailing_zeros();
+        }
+        bits &= bits - 1;
+        n += 1;
+    }
+    n
+}
+
+/// Bit positions (0–7) of each byte value, ascending, padded with zeros.
+const POSITIONS: [[u8; 8]; 256] = {
+    let mut table = [[0u8; 8]; 256];
+    let mut v = 0;
+    while v < 256 {
+        let mut n = 0;
+        let mut bit = 0;
+        while bit < 8 {
+            if v & (1 << bit) != 0 {
+                table[v][n] = bit as u8;
+                n += 1;
+            }
+            bit += 1;
+        }
+        v += 1;
+    }
+    table
+};
+
 /// Block masks on SSE2, which every x86_64 CPU has (16 bytes per compare), and on
-/// AVX2 (32).
+/// AVX2 (32); mask flattening on AVX2.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod simd {
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
-        _mm256_or_si256, _mm256_set1_epi8,
+        __m128i, __m256i, _mm_cmpeq_epi8, _mm_loadl_epi64, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8, _mm256_add_epi32, _mm256_cmpeq_epi8, _mm256_cvtepu8_epi32,
+        _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
+        _mm256_set1_epi32, _mm256_storeu_si256,
     };
 
-    use super::{BLOCK, Delimiters, Masks};
+    use super::{BLOCK, Delimiters, Masks, POSITIONS};
 
     #[target_feature(enable = "sse2")]
     #[inline]
@@ -268,10 +325,12 @@ mod simd {
             // SAFETY: `lane` is 16 readable bytes; the load has no alignment need.
             let v = unsafe { _mm_loadu_si128(lane.as_ptr().cast::<__m128i>()) };
             let shift = 16 * i;
-            m.component |= bits(_mm_cmpeq_epi8(v, component)) << shift;
-            m.repetition |= bits(_mm_cmpeq_epi8(v, repetition)) << shift;
-            m.field |= bits(_mm_cmpeq_epi8(v, field)) << shift;
-            m.segment |= bits(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf))) << shift;
+            let segment = _mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf));
+            let closers = _mm_or_si128(segment, _mm_cmpeq_epi8(v, field));
+            let inner = _mm_or_si128(_mm_cmpeq_epi8(v, component), _mm_cmpeq_epi8(v, repetition));
+            m.all |= bits(_mm_or_si128(closers, inner)) << shift;
+            m.closers |= bits(closers) << shift;
+            m.segment |= bits(segment) << shift;
         }
         m
     }
@@ -292,183 +351,75 @@ mod simd {
             // SAFETY: `lane` is 32 readable bytes; the load has no alignment need.
             let v = unsafe { _mm256_loadu_si256(lane.as_ptr().cast::<__m256i>()) };
             let shift = 32 * i;
-            m.component |= bits(_mm256_cmpeq_epi8(v, component)) << shift;
-            m.repetition |= bits(_mm256_cmpeq_epi8(v, repetition)) << shift;
-            m.field |= bits(_mm256_cmpeq_epi8(v, field)) << shift;
-            m.segment |= bits(_mm256_or_si256(
-                _mm256_cmpeq_epi8(v, cr),
-                _mm256_cmpeq_epi8(v, lf),
-            )) << shift;
+            let segment = _mm256_or_si256(_mm256_cmpeq_epi8(v, cr), _mm256_cmpeq_epi8(v, lf));
+            let closers = _mm256_or_si256(segment, _mm256_cmpeq_epi8(v, field));
+            let inner = _mm256_or_si256(
+                _mm256_cmpeq_epi8(v, component),
+                _mm256_cmpeq_epi8(v, repetition),
+            );
+            m.all |= bits(_mm256_or_si256(closers, inner)) << shift;
+            m.closers |= bits(closers) << shift;
+            m.segment |= bits(segment) << shift;
         }
         m
     }
+
+    /// Eight mask bits per step: the table gives the set bits' positions, which are
+    /// widened to `u32`, offset and stored as eight entries; the output advances by the
+    /// step's bit count.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and POPCNT, and `out` has room for the set bits plus eight.
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    pub(super) unsafe fn flatten_avx2(mask: u64, base: u32, out: *mut u32) -> usize {
+        let mut written = 0;
+        for (step, byte) in mask.to_le_bytes().into_iter().enumerate() {
+            let positions = &POSITIONS[usize::from(byte)];
+            // SAFETY: the table row is 8 readable bytes; the load has no alignment need.
+            let narrow = unsafe { _mm_loadl_epi64(positions.as_ptr().cast::<__m128i>()) };
+            let offset = _mm256_set1_epi32((base + 8 * step as u32).cast_signed());
+            let entries = _mm256_add_epi32(_mm256_cvtepu8_epi32(narrow), offset);
+            // SAFETY: the caller leaves room for eight entries past every count.
+            unsafe { _mm256_storeu_si256(out.add(written).cast::<__m256i>(), entries) };
+            written += byte.count_ones() as usize;
+        }
+        written
+    }
 }
 
-/// Counts of the entries written so far.
-#[derive(Clone, Copy)]
+/// Entries written so far.
+#[derive(Clone, Copy, Default)]
 struct Counts {
     fields: usize,
-    repetitions: usize,
     components: usize,
 }
 
-/// Scratch slices the scan writes.
-struct Out<'i> {
-    fields: &'i mut [u32],
-    repetitions: &'i mut [u32],
-    components: &'i mut [u32],
-}
-
-impl Out<'_> {
-    /// Closes the open component and, by class, its repetition and field. Entries are
-    /// always written and the counts advance by 0 or 1: no branch on the class.
-    #[inline(always)]
-    fn close(&mut self, c: &mut Counts, class: u8, at: u32) {
-        if let Some(slot) = self.components.get_mut(c.components) {
-            *slot = at;
-        }
-        c.components += 1;
-        if let Some(slot) = self.repetitions.get_mut(c.repetitions) {
-            *slot = c.components as u32;
-        }
-        c.repetitions += usize::from(class >= REPETITION);
-        if let Some(slot) = self.fields.get_mut(c.fields) {
-            *slot = c.repetitions as u32;
-        }
-        c.fields += usize::from(class >= FIELD);
+/// A segment end as the walk notes it; the segment's start follows from the previous.
+fn raw_end(end: usize, c: Counts) -> SegmentEntry {
+    SegmentEntry {
+        bytes: Span {
+            start: 0,
+            end: end as u32,
+        },
+        fields: Span {
+            start: 0,
+            end: c.fields as u32,
+        },
+        components: Span {
+            start: 0,
+            end: c.components as u32,
+        },
     }
 }
 
-/// Walks the delimiter bits block by block, keeping the current block's masks between
-/// segments.
-struct Walker<'d> {
-    d: &'d Delimiters,
-    /// Start of the loaded block (`usize::MAX`: none yet).
-    base: usize,
-    masks: Masks,
-    /// The CPU has AVX2 and BMI1.
-    avx2: bool,
-}
-
-impl Walker<'_> {
-    /// Closes entries from `resume` up to the segment's terminator (or the end of
-    /// input) and returns where the segment ends.
-    #[inline(never)]
-    fn segment_end(&mut self, b: &[u8], resume: usize, counts: &mut Counts, out: Out<'_>) -> usize {
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        if self.avx2 {
-            // SAFETY: `avx2` is set only when the CPU has AVX2 and BMI1.
-            return unsafe { self.segment_end_avx2(b, resume, counts, out) };
-        }
-        self.walk::<false>(b, resume, counts, out)
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    #[target_feature(enable = "avx2,bmi1")]
-    fn segment_end_avx2(
-        &mut self,
-        b: &[u8],
-        resume: usize,
-        counts: &mut Counts,
-        out: Out<'_>,
-    ) -> usize {
-        self.walk::<true>(b, resume, counts, out)
-    }
-
-    /// The hot loop. Entries are written unconditionally and counts advance by 0 or 1,
-    /// so the only branches are per block and per segment. State lives in locals so it
-    /// stays in registers.
-    #[inline(always)]
-    fn walk<const AVX2: bool>(
-        &mut self,
-        b: &[u8],
-        resume: usize,
-        counts: &mut Counts,
-        out: Out<'_>,
-    ) -> usize {
-        let n = b.len();
-        let Out {
-            fields,
-            repetitions,
-            components,
-        } = out;
-        // Every entry closes at a delimiter byte (each byte at most once) or is one of a
-        // header's three opaque fields, which skip at least three delimiter bytes (MSH-1
-        // and the component and repetition characters); plus one at the end of input.
-        // So counts stay below `n + 2`.
-        let room = n + 2;
-        assert!(fields.len() >= room && repetitions.len() >= room && components.len() >= room);
-        let Counts {
-            fields: mut nf,
-            repetitions: mut nr,
-            components: mut nc,
-        } = *counts;
-        let mut base = resume & !(BLOCK - 1);
-        if base != self.base {
-            self.base = base;
-            self.masks = block_masks::<AVX2>(b, base, self.d);
-        }
-        let mut m = self.masks;
-        let mut pending = m.any() & (!0u64 << (resume - base));
-        let end = loop {
-            let closes_repetition = m.repetition | m.field | m.segment;
-            let closes_field = m.field | m.segment;
-            let terminators = pending & m.segment;
-            // Bits before the first terminator: components, repetitions, fields.
-            let mut run = if terminators == 0 {
-                pending
-            } else {
-                pending & ((terminators & terminators.wrapping_neg()) - 1)
-            };
-            pending ^= run;
-            while run != 0 {
-                let bit = run.trailing_zeros();
-                run &= run - 1;
-                let at = base as u32 + bit;
-                // SAFETY: nc, nr, nf < room ≤ the slices' lengths (asserted above).
-                unsafe {
-                    *components.get_unchecked_mut(nc) = at;
-                    nc += 1;
-                    *repetitions.get_unchecked_mut(nr) = nc as u32;
-                    nr += ((closes_repetition >> bit) & 1) as usize;
-                    *fields.get_unchecked_mut(nf) = nr as u32;
-                    nf += ((closes_field >> bit) & 1) as usize;
-                }
-            }
-            if terminators != 0 {
-                let bit = pending.trailing_zeros();
-                break base + bit as usize;
-            }
-            base += BLOCK;
-            if base >= n {
-                break n;
-            }
-            m = block_masks::<AVX2>(b, base, self.d);
-            self.base = base;
-            self.masks = m;
-            pending = m.any();
-        };
-        *counts = Counts {
-            fields: nf,
-            repetitions: nr,
-            components: nc,
-        };
-        let mut out = Out {
-            fields,
-            repetitions,
-            components,
-        };
-        out.close(counts, SEGMENT, end as u32);
-        end
-    }
-}
-
-/// Whether the block masks can use AVX2 (and the walk BMI1); checked once per message,
-/// the answer is cached by std.
+/// Whether the CPU has what the AVX2 walk uses (AVX2, BMI1, POPCNT); checked once per
+/// message, the answer is cached by std.
 fn has_avx2() -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
     return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("bmi1");
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("popcnt");
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
     false
 }
@@ -477,113 +428,252 @@ fn is_eol(c: u8) -> bool {
     c == b'\r' || c == b'\n'
 }
 
+/// Whether a header segment (id, then the field separator) starts at `at`.
+fn header_at(b: &[u8], at: usize, sep: u8) -> bool {
+    b.get(at..at + 3).is_some_and(is_header_id) && b.get(at + 3) == Some(&sep)
+}
+
 fn scan(b: &[u8], index: &mut Index) -> Result<Delimiters, Error> {
     index.segments.clear();
+    index.starts.clear();
     if b.len() >= u32::MAX as usize - 4 * BLOCK {
         return Err(Error::TooLarge);
     }
     let start = b.iter().position(|&c| !is_eol(c)).ok_or(Error::Empty)?;
     let (d, _) = Delimiters::from_header(b, start)?;
-    index_segments(b, start, &d, index)?;
+    let room = b.len() + 2 + SLACK;
+    ensure(&mut index.components, room);
+    ensure(&mut index.fields, room);
+    let avx2 = has_avx2();
+    let mut c = Counts::default();
+    let mut header = Some(start);
+    while let Some(at) = header {
+        header = match open_header(b, at, &d, &mut c, index) {
+            After::Fields(from) => walk(b, from, &d, avx2, &mut c, index),
+            After::Line(next) if header_at(b, next, d.field_byte()) => Some(next),
+            After::Line(next) => walk(b, next, &d, avx2, &mut c, index),
+            After::Nothing => None,
+        };
+    }
+    cut_segments(b, start, d.field_byte(), index)?;
     Ok(d)
 }
 
-/// Closes components, repetitions and fields segment by segment; segment starts (id
-/// check, MSH-1/MSH-2) are handled out of the hot loop.
-fn index_segments(b: &[u8], start: usize, d: &Delimiters, index: &mut Index) -> Result<(), Error> {
+/// What follows a header's encoding characters.
+enum After {
+    /// Its next field, starting here.
+    Fields(usize),
+    /// A line end: the next line starts here.
+    Line(usize),
+    /// The end of input.
+    Nothing,
+}
+
+/// Closes a header segment's three opaque fields (its id, the separator itself and
+/// the encoding characters). When the header has no further field it ends there, and
+/// is noted as ended.
+fn open_header(b: &[u8], at: usize, d: &Delimiters, c: &mut Counts, index: &mut Index) -> After {
     let n = b.len();
     let sep = d.field_byte();
-    ensure(&mut index.components, n + 2);
-    ensure(&mut index.repetitions, n + 2);
-    ensure(&mut index.fields, n + 2);
-    index.starts.clear();
-    let mut walker = Walker {
-        d,
-        base: usize::MAX,
-        masks: Masks::default(),
-        avx2: has_avx2(),
+    let sep_at = at + 3;
+    let enc_end = b
+        .get(sep_at + 1..)
+        .unwrap_or(&[])
+        .iter()
+        .position(|&x| x == sep || is_eol(x))
+        .map_or(n, |p| sep_at + 1 + p);
+    index.start_at(c.components, at as u32);
+    for (start, end) in [
+        (None, sep_at),
+        (Some(sep_at), sep_at + 1),
+        (Some(sep_at + 1), enc_end),
+    ] {
+        if let Some(start) = start {
+            index.start_at(c.components, start as u32);
+        }
+        if let (Some(comp), Some(field)) = (
+            index.components.get_mut(c.components),
+            index.fields.get_mut(c.fields),
+        ) {
+            *comp = end as u32;
+            *field = end as u32;
+        }
+        c.components += 1;
+        c.fields += 1;
+    }
+    if b.get(enc_end) == Some(&sep) {
+        return After::Fields(enc_end + 1);
+    }
+    index.segments.push(raw_end(enc_end, *c));
+    if enc_end < n {
+        After::Line(enc_end + 1)
+    } else {
+        After::Nothing
+    }
+}
+
+/// Indexes from `from` up to the next header segment (returning its start) or the end
+/// of input, noting each line end, and the end of input when it is not one, as a
+/// segment end.
+#[inline(never)]
+fn walk(
+    b: &[u8],
+    from: usize,
+    d: &Delimiters,
+    avx2: bool,
+    c: &mut Counts,
+    index: &mut Index,
+) -> Option<usize> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if avx2 {
+        // SAFETY: `avx2` is set only when the CPU has AVX2, BMI1 and POPCNT.
+        return unsafe { walk_avx2(b, from, d, c, index) };
+    }
+    let _ = avx2;
+    walk_blocks::<false>(b, from, d, c, index)
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "avx2,bmi1,popcnt")]
+fn walk_avx2(
+    b: &[u8],
+    from: usize,
+    d: &Delimiters,
+    c: &mut Counts,
+    index: &mut Index,
+) -> Option<usize> {
+    walk_blocks::<true>(b, from, d, c, index)
+}
+
+/// The hot loop: per block, the delimiters become component ends and the field
+/// closers field ends, each with one flatten; only line ends are visited one by one.
+#[inline(always)]
+fn walk_blocks<const AVX2: bool>(
+    b: &[u8],
+    from: usize,
+    d: &Delimiters,
+    c: &mut Counts,
+    index: &mut Index,
+) -> Option<usize> {
+    let n = b.len();
+    let sep = d.field_byte();
+    let Index {
+        segments,
+        fields,
+        components,
+        ..
+    } = index;
+    let mut base = from & !(BLOCK - 1);
+    let mut pending = !0u64 << (from - base);
+    while base < n {
+        let m = block_masks::<AVX2>(b, base, d);
+        let all = m.all & pending;
+        let closers = m.closers & pending;
+        let before = *c;
+        c.components += flatten::<AVX2>(all, base, components, c.components);
+        c.fields += flatten::<AVX2>(closers, base, fields, c.fields);
+        let mut ends = all & m.segment;
+        while ends != 0 {
+            let bit = ends.trailing_zeros();
+            ends &= ends - 1;
+            let through = u64::MAX >> (63 - bit);
+            let at_end = Counts {
+                fields: before.fields + (closers & through).count_ones() as usize,
+                components: before.components + (all & through).count_ones() as usize,
+            };
+            let end = base + bit as usize;
+            segments.push(raw_end(end, at_end));
+            if header_at(b, end + 1, sep) {
+                *c = at_end;
+                return Some(end + 1);
+            }
+        }
+        pending = !0;
+        base += BLOCK;
+    }
+    if !b.last().copied().is_some_and(is_eol) {
+        if let (Some(comp), Some(field)) =
+            (components.get_mut(c.components), fields.get_mut(c.fields))
+        {
+            *comp = n as u32;
+            *field = n as u32;
+        }
+        c.components += 1;
+        c.fields += 1;
+        segments.push(raw_end(n, *c));
+    }
+    None
+}
+
+/// Which bytes may appear in a segment id.
+const ALNUMERIC: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    table
+};
+
+/// Turns the noted segment ends into segments: each starts after the previous ends
+/// (the first at `start`), blank lines are dropped, and ids are checked.
+fn cut_segments(b: &[u8], start: usize, sep: u8, index: &mut Index) -> Result<(), Error> {
+    let mut kept = 0;
+    let mut next = SegmentEntry {
+        bytes: Span {
+            start: start as u32,
+            end: 0,
+        },
+        fields: Span::default(),
+        components: Span::default(),
     };
-    let mut c = Counts {
-        fields: 0,
-        repetitions: 0,
-        components: 0,
-    };
-    let mut pos = start;
-    loop {
-        let seg_start = pos;
-        let first_field = c.fields as u32;
-        index.start_at(c.components, pos as u32);
-        let id = b.get(pos..pos + 3).unwrap_or(&[]);
+    for i in 0..index.segments.len() {
+        let Some(&noted) = index.segments.get(i) else {
+            break;
+        };
+        let entry = SegmentEntry {
+            bytes: Span {
+                start: next.bytes.start,
+                end: noted.bytes.end,
+            },
+            fields: Span {
+                start: next.fields.start,
+                end: noted.fields.end,
+            },
+            components: Span {
+                start: next.components.start,
+                end: noted.components.end,
+            },
+        };
+        next.bytes.start = noted.bytes.end + 1;
+        next.fields.start = noted.fields.end;
+        next.components.start = noted.components.end;
+        if entry.bytes.start == entry.bytes.end {
+            continue;
+        }
+        let pos = entry.bytes.start as usize;
         let after_id = b.get(pos + 3).copied();
-        let id_ok = id.len() == 3 && id.iter().all(u8::is_ascii_alphanumeric);
+        // No branch per byte: ids mix letters and digits unpredictably (PV1, OBX).
+        let id_ok = match b.get(pos..pos + 3) {
+            Some(&[x, y, z]) => {
+                ALNUMERIC[usize::from(x)] & ALNUMERIC[usize::from(y)] & ALNUMERIC[usize::from(z)]
+            }
+            _ => false,
+        };
         if !id_ok || after_id.is_some_and(|c| c != sep && !is_eol(c)) {
             return Err(Error::InvalidSegmentId {
-                segment: index.segments.len(),
+                segment: kept,
                 offset: pos,
             });
         }
-        // The id holds no delimiters: field 0 is closed by the first delimiter after it.
-        let mut resume = pos + 3;
-        let mut header_end = None;
-        if after_id == Some(sep) && is_header_id(id) {
-            let enc_end = b
-                .get(resume + 1..)
-                .unwrap_or(&[])
-                .iter()
-                .position(|&c| c == sep || is_eol(c))
-                .map_or(n, |p| resume + 1 + p);
-            // Three fields of one opaque component each: the id, MSH-1 (the separator
-            // itself) and MSH-2 (the encoding characters).
-            for (start, end) in [
-                (None, resume),
-                (Some(resume), resume + 1),
-                (Some(resume + 1), enc_end),
-            ] {
-                if let Some(start) = start {
-                    index.start_at(c.components, start as u32);
-                }
-                let mut out = Out {
-                    fields: &mut index.fields,
-                    repetitions: &mut index.repetitions,
-                    components: &mut index.components,
-                };
-                out.close(&mut c, FIELD, end as u32);
-            }
-            if b.get(enc_end) == Some(&sep) {
-                resume = enc_end + 1;
-            } else {
-                header_end = Some(enc_end);
-                resume = enc_end;
-            }
+        if let Some(slot) = index.segments.get_mut(kept) {
+            *slot = entry;
         }
-        let end = match header_end {
-            Some(end) => end,
-            None => walker.segment_end(
-                b,
-                resume,
-                &mut c,
-                Out {
-                    fields: &mut index.fields,
-                    repetitions: &mut index.repetitions,
-                    components: &mut index.components,
-                },
-            ),
-        };
-        index.segments.push(SegmentEntry {
-            bytes: Span {
-                start: seg_start as u32,
-                end: end as u32,
-            },
-            fields: Span {
-                start: first_field,
-                end: c.fields as u32,
-            },
-        });
-        match b.get(end..).unwrap_or(&[]).iter().position(|&c| !is_eol(c)) {
-            Some(p) => pos = end + p,
-            None => return Ok(()),
-        }
+        kept += 1;
     }
+    index.segments.truncate(kept);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -192,6 +192,13 @@ proptest! {
     }
 
     #[test]
+    fn views_agree_with_splitting(text in rough_message()) {
+        if let Ok(m) = parse(&text) {
+            prop_assert_eq!(indexed_reading(&m), split_reading(&text, m.delimiters()));
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         exercise(&bytes);
     }
@@ -203,6 +210,74 @@ proptest! {
     ) {
         exercise(format!("{header}{body}").as_bytes());
     }
+}
+
+/// segments → fields → repetitions → components, read by plain string splitting.
+type Split = Vec<Vec<Vec<Vec<String>>>>;
+
+/// The same message read by splitting lines and strings: the reference the indexed
+/// views must agree with, blank lines, mid-message headers and all.
+fn split_reading(text: &str, d: &Delimiters) -> Split {
+    let (sep, rep, comp) = (d.field(), d.repetition(), d.component());
+    let opaque = |s: &str| vec![vec![s.to_owned()]];
+    let split = |s: &str| -> Vec<Vec<String>> {
+        s.split(rep)
+            .map(|r| r.split(comp).map(str::to_owned).collect())
+            .collect()
+    };
+    text.split(['\r', '\n'])
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let id = line.get(..3).unwrap_or(line);
+            let rest = line.get(3..).unwrap_or("");
+            match rest.strip_prefix(sep) {
+                Some(after) if matches!(id, "MSH" | "BHS" | "FHS") => {
+                    let (enc, more) = match after.split_once(sep) {
+                        Some((enc, more)) => (enc, Some(more)),
+                        None => (after, None),
+                    };
+                    let mut fields = vec![opaque(id), opaque(&sep.to_string()), opaque(enc)];
+                    fields.extend(more.into_iter().flat_map(|m| m.split(sep)).map(split));
+                    fields
+                }
+                _ => line
+                    .split(sep)
+                    .enumerate()
+                    .map(|(i, f)| if i == 0 { opaque(f) } else { split(f) })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn indexed_reading(m: &Message<'_>) -> Split {
+    m.segments()
+        .map(|s| {
+            (0..=s.field_count())
+                .map(|n| {
+                    s.field(n)
+                        .expect("every field up to the count")
+                        .repetitions()
+                        .map(|r| r.components().map(|c| c.raw().to_owned()).collect())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Text near real traffic: values with every delimiter, all three line ends, blank
+/// lines, and header segments after the first.
+fn rough_message() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        6 => "[A-Z0-9 |^~&]{0,12}",
+        1 => prop::sample::select(vec![
+            "\r", "\n", "\r\n", "\r\n\r\n", "\rPID|", "\nZZZ", "\rMSH|^~\\&|",
+            "\r\nBHS|", "\rFHS||", "\rMSH|^~\\&\r",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|p| format!("MSH|^~\\&|{}", p.concat()))
 }
 
 fn exercise(bytes: &[u8]) {

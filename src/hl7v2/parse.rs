@@ -277,21 +277,26 @@ fn flatten<const AVX2: bool>(mask: u64, base: usize, out: &mut [u32], at: usize)
     n
 }
 
-/// Bit positions (0–7) of each byte value, ascending, padded with zeros.
-const POSITIONS: [[u8; 8]; 256] = {
-    let mut table = [[0u8; 8]; 256];
-    let mut v = 0;
-    while v < 256 {
-        let mut n = 0;
-        let mut bit = 0;
-        while bit < 8 {
-            if v & (1 << bit) != 0 {
-                table[v][n] = bit as u8;
-                n += 1;
+/// Per step k (mask bits 8k..8k+8) and byte value: the set bits' positions in the
+/// block (8k + 0..8), ascending, padded.
+const POSITIONS: [[[u8; 8]; 256]; 8] = {
+    let mut table = [[[0u8; 8]; 256]; 8];
+    let mut step = 0;
+    while step < 8 {
+        let mut v = 0;
+        while v < 256 {
+            let mut n = 0;
+            let mut bit = 0;
+            while bit < 8 {
+                if v & (1 << bit) != 0 {
+                    table[step][v][n] = (8 * step + bit) as u8;
+                    n += 1;
+                }
+                bit += 1;
             }
-            bit += 1;
+            v += 1;
         }
-        v += 1;
+        step += 1;
     }
     table
 };
@@ -374,11 +379,11 @@ mod simd {
     #[inline]
     pub(super) unsafe fn flatten_avx2(mask: u64, base: u32, out: *mut u32) -> usize {
         let mut written = 0;
-        for (step, byte) in mask.to_le_bytes().into_iter().enumerate() {
-            let positions = &POSITIONS[usize::from(byte)];
+        let offset = _mm256_set1_epi32(base.cast_signed());
+        for ((byte, rows), _) in mask.to_le_bytes().into_iter().zip(&POSITIONS).zip(0..8) {
+            let positions = &rows[usize::from(byte)];
             // SAFETY: the table row is 8 readable bytes; the load has no alignment need.
             let narrow = unsafe { _mm_loadl_epi64(positions.as_ptr().cast::<__m128i>()) };
-            let offset = _mm256_set1_epi32((base + 8 * step as u32).cast_signed());
             let entries = _mm256_add_epi32(_mm256_cvtepu8_epi32(narrow), offset);
             // SAFETY: the caller leaves room for eight entries past every count.
             unsafe { _mm256_storeu_si256(out.add(written).cast::<__m256i>(), entries) };

@@ -13,7 +13,7 @@ use super::path::Path;
 pub struct Message<'a> {
     input: &'a str,
     delimiters: Delimiters,
-    index: Index,
+    pub(super) index: Index,
     /// Fields read so far (segment position, field number), when recording: what
     /// `crossway mappings test` reports as unused is what was never read.
     reads: Option<std::sync::Arc<std::sync::Mutex<ReadLog>>>,
@@ -55,10 +55,6 @@ impl<'a> Message<'a> {
         out.sort();
         out.dedup();
         out
-    }
-
-    pub(super) fn into_index(self) -> Index {
-        self.index
     }
 
     pub fn as_str(&self) -> &'a str {
@@ -166,6 +162,12 @@ impl<'a> Message<'a> {
             (Some(first), Some(last)) => self.slice(first.start, last.end),
             _ => "",
         }
+    }
+}
+
+impl Drop for Message<'_> {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.index).give_back();
     }
 }
 

@@ -13,7 +13,8 @@
 //! none per segment either. The module's `unsafe` is that SIMD code, whose stores'
 //! bound is asserted per block. Nothing is copied: values are raw, still-escaped slices of the input, and
 //! [`Message::unescape`] decodes one when text is needed (borrowing if it has no escape).
-//! Subcomponents are split on demand. A long-lived [`Parser`] reuses its buffers.
+//! Subcomponents are split on demand. A thread reuses the buffers of the last message it
+//! dropped.
 //!
 //! ```text
 //! let msg = hl7v2::parse(text)?;
@@ -63,7 +64,7 @@ pub use delimiters::Delimiters;
 pub use encode::MessageBuilder;
 pub use error::Error;
 pub use message::{Component, Field, Message, Repetition, Segment};
-pub use parse::{Parser, parse, parse_bytes};
+pub use parse::{parse, parse_bytes};
 pub use path::{MAX_PATH_NUMBER, Path};
 
 /// True for the explicit null `""`, which tells the receiver to delete a stored value

@@ -7,6 +7,7 @@
 //! before a header segment (MSH, BHS, FHS), whose encoding characters are not
 //! delimiters.
 
+use std::cell::Cell;
 use std::fmt;
 
 use super::delimiters::Delimiters;
@@ -127,9 +128,20 @@ pub(super) fn is_header_id(id: &[u8]) -> bool {
     matches!(id, b"MSH" | b"FHS" | b"BHS")
 }
 
-/// Parses one message, borrowing `input`.
+/// Parses one message, borrowing `input`. The index buffers come from the previous
+/// message parsed on this thread (see [`Index::give_back`]), so a feed parses without
+/// allocating.
 pub fn parse(input: &str) -> Result<Message<'_>, Error> {
-    Parser::new().parse(input)
+    let mut index = SPARE
+        .try_with(|spare| spare.replace(Index::EMPTY))
+        .unwrap_or_default();
+    match scan(input.as_bytes(), &mut index) {
+        Ok(delimiters) => Ok(Message::new(input, delimiters, index)),
+        Err(e) => {
+            index.give_back();
+            Err(e)
+        }
+    }
 }
 
 /// Like [`parse`] for raw bytes; HL7 payloads must already be UTF-8 (transcode MSH-18
@@ -141,36 +153,34 @@ pub fn parse_bytes(input: &[u8]) -> Result<Message<'_>, Error> {
     parse(text)
 }
 
-/// Keeps index buffers between messages so a listener parses without allocating.
-#[derive(Debug, Default)]
-pub struct Parser {
-    spare: Index,
+thread_local! {
+    /// The buffers of the last message dropped on this thread, for the next [`parse`].
+    static SPARE: Cell<Index> = const { Cell::new(Index::EMPTY) };
 }
 
-impl Parser {
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// Buffers above this many entries are freed rather than kept for the next message:
+/// one large message must not pin megabytes per thread.
+const KEEP_ENTRIES: usize = 1 << 16;
 
-    pub fn parse<'a>(&mut self, input: &'a str) -> Result<Message<'a>, Error> {
-        let mut index = std::mem::take(&mut self.spare);
-        match scan(input.as_bytes(), &mut index) {
-            Ok(delimiters) => Ok(Message::new(input, delimiters, index)),
-            Err(e) => {
-                self.spare = index;
-                Err(e)
-            }
+impl Index {
+    const EMPTY: Index = Index {
+        segments: Vec::new(),
+        fields: Vec::new(),
+        components: Vec::new(),
+        starts: Vec::new(),
+    };
+
+    /// Keeps the buffers for this thread's next [`parse`] (a message hands its index
+    /// back when dropped).
+    pub(super) fn give_back(self) {
+        if self.components.len() <= KEEP_ENTRIES {
+            let _ = SPARE.try_with(|spare| spare.set(self));
         }
     }
-
-    /// Hands a finished message's buffers back for the next [`Parser::parse`].
-    pub fn recycle(&mut self, message: Message<'_>) {
-        self.spare = message.into_index();
-    }
 }
 
-/// Grows a scratch buffer to at least `len` entries (never shrinks, so a reused
-/// [`Parser`] stops allocating once it has seen its largest message).
+/// Grows a scratch buffer to at least `len` entries (never shrinks, so a thread stops
+/// allocating once it has seen its largest message).
 fn ensure(v: &mut Vec<u32>, len: usize) {
     if v.len() < len {
         v.resize(len.max(v.len() * 2), 0);
@@ -728,14 +738,22 @@ mod tests {
     }
 
     #[test]
-    fn parser_reuses_buffers() {
-        let mut p = Parser::new();
-        let m = p.parse("MSH|^~\\&|A|B\rPID|1|2^3~4\r").unwrap();
+    fn a_thread_reuses_the_buffers_of_a_dropped_message() {
+        let m = parse("MSH|^~\\&|A|B\rPID|1|2^3~4\r").unwrap();
         assert_eq!(m.get("PID-2[2]").unwrap(), Some("4"));
-        p.recycle(m);
-        assert!(p.parse("nope").is_err());
-        let m = p.parse("MSH|^~\\&|X\r").unwrap();
+        let buffer = m.index.components.as_ptr();
+        drop(m);
+        assert!(parse("nope").is_err());
+        let m = parse("MSH|^~\\&|X\r").unwrap();
+        assert_eq!(m.index.components.as_ptr(), buffer);
         assert_eq!(m.get("MSH-3").unwrap(), Some("X"));
         assert_eq!(m.segments().count(), 1);
+        let kept = parse("MSH|^~\\&|Y\r").unwrap();
+        assert_ne!(
+            kept.index.components.as_ptr(),
+            buffer,
+            "two live messages share no buffer"
+        );
+        assert_eq!(m.get("MSH-3").unwrap(), Some("X"));
     }
 }

@@ -188,7 +188,7 @@ proptest! {
         let raw = m.get(&path).unwrap().unwrap();
         prop_assert_eq!(m.unescape(raw), text.as_str());
         prop_assert_eq!(m.get("MSH-9.1").unwrap(), Some("ADT"));
-        prop_assert_eq!(m.encode(), encoded);
+        prop_assert_eq!(m.encode(), encoded.as_str());
     }
 
     #[test]

@@ -43,6 +43,32 @@ pub struct ParamDef {
     pub paths: &'static [&'static str],
     /// Reference params: the target types (empty means any).
     pub targets: &'static [&'static str],
+    /// The parameter whose index rows answer this one. `patient` is `subject` limited
+    /// to Patient targets on most types: it stores no rows of its own (three fewer per
+    /// referral) and is answered from `subject`'s rows to a Patient.
+    pub indexed_as: &'static str,
+}
+
+impl ParamDef {
+    /// Whether a reference target (`Type/id` or an absolute URL) is one this
+    /// parameter allows.
+    pub fn allows_target(&self, target: &str) -> bool {
+        self.targets.is_empty() || self.targets.contains(&target_type(target))
+    }
+}
+
+/// The type of a reference target: `Type` of `Type/id`, the second-last path segment of
+/// an absolute URL.
+pub fn target_type(target: &str) -> &str {
+    if target.contains("://") {
+        target
+            .trim_end_matches('/')
+            .rsplit('/')
+            .nth(1)
+            .unwrap_or("")
+    } else {
+        target.split('/').next().unwrap_or("")
+    }
 }
 
 const fn p(name: &'static str, kind: ParamType, paths: &'static [&'static str]) -> ParamDef {
@@ -51,6 +77,7 @@ const fn p(name: &'static str, kind: ParamType, paths: &'static [&'static str]) 
         kind,
         paths,
         targets: &[],
+        indexed_as: name,
     }
 }
 
@@ -64,6 +91,15 @@ const fn r(
         kind: ParamType::Reference,
         paths,
         targets,
+        indexed_as: name,
+    }
+}
+
+/// `patient` on a type whose `subject` (at the same paths) may name any type.
+const fn patient_of_subject(paths: &'static [&'static str]) -> ParamDef {
+    ParamDef {
+        indexed_as: "subject",
+        ..r("patient", paths, PATIENT)
     }
 }
 
@@ -114,7 +150,7 @@ static TASK_PARAMS: &[ParamDef] = &[
     r("owner", &["owner"], &[]),
     r("requester", &["requester"], &[]),
     r("focus", &["focus"], &[]),
-    r("patient", &["for"], PATIENT),
+    patient_of_subject(&["for"]),
     r("subject", &["for"], &[]),
     r("based-on", &["basedOn"], &[]),
     r("part-of", &["partOf"], &["Task"]),
@@ -128,7 +164,7 @@ static SERVICE_REQUEST_PARAMS: &[ParamDef] = &[
     p("code", Token, &["code"]),
     p("authored", Date, &["authoredOn"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
     r("requester", &["requester"], &[]),
     r("performer", &["performer"], &[]),
     r("based-on", &["basedOn"], &[]),
@@ -148,7 +184,7 @@ static PROCEDURE_PARAMS: &[ParamDef] = &[
     p("code", Token, &["code"]),
     r("based-on", &["basedOn"], &[]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
     r("performer", &["performer.actor"], &[]),
 ];
 
@@ -157,7 +193,7 @@ static ENCOUNTER_PARAMS: &[ParamDef] = &[
     p("class", Token, &["class"]),
     p("date", Date, &["period"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static OBSERVATION_PARAMS: &[ParamDef] = &[
@@ -166,7 +202,7 @@ static OBSERVATION_PARAMS: &[ParamDef] = &[
     p("code", Token, &["code"]),
     r("based-on", &["basedOn"], &[]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static CONDITION_PARAMS: &[ParamDef] = &[
@@ -174,7 +210,7 @@ static CONDITION_PARAMS: &[ParamDef] = &[
     p("code", Token, &["code"]),
     p("clinical-status", Token, &["clinicalStatus"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static CONSENT_PARAMS: &[ParamDef] = &[
@@ -187,7 +223,7 @@ static GOAL_PARAMS: &[ParamDef] = &[
     p("lifecycle-status", Token, &["lifecycleStatus"]),
     p("category", Token, &["category"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static HEALTHCARE_SERVICE_PARAMS: &[ParamDef] = &[
@@ -224,19 +260,19 @@ static DOCUMENT_REFERENCE_PARAMS: &[ParamDef] = &[
     p("status", Token, &["status"]),
     p("type", Token, &["type"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static CARE_TEAM_PARAMS: &[ParamDef] = &[
     p("status", Token, &["status"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static QUESTIONNAIRE_RESPONSE_PARAMS: &[ParamDef] = &[
     p("status", Token, &["status"]),
     r("subject", &["subject"], &[]),
-    r("patient", &["subject"], PATIENT),
+    patient_of_subject(&["subject"]),
 ];
 
 static QUESTIONNAIRE_PARAMS: &[ParamDef] = &[
@@ -280,7 +316,8 @@ pub fn normalize_string(s: &str) -> String {
 
 pub fn extract(resource_type: &str, resource: &Value, own_base: Option<&str>) -> IndexEntries {
     let mut out = IndexEntries::default();
-    for def in COMMON.iter().chain(type_params(resource_type)) {
+    let own = |def: &&ParamDef| def.indexed_as == def.name;
+    for def in COMMON.iter().chain(type_params(resource_type)).filter(own) {
         for path in def.paths {
             let mut values = Vec::new();
             collect(resource, path, &mut values);
@@ -353,19 +390,12 @@ fn reference_of(
     own_base: Option<&str>,
 ) -> Option<(&'static str, String)> {
     let reference = v.get("reference")?.as_str()?;
-    let (target, rtype) = match reference::parse(reference, own_base)? {
-        Target::Local { resource_type, id } => (format!("{resource_type}/{id}"), resource_type),
-        // The type of an absolute reference is its second-last path segment.
-        Target::External { url } => (
-            url.to_string(),
-            url.trim_end_matches('/').rsplit('/').nth(1).unwrap_or(""),
-        ),
+    let target = match reference::parse(reference, own_base)? {
+        Target::Local { resource_type, id } => format!("{resource_type}/{id}"),
+        Target::External { url } => url.to_string(),
         _ => return None,
     };
-    if !def.targets.is_empty() && !def.targets.contains(&rtype) {
-        return None;
-    }
-    Some((def.name, target))
+    def.allows_target(&target).then_some((def.name, target))
 }
 
 fn strings_of(param: &'static str, v: &Value, out: &mut Vec<(&'static str, String)>) {
@@ -728,20 +758,18 @@ fn parse_value(def: &ParamDef, raw: &str) -> Result<SearchValue, String> {
         }),
         ParamType::Reference => {
             if raw.contains('/') {
-                let (target, ty, id) = match reference::parse(raw, None) {
-                    Some(Target::Local { resource_type, id }) => (
-                        format!("{resource_type}/{id}"),
-                        resource_type,
-                        id.to_string(),
-                    ),
-                    Some(Target::External { url }) => (url.to_string(), "", String::new()),
+                let (target, id) = match reference::parse(raw, None) {
+                    Some(Target::Local { resource_type, id }) => {
+                        (format!("{resource_type}/{id}"), id.to_string())
+                    }
+                    Some(Target::External { url }) => (url.to_string(), String::new()),
                     _ => {
                         return Err(format!(
                             "{raw:?} is not a reference (Type/id, id or absolute URL)"
                         ));
                     }
                 };
-                if !ty.is_empty() && !def.targets.is_empty() && !def.targets.contains(&ty) {
+                if !def.allows_target(&target) {
                     return Err(format!(
                         "{} only refers to {}",
                         def.name,
@@ -838,7 +866,7 @@ mod tests {
         );
         assert!(
             e.references
-                .contains(&("patient", "http://ehr/fhir/Patient/2".into()))
+                .contains(&("subject", "http://ehr/fhir/Patient/2".into()))
         );
         assert!(e.references.contains(&("output", "Procedure/p1".into())));
         assert_eq!(e.dates.len(), 1);
@@ -846,10 +874,35 @@ mod tests {
 
     #[test]
     fn patient_reference_param_ignores_other_targets() {
+        let consent = json!({"resourceType": "Consent", "patient": {"reference": "Group/g"}});
+        assert!(extract("Consent", &consent, None).references.is_empty());
         let task = json!({"resourceType": "Task", "for": {"reference": "Group/g"}});
         let e = extract("Task", &task, None);
-        assert!(e.references.iter().any(|r| r.0 == "subject"));
-        assert!(!e.references.iter().any(|r| r.0 == "patient"));
+        assert_eq!(e.references, [("subject", "Group/g".to_string())]);
+    }
+
+    /// A parameter answered from another's rows must find them: same type, same paths,
+    /// a reference whose own targets are no narrower.
+    #[test]
+    fn every_shared_parameter_names_a_sibling_with_the_same_paths() {
+        for ty in crate::fhir::RESOURCE_TYPES {
+            for def in type_params(ty).iter().filter(|d| d.indexed_as != d.name) {
+                let owner = type_params(ty)
+                    .iter()
+                    .find(|o| o.name == def.indexed_as)
+                    .unwrap_or_else(|| panic!("{ty}: {} has no {}", def.name, def.indexed_as));
+                assert_eq!(owner.paths, def.paths, "{ty}.{}", def.name);
+                assert_eq!(owner.kind, ParamType::Reference);
+                assert!(owner.targets.is_empty(), "{ty}.{}", owner.name);
+            }
+        }
+    }
+
+    #[test]
+    fn target_types_of_local_and_absolute_references() {
+        assert_eq!(target_type("Patient/1"), "Patient");
+        assert_eq!(target_type("http://ehr/fhir/Patient/2"), "Patient");
+        assert_eq!(target_type("http://ehr/fhir/Group/2/"), "Group");
     }
 
     #[test]

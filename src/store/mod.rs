@@ -496,7 +496,7 @@ async fn search(
         for r in &rows {
             let index_rows: String = r.get(4);
             for include in &query.includes {
-                for key in sql::local_targets(&index_rows, include.param.name) {
+                for key in sql::local_targets(&index_rows, include.param) {
                     if !keys.contains(&key) {
                         keys.push(key);
                     }

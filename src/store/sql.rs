@@ -9,7 +9,7 @@ use sqlx::query::Query;
 
 use super::{Backend, Staged};
 use crate::fhir::search::{
-    Filter, IndexEntries, Modifier, ParamType, Prefix, SearchQuery, SearchValue, Sort,
+    Filter, IndexEntries, Modifier, ParamDef, ParamType, Prefix, SearchQuery, SearchValue, Sort,
 };
 
 /// The highest committed version is the current one (versions are never removed).
@@ -191,7 +191,7 @@ fn matching_ids(ty: &str, f: &Filter, p: &mut Params) -> String {
     format!(
         "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND x.param = {} AND ({})",
         table(f.param.kind),
-        p.text(f.param.name),
+        p.text(f.param.indexed_as),
         alternatives.join(" OR ")
     )
 }
@@ -204,11 +204,21 @@ fn matching_ids(ty: &str, f: &Filter, p: &mut Params) -> String {
 fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
     let def = f.param;
     if f.modifier == Modifier::Missing {
-        let sub = format!(
+        let mut sub = format!(
             "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND x.param = {}",
             table(def.kind),
-            p.text(def.name)
+            p.text(def.indexed_as)
         );
+        if def.indexed_as != def.name {
+            // Only the shared rows to a target type this parameter allows count.
+            let types: Vec<String> = def
+                .targets
+                .iter()
+                .flat_map(|t| [format!("{t}/%"), format!("%/{t}/%")])
+                .map(|pattern| format!("x.target LIKE {}", p.text(pattern)))
+                .collect();
+            sub.push_str(&format!(" AND ({})", types.join(" OR ")));
+        }
         let op = if f.missing { "NOT IN" } else { "IN" };
         return format!("r.res_id {op} ({sub})");
     }
@@ -224,7 +234,7 @@ fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
             format!(
                 "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.param = {} AND ({}) AND x.res_id = r.res_id LIMIT 1 OFFSET 0)",
                 table(def.kind),
-                p.text(def.name),
+                p.text(def.indexed_as),
                 alternatives.join(" OR ")
             )
         }
@@ -345,13 +355,15 @@ pub fn read_many_to_replace(keys: &[(String, String)]) -> (String, Vec<Arg>) {
 
 /// The `(type, id)` targets of local references made by one search parameter, read
 /// from a version's stored index rows.
-pub fn local_targets(index_rows: &str, param: &str) -> Vec<(String, String)> {
+pub fn local_targets(index_rows: &str, param: &ParamDef) -> Vec<(String, String)> {
     let Ok(rows) = serde_json::from_str::<IndexRows<String, i64>>(index_rows) else {
         return Vec::new();
     };
     rows.r
         .into_iter()
-        .filter(|(p, target)| p == param && !target.contains("://"))
+        .filter(|(p, target)| {
+            p == param.indexed_as && !target.contains("://") && param.allows_target(target)
+        })
         .filter_map(|(_, target)| {
             target
                 .split_once('/')

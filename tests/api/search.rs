@@ -184,6 +184,54 @@ async fn last_updated_and_missing_owner() {
     assert_eq!(app.search_ids("Task?owner:missing=false").await, [task]);
 }
 
+/// `patient` is `subject` when the subject is a Patient: answered from the same rows.
+#[tokio::test]
+async fn patient_is_the_subject_when_that_is_a_patient() {
+    let app = spawn_app().await;
+    let patient = app
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Okafor"}]}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let condition = |subject: String| {
+        json!({"resourceType": "Condition", "subject": {"reference": subject},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}})
+    };
+    let of_patient = app.create(&condition(format!("Patient/{patient}"))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let of_group = app.create(&condition("Group/g1".into())).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    for query in [
+        format!("Condition?patient={patient}"),
+        format!("Condition?patient=Patient/{patient}"),
+        format!("Condition?subject=Patient/{patient}"),
+        "Condition?patient:missing=false".into(),
+    ] {
+        assert_eq!(
+            app.search_ids(&query).await,
+            std::slice::from_ref(&of_patient),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        app.search_ids("Condition?subject=Group/g1").await,
+        std::slice::from_ref(&of_group)
+    );
+    assert_eq!(
+        app.search_ids("Condition?patient:missing=true").await,
+        [of_group]
+    );
+    assert!(app.search_ids("Condition?patient=g1").await.is_empty());
+    let wrong_type = app.get("Condition?patient=Group/g1").await;
+    assert_eq!(wrong_type.status(), 400);
+}
+
 #[tokio::test]
 async fn other_resource_searches() {
     let app = spawn_app().await;

@@ -936,16 +936,18 @@ async fn run_action(
     else {
         return Ok(Err(Refusal::NotFound));
     };
-    if let Some(expected) = req.if_match
-        && expected != referral.version
-    {
-        return Ok(Err(Refusal::VersionConflict {
-            current: referral.version,
-        }));
-    }
     let Some(current) = tx.current("Task", &referral.task_id).await? else {
         return Ok(Err(Refusal::NotFound));
     };
+    // The referral row was read before the Task's lock was taken; the Task, read under
+    // it, has the version a concurrent action may just have committed.
+    if let Some(expected) = req.if_match
+        && expected != current.version
+    {
+        return Ok(Err(Refusal::VersionConflict {
+            current: current.version,
+        }));
+    }
     let task: Value = serde_json::from_str(&current.body).map_err(|_| {
         FhirError::Conflict(format!(
             "the stored Task/{} cannot be read",

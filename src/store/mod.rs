@@ -652,11 +652,22 @@ impl<'c> Tx<'c> {
             Backend::Sqlite => sql::READ_CURRENT_TO_REPLACE,
             Backend::Postgres => sql::READ_CURRENT_TO_REPLACE_LOCKED,
         };
-        let row = sqlx::query(text)
-            .bind(resource_type)
-            .bind(id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
+        let mut row = None;
+        // See `preload` for why PostgreSQL may need a second look.
+        let looks = match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 2,
+        };
+        for _ in 0..looks {
+            row = sqlx::query(text)
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(&mut *self.conn)
+                .await?;
+            if row.is_some() {
+                break;
+            }
+        }
         Ok(row.map(|r| {
             let found = stored(resource_type, id, &r);
             let key = (resource_type.to_string(), id.to_string());
@@ -672,9 +683,24 @@ impl<'c> Tx<'c> {
     /// Reads, in one round trip each, the current versions and referrals the batch's
     /// commands are about to need (on PostgreSQL locking the rows, as `current` does),
     /// instead of one round trip per command on the writer's serial path.
+    ///
+    /// On PostgreSQL a row that another transaction (the other batch writer, another
+    /// process) updates while this one waits for its lock is checked again after that
+    /// COMMIT against the join with the version row read before the wait, which no
+    /// longer matches: the row is left out, though it exists and is now locked by this
+    /// transaction. So what is missing is read once more, by a statement that sees the
+    /// committed version; only what is still missing is absent.
     pub async fn preload(&mut self, wanted: &Preload) -> Result<()> {
-        if !wanted.resources.is_empty() {
-            let (mut text, args) = sql::read_many_to_replace(&wanted.resources);
+        let mut missing = wanted.resources.clone();
+        let looks = match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 2,
+        };
+        for _ in 0..looks {
+            if missing.is_empty() {
+                break;
+            }
+            let (mut text, args) = sql::read_many_to_replace(&missing);
             if self.backend == Backend::Postgres {
                 text.push_str(" FOR UPDATE OF r");
             }
@@ -691,12 +717,9 @@ impl<'c> Tx<'c> {
                 let key = (found.resource_type.clone(), found.id.clone());
                 self.preloaded.insert(key, (found, r.get(5)));
             }
-            for key in &wanted.resources {
-                if !self.preloaded.contains_key(key) {
-                    self.absent.insert(key.clone());
-                }
-            }
+            missing.retain(|key| !self.preloaded.contains_key(key));
         }
+        self.absent.extend(missing);
         self.preload_identity(&wanted.identifiers, &wanted.inbound)
             .await?;
         self.preload_referrals(&wanted.referrals).await

@@ -293,6 +293,30 @@ async fn invalid_transitions_are_refused_with_what_is_allowed() {
     );
 }
 
+/// Notes sent at the same moment on one referral are all kept and all answered 201:
+/// on PostgreSQL two batches that write the same Task run at once, and the second must
+/// wait for the first's row lock and read the version it committed.
+#[tokio::test]
+async fn concurrent_notes_on_one_referral_are_all_kept() {
+    let app = spawn_app().await;
+    let (id, task_id) = referral(&app).await;
+    let cbo = app.cbo(ORG);
+    let path = format!("referrals/{id}/notes");
+    let (rounds, at_once) = (10, 4);
+    for round in 0..rounds {
+        let sends = (0..at_once).map(|n| {
+            let body = format!(r#"{{"text": "round {round} note {n}"}}"#);
+            let (cbo, path) = (&cbo, &path);
+            async move { cbo.post_raw(path, &body, &[]).await }
+        });
+        for reply in futures_util::future::join_all(sends).await {
+            assert_eq!(reply.status, 201, "{}", reply.body);
+        }
+    }
+    let task = app.get_json(&format!("Task/{task_id}")).await;
+    assert_eq!(task["note"].as_array().unwrap().len(), rounds * at_once);
+}
+
 #[tokio::test]
 async fn idempotency_keys_replay_refuse_reuse_and_race_to_one_effect() {
     let app = spawn_app().await;

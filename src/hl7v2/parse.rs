@@ -410,6 +410,23 @@ struct Counts {
     components: usize,
 }
 
+impl Counts {
+    /// Closes a field of one component at `at`, outside the walk's flattening: a
+    /// header's opaque fields, and the last field when the input ends without a line
+    /// end.
+    fn close_field(&mut self, components: &mut [u32], fields: &mut [u32], at: usize) {
+        if let (Some(comp), Some(field)) = (
+            components.get_mut(self.components),
+            fields.get_mut(self.fields),
+        ) {
+            *comp = at as u32;
+            *field = at as u32;
+        }
+        self.components += 1;
+        self.fields += 1;
+    }
+}
+
 /// A segment end as the walk notes it; the segment's start follows from the previous.
 fn raw_end(end: usize, c: Counts) -> SegmentEntry {
     SegmentEntry {
@@ -506,15 +523,7 @@ fn open_header(b: &[u8], at: usize, d: &Delimiters, c: &mut Counts, index: &mut 
         if let Some(start) = start {
             index.start_at(c.components, start as u32);
         }
-        if let (Some(comp), Some(field)) = (
-            index.components.get_mut(c.components),
-            index.fields.get_mut(c.fields),
-        ) {
-            *comp = end as u32;
-            *field = end as u32;
-        }
-        c.components += 1;
-        c.fields += 1;
+        c.close_field(&mut index.components, &mut index.fields, end);
     }
     if b.get(enc_end) == Some(&sep) {
         return After::Fields(enc_end + 1);
@@ -607,14 +616,7 @@ fn walk_blocks<const AVX2: bool>(
         base += BLOCK;
     }
     if !b.last().copied().is_some_and(is_eol) {
-        if let (Some(comp), Some(field)) =
-            (components.get_mut(c.components), fields.get_mut(c.fields))
-        {
-            *comp = n as u32;
-            *field = n as u32;
-        }
-        c.components += 1;
-        c.fields += 1;
+        c.close_field(components, fields, n);
         segments.push(raw_end(n, *c));
     }
     None

@@ -653,12 +653,7 @@ impl<'c> Tx<'c> {
             Backend::Postgres => sql::READ_CURRENT_TO_REPLACE_LOCKED,
         };
         let mut row = None;
-        // See `preload` for why PostgreSQL may need a second look.
-        let looks = match self.backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 2,
-        };
-        for _ in 0..looks {
+        for _ in 0..self.locked_reads() {
             row = sqlx::query(text)
                 .bind(resource_type)
                 .bind(id)
@@ -680,6 +675,16 @@ impl<'c> Tx<'c> {
         }))
     }
 
+    /// How many times a locked read of current versions looks for a row that exists:
+    /// twice on PostgreSQL (see `preload`), once on SQLite, whose one writer never
+    /// waits for another's COMMIT.
+    fn locked_reads(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 2,
+        }
+    }
+
     /// Reads, in one round trip each, the current versions and referrals the batch's
     /// commands are about to need (on PostgreSQL locking the rows, as `current` does),
     /// instead of one round trip per command on the writer's serial path.
@@ -692,11 +697,7 @@ impl<'c> Tx<'c> {
     /// committed version; only what is still missing is absent.
     pub async fn preload(&mut self, wanted: &Preload) -> Result<()> {
         let mut missing = wanted.resources.clone();
-        let looks = match self.backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 2,
-        };
-        for _ in 0..looks {
+        for _ in 0..self.locked_reads() {
             if missing.is_empty() {
                 break;
             }

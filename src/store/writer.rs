@@ -427,11 +427,25 @@ async fn answer_when_durable<C: Command>(
 /// a checkpoint reaches the end of the WAL, which under load is the commit's
 /// checkpoint, and that fsync would otherwise write out every page the background
 /// copied (tens of milliseconds with the writer waiting).
+///
+/// The database file is opened once and never closed: closing any descriptor of it
+/// drops every POSIX lock this process holds on it, SQLite's included. Without its
+/// shared lock, another process that opens the database (an operator's `sqlite3`, a
+/// backup) believes itself the last user when it closes, and deletes the WAL and the
+/// shared-memory index from under the gateway.
 async fn checkpoint(pool: AnyPool, database: std::path::PathBuf) {
+    let file = match std::fs::File::open(&database) {
+        Ok(file) => std::sync::Arc::new(file),
+        Err(e) => {
+            tracing::error!(message = "Cannot open the database file to flush it.", error = %e);
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tick.tick().await;
         if pool.is_closed() {
+            std::mem::forget(file);
             return;
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
@@ -441,9 +455,8 @@ async fn checkpoint(pool: AnyPool, database: std::path::PathBuf) {
             tracing::warn!(message = "WAL checkpoint failed.", error = %e);
             continue;
         }
-        let file = database.clone();
-        let synced =
-            tokio::task::spawn_blocking(move || std::fs::File::open(file)?.sync_data()).await;
+        let file = file.clone();
+        let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
         if let Ok(Err(e)) = synced {
             tracing::warn!(message = "fsync of the database file failed.", error = %e);
         }

@@ -248,3 +248,55 @@ async fn sigterm_finishes_in_flight_work_and_loses_nothing_acknowledged() {
         created.len()
     );
 }
+
+/// An operator's `sqlite3`, a script or a backup tool opens the live SQLite file beside
+/// the gateway. When such a process closes the database it deletes the write-ahead log
+/// if no other process holds a lock on the database: the gateway must keep its locks,
+/// and go on acknowledging (and keeping) what it writes.
+#[tokio::test]
+async fn another_process_reading_the_sqlite_file_leaves_the_gateway_s_store_intact() {
+    if store_kind() != "sqlite" {
+        eprintln!("another_process_reading_the_sqlite_file…: runs in the SQLite pass");
+        return;
+    }
+    let mut app = spawn_app().await;
+    let patient = |n: &str| json!({"resourceType": "Patient", "identifier": [{"system": "http://beside", "value": n}]});
+    let mut ids = vec![
+        app.create(&patient("before")).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    // Past the background checkpoint's first rounds (every 100 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let database = app.database_url.trim_start_matches("sqlite://");
+    let database = database.split('?').next().unwrap().to_string();
+    let count = "import sqlite3, sys\n\
+                 db = sqlite3.connect(sys.argv[1])\n\
+                 print(db.execute(\"SELECT count(*) FROM resources WHERE res_type = 'Patient'\").fetchone()[0])\n\
+                 db.close()";
+    let out = std::process::Command::new("python3")
+        .args(["-c", count, &database])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert!(
+        std::path::Path::new(&format!("{database}-wal")).exists(),
+        "the write-ahead log was deleted under the running gateway"
+    );
+    for n in 0..20 {
+        let created = app.create(&patient(&format!("after-{n}"))).await;
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    app.kill();
+    let app = app.restart().await;
+    for id in &ids {
+        let status = app.get(&format!("Patient/{id}")).await.status();
+        assert_eq!(status, 200, "Patient/{id} was answered 201, then lost");
+    }
+}

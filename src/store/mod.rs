@@ -198,16 +198,22 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
+                        // Takes effect when the file is created. A write dirties a few
+                        // index pages at random keys, and each is written whole to the
+                        // WAL and again by the checkpoint: 2 KiB pages write 38 % fewer
+                        // bytes than 4 KiB per CBO accept (67 vs 109 KB), which is what
+                        // an fsync waits for.
+                        conn.execute("PRAGMA page_size = 2048").await?;
                         // WAL lets readers run beside the writer. SQLite itself does not
                         // fsync at COMMIT (NORMAL); the writer fsyncs the WAL before it
                         // answers, overlapped with the next batch (see `writer`).
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // Checkpoints are mostly done by the background task (see
-                        // `writer`); a commit checkpoints only past ~16 MB of WAL, then
-                        // finds most pages already copied.
-                        conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                        // Checkpoints are done by a background task (see `writer`),
+                        // which also lets the WAL start over; a commit checkpoints only
+                        // if that task falls behind (past ~64 MB of WAL).
+                        conn.execute("PRAGMA wal_autocheckpoint = 32000").await?;
                         // A larger page cache and memory-mapped reads keep a batch's index
                         // pages in memory instead of spilling and re-reading them.
                         conn.execute("PRAGMA cache_size = -32768").await?;

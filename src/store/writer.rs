@@ -98,35 +98,34 @@ impl<C: Command> Writer<C> {
             Backend::Postgres => 2,
         };
         let rx = Arc::new(Mutex::new(rx));
-        let runs: Vec<_> = (0..writers)
-            .map(|_| {
-                run::<C>(
-                    store.pool.clone(),
-                    store.backend,
-                    Memory {
-                        recent: store.recent.clone(),
-                        origin: store.origin.clone(),
-                        referrals: store.referral_index.clone(),
-                        turn: store.write_turn.clone(),
-                    },
-                    rx.clone(),
-                    committed.clone(),
-                )
-            })
-            .collect();
-        // The writers run on a thread of their own: a statement's answer (from the
-        // SQLite worker thread or the PostgreSQL socket) resumes a writer at once
-        // instead of queueing behind the connections' tasks on the shared runtime.
-        std::thread::Builder::new()
-            .name("crossway-writer".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("writer runtime");
-                runtime.block_on(futures_util::future::join_all(runs));
-            })
-            .expect("writer thread");
+        // Each writer runs on a thread of its own: a statement's answer (from the
+        // SQLite worker thread or the PostgreSQL socket) resumes it at once instead of
+        // queueing behind the connections' tasks on the shared runtime, or behind the
+        // other writer's work on the rows of its batch.
+        for i in 0..writers {
+            let run = run::<C>(
+                store.pool.clone(),
+                store.backend,
+                Memory {
+                    recent: store.recent.clone(),
+                    origin: store.origin.clone(),
+                    referrals: store.referral_index.clone(),
+                    turn: store.write_turn.clone(),
+                },
+                rx.clone(),
+                committed.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("crossway-writer-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("writer runtime");
+                    runtime.block_on(run);
+                })
+                .expect("writer thread");
+        }
         tokio::spawn(answer_when_durable::<C>(store.wal.clone(), durable));
         if let Some(wal) = &store.wal {
             let wal = wal.to_string_lossy();

@@ -518,6 +518,43 @@ impl Command for WriteCommand {
         }
     }
 
+    fn affinity(&self) -> Option<String> {
+        let person = |ty: &str, resource: &Value| {
+            let rules = &self.ctx.mappings.current().identity;
+            (ty == "Patient")
+                .then(|| {
+                    rules
+                        .from_fhir_patient(resource)
+                        .0
+                        .iter()
+                        .map(crate::identity::Identifier::token)
+                        .min()
+                })
+                .flatten()
+        };
+        match &self.write {
+            Write::Create {
+                resource_type,
+                resource,
+                ..
+            } => person(resource_type, resource),
+            Write::Update {
+                resource_type,
+                id,
+                resource,
+                ..
+            } => person(resource_type, resource).or_else(|| Some(format!("{resource_type}/{id}"))),
+            Write::Bundle { plan, .. } => plan.entries.iter().find_map(|e| {
+                e.resource
+                    .as_ref()
+                    .and_then(|r| person(&e.resource_type, r))
+            }),
+            Write::Action(a) => Some(a.referral_id.clone()),
+            Write::Ingest(inbound) => inbound.affinity(),
+            Write::Adopt { .. } | Write::Prune { .. } => None,
+        }
+    }
+
     fn preload(&self, wanted: &mut Preload) {
         let identity = |wanted: &mut Preload, ty: &str, id: Option<&str>, resource: &Value| {
             if ty == "Patient" {

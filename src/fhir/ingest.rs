@@ -65,6 +65,11 @@ impl Inbound {
         }
     }
 
+    /// The person the message is about, so messages about one person share a writer.
+    pub(super) fn affinity(&self) -> Option<String> {
+        Some(self.notice.as_ref()?.identifiers.first()?.token())
+    }
+
     /// The message key, the identifiers and the Encounter, read for the whole batch.
     pub(super) fn preload(&self, wanted: &mut Preload) {
         wanted

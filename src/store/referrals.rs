@@ -362,9 +362,9 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Writes the staged referrals, events and idempotency keys with whatever else the
-    /// flush queued, then fans the events out to webhooks.
-    pub(super) async fn flush_referrals(&mut self) -> Result<()> {
+    /// Writes the staged referrals, events, their webhook deliveries and idempotency
+    /// keys with whatever else the flush queued, and the announcement if one is asked.
+    pub(super) async fn flush_referrals(&mut self, announce_as: Option<&str>) -> Result<()> {
         let referrals = std::mem::take(&mut self.referrals);
         if !referrals.is_empty() {
             let (text, args) = write_referrals(self.backend, &referrals);
@@ -376,10 +376,9 @@ impl Tx<'_> {
                 }));
         }
         let events = std::mem::take(&mut self.events);
-        let ranges = match events.is_empty() {
-            true => Vec::new(),
-            false => self.write_events(events).await?,
-        };
+        if !events.is_empty() {
+            self.write_events(events).await?;
+        }
         let keys = std::mem::take(&mut self.keys);
         if !keys.is_empty() {
             let rows: Vec<(&str, &str, &str, u16, &str, i64)> = keys
@@ -410,9 +409,10 @@ impl Tx<'_> {
                 "",
             );
         }
-        self.send_deferred().await?;
-        // Webhook deliveries are created with their events, in the same transaction.
-        self.fan_out(&ranges).await
+        if let Some(origin) = announce_as {
+            self.defer_announcement(origin);
+        }
+        self.send_deferred().await
     }
 
     /// Queues the insert of a JSON array of rows into `table` (`sql::bulk_insert`).
@@ -435,9 +435,9 @@ impl Tx<'_> {
         });
     }
 
-    /// Numbers the events (sent with the writes queued so far) and queues their insert;
-    /// returns each organisation's (first, last) sequence for the fan-out.
-    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<Vec<(String, i64, i64)>> {
+    /// Numbers the events (sent with the writes queued so far) and queues their insert
+    /// and their webhook deliveries.
+    async fn write_events(&mut self, events: Vec<StagedEvent>) -> Result<()> {
         // One counter bump per organisation reserves a block of sequence numbers. The
         // counter row stays locked until COMMIT, which keeps each organisation's feed
         // gap-free and ordered across gateway processes.
@@ -467,15 +467,12 @@ impl Tx<'_> {
         let rows = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
             .fetch_all(&mut *self.conn)
             .await?;
-        // (organisation, first, last) of each organisation's new events, for the fan-out.
-        let mut ranges: Vec<(String, i64, i64)> = Vec::with_capacity(rows.len());
         for r in &rows {
             let org: String = r.get(0);
             let last: i64 = r.get(1);
             if let Some((_, n)) = next.iter_mut().find(|(o, _)| *o == org) {
                 // From the count to the first number of the reserved block.
                 *n = last - *n + 1;
-                ranges.push((org, *n, last));
             }
         }
         let rows: Vec<EventRow> = events
@@ -499,6 +496,11 @@ impl Tx<'_> {
                 )
             })
             .collect();
+        let deliveries: Vec<(&str, i64, &str, i64)> = rows
+            .iter()
+            .map(|e| (e.0.as_str(), e.1, e.2.as_str(), e.4))
+            .collect();
+        let deliveries = sql::json_rows(&deliveries);
         self.defer_rows(
             "events",
             &[
@@ -514,7 +516,10 @@ impl Tx<'_> {
             sql::json_rows(&rows),
             "",
         );
-        Ok(ranges)
+        // Webhook deliveries are created with their events, in the same transaction.
+        let fan_out = super::webhooks::fan_out_sql(self.backend);
+        self.defer(fan_out, vec![sql::Arg::Text(deliveries)]);
+        Ok(())
     }
 }
 

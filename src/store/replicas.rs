@@ -56,18 +56,16 @@ fn announcements(
 }
 
 impl super::Tx<'_> {
-    /// Announces what this transaction wrote; delivered if it commits.
-    pub(super) async fn announce(&mut self, origin: &str) -> super::Result<()> {
+    /// Queues the announcement of what this transaction wrote, to go with its last
+    /// statement; delivered if it commits.
+    pub(super) fn defer_announcement(&mut self, origin: &str) {
         if let Some(payloads) = announcements(origin, &self.written, &self.written_referrals) {
-            sqlx::query(
-                "SELECT count(pg_notify($1, p)) FROM jsonb_array_elements_text($2::jsonb) AS p",
-            )
-            .bind(CHANNEL)
-            .bind(payloads)
-            .fetch_one(&mut *self.conn)
-            .await?;
+            self.defer(
+                "SELECT count(pg_notify($1, p)) FROM jsonb_array_elements_text($2::jsonb) AS p"
+                    .into(),
+                vec![super::Arg::Text(CHANNEL.into()), super::Arg::Text(payloads)],
+            );
         }
-        Ok(())
     }
 }
 

@@ -458,8 +458,11 @@ pub(super) fn index_rows_json(index: &IndexEntries) -> String {
 /// of a `WITH`: one round trip instead of one per write, which on this two-core machine
 /// was half of a batch's flush. All parts see one snapshot, so none may depend on
 /// another's rows. Placeholders are renumbered in order. The result is prepared once
-/// and reused, so writes that must be planned per batch are not parts.
-pub(super) fn combine(parts: Vec<Write>) -> Write {
+/// and reused, so writes that must be planned per batch are not parts. A last part
+/// that is a `SELECT` (it only calls functions, like `pg_notify`) is the statement's
+/// own query: PostgreSQL skips a `WITH` query that nothing reads.
+pub(super) fn combine(mut parts: Vec<Write>) -> Write {
+    let query = parts.pop_if(|last| last.text.starts_with("SELECT "));
     let mut text = String::from("WITH ");
     let mut args = Vec::new();
     for (i, part) in parts.into_iter().enumerate() {
@@ -471,7 +474,14 @@ pub(super) fn combine(parts: Vec<Write>) -> Write {
         text.push(')');
         args.extend(part.args);
     }
-    text.push_str(" SELECT 1");
+    match query {
+        Some(query) => {
+            text.push(' ');
+            text.push_str(&renumber(&query.text, args.len()));
+            args.extend(query.args);
+        }
+        None => text.push_str(" SELECT 1"),
+    }
     Write {
         text,
         args,
@@ -831,5 +841,21 @@ mod tests {
             })
             .collect();
         assert_eq!((combined.args.len(), ints), (5, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_last_select_is_the_combined_statement_s_own_query_so_it_runs() {
+        let combined = combine(vec![
+            write("INSERT INTO a VALUES ($1)", vec![Arg::Int(1)]),
+            write(
+                "SELECT count(pg_notify($1, $2))",
+                vec![Arg::Int(2), Arg::Int(3)],
+            ),
+        ]);
+        assert_eq!(
+            combined.text,
+            "WITH w0 AS (INSERT INTO a VALUES ($1)) SELECT count(pg_notify($2, $3))"
+        );
+        assert_eq!(combined.args.len(), 3);
     }
 }

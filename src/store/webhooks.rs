@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, Result, Store, Tx};
+use super::{Backend, Result, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointRow {
@@ -63,31 +63,33 @@ pub struct DueDelivery {
 }
 
 /// Creates the deliveries of new events for every active endpoint subscribed to their
-/// type. `$1` is a JSON array of (organisation, first, last sequence): the events of a
-/// whole batch are fanned out in one statement.
-fn fan_out_sql(backend: Backend) -> String {
-    let (from, org, first, last) = match backend {
+/// type. `$1` is a JSON array of the events' (organisation, sequence, type, created
+/// at): built from the rows being written rather than read back, so that on PostgreSQL
+/// it travels in one statement with the events' own insert.
+pub(super) fn fan_out_sql(backend: Backend) -> String {
+    let (from, org, seq, event_type, at) = match backend {
         Backend::Sqlite => (
-            "jsonb_each(jsonb($1)) AS r",
-            "r.value ->> 0",
-            "r.value ->> 1",
-            "r.value ->> 2",
+            "jsonb_each(jsonb($1)) AS e",
+            "e.value ->> 0",
+            "e.value ->> 1",
+            "e.value ->> 2",
+            "e.value ->> 3",
         ),
         Backend::Postgres => (
-            "jsonb_array_elements($1::jsonb) AS r",
-            "r ->> 0",
-            "(r ->> 1)::bigint",
-            "(r ->> 2)::bigint",
+            "jsonb_array_elements($1::jsonb) AS e",
+            "e ->> 0",
+            "(e ->> 1)::bigint",
+            "e ->> 2",
+            "(e ->> 3)::bigint",
         ),
     };
     format!(
         "INSERT INTO webhook_deliveries \
          (endpoint_id, organization, event_seq, status, attempts, next_attempt_at, created_at) \
-         SELECT w.id, e.organization, e.seq, 'pending', 0, e.created_at, e.created_at \
-         FROM {from} JOIN events e ON e.organization = {org} AND e.seq >= {first} AND e.seq <= {last} \
-         JOIN webhook_endpoints w ON w.organization_id = e.organization \
+         SELECT w.id, w.organization_id, {seq}, 'pending', 0, {at}, {at} \
+         FROM {from} JOIN webhook_endpoints w ON w.organization_id = {org} \
          WHERE w.status = 'active' \
-         AND (w.event_types = '*' OR w.event_types LIKE '% ' || e.event_type || ' %')"
+         AND (w.event_types = '*' OR w.event_types LIKE '% ' || ({event_type}) || ' %')"
     )
 }
 
@@ -116,20 +118,6 @@ fn endpoint_row(r: &sqlx::any::AnyRow) -> EndpointRow {
         failing_since: r.get(9),
         created_at: r.get(10),
         connector: r.get(11),
-    }
-}
-
-impl Tx<'_> {
-    pub(super) async fn fan_out(&mut self, ranges: &[(String, i64, i64)]) -> Result<()> {
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        let text = fan_out_sql(self.backend);
-        super::sql::per_batch(self.backend, sqlx::query(sqlx::AssertSqlSafe(text)))
-            .bind(super::sql::json_rows(ranges))
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
     }
 }
 
@@ -489,8 +477,9 @@ impl Store {
         .bind(endpoint_id)
         .execute(&mut *tx)
         .await?;
+        let event = (&organization, seq, "webhook.endpoint_disabled", now);
         sqlx::query(sqlx::AssertSqlSafe(fan_out_sql(self.backend)))
-            .bind(super::sql::json_rows(&[(&organization, seq, seq)]))
+            .bind(super::sql::json_rows(&[event]))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

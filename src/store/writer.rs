@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::recent::RecentVersions;
@@ -60,14 +60,21 @@ pub trait Command: Send + 'static {
     /// What the command will read, so the batch reads it in one round trip.
     fn preload(&self, _wanted: &mut Preload) {}
 
+    /// Commands with the same key (a person, a referral) go to the same writer, where
+    /// they share a batch instead of one waiting on the other's locks until it commits.
+    fn affinity(&self) -> Option<String> {
+        None
+    }
+
     fn apply<'a, 'c: 'a>(
         self,
         tx: &'a mut Tx<'c>,
     ) -> BoxFuture<'a, Result<Self::Output, Self::Error>>;
 }
 
-/// The writers' shared intake.
+/// One writer's intake.
 type Queue<C> = mpsc::Receiver<(C, Reply<C>)>;
+type Intake<C> = mpsc::Sender<(C, Reply<C>)>;
 
 type Reply<C> = oneshot::Sender<Result<<C as Command>::Output, <C as Command>::Error>>;
 
@@ -75,13 +82,14 @@ type Reply<C> = oneshot::Sender<Result<<C as Command>::Output, <C as Command>::E
 const MAX_BATCH: usize = 256;
 
 pub struct Writer<C: Command> {
-    queue: mpsc::Sender<(C, Reply<C>)>,
+    /// One queue per writer.
+    queues: Arc<[Intake<C>]>,
 }
 
 impl<C: Command> Clone for Writer<C> {
     fn clone(&self) -> Self {
         Writer {
-            queue: self.queue.clone(),
+            queues: self.queues.clone(),
         }
     }
 }
@@ -89,7 +97,6 @@ impl<C: Command> Clone for Writer<C> {
 impl<C: Command> Writer<C> {
     /// Starts the writer task on the current tokio runtime.
     pub fn spawn(store: &Store) -> Writer<C> {
-        let (queue, rx) = mpsc::channel(4096);
         let (committed, durable) = mpsc::unbounded_channel();
         // SQLite admits one writer. PostgreSQL runs two batches at once, so that one
         // executes while the other commits; row locks keep them from interfering.
@@ -97,12 +104,14 @@ impl<C: Command> Writer<C> {
             Backend::Sqlite => 1,
             Backend::Postgres => 2,
         };
-        let rx = Arc::new(Mutex::new(rx));
+        let mut queues = Vec::with_capacity(writers);
         // Each writer runs on a thread of its own: a statement's answer (from the
         // SQLite worker thread or the PostgreSQL socket) resumes it at once instead of
         // queueing behind the connections' tasks on the shared runtime, or behind the
         // other writer's work on the rows of its batch.
         for i in 0..writers {
+            let (queue, rx) = mpsc::channel(4096);
+            queues.push(queue);
             let run = run::<C>(
                 store.pool.clone(),
                 store.backend,
@@ -112,7 +121,7 @@ impl<C: Command> Writer<C> {
                     referrals: store.referral_index.clone(),
                     turn: store.write_turn.clone(),
                 },
-                rx.clone(),
+                rx,
                 committed.clone(),
             );
             std::thread::Builder::new()
@@ -126,7 +135,11 @@ impl<C: Command> Writer<C> {
                 })
                 .expect("writer thread");
         }
-        tokio::spawn(answer_when_durable::<C>(store.wal.clone(), durable));
+        let flush = match &store.wal {
+            Some(wal) => Flush::Wal(wal.clone()),
+            None => Flush::Postgres(store.pool.clone(), None),
+        };
+        tokio::spawn(answer_when_durable::<C>(flush, durable));
         if let Some(wal) = &store.wal {
             let wal = wal.to_string_lossy();
             let database = wal.strip_suffix("-wal").unwrap_or(&wal).into();
@@ -136,23 +149,42 @@ impl<C: Command> Writer<C> {
                 store.write_turn.clone(),
             ));
         }
-        Writer { queue }
+        Writer {
+            queues: queues.into(),
+        }
     }
 
     /// Commands waiting for a writer.
     pub fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queues.iter().map(waiting).sum()
     }
 
     /// Queues a command and waits until its transaction has committed (or failed).
     pub async fn submit(&self, command: C) -> Result<C::Output, C::Error> {
         let (reply, answer) = oneshot::channel();
-        self.queue
+        let queue = match command.affinity() {
+            Some(key) if self.queues.len() > 1 => {
+                use std::hash::BuildHasher;
+                let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+                    .hash_one(&key);
+                &self.queues[(hash % self.queues.len() as u64) as usize]
+            }
+            _ => self
+                .queues
+                .iter()
+                .min_by_key(|q| waiting(q))
+                .expect("at least one writer"),
+        };
+        queue
             .send((command, reply))
             .await
             .map_err(|_| StoreError::WriterClosed)?;
         answer.await.map_err(|_| StoreError::WriterClosed)?
     }
+}
+
+fn waiting<T>(queue: &mpsc::Sender<T>) -> usize {
+    queue.max_capacity() - queue.capacity()
 }
 
 /// Answers of one committed batch, waiting for the commit to reach the disk.
@@ -161,17 +193,45 @@ type Answers<C> = Vec<(
     Result<<C as Command>::Output, <C as Command>::Error>,
 )>;
 
+/// A committed batch and the run of the server that committed it (PostgreSQL: its start
+/// time), so that a flush made after a restart is not taken for the flush of a commit
+/// the restart lost.
+struct Committed<C: Command> {
+    server: Option<String>,
+    answers: Answers<C>,
+}
+
+/// What a writer reads on a fresh connection: the highest commit sequence (SQLite
+/// assigns sequences in the writer), and the server's run (see `Committed`).
+async fn session(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> super::Result<(i64, Option<String>)> {
+    match backend {
+        Backend::Sqlite => Ok((super::max_seq(conn).await?, None)),
+        Backend::Postgres => Ok((0, Some(server_run(conn).await?))),
+    }
+}
+
+async fn server_run(conn: &mut AnyConnection) -> super::Result<String> {
+    let row = sqlx::query("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(conn)
+        .await?;
+    Ok(row.get(0))
+}
+
 async fn run<C: Command>(
     pool: AnyPool,
     backend: Backend,
     memory: Memory,
-    rx: Arc<Mutex<Queue<C>>>,
-    committed: mpsc::UnboundedSender<Answers<C>>,
+    mut rx: Queue<C>,
+    committed: mpsc::UnboundedSender<Committed<C>>,
 ) {
     let mut conn: Option<PoolConnection<sqlx::Any>> = None;
     let mut next_seq: Option<i64> = None;
+    let mut server: Option<String> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // (Re)connect lazily so the writer survives a database restart.
         if conn.is_none() {
             match pool.acquire().await {
@@ -184,12 +244,8 @@ async fn run<C: Command>(
         }
         let c = conn.as_mut().expect("connection acquired above");
         if next_seq.is_none() {
-            let start = match backend {
-                Backend::Sqlite => super::max_seq(c).await,
-                Backend::Postgres => Ok(0),
-            };
-            match start {
-                Ok(s) => next_seq = Some(s),
+            match session(c, backend).await {
+                Ok((seq, run)) => (next_seq, server) = (Some(seq), run),
                 Err(e) => {
                     fail_all(&mut batch, &e.to_string());
                     conn = None;
@@ -203,7 +259,10 @@ async fn run<C: Command>(
         match ran {
             Ok((seq, answers)) => {
                 next_seq = Some(seq);
-                let _ = committed.send(answers);
+                let _ = committed.send(Committed {
+                    server: server.clone(),
+                    answers,
+                });
             }
             Err(msg) => {
                 metrics::counter!(crate::telemetry::metrics::STORE_COMMIT_FAILURES).increment(1);
@@ -236,7 +295,12 @@ async fn run_batch<C: Command>(
     // it instead of failing its first write with SQLITE_BUSY_SNAPSHOT.
     let begun = match backend {
         Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-        Backend::Postgres => conn.begin().await,
+        // PostgreSQL: COMMIT returns before its WAL flush, and releases the batch's row
+        // locks then; `answer_when_durable` waits for the flush (see there).
+        Backend::Postgres => {
+            conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+        }
     };
     let begin = started.elapsed();
     let mut outer = match begun {
@@ -298,13 +362,7 @@ async fn run_batch<C: Command>(
     }
     let commands_done = started.elapsed();
     if broken.is_none()
-        && let Err(e) = tx.flush().await
-    {
-        broken = Some(e.to_string());
-    }
-    if broken.is_none()
-        && let Some(origin) = &memory.origin
-        && let Err(e) = tx.announce(origin).await
+        && let Err(e) = tx.finish(memory.origin.as_deref()).await
     {
         broken = Some(e.to_string());
     }
@@ -385,39 +443,83 @@ fn fail_all<C: Command>(batch: &mut Vec<(C, Reply<C>)>, message: &str) {
     }
 }
 
-/// Sends the answers of committed batches once their commit is on disk. For SQLite
-/// that takes an fsync of the WAL, done here so the writer can run the next batch
-/// meanwhile; one fsync covers every batch committed before it started. PostgreSQL
-/// has already flushed its WAL when COMMIT returns.
-async fn answer_when_durable<C: Command>(
-    wal: Option<std::path::PathBuf>,
-    mut committed: mpsc::UnboundedReceiver<Answers<C>>,
-) {
-    let mut batches = Vec::new();
-    while committed.recv_many(&mut batches, 1024).await > 0 {
-        let synced = match &wal {
-            None => Ok(()),
-            Some(path) => {
+/// How a committed batch is made durable.
+enum Flush {
+    /// SQLite: fsync of the WAL file.
+    Wal(std::path::PathBuf),
+    /// PostgreSQL: a synchronous commit of a transaction of its own, on a connection
+    /// kept for it.
+    Postgres(AnyPool, Option<PoolConnection<sqlx::Any>>),
+}
+
+impl Flush {
+    /// Flushes; on PostgreSQL returns the run of the server that flushed.
+    async fn run(&mut self) -> Result<Option<String>, String> {
+        match self {
+            Flush::Wal(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_data())
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .map(|()| None)
+                    .map_err(|e| format!("fsync of the write-ahead log failed: {e}"))
             }
-        };
-        for answers in batches.drain(..) {
-            for (reply, result) in answers {
-                let result = match &synced {
-                    Ok(()) => result,
-                    Err(e) => Err(StoreError::Aborted(format!(
-                        "fsync of the write-ahead log failed: {e}"
-                    ))
-                    .into()),
+            Flush::Postgres(pool, conn) => {
+                // A synchronous commit of a transaction that wrote to the log returns
+                // once the log is flushed through it: through every batch committed
+                // before it (see migration 0018).
+                if conn.is_none() {
+                    *conn = Some(pool.acquire().await.map_err(|e| e.to_string())?);
+                }
+                let c = conn.as_mut().expect("acquired above");
+                let flushed = sqlx::query(
+                    "INSERT INTO log_flushes (slot, flushes) VALUES (pg_backend_pid() % 64, 1) \
+                     ON CONFLICT (slot) DO UPDATE SET flushes = log_flushes.flushes + 1 \
+                     RETURNING pg_postmaster_start_time()::text",
+                )
+                .fetch_one(&mut **c)
+                .await;
+                flushed.map(|row| Some(row.get(0))).map_err(|e| {
+                    *conn = None;
+                    format!("the flush of PostgreSQL's write-ahead log failed: {e}")
+                })
+            }
+        }
+    }
+}
+
+/// Sends the answers of committed batches once their commit is on disk, flushed here
+/// so that the writer runs the next batch meanwhile; one flush covers every batch
+/// committed before it started. On PostgreSQL this also keeps a batch's row locks
+/// (a referral, an organisation's event counter) from being held through a flush,
+/// which made the two writers take turns at the disk instead of sharing its flushes.
+/// What a batch wrote is visible to readers from its COMMIT, before it is durable, as
+/// on SQLite; nobody is told it is done before it is durable. A batch committed by
+/// another run of the server than the one that flushed (it crashed in between, and
+/// may have lost the commit) is answered with an error.
+async fn answer_when_durable<C: Command>(
+    mut flush: Flush,
+    mut committed: mpsc::UnboundedReceiver<Committed<C>>,
+) {
+    let mut batches = Vec::new();
+    while committed.recv_many(&mut batches, 1024).await > 0 {
+        let flushed = flush.run().await;
+        if let Err(e) = &flushed {
+            tracing::error!(message = "Committed batches could not be made durable.", error = %e);
+        }
+        for batch in batches.drain(..) {
+            let refused = match &flushed {
+                Ok(run) if *run == batch.server => None,
+                Ok(_) => Some("the database restarted before the commit was flushed".to_string()),
+                Err(e) => Some(e.clone()),
+            };
+            for (reply, result) in batch.answers {
+                let result = match &refused {
+                    None => result,
+                    Some(e) => Err(StoreError::Aborted(e.clone()).into()),
                 };
                 let _ = reply.send(result);
             }
-        }
-        if let Err(e) = synced {
-            tracing::error!(message = "fsync of the write-ahead log failed.", error = %e);
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct ParamDef {
     /// to Patient targets on most types: it stores no rows of its own (three fewer per
     /// referral) and is answered from `subject`'s rows to a Patient.
     pub indexed_as: &'static str,
+    /// Parameters whose rows also answer this one, indexed at this one's sub-elements
+    /// of the same name. Patient `name` matches any part of a name; its `family` and
+    /// `given` parts are those parameters' rows (three fewer rows per Patient).
+    pub also: &'static [&'static str],
 }
 
 impl ParamDef {
@@ -78,6 +82,7 @@ const fn p(name: &'static str, kind: ParamType, paths: &'static [&'static str]) 
         paths,
         targets: &[],
         indexed_as: name,
+        also: &[],
     }
 }
 
@@ -92,6 +97,7 @@ const fn r(
         paths,
         targets,
         indexed_as: name,
+        also: &[],
     }
 }
 
@@ -171,7 +177,10 @@ static SERVICE_REQUEST_PARAMS: &[ParamDef] = &[
 ];
 
 static PATIENT_PARAMS: &[ParamDef] = &[
-    p("name", Str, &["name"]),
+    ParamDef {
+        also: &["family", "given"],
+        ..p("name", Str, &["name"])
+    },
     p("family", Str, &["name.family"]),
     p("given", Str, &["name.given"]),
     p("birthdate", Date, &["birthDate"]),
@@ -329,7 +338,7 @@ pub fn extract(resource_type: &str, resource: &Value, own_base: Option<&str>) ->
                             out.references.push(entry);
                         }
                     }
-                    ParamType::String => strings_of(def.name, v, &mut out.strings),
+                    ParamType::String => strings_of(def.name, def.also, v, &mut out.strings),
                     ParamType::Date => dates_of(def.name, v, &mut out.dates),
                     ParamType::Id | ParamType::LastUpdated => {}
                 }
@@ -398,14 +407,20 @@ fn reference_of(
     def.allows_target(&target).then_some((def.name, target))
 }
 
-fn strings_of(param: &'static str, v: &Value, out: &mut Vec<(&'static str, String)>) {
+/// `skip`: the parts of a name that other parameters index (`ParamDef::also`).
+fn strings_of(
+    param: &'static str,
+    skip: &[&str],
+    v: &Value,
+    out: &mut Vec<(&'static str, String)>,
+) {
     match v {
         Value::String(s) => out.push((param, normalize_string(s))),
-        Value::Array(items) => items.iter().for_each(|i| strings_of(param, i, out)),
+        Value::Array(items) => items.iter().for_each(|i| strings_of(param, skip, i, out)),
         Value::Object(m) => {
             for key in ["text", "family", "given", "prefix", "suffix"] {
-                if let Some(x) = m.get(key) {
-                    strings_of(param, x, out);
+                if let Some(x) = m.get(key).filter(|_| !skip.contains(&key)) {
+                    strings_of(param, skip, x, out);
                 }
             }
         }
@@ -909,8 +924,29 @@ mod tests {
     fn names_are_indexed_lower_case() {
         let p = json!({"resourceType": "Patient", "name": [{"family": "Núñez", "given": ["Ana", "María"]}]});
         let e = extract("Patient", &p, None);
-        assert!(e.strings.contains(&("name", "núñez".into())));
+        assert!(e.strings.contains(&("family", "núñez".into())));
         assert!(e.strings.contains(&("given", "maría".into())));
+    }
+
+    /// `name` searches `family`'s and `given`'s rows too, so a Patient's name parts are
+    /// stored once; the parts only `name` covers keep rows of their own.
+    #[test]
+    fn a_patient_s_family_and_given_names_are_not_stored_twice() {
+        let p = json!({"resourceType": "Patient", "name": [{
+            "text": "Dr Ana Núñez", "prefix": ["Dr"], "family": "Núñez", "given": ["Ana"]
+        }]});
+        let mut e = extract("Patient", &p, None).strings;
+        e.sort();
+        let expected: Vec<(&str, String)> = vec![
+            ("family", "núñez".into()),
+            ("given", "ana".into()),
+            ("name", "dr".into()),
+            ("name", "dr ana núñez".into()),
+        ];
+        assert_eq!(e, expected);
+        let practitioner = json!({"resourceType": "Practitioner", "name": [{"family": "Ortiz"}]});
+        let e = extract("Practitioner", &practitioner, None).strings;
+        assert_eq!(e, [("name", "ortiz".to_string())]);
     }
 
     #[test]

@@ -185,13 +185,26 @@ fn drives(f: &Filter) -> bool {
         }
 }
 
+/// `x.param = …`, or `x.param IN (…)` for a parameter that other parameters' rows also
+/// answer (`ParamDef::also`).
+fn param_rows(def: &ParamDef, p: &mut Params) -> String {
+    if def.also.is_empty() {
+        return format!("x.param = {}", p.text(def.indexed_as));
+    }
+    let names: Vec<String> = std::iter::once(def.indexed_as)
+        .chain(def.also.iter().copied())
+        .map(|name| p.text(name))
+        .collect();
+    format!("x.param IN ({})", names.join(", "))
+}
+
 /// `SELECT x.res_id FROM <index> x WHERE …` for one filter's values.
 fn matching_ids(ty: &str, f: &Filter, p: &mut Params) -> String {
+    let rows = param_rows(f.param, p);
     let alternatives: Vec<String> = f.values.iter().map(|v| value_condition(f, v, p)).collect();
     format!(
-        "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND x.param = {} AND ({})",
+        "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND {rows} AND ({})",
         table(f.param.kind),
-        p.text(f.param.indexed_as),
         alternatives.join(" OR ")
     )
 }
@@ -205,9 +218,9 @@ fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
     let def = f.param;
     if f.modifier == Modifier::Missing {
         let mut sub = format!(
-            "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND x.param = {}",
+            "SELECT x.res_id FROM {} x WHERE x.res_type = {ty} AND {}",
             table(def.kind),
-            p.text(def.indexed_as)
+            param_rows(def, p)
         );
         if def.indexed_as != def.name {
             // Only the shared rows to a target type this parameter allows count.
@@ -229,12 +242,12 @@ fn filter(ty: &str, f: &Filter, p: &mut Params) -> String {
             format!("({})", alternatives.join(" OR "))
         }
         ParamType::Token | ParamType::Uri | ParamType::Reference => {
+            let rows = param_rows(def, p);
             let alternatives: Vec<String> =
                 f.values.iter().map(|v| value_condition(f, v, p)).collect();
             format!(
-                "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND x.param = {} AND ({}) AND x.res_id = r.res_id LIMIT 1 OFFSET 0)",
+                "EXISTS (SELECT 1 FROM {} x WHERE x.res_type = r.res_type AND {rows} AND ({}) AND x.res_id = r.res_id LIMIT 1 OFFSET 0)",
                 table(def.kind),
-                p.text(def.indexed_as),
                 alternatives.join(" OR ")
             )
         }

@@ -246,6 +246,13 @@ async fn other_resource_searches() {
     );
     assert!(app.search_ids("Patient?name:exact=riv").await.is_empty());
     assert_eq!(
+        app.search_ids("Patient?name:exact=Lucia").await,
+        vec![patient.clone()],
+        "name:exact matches a given name"
+    );
+    assert!(app.search_ids("Patient?family=LUCIA").await.is_empty());
+    assert!(app.search_ids("Patient?name:missing=true").await.is_empty());
+    assert_eq!(
         app.search_ids("Patient?birthdate=1984-03-12").await,
         vec![patient.clone()]
     );

@@ -162,14 +162,19 @@ impl<C: Command> Writer<C> {
     /// Queues a command and waits until its transaction has committed (or failed).
     pub async fn submit(&self, command: C) -> Result<C::Output, C::Error> {
         let (reply, answer) = oneshot::channel();
-        let queue = match command.affinity() {
-            Some(key) if self.queues.len() > 1 => {
+        // With one writer (SQLite) there is nothing to choose: the key is not derived.
+        let key = match self.queues.len() {
+            1 => None,
+            _ => command.affinity(),
+        };
+        let queue = match key {
+            Some(key) => {
                 use std::hash::BuildHasher;
                 let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
                     .hash_one(&key);
                 &self.queues[(hash % self.queues.len() as u64) as usize]
             }
-            _ => self
+            None => self
                 .queues
                 .iter()
                 .min_by_key(|q| waiting(q))

@@ -23,6 +23,7 @@ pub mod store;
 pub mod subscription;
 
 pub mod cache;
+pub mod reclaim;
 pub mod http;
 pub mod startup;
 

@@ -64,7 +64,7 @@ impl Views {
     pub fn put(&self, org: &str, id: &str, view: View) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if map.bytes >= MAX_BYTES {
-            map.entries.clear();
+            crate::reclaim::drop_elsewhere(std::mem::take(&mut map.entries));
             map.bytes = 0;
         }
         map.bytes += view.body.len();

@@ -81,7 +81,7 @@ impl LocalMap {
     }
 
     fn clear(&mut self) {
-        self.by_system.clear();
+        crate::reclaim::drop_elsewhere(std::mem::take(&mut self.by_system));
         self.len = 0;
     }
 }

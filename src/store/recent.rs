@@ -151,7 +151,7 @@ impl RecentVersions {
 impl Map {
     /// Empties the map and starts a new epoch.
     fn forget_all(&mut self) {
-        self.entries.clear();
+        crate::reclaim::drop_elsewhere(std::mem::take(&mut self.entries));
         self.bytes = 0;
         self.epoch += 1;
     }

@@ -23,8 +23,8 @@ pub mod store;
 pub mod subscription;
 
 pub mod cache;
-pub mod reclaim;
 pub mod http;
+pub mod reclaim;
 pub mod startup;
 
 /// Lower-case hex of `bytes`: digests in ids, cache keys and stored key hashes.

@@ -632,10 +632,6 @@ pub struct Tx<'c> {
     identity: identity::Staging,
     /// Writes queued by the flush, sent together by [`Tx::send_deferred`].
     deferred: Vec<sql::Write>,
-    /// SQLite: every committed referral row. This process is the only writer and
-    /// applies each batch's rows after COMMIT, so a batch's referrals are read here
-    /// instead of from the database.
-    committed_referrals: Option<&'c referral_index::ReferralIndex>,
 }
 
 impl<'c> Tx<'c> {

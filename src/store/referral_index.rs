@@ -73,12 +73,6 @@ impl ReferralIndex {
         }
     }
 
-    /// The row of `id`, whichever organisation it belongs to.
-    pub fn row(&self, id: &str) -> Option<ReferralRow> {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner.by_id.get(id).cloned()
-    }
-
     pub fn get(&self, organization: &str, id: &str) -> Option<ReferralRow> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         inner

@@ -195,11 +195,6 @@ impl Tx<'_> {
         if ids.is_empty() {
             return Ok(());
         }
-        if let Some(index) = self.committed_referrals {
-            let rows = ids.iter().filter_map(|id| index.row(id));
-            self.loaded.extend(rows.map(|r| r.referral));
-            return Ok(());
-        }
         let rows = sqlx::query(sqlx::AssertSqlSafe(by_ids(self.backend)))
             .bind(sql::json_rows(ids))
             .fetch_all(&mut *self.conn)

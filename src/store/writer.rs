@@ -333,8 +333,6 @@ async fn run_batch<C: Command>(
         absent: Default::default(),
         identity: Default::default(),
         deferred: Vec::new(),
-        committed_referrals: (backend == Backend::Sqlite && memory.referrals.trusted())
-            .then_some(&*memory.referrals),
     };
     let mut wanted = Preload::default();
     for (command, _) in batch.iter() {

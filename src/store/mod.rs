@@ -852,16 +852,12 @@ impl<'c> Tx<'c> {
 
     /// Writes everything staged so far.
     pub async fn flush(&mut self) -> Result<()> {
-        self.write_staged(None).await
+        self.finish(None).await
     }
 
     /// The batch's last write: everything staged and, on PostgreSQL, the announcement
     /// of what the batch wrote (see `replicas`), sent with its last statement.
     pub(super) async fn finish(&mut self, announce_as: Option<&str>) -> Result<()> {
-        self.write_staged(announce_as).await
-    }
-
-    async fn write_staged(&mut self, announce_as: Option<&str>) -> Result<()> {
         self.defer_identity();
         if !self.resources.is_empty() {
             let staged = std::mem::take(&mut self.resources);

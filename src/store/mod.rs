@@ -821,18 +821,24 @@ impl<'c> Tx<'c> {
         Ok(())
     }
 
-    /// Sends the writes the flush queued: on PostgreSQL as one statement
-    /// (`sql::combine`), on SQLite one by one (each is a call into the library). Writes
-    /// that read by keys go first, on their own: planned per batch, they would make
-    /// PostgreSQL parse and plan the whole combination every time.
+    /// Sends the writes the flush queued in one call: on PostgreSQL as one statement
+    /// (`sql::combine`), on SQLite as one multi-statement text (`sql::sequence`).
+    /// Writes that read by keys go first, and on PostgreSQL on their own: planned per
+    /// batch, they would make it parse and plan the whole combination every time.
     pub(super) async fn send_deferred(&mut self) -> Result<()> {
-        let (mut parts, mut rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+        let (mut parts, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
             .into_iter()
             .partition(|w| w.reads_by_keys);
-        if self.backend == Backend::Postgres && rest.len() > 1 {
-            rest = vec![sql::combine(rest)];
+        match self.backend {
+            Backend::Postgres if rest.len() > 1 => parts.push(sql::combine(rest)),
+            Backend::Postgres => parts.extend(rest),
+            Backend::Sqlite => {
+                parts.extend(rest);
+                if parts.len() > 1 {
+                    parts = vec![sql::sequence(parts)];
+                }
+            }
         }
-        parts.extend(rest);
         for w in parts {
             self.query(w).execute(&mut *self.conn).await?;
         }

@@ -30,6 +30,8 @@ pub const READ_CURRENT_TO_REPLACE_LOCKED: &str = "SELECT r.version, r.last_updat
 pub enum Arg {
     Text(String),
     Int(i64),
+    /// Fills the unused rows of a fixed-size insert (`insert_values`).
+    Null,
 }
 
 /// A statement run once per batch over the batch's keys. On PostgreSQL it is planned at
@@ -51,6 +53,7 @@ pub fn bind<'q>(
         q = match a {
             Arg::Text(s) => q.bind(s),
             Arg::Int(i) => q.bind(i),
+            Arg::Null => q.bind(None::<String>),
         };
     }
     q
@@ -502,12 +505,42 @@ pub(super) fn combine(mut parts: Vec<Write>) -> Write {
     }
 }
 
-/// `text` with every placeholder `$n` outside a quoted literal made `$(n + offset)`.
+/// Joins writes into one multi-statement text for SQLite, run in order by one call
+/// into the library: each statement sent on its own costs a hand-off to the
+/// connection's worker thread and back, a third of a feed batch's writes measured.
+/// Placeholders become absolute `$n`, which SQLite binds across the statements.
+/// Every part's text must be the same from batch to batch (no row-count-dependent
+/// text), so the joined text is prepared once and cached.
+pub(super) fn sequence(parts: Vec<Write>) -> Write {
+    let mut text = String::new();
+    let mut args = Vec::new();
+    for part in parts {
+        if !text.is_empty() {
+            text.push_str(";\n");
+        }
+        text.push_str(&renumber(&part.text, args.len()));
+        args.extend(part.args);
+    }
+    Write {
+        text,
+        args,
+        reads_by_keys: false,
+    }
+}
+
+/// `text` with every placeholder outside a quoted literal numbered from `offset`:
+/// `$n` becomes `$(n + offset)`, and the k-th anonymous `?` becomes `$(offset + k)`.
 fn renumber(text: &str, offset: usize) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let mut quoted = false;
+    let mut anonymous = offset;
     let mut chars = text.char_indices().peekable();
     while let Some((_, c)) = chars.next() {
+        if c == '?' && !quoted {
+            anonymous += 1;
+            out.push_str(&format!("${anonymous}"));
+            continue;
+        }
         out.push(c);
         if c == '\'' {
             quoted = !quoted;
@@ -751,37 +784,52 @@ fn only_in<'a, T: PartialEq>(a: &'a [T], b: &'a [T]) -> impl Iterator<Item = &'a
     a.iter().filter(move |x| !b.contains(x))
 }
 
-/// Rows per multi-row insert: a few fixed sizes, so only a few statement texts are ever
-/// prepared whatever the batch size.
+/// Rows per multi-row insert on PostgreSQL: a few fixed sizes, so only a few statement
+/// texts are ever prepared whatever the batch size.
 const GROUPS: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
-/// `head VALUES (…), (…) suffix` for `rows`, in groups of [`GROUPS`] sizes, with every
-/// value bound (no escaping, nothing for the database to parse).
+/// Rows per multi-row insert on SQLite: one size, the rows a batch does not fill bound
+/// as NULL and skipped, so that the text is the same in every batch (see `sequence`).
+const SQLITE_ROWS: usize = 32;
+
+/// `head VALUES (…), (…) suffix` for `rows`, with every value bound (no escaping,
+/// nothing for the database to parse). `rows` must not be empty; `head` names the
+/// columns, and a row's first value is never NULL.
 fn insert_values(
     backend: Backend,
     head: &str,
     rows: Vec<Vec<Arg>>,
     suffix: &str,
 ) -> Vec<(String, Vec<Arg>)> {
+    let width = rows.first().map_or(0, Vec::len);
     let mut out = Vec::new();
     let mut rows = rows.into_iter().peekable();
     let mut left = rows.len();
     while rows.peek().is_some() {
-        let n = GROUPS.iter().copied().find(|&g| g <= left).unwrap_or(1);
-        left -= n;
+        let n = match backend {
+            Backend::Sqlite => SQLITE_ROWS,
+            Backend::Postgres => GROUPS.iter().copied().find(|&g| g <= left).unwrap_or(1),
+        };
+        left = left.saturating_sub(n);
         let mut p = Params::once(backend);
         let values: Vec<String> = rows
             .by_ref()
+            .take(n)
+            .chain(std::iter::repeat_with(|| vec![Arg::Null; width]))
             .take(n)
             .map(|row| {
                 let cells: Vec<String> = row.into_iter().map(|a| p.push(a)).collect();
                 format!("({})", cells.join(", "))
             })
             .collect();
-        out.push((
-            format!("{head} VALUES {} {suffix}", values.join(", ")),
-            p.args,
-        ));
+        let text = match backend {
+            Backend::Sqlite => format!(
+                "{head} SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL {suffix}",
+                values.join(", ")
+            ),
+            Backend::Postgres => format!("{head} VALUES {} {suffix}", values.join(", ")),
+        };
+        out.push((text, p.args));
     }
     out
 }
@@ -850,10 +898,50 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Arg::Int(i) => Some(*i),
-                Arg::Text(_) => None,
+                Arg::Text(_) | Arg::Null => None,
             })
             .collect();
         assert_eq!((combined.args.len(), ints), (5, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_sqlite_sequence_numbers_anonymous_and_numbered_placeholders_across_statements() {
+        let joined = sequence(vec![
+            write(
+                "INSERT INTO a VALUES (?, ?)",
+                vec![Arg::Int(1), Arg::Int(2)],
+            ),
+            write(
+                "INSERT INTO b SELECT value ->> 0 FROM jsonb_each(jsonb($1)) WHERE '?' <> $2",
+                vec![Arg::Text("[]".into()), Arg::Int(3)],
+            ),
+            write("DELETE FROM c WHERE n = ?", vec![Arg::Int(4)]),
+        ]);
+        assert_eq!(
+            joined.text,
+            "INSERT INTO a VALUES ($1, $2);\n\
+             INSERT INTO b SELECT value ->> 0 FROM jsonb_each(jsonb($3)) WHERE '?' <> $4;\n\
+             DELETE FROM c WHERE n = $5"
+        );
+        assert_eq!(joined.args.len(), 5);
+    }
+
+    #[test]
+    fn sqlite_inserts_of_bound_rows_have_one_text_whatever_the_row_count() {
+        let rows = |n: i64| (0..n).map(|i| vec![Arg::Int(i), Arg::Int(i)]).collect();
+        let texts: std::collections::HashSet<String> = [1, 5, 31, 32]
+            .into_iter()
+            .flat_map(|n| insert_values(Backend::Sqlite, "INSERT INTO t (a, b)", rows(n), ""))
+            .map(|(text, args)| {
+                assert_eq!(args.len(), 2 * SQLITE_ROWS);
+                text
+            })
+            .collect();
+        assert_eq!(texts.len(), 1);
+        assert_eq!(
+            insert_values(Backend::Sqlite, "INSERT INTO t (a, b)", rows(33), "").len(),
+            2
+        );
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Store {
         }
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
-            // Enough for the writers plus a reader per concurrent request on 2 cores.
+            // A reader per concurrent request on 2 cores (writers open their own).
             .max_connections(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 20,
@@ -195,42 +195,7 @@ impl Store {
             // A ping before every acquire is a round trip per query. A connection that
             // died fails its query instead (a 503 the client retries) and is replaced.
             .test_before_acquire(false)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // Takes effect when the file is created. A write dirties a few
-                        // index pages at random keys, and each is written whole to the
-                        // WAL and again by the checkpoint: 2 KiB pages write 38 % fewer
-                        // bytes than 4 KiB per CBO accept (67 vs 109 KB), which is what
-                        // an fsync waits for.
-                        conn.execute("PRAGMA page_size = 2048").await?;
-                        // WAL lets readers run beside the writer. SQLite itself does not
-                        // fsync at COMMIT (NORMAL); the writer fsyncs the WAL before it
-                        // answers, overlapped with the next batch (see `writer`).
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        // Checkpoints are done by a background task (see `writer`),
-                        // which also lets the WAL start over; a commit checkpoints only
-                        // if that task falls behind (past ~64 MB of WAL).
-                        conn.execute("PRAGMA wal_autocheckpoint = 32000").await?;
-                        // A larger page cache and memory-mapped reads keep a batch's index
-                        // pages in memory instead of spilling and re-reading them.
-                        conn.execute("PRAGMA cache_size = -32768").await?;
-                        conn.execute("PRAGMA mmap_size = 268435456").await?;
-                        conn.execute("PRAGMA temp_store = MEMORY").await?;
-                    } else {
-                        // Our statements are few, fixed and written for the indexes. By
-                        // default PostgreSQL plans a statement anew at every execution
-                        // while it guesses a generic plan costlier: a third of its CPU
-                        // on the FHIR search page. A generic plan is made again whenever
-                        // ANALYZE (autovacuum) updates a table's statistics.
-                        conn.execute("SET plan_cache_mode = force_generic_plan")
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
+            .after_connect(move |conn, _| Box::pin(configure(conn, backend)))
             .connect_with(options)
             .await?;
         let wal = match backend {
@@ -881,6 +846,53 @@ impl<'c> Tx<'c> {
         self.flush_notifications().await?;
         self.flush_referrals(announce_as).await
     }
+}
+
+/// Sets up a new connection: the pool's, and each writer's own (`connect_own`).
+async fn configure(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> std::result::Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        // Takes effect when the file is created. A write dirties a few
+        // index pages at random keys, and each is written whole to the
+        // WAL and again by the checkpoint: 2 KiB pages write 38 % fewer
+        // bytes than 4 KiB per CBO accept (67 vs 109 KB), which is what
+        // an fsync waits for.
+        conn.execute("PRAGMA page_size = 2048").await?;
+        // WAL lets readers run beside the writer. SQLite itself does not
+        // fsync at COMMIT (NORMAL); the writer fsyncs the WAL before it
+        // answers, overlapped with the next batch (see `writer`).
+        conn.execute("PRAGMA journal_mode = WAL").await?;
+        conn.execute("PRAGMA synchronous = NORMAL").await?;
+        conn.execute("PRAGMA busy_timeout = 5000").await?;
+        // Checkpoints are done by a background task (see `writer`),
+        // which also lets the WAL start over; a commit checkpoints only
+        // if that task falls behind (past ~64 MB of WAL).
+        conn.execute("PRAGMA wal_autocheckpoint = 32000").await?;
+        // A larger page cache and memory-mapped reads keep a batch's index
+        // pages in memory instead of spilling and re-reading them.
+        conn.execute("PRAGMA cache_size = -32768").await?;
+        conn.execute("PRAGMA mmap_size = 268435456").await?;
+        conn.execute("PRAGMA temp_store = MEMORY").await?;
+    } else {
+        // Our statements are few, fixed and written for the indexes. By
+        // default PostgreSQL plans a statement anew at every execution
+        // while it guesses a generic plan costlier: a third of its CPU
+        // on the FHIR search page. A generic plan is made again whenever
+        // ANALYZE (autovacuum) updates a table's statistics.
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await?;
+    }
+    Ok(())
+}
+
+/// A connection outside the pool, set up like the pool's. A writer opens its own on its
+/// thread, so that SQLite's worker thread for it is started there (see `writer`).
+pub(super) async fn connect_own(pool: &AnyPool, backend: Backend) -> Result<AnyConnection> {
+    let mut conn = sqlx::ConnectOptions::connect(&*pool.connect_options()).await?;
+    configure(&mut conn, backend).await?;
+    Ok(conn)
 }
 
 /// Waits for this process's turn at SQLite's write lock (see `Store::write_turn`);

@@ -124,9 +124,13 @@ impl<C: Command> Writer<C> {
                 rx,
                 committed.clone(),
             );
+            let backend = store.backend;
             std::thread::Builder::new()
                 .name(format!("crossway-writer-{i}"))
                 .spawn(move || {
+                    if backend == Backend::Sqlite {
+                        pin_to_one_core();
+                    }
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -225,6 +229,21 @@ async fn server_run(conn: &mut AnyConnection) -> super::Result<String> {
     Ok(row.get(0))
 }
 
+/// Keeps the SQLite writer on one core. Each statement is a hand-off between this
+/// thread and its connection's worker thread, which `connect_own` starts from here, so
+/// it inherits the same core: a hand-off is then a context switch on that core instead
+/// of a wake-up sent to the other one. Measured on this 2-core VM with the MLLP
+/// benchmark (the two threads pinned by hand, in alternating order): 3–27 % more
+/// messages per second, in 6 of 6 pairs.
+fn pin_to_one_core() {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if cores.len() > 1
+        && let Some(last) = cores.last()
+    {
+        core_affinity::set_for_current(*last);
+    }
+}
+
 async fn run<C: Command>(
     pool: AnyPool,
     backend: Backend,
@@ -232,14 +251,14 @@ async fn run<C: Command>(
     mut rx: Queue<C>,
     committed: mpsc::UnboundedSender<Committed<C>>,
 ) {
-    let mut conn: Option<PoolConnection<sqlx::Any>> = None;
+    let mut conn: Option<AnyConnection> = None;
     let mut next_seq: Option<i64> = None;
     let mut server: Option<String> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // (Re)connect lazily so the writer survives a database restart.
         if conn.is_none() {
-            match pool.acquire().await {
+            match super::connect_own(&pool, backend).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     fail_all(&mut batch, &e.to_string());

@@ -63,27 +63,12 @@ pub fn bind<'q>(
 #[derive(Default)]
 struct Params {
     args: Vec<Arg>,
-    /// `?` instead of `$n`: SQLite binds anonymous parameters without looking each
-    /// one's name up (a linear search per parameter). Each placeholder is then used once.
-    anonymous: bool,
 }
 
 impl Params {
-    /// Placeholders for a statement in which every argument appears once.
-    fn once(backend: Backend) -> Params {
-        Params {
-            args: Vec::new(),
-            anonymous: backend == Backend::Sqlite,
-        }
-    }
-
     fn push(&mut self, a: Arg) -> String {
         self.args.push(a);
-        if self.anonymous {
-            "?".to_string()
-        } else {
-            format!("${}", self.args.len())
-        }
+        format!("${}", self.args.len())
     }
 
     fn text(&mut self, s: impl Into<String>) -> String {
@@ -528,19 +513,12 @@ pub(super) fn sequence(parts: Vec<Write>) -> Write {
     }
 }
 
-/// `text` with every placeholder outside a quoted literal numbered from `offset`:
-/// `$n` becomes `$(n + offset)`, and the k-th anonymous `?` becomes `$(offset + k)`.
+/// `text` with every placeholder `$n` outside a quoted literal made `$(n + offset)`.
 fn renumber(text: &str, offset: usize) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let mut quoted = false;
-    let mut anonymous = offset;
     let mut chars = text.char_indices().peekable();
     while let Some((_, c)) = chars.next() {
-        if c == '?' && !quoted {
-            anonymous += 1;
-            out.push_str(&format!("${anonymous}"));
-            continue;
-        }
         out.push(c);
         if c == '\'' {
             quoted = !quoted;
@@ -811,7 +789,7 @@ fn insert_values(
             Backend::Postgres => GROUPS.iter().copied().find(|&g| g <= left).unwrap_or(1),
         };
         left = left.saturating_sub(n);
-        let mut p = Params::once(backend);
+        let mut p = Params::default();
         let values: Vec<String> = rows
             .by_ref()
             .take(n)
@@ -905,22 +883,22 @@ mod tests {
     }
 
     #[test]
-    fn a_sqlite_sequence_numbers_anonymous_and_numbered_placeholders_across_statements() {
+    fn a_sqlite_sequence_numbers_its_placeholders_across_statements() {
         let joined = sequence(vec![
             write(
-                "INSERT INTO a VALUES (?, ?)",
+                "INSERT INTO a VALUES ($1, $2)",
                 vec![Arg::Int(1), Arg::Int(2)],
             ),
             write(
-                "INSERT INTO b SELECT value ->> 0 FROM jsonb_each(jsonb($1)) WHERE '?' <> $2",
+                "INSERT INTO b SELECT value ->> 0 FROM jsonb_each(jsonb($1)) WHERE '$1' <> $2",
                 vec![Arg::Text("[]".into()), Arg::Int(3)],
             ),
-            write("DELETE FROM c WHERE n = ?", vec![Arg::Int(4)]),
+            write("DELETE FROM c WHERE n = $1", vec![Arg::Int(4)]),
         ]);
         assert_eq!(
             joined.text,
             "INSERT INTO a VALUES ($1, $2);\n\
-             INSERT INTO b SELECT value ->> 0 FROM jsonb_each(jsonb($3)) WHERE '?' <> $4;\n\
+             INSERT INTO b SELECT value ->> 0 FROM jsonb_each(jsonb($3)) WHERE '$1' <> $4;\n\
              DELETE FROM c WHERE n = $5"
         );
         assert_eq!(joined.args.len(), 5);

@@ -527,7 +527,10 @@ async fn answer_when_durable<C: Command>(
 ) {
     let mut batches = Vec::new();
     while committed.recv_many(&mut batches, 1024).await > 0 {
+        let started = std::time::Instant::now();
         let flushed = flush.run().await;
+        metrics::histogram!(crate::telemetry::metrics::STORE_FLUSH_LATENCY)
+            .record(started.elapsed().as_secs_f64());
         if let Err(e) = &flushed {
             tracing::error!(message = "Committed batches could not be made durable.", error = %e);
         }

@@ -29,6 +29,9 @@ pub const HTTP_LATENCY: &str = "http_request_duration_seconds";
 /// Group commits: time from BEGIN to COMMIT, and commands per commit.
 pub const STORE_COMMIT_LATENCY: &str = "store_commit_seconds";
 pub const STORE_COMMIT_SIZE: &str = "store_commit_commands";
+/// The flush that makes committed batches durable before they are answered; its tail
+/// is every write's tail (PostgreSQL zero-filling a new WAL segment shows here).
+pub const STORE_FLUSH_LATENCY: &str = "store_flush_seconds";
 /// Write batches rolled back (the database was unreachable or refused them).
 pub const STORE_COMMIT_FAILURES: &str = "store_commit_failures_total";
 
@@ -96,6 +99,10 @@ fn describe() {
     describe_histogram!(HTTP_LATENCY, "HTTP request duration, by face");
     describe_histogram!(STORE_COMMIT_LATENCY, "Group commit: BEGIN to COMMIT");
     describe_histogram!(STORE_COMMIT_SIZE, "Commands per group commit");
+    describe_histogram!(
+        STORE_FLUSH_LATENCY,
+        "Flush of the log that makes committed batches durable"
+    );
     describe_counter!(STORE_COMMIT_FAILURES, "Write batches rolled back");
     describe_gauge!(WEBHOOK_PENDING, "Webhook deliveries waiting (store-wide)");
     describe_gauge!(

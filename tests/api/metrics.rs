@@ -128,6 +128,7 @@ async fn metrics_need_their_token_and_count_what_operators_alert_on() {
         1.0
     );
     assert!(value("store_commit_seconds_count") >= 2.0);
+    assert!(value("store_flush_seconds_count") >= 1.0);
 
     // Every metric an alert rule reads is one the gateway exports.
     let rules = std::fs::read_to_string(concat!(

@@ -15,6 +15,7 @@ mod recent;
 mod referral_index;
 mod referrals;
 mod replicas;
+mod shards;
 mod sql;
 mod subscriptions;
 mod webhooks;

@@ -14,10 +14,10 @@
 //! keeps the newer version number without a body, and `clear` starts a new epoch that
 //! turns away offers read before it.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use super::StoredResource;
+use super::shards::Shards;
 
 /// JSON kept before the map is emptied and refilled by use: enough for the current
 /// versions of a few hundred thousand typical referral resources.
@@ -31,7 +31,7 @@ pub struct RecentVersions {
 }
 
 struct Map {
-    entries: HashMap<(String, String), Entry>,
+    entries: Shards<(String, String), Entry>,
     bytes: usize,
     /// Bumped by every `clear`: offers read in an earlier epoch are turned away.
     epoch: u64,
@@ -50,7 +50,7 @@ impl RecentVersions {
     pub fn new(trusted: bool) -> RecentVersions {
         RecentVersions {
             map: RwLock::new(Map {
-                entries: HashMap::new(),
+                entries: Shards::default(),
                 bytes: 0,
                 epoch: 0,
                 trusted,

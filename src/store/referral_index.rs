@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
+use super::shards::Shards;
 use super::{ReferralFilter, ReferralRow};
 
 pub struct ReferralIndex {
@@ -18,7 +19,7 @@ pub struct ReferralIndex {
 }
 
 struct Inner {
-    by_id: HashMap<String, ReferralRow>,
+    by_id: Shards<String, ReferralRow>,
     /// Per organisation, the list order: (updated_at, id).
     by_org: HashMap<String, BTreeSet<(i64, String)>>,
     /// Whether it may answer (see the module comment).
@@ -29,7 +30,7 @@ impl ReferralIndex {
     pub fn new(trusted: bool) -> ReferralIndex {
         ReferralIndex {
             inner: RwLock::new(Inner {
-                by_id: HashMap::new(),
+                by_id: Shards::default(),
                 by_org: HashMap::new(),
                 trusted,
             }),

@@ -398,12 +398,13 @@ async fn run_batch<C: Command>(
         Some(msg) => Err(msg),
         None => outer.commit().await.map_err(|e| e.to_string()),
     };
+    let committed_at = started.elapsed();
     match committed {
         Ok(()) => {
             memory.recent.offer_all(written, epoch);
             memory.referrals.apply(written_referrals);
             metrics::histogram!(crate::telemetry::metrics::STORE_COMMIT_LATENCY)
-                .record(started.elapsed().as_secs_f64());
+                .record(committed_at.as_secs_f64());
             metrics::histogram!(crate::telemetry::metrics::STORE_COMMIT_SIZE).record(size as f64);
             tracing::debug!(
                 message = "Batch committed.",
@@ -412,7 +413,8 @@ async fn run_batch<C: Command>(
                 preload_us = preloaded.as_micros() as u64,
                 commands_us = commands_done.as_micros() as u64,
                 apply_us = applied.as_micros() as u64,
-                commit_us = (started.elapsed() - applied).as_micros() as u64,
+                commit_us = (committed_at - applied).as_micros() as u64,
+                memory_us = (started.elapsed() - committed_at).as_micros() as u64,
             );
             let answers = results
                 .into_iter()

@@ -46,7 +46,7 @@ services_start() {
     fi
     "${run_as[@]}" "$pg_bin/initdb -D $SERVICES_DIR/pg/data -U postgres -A trust --no-sync >$SERVICES_DIR/pg/initdb.log 2>&1"
     # The WAL settings deploy/README.md recommends for a write-heavy gateway.
-    "${run_as[@]}" "$pg_bin/pg_ctl -D $SERVICES_DIR/pg/data -l $SERVICES_DIR/pg/pg.log -o '-p $PG_PORT -k $SERVICES_DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=400 -c wal_compression=lz4 -c max_wal_size=4GB -c wal_init_zero=off' -w start >/dev/null"
+    "${run_as[@]}" "$pg_bin/pg_ctl -D $SERVICES_DIR/pg/data -l $SERVICES_DIR/pg/pg.log -o '-p $PG_PORT -k $SERVICES_DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=400 -c wal_compression=lz4 -c max_wal_size=4GB -c wal_init_zero=off -c backend_flush_after=256kB' -w start >/dev/null"
     PG_CTL="$pg_bin/pg_ctl"
     PG_RUN_AS=("${run_as[@]}")
 

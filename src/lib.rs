@@ -25,6 +25,7 @@ pub mod subscription;
 pub mod cache;
 pub mod http;
 pub mod reclaim;
+pub(crate) mod shards;
 pub mod startup;
 
 /// Lower-case hex of `bytes`: digests in ids, cache keys and stored key hashes.

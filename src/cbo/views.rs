@@ -7,12 +7,12 @@
 //! the store knows without a query (`Store::known_version`, which on PostgreSQL hears
 //! of other processes' commits through `store::replicas`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
 use crate::referral::projection::Summary;
+use crate::shards::Shards;
 
 /// JSON kept before the views are dropped and rebuilt by use.
 const MAX_BYTES: usize = 256 << 20;
@@ -24,7 +24,7 @@ pub struct Views {
 
 #[derive(Default)]
 struct Map {
-    entries: HashMap<(String, String), Arc<View>>,
+    entries: Shards<(String, String), Arc<View>>,
     bytes: usize,
 }
 

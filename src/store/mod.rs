@@ -15,7 +15,6 @@ mod recent;
 mod referral_index;
 mod referrals;
 mod replicas;
-mod shards;
 mod sql;
 mod subscriptions;
 mod webhooks;

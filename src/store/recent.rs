@@ -17,7 +17,7 @@
 use std::sync::RwLock;
 
 use super::StoredResource;
-use super::shards::Shards;
+use crate::shards::Shards;
 
 /// JSON kept before the map is emptied and refilled by use: enough for the current
 /// versions of a few hundred thousand typical referral resources.

@@ -11,8 +11,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
-use super::shards::Shards;
 use super::{ReferralFilter, ReferralRow};
+use crate::shards::Shards;
 
 pub struct ReferralIndex {
     inner: RwLock<Inner>,

@@ -1,12 +1,12 @@
 //! A hash map split into many, so that growing it rehashes one part, not all of it.
 //!
-//! The in-memory views (`recent`, `referral_index`) reach hundreds of thousands of
-//! entries, and the writer applies each committed batch to them under their lock. A
-//! single `HashMap` rehashes every entry when it doubles: measured during referral
-//! intake on SQLite, those doublings held the writer (and every reader) for 11, 62, 125
-//! and 216 ms, and every request of the batch waited. Split in 64, the worst was 7 ms;
-//! in 256, a doubling moves a 256th of the entries. Callers keep their own lock around
-//! the whole map, so what they guarantee under it is unchanged.
+//! The in-memory views (`store::recent`, `store::referral_index`, `cbo::views`) reach
+//! hundreds of thousands of entries, and are updated under their lock. A single
+//! `HashMap` rehashes every entry when it doubles: measured during referral intake on
+//! SQLite, those doublings held the writer (and every reader) for 11, 62, 125 and
+//! 216 ms, and every request of the batch waited. Split in 64, the worst was 7 ms; in
+//! 256, a doubling moves a 256th of the entries. Callers keep their own lock around the
+//! whole map, so what they guarantee under it is unchanged.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

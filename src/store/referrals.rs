@@ -334,8 +334,8 @@ impl Tx<'_> {
         for row in counters {
             let (organization, pruned_through): (String, i64) = (row.get(0), row.get(1));
             // The newest event older than the cutoff, in the order of `events_age`, so
-            // that every plan reads that index: with `MAX(seq)`, PostgreSQL's generic
-            // plan for the prepared statement walked the primary key backwards through
+            // that even a generic plan (which `configure` makes PostgreSQL use) reads
+            // that index: with `MAX(seq)` it walked the primary key backwards through
             // all of an organisation's events, testing each one's age (4,000 rows per
             // organisation, 90–260 ms per sweep at 100,000 referrals, the writer waiting).
             let cut: Option<i64> = sqlx::query(

@@ -672,12 +672,24 @@ impl<'c> Tx<'c> {
             if missing.is_empty() {
                 break;
             }
-            let (mut text, args) = sql::read_many_to_replace(&missing);
-            if self.backend == Backend::Postgres {
-                text.push_str(" FOR UPDATE OF r");
-            }
-            let query = sql::per_batch(self.backend, sqlx::query(sqlx::AssertSqlSafe(text)));
-            let rows = sql::bind(query, args).fetch_all(&mut *self.conn).await?;
+            let rows = match self.backend {
+                Backend::Sqlite => {
+                    let (text, args) = sql::read_many_to_replace(&missing);
+                    sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                        .fetch_all(&mut *self.conn)
+                        .await?
+                }
+                Backend::Postgres => {
+                    // One order for every writer, so two never wait on each other's locks.
+                    let mut keys = missing.clone();
+                    keys.sort();
+                    keys.dedup();
+                    sqlx::query(sql::READ_MANY_TO_REPLACE_LOCKED)
+                        .bind(sql::json_rows(&keys))
+                        .fetch_all(&mut *self.conn)
+                        .await?
+                }
+            };
             for r in &rows {
                 let found = StoredResource {
                     resource_type: r.get(0),

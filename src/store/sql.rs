@@ -345,6 +345,17 @@ pub fn read_many(keys: &[(String, String)]) -> (String, Vec<Arg>) {
     (sql, p.args)
 }
 
+/// As [`read_many_to_replace`] on PostgreSQL, locking the rows until COMMIT: `$1` is a
+/// JSON array of `[type, id]`, read and locked in its order, each by its own index
+/// probe whatever the statistics say (see `Tx::preload_identity`). A fixed text, so it
+/// is prepared once: planning the key list anew cost a third of a millisecond per
+/// batch, at ~600 batches/s in CBO accepts.
+pub const READ_MANY_TO_REPLACE_LOCKED: &str = "SELECT f.* FROM jsonb_array_elements($1::jsonb) AS k \
+     CROSS JOIN LATERAL (SELECT r.res_type, r.res_id, r.version, r.last_updated, v.body, v.index_rows \
+     FROM resources r JOIN resource_versions v \
+     ON v.res_type = r.res_type AND v.res_id = r.res_id AND v.version = r.version \
+     WHERE r.res_type = k ->> 0 AND r.res_id = k ->> 1 LIMIT 1 FOR UPDATE OF r) AS f";
+
 /// As [`read_many`], with each version's index rows (for replacing it).
 pub fn read_many_to_replace(keys: &[(String, String)]) -> (String, Vec<Arg>) {
     let (text, args) = read_many(keys);

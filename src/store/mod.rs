@@ -680,7 +680,7 @@ impl<'c> Tx<'c> {
                         .await?
                 }
                 Backend::Postgres => {
-                    // One order for every writer, so two never wait on each other's locks.
+                    // One lock order for every writer, so that two never deadlock.
                     let mut keys = missing.clone();
                     keys.sort();
                     keys.dedup();

@@ -26,3 +26,16 @@ warm_wal() {
         -c "CREATE TABLE crossway_warm AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 5000000) g" \
         -c "DROP TABLE crossway_warm" -c CHECKPOINT
 }
+
+# `probe_disk SECONDS DIR` starts bench/fsync-probe.py in the background for the
+# measurement that follows; `probed` waits for it and sets DISK to the slowest flush it
+# saw (ms), to be printed next to that measurement's figures.
+probe_disk() {
+    PROBE_OUT="$2/fsync-probe.out"
+    python3 bench/fsync-probe.py "$2" "$1" >"$PROBE_OUT" &
+    PROBE_PID=$!
+}
+probed() {
+    wait "$PROBE_PID"
+    DISK="$(cat "$PROBE_OUT")"
+}

@@ -29,7 +29,7 @@ warm_wal() {
 
 # `probe_disk SECONDS DIR` starts bench/fsync-probe.py in the background for the
 # measurement that follows; `probed` waits for it and sets DISK to what it saw
-# (WORST/SLOW ms, see there), to be printed next to that measurement's figures.
+# (WORST/BEYOND ms, see there), to be printed next to that measurement's figures.
 probe_disk() {
     PROBE_OUT="$2/fsync-probe.out"
     python3 bench/fsync-probe.py "$2" "$1" >"$PROBE_OUT" &

@@ -593,6 +593,8 @@ def main():
         targets = ""
         if res.targets_met or res.targets_missed:
             targets = f"{res.targets_met}/{res.targets_met + res.targets_missed} ✔"
+            if res.targets_missed:
+                targets += f", {res.targets_missed} ✘"
         status = "✔" if not res.failed_rows and not res.errors else "⚠ see notes"
         summary.append(f"| {anchor} | {status} | {res.summary()} | {targets} |")
 

@@ -9,7 +9,8 @@ beyond 30 ms, in ms. Every durable answer waits for a flush: a write that arrive
 the first L - 30 ms of a stall of L ms could not be durable within 30 ms. Once BEYOND
 exceeds 1% of the window (an underestimate: stalls between samples are missed), a p99
 of 30 ms is out of reach for any durable store, so a miss then tells about the disk,
-not the gateway. (This VM's disk stalls for 50-500 ms now and then, even when idle.)
+not the gateway. (This VM's disk stalls now and then: worst idle flushes of 75-127 ms in 20-60 s,
+170-575 ms in some benchmark windows.)
 """
 import os
 import sys

@@ -27,15 +27,15 @@ warm_wal() {
         -c "DROP TABLE crossway_warm" -c CHECKPOINT
 }
 
-# `probe_disk SECONDS DIR` starts bench/fsync-probe.py in the background for the
-# measurement that follows; `probed` waits for it and sets DISK to what it saw
-# (WORST/BEYOND ms, see there), to be printed next to that measurement's figures.
-probe_disk() {
-    PROBE_OUT="$2/fsync-probe.out"
-    python3 bench/fsync-probe.py "$2" "$1" >"$PROBE_OUT" &
-    PROBE_PID=$!
-}
+# `probed SECONDS DIR COMMAND…` runs a measurement with bench/fsync-probe.py beside it
+# for SECONDS and prints "DISK OUTPUT": what the probe saw (WORST/BEYOND ms, see there),
+# then the command's output. Fails when the command does.
 probed() {
-    wait "$PROBE_PID"
-    DISK="$(cat "$PROBE_OUT")"
+    local seconds="$1" dir="$2" probe output
+    shift 2
+    python3 bench/fsync-probe.py "$dir" "$seconds" >"$dir/fsync-probe.out" &
+    probe=$!
+    output="$("$@")" || { wait "$probe"; return 1; }
+    wait "$probe"
+    echo "$(cat "$dir/fsync-probe.out") $output"
 }

@@ -115,41 +115,9 @@ fn delivery(d: &DeliveryRow) -> Delivery {
 
 /// https only; http only to loopback, and only when `allow_insecure`.
 fn check_url(url: &str, allow_insecure: bool) -> Result<(), CboError> {
-    url_problem(url, allow_insecure).map_or(Ok(()), |m| {
+    crate::outbox::destination::url_problem(url, allow_insecure).map_or(Ok(()), |m| {
         Err(CboError::Validation(vec![FieldError::body("/url", m)]))
     })
-}
-
-/// What is wrong with `url` as a destination for referral data, if anything: the
-/// rule for webhook endpoints and connectors alike.
-pub fn url_problem(url: &str, allow_insecure: bool) -> Option<&'static str> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Some("must be an absolute https:// URL");
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    // Without the port; an IPv6 literal keeps its brackets.
-    let host = match authority.rsplit_once(':') {
-        Some((h, port)) if !port.contains(']') => h,
-        _ => authority,
-    };
-    if host.is_empty() || host.contains('@') {
-        return Some("must name a host (and no user info)");
-    }
-    // A name is checked as it resolves, when the gateway connects (`outbox::destination`).
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = literal.parse::<std::net::IpAddr>()
-        && !crate::outbox::destination::allowed(ip, allow_insecure)
-    {
-        return Some("must not point at a loopback, private or link-local address");
-    }
-    match scheme {
-        "https" => None,
-        "http" if allow_insecure && matches!(host, "127.0.0.1" | "localhost" | "[::1]") => None,
-        "http" => Some(
-            "must be https:// (plain http only to a loopback address, with CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1)",
-        ),
-        _ => Some("must be an https:// URL"),
-    }
 }
 
 pub async fn create(

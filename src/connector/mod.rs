@@ -27,12 +27,12 @@ use crate::config::expand_env as expand;
 pub use spec::Spec;
 use spec::{Auth, Source, scalar_text};
 
-use crate::cbo::webhooks::url_problem;
 use crate::cbo::{ActionCall, Cbo, CboError, FieldError};
 use crate::config::OrganizationConfig;
 use crate::fhir::datetime::now_micros;
 use crate::mapping::Live;
 use crate::outbox::Failure;
+use crate::outbox::destination::url_problem;
 use crate::referral::{CboStatus, action};
 use crate::store::{ConnectorEndpoint, DueDelivery, Store, StoreError};
 

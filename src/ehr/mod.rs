@@ -25,11 +25,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::auth::Authority;
-use crate::cbo::webhooks::url_problem;
 use crate::config::{EhrServerConfig, expand_env};
 use crate::fhir::FhirError;
 use crate::fhir::datetime::now_micros;
 use crate::fhir::engine::Fhir;
+use crate::outbox::destination::url_problem;
 use crate::referral::TaskStatus;
 use crate::store::StoreError;
 

@@ -98,6 +98,7 @@ pub fn client(timeout: Duration) -> reqwest::Client {
 pub fn tenant_client(timeout: Duration, allow_loopback: bool) -> reqwest::Client {
     builder(timeout)
         .dns_resolver(Arc::new(destination::PublicOnly { allow_loopback }))
+        .no_proxy()
         .build()
         .expect("a reqwest client with rustls builds")
 }
@@ -124,6 +125,8 @@ pub struct Dispatcher {
     connectors: Arc<Connectors>,
     /// Sends the notifications of FHIR Subscriptions (`subscription:<id>` endpoints).
     subscriptions: Arc<Subscriptions>,
+    /// Loopback endpoints allowed (`CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1`).
+    allow_loopback: bool,
 }
 
 /// What one attempt came to.
@@ -149,6 +152,7 @@ impl Dispatcher {
             http: tenant_client(timeout, allow_loopback),
             policy,
             concurrency: 64,
+            allow_loopback,
         }
     }
 
@@ -307,6 +311,14 @@ impl Dispatcher {
         if let Some(connector) = &d.connector {
             return self.bounded(self.connectors.deliver(d, connector)).await;
         }
+        // Judged again before every send: the row may predate a stricter rule.
+        if let Some(problem) = destination::url_problem(&d.url, self.allow_loopback) {
+            tracing::warn!(message = "Webhook endpoint refused as a destination.", endpoint = %d.endpoint_id, problem);
+            return Outcome::Failed {
+                status: None,
+                error: format!("the endpoint's URL {problem}"),
+            };
+        }
         let (id, body) = payload(d);
         let timestamp = now_micros() / 1_000_000;
         let mut secrets = vec![d.secret.as_str()];
@@ -344,13 +356,22 @@ impl Dispatcher {
                 status: None,
                 error: format!("no answer within {} ms", self.timeout.as_millis()),
             },
-            Err(e) => Outcome::Failed {
-                status: None,
-                error: format!("cannot reach the endpoint: {}", causes(&e.without_url())),
-            },
+            Err(e) => {
+                // The tenant sees only that the endpoint could not be reached: the
+                // causes (refused, TLS alerts, certificate names) describe whatever
+                // answered, which is for operators.
+                tracing::info!(message = "Webhook endpoint unreachable.", endpoint = %d.endpoint_id, error = %causes(&e.without_url()));
+                Outcome::Failed {
+                    status: None,
+                    error: UNREACHABLE.into(),
+                }
+            }
         }
     }
 }
+
+/// What a tenant's delivery log says of a connection that failed, whatever the cause.
+pub const UNREACHABLE: &str = "cannot reach the endpoint (connection or TLS failed)";
 
 /// An error with its causes (reqwest's own text names only the step that failed).
 /// Callers strip the URL first: it could carry a token in its query.

@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cbo::webhooks::url_problem;
 use crate::fhir::FhirError;
 use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::engine::Fhir;
 use crate::outbox::Failure;
+use crate::outbox::destination::url_problem;
 use crate::store::{DueDelivery, Store, StoreError, SubscriptionRow};
 use notification::{Event, Kind, Standing};
 use topic::{Channel, Content, Plan};
@@ -445,11 +445,12 @@ impl Subscriptions {
                     r = r.header(name, value);
                 }
                 let answer = r.send().await.map_err(|e| {
-                    Failure::new(if e.is_timeout() {
-                        "no answer in time".to_string()
-                    } else {
-                        format!("cannot reach the endpoint: {}", e.without_url())
-                    })
+                    if e.is_timeout() {
+                        return Failure::new("no answer in time");
+                    }
+                    // The subscriber sees a coarse reason; the detail is for operators.
+                    tracing::info!(message = "Subscription endpoint unreachable.", subscription = %id, error = %e.without_url());
+                    Failure::new(crate::outbox::UNREACHABLE)
                 })?;
                 let status = answer.status().as_u16();
                 if answer.status().is_success() {

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod attacks;
 mod cbo;
 mod conformance;
 mod connectors;

@@ -23,6 +23,47 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// An address or a CIDR range (`10.0.0.0/8`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    pub fn parse(s: &str) -> Option<IpRange> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse().ok()?, None),
+        };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpRange {
+            network: addr,
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(V6(v6), V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (V4(n), V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (V6(n), V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -38,6 +79,11 @@ pub struct Settings {
     /// Base URL that clients use to reach `/fhir`, for `fullUrl` and `Location`.
     /// Empty: derived from each request's Host header.
     pub public_base_url: String,
+    /// Proxies whose `Forwarded` / `X-Forwarded-*` headers are believed (addresses or
+    /// CIDR ranges, `CROSSWAY_TRUSTED_PROXIES` comma-separated). From anyone else those
+    /// headers are ignored: they would decide the audience a client assertion must name
+    /// and the links we hand out. Empty: trust none.
+    pub trusted_proxies: Vec<String>,
     /// Largest accepted request body, in bytes (larger gets 413).
     pub max_body_bytes: usize,
     /// Development only: honour `X-Crossway-Organization` on `/cbo/v1` as the caller's
@@ -56,6 +102,11 @@ pub struct Settings {
     pub mllp_tls_key: PathBuf,
     /// Largest accepted HL7 v2 message, in bytes (larger gets AR).
     pub mllp_max_message_bytes: usize,
+    /// Connections one peer address may hold on the MLLP listener.
+    pub mllp_max_connections_per_peer: usize,
+    /// An MLLP connection on which no frame starts (or a started frame makes no
+    /// progress) for this long is closed.
+    pub mllp_idle_timeout_ms: u64,
     /// PEM bundle of CAs whose client certificates MLLP senders must present; empty
     /// means no client certificate is asked for.
     pub mllp_tls_client_ca: PathBuf,
@@ -189,6 +240,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             log: "info".into(),
             public_base_url: String::new(),
+            trusted_proxies: Vec::new(),
             max_body_bytes: 8 * 1024 * 1024,
             dev_auth: false,
             mappings_dir: PathBuf::from("./mappings"),
@@ -198,6 +250,8 @@ impl Default for Settings {
             mllp_tls_cert: PathBuf::new(),
             mllp_tls_key: PathBuf::new(),
             mllp_max_message_bytes: 16 * 1024 * 1024,
+            mllp_max_connections_per_peer: 64,
+            mllp_idle_timeout_ms: 300_000,
             mllp_tls_client_ca: PathBuf::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
@@ -264,6 +318,14 @@ impl Settings {
         if let Some(v) = var("CROSSWAY_PUBLIC_BASE_URL") {
             self.public_base_url = v;
         }
+        if let Some(v) = var("CROSSWAY_TRUSTED_PROXIES") {
+            self.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         if let Some(v) = var("CROSSWAY_DEV_AUTH") {
             self.dev_auth = v == "1" || v.eq_ignore_ascii_case("true");
         }
@@ -284,6 +346,12 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_MLLP_TLS_KEY") {
             self.mllp_tls_key = PathBuf::from(v);
+        }
+        if let Some(v) = var("CROSSWAY_MLLP_MAX_CONNECTIONS_PER_PEER").and_then(|v| v.parse().ok()) {
+            self.mllp_max_connections_per_peer = v;
+        }
+        if let Some(v) = var("CROSSWAY_MLLP_IDLE_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
+            self.mllp_idle_timeout_ms = v;
         }
         if let Some(v) = var("CROSSWAY_MLLP_MAX_MESSAGE_BYTES").and_then(|v| v.parse().ok()) {
             self.mllp_max_message_bytes = v;
@@ -333,6 +401,12 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        for proxy in &self.trusted_proxies {
+            IpRange::parse(proxy).ok_or_else(|| ConfigError::Invalid {
+                key: "trusted_proxies",
+                message: format!("{proxy:?} is not an IP address or CIDR range"),
+            })?;
+        }
         let db = self.database_url.as_str();
         if !(db.is_empty() || db.starts_with("sqlite:") || db.starts_with("postgres")) {
             return Err(ConfigError::Invalid {

@@ -27,6 +27,7 @@ pub mod http;
 pub mod reclaim;
 pub(crate) mod shards;
 pub mod startup;
+pub mod strict_json;
 
 /// Lower-case hex of `bytes`: digests in ids, cache keys and stored key hashes.
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -180,6 +180,11 @@ impl Application {
             allow_insecure_webhooks: settings.allow_insecure_webhooks,
             dev_auth: settings.dev_auth,
             public_base_url: settings.public_base_url.clone(),
+            trusted_proxies: settings
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| crate::config::IpRange::parse(p))
+                .collect(),
             max_body_bytes: settings.max_body_bytes,
             metrics: crate::telemetry::metrics::install()?,
             metrics_token: settings.metrics_token.clone(),
@@ -194,6 +199,7 @@ impl Application {
             )?)
         };
         let https = tls.is_some();
+        let max_body_bytes = settings.max_body_bytes;
         let server = HttpServer::new(move || {
             // The CBO scope is registered through utoipa-actix-web, which also collects
             // its OpenAPI document from these registrations (`http::cbo::openapi_document`).
@@ -214,7 +220,9 @@ impl Application {
                 headers = headers.add(("Strict-Transport-Security", "max-age=31536000"));
             }
             app.app_data(state.clone())
+                .app_data(actix_web::web::PayloadConfig::new(max_body_bytes))
                 .configure(http::routes)
+                .wrap(actix_web::middleware::from_fn(http::wire_errors))
                 .wrap(actix_web::middleware::from_fn(http::audit))
                 .wrap(headers)
         });
@@ -496,6 +504,8 @@ async fn start_mllp(
     let addr = listener.local_addr()?;
     let limits = mllp::Limits {
         max_message_bytes: settings.mllp_max_message_bytes,
+        max_connections_per_peer: settings.mllp_max_connections_per_peer,
+        idle_timeout: std::time::Duration::from_millis(settings.mllp_idle_timeout_ms),
         ..mllp::Limits::default()
     };
     let handler = Arc::new(FeedHandler {

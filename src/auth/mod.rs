@@ -8,10 +8,12 @@
 //! random API keys) and compared in constant time; an assertion's `jti` is claimed in
 //! the store, so a replay fails in every process; nothing here logs a secret or token.
 
+pub mod access;
 pub mod keys;
 mod ratelimit;
 pub mod registry;
 pub mod scopes;
+mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -165,6 +167,20 @@ impl Principal {
         }
     }
 
+    /// Every permission a FHIR request needs ([`access::needs`]): the one check for a
+    /// stand-alone request and a Bundle entry alike.
+    pub fn authorize(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<(), AuthError> {
+        for need in access::needs(method, path, params) {
+            self.require(&need.resource_type, need.interaction)?;
+        }
+        Ok(())
+    }
+
     pub fn require_cbo(&self, scope: CboScope) -> Result<(), AuthError> {
         if self.scopes.has(scope) {
             Ok(())
@@ -221,6 +237,8 @@ pub struct TokenResponse {
 /// A token request, as the form and the Authorization header carry it.
 #[derive(Debug, Default)]
 pub struct TokenRequest {
+    /// The address the request came from (for metering guesses), when known.
+    pub peer: Option<std::net::IpAddr>,
     pub grant_type: Option<String>,
     pub scope: Option<String>,
     pub client_id: Option<String>,
@@ -241,6 +259,11 @@ pub struct Authority {
     jwks: Mutex<HashMap<String, (Instant, Arc<JwkSet>)>>,
     verified: Mutex<HashMap<String, (u64, Principal)>>,
     limiter: RateLimiter,
+    /// Meters secret guessing at the token endpoint.
+    throttle: throttle::Throttle,
+    /// A hash no secret matches, verified for unknown client ids so that they take as
+    /// long to refuse as a wrong secret.
+    decoy_hash: std::sync::OnceLock<String>,
     /// Refuse `live_` keys on a non-production gateway and `test_` keys on a production one.
     production: bool,
 }
@@ -267,6 +290,8 @@ impl Authority {
             jwks: Mutex::default(),
             verified: Mutex::default(),
             limiter,
+            throttle: throttle::Throttle::new(),
+            decoy_hash: std::sync::OnceLock::new(),
             production,
         }
     }
@@ -383,28 +408,49 @@ impl Authority {
         self.token_for(&client, &granted)
     }
 
+    /// Unknown client, revoked client, client without a secret and wrong secret are
+    /// answered alike, after the same work, so neither message nor timing tells whether
+    /// a client id exists.
     async fn check_secret(&self, req: &TokenRequest) -> Result<Arc<ClientRow>, AuthError> {
         let (Some(id), Some(secret)) = (&req.client_id, &req.client_secret) else {
             return Err(AuthError::InvalidClient(
                 "authenticate with client_id and client_secret (HTTP Basic or form), or with a client_assertion".into(),
             ));
         };
-        let refused = || AuthError::InvalidClient("unknown client or wrong secret".into());
-        let Some(client) = self.client(id).await?.filter(|c| c.revoked_at.is_none()) else {
-            return Err(refused());
-        };
-        let Some(hash) = client.secret_hash.clone() else {
-            return Err(AuthError::InvalidClient(
-                "this client authenticates with a signed client_assertion (SMART Backend Services)"
-                    .into(),
-            ));
+        self.throttle.admit(req.peer, Some(id))?;
+        let client = self.client(id).await?.filter(|c| c.revoked_at.is_none());
+        let hash = match client.as_ref().and_then(|c| c.secret_hash.clone()) {
+            Some(h) => Some(h),
+            None => Some(self.decoy_hash()?),
         };
         let secret = secret.clone();
-        // A password hash costs tens of milliseconds: keep it off the async workers.
-        let ok = tokio::task::spawn_blocking(move || registry::verify_secret(&hash, &secret))
+        let matched = {
+            let _permit = self.throttle.hashing().await;
+            // A password hash costs tens of milliseconds: keep it off the async workers.
+            tokio::task::spawn_blocking(move || {
+                hash.is_some_and(|h| registry::verify_secret(&h, &secret))
+            })
             .await
-            .unwrap_or(false);
-        if ok { Ok(client) } else { Err(refused()) }
+            .unwrap_or(false)
+        };
+        match client {
+            Some(c) if matched && c.secret_hash.is_some() => {
+                self.throttle.succeeded(req.peer, Some(id));
+                Ok(c)
+            }
+            _ => {
+                self.throttle.failed(req.peer, Some(id));
+                Err(AuthError::InvalidClient("unknown client or wrong secret".into()))
+            }
+        }
+    }
+
+    fn decoy_hash(&self) -> Result<String, AuthError> {
+        if let Some(h) = self.decoy_hash.get() {
+            return Ok(h.clone());
+        }
+        let h = registry::hash_secret(&random_token(32))?;
+        Ok(self.decoy_hash.get_or_init(|| h).clone())
     }
 
     async fn check_assertion(
@@ -541,13 +587,19 @@ impl Authority {
     /// The caller behind an `Authorization: Bearer …` value: an access token we issued,
     /// or a CBO API key. Also applies the per-client rate limit.
     pub async fn authenticate(&self, bearer: &str) -> Result<Principal, AuthError> {
-        let principal = if bearer.starts_with("test_") || bearer.starts_with("live_") {
-            self.api_key(bearer).await?
-        } else {
-            self.access_token(bearer).await?
-        };
+        let principal = self.identify(bearer).await?;
         self.limiter.check(&principal.client_id).await?;
         Ok(principal)
+    }
+
+    /// Who a credential names, without counting the request against its rate: for the
+    /// audit trail of a request refused before it was authenticated.
+    pub async fn identify(&self, bearer: &str) -> Result<Principal, AuthError> {
+        if bearer.starts_with("test_") || bearer.starts_with("live_") {
+            self.api_key(bearer).await
+        } else {
+            self.access_token(bearer).await
+        }
     }
 
     async fn access_token(&self, token: &str) -> Result<Principal, AuthError> {

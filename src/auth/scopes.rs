@@ -153,6 +153,16 @@ fn parse_token(raw: &str) -> Result<Token, ScopeError> {
     })
 }
 
+/// Types only an operator's scope reaches: a wildcard (`system/*.…`) never covers
+/// them, so no default scope set can read who did what on the gateway. A client that
+/// audits is registered with `system/AuditEvent.rs` by name.
+pub const OPERATOR_ONLY: &[&str] = &["AuditEvent"];
+
+/// Does a scope on `granted` (a type or `*`) reach `wanted` (a type or `*`)?
+fn covers(granted: &str, wanted: &str) -> bool {
+    granted == wanted || (granted == "*" && !OPERATOR_ONLY.contains(&wanted))
+}
+
 impl Scopes {
     /// Parses a space-separated scope string; an unknown token is an error naming it.
     pub fn parse(s: &str) -> Result<Scopes, ScopeError> {
@@ -174,7 +184,7 @@ impl Scopes {
     pub fn allows(&self, resource_type: &str, interaction: Interaction) -> bool {
         self.tokens.iter().any(|(_, t)| match t {
             Token::Smart { resource, perms } => {
-                (resource == "*" || resource == resource_type) && perms & interaction.bit() != 0
+                covers(resource, resource_type) && perms & interaction.bit() != 0
             }
             Token::Cbo(_) => false,
         })
@@ -206,7 +216,7 @@ impl Scopes {
                             resource: r,
                             perms: p,
                         } = mine
-                            && (r == "*" || r == resource)
+                            && covers(r, resource)
                         {
                             covered |= p;
                         }

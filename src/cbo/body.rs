@@ -262,12 +262,8 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, CboError> {
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
-        serde_json::from_slice(body).map_err(|e| {
-            CboError::Validation(vec![FieldError::body(
-                "",
-                format!("the body is not valid JSON: {e}"),
-            )])
-        })?
+        crate::strict_json::parse(body)
+            .map_err(|e| CboError::Validation(vec![FieldError::body(e.pointer, e.message)]))?
     };
     match value {
         Value::Object(obj) => Ok(obj),

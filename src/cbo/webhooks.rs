@@ -126,7 +126,9 @@ pub async fn create(
     body: &[u8],
     allow_insecure: bool,
 ) -> Result<Endpoint, CboError> {
-    let input: EndpointInput = serde_json::from_slice(body).map_err(|e| {
+    let value = crate::strict_json::parse(body)
+        .map_err(|e| CboError::Validation(vec![FieldError::body(e.pointer, e.message)]))?;
+    let input: EndpointInput = serde_json::from_value(value).map_err(|e| {
         CboError::Validation(vec![FieldError::body(
             "",
             format!("not a valid webhook: {e}"),

@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
-use super::{AppState, header_str};
+use super::{AppState, header_str, origin, peer_ip};
 use crate::auth::{AuthError, CboScope, Principal, TokenRequest};
 use crate::fhir::bundle::{form_decode, parse_query_string};
 
@@ -53,17 +53,6 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     Ok(principal)
 }
 
-/// Scheme, host and port clients use to reach us: from the configured `/fhir` base,
-/// or from the request.
-fn origin(req: &HttpRequest, state: &AppState) -> String {
-    if !state.public_base_url.is_empty() {
-        let base = state.public_base_url.trim_end_matches('/');
-        return base.strip_suffix("/fhir").unwrap_or(base).to_string();
-    }
-    let info = req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
-}
-
 pub fn token_url(req: &HttpRequest, state: &AppState) -> String {
     format!("{}/auth/token", origin(req, state))
 }
@@ -79,6 +68,9 @@ fn oauth_error(e: &AuthError, basic: bool) -> HttpResponse {
     };
     let mut resp = HttpResponse::build(status);
     resp.insert_header((header::CACHE_CONTROL, "no-store"));
+    if let AuthError::RateLimited { retry_after } = e {
+        resp.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+    }
     if basic && status == actix_web::http::StatusCode::UNAUTHORIZED {
         resp.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"crossway\""));
     }
@@ -114,6 +106,7 @@ async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -
     let form = parse_query_string(&String::from_utf8_lossy(&body));
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let mut request = TokenRequest {
+        peer: peer_ip(&req, &state),
         grant_type: field("grant_type"),
         scope: field("scope"),
         client_id: field("client_id"),
@@ -126,12 +119,37 @@ async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -
         request.client_id = Some(id);
         request.client_secret = Some(secret);
     }
-    match state.auth.issue(request, &token_url(&req, &state)).await {
+    let claimed: String = request
+        .client_id
+        .clone()
+        .unwrap_or_else(|| "anonymous".into())
+        .chars()
+        .take(128)
+        .collect();
+    let peer = request.peer;
+    let answer = state.auth.issue(request, &token_url(&req, &state)).await;
+    let status = answer.as_ref().map_or_else(AuthError::status, |_| 200);
+    // Every token request is in the trail, refusals with the client id they claimed.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    state.audit.record(crate::audit::Access {
+        client_id: &claimed,
+        organization: None,
+        face: "auth",
+        action: "E",
+        entity: "/auth/token".into(),
+        detail: "POST".into(),
+        outcome: status,
+        trace_id: &trace_id,
+    });
+    match answer {
         Ok(token) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header((header::PRAGMA, "no-cache"))
             .json(token),
-        Err(e) => oauth_error(&e, used_basic),
+        Err(e) => {
+            tracing::warn!(message = "Token request refused.", client_id = %claimed, peer = ?peer, error = e.oauth_code(), status);
+            oauth_error(&e, used_basic)
+        }
     }
 }
 

@@ -143,6 +143,9 @@ impl Problem {
             CboError::Unauthenticated(_) => (401, "unauthenticated", "Authentication required"),
             CboError::Forbidden(_) => (403, "forbidden", "Not allowed"),
             CboError::RateLimited { .. } => (429, "rate-limited", "Too many requests"),
+            CboError::Fhir(FhirError::PayloadTooLarge { .. }) => {
+                (413, "payload-too-large", "The request body is too large")
+            }
             CboError::Fhir(e) => match e.status() {
                 s @ 400..=499 => (
                     if s == 400 { 422 } else { s },
@@ -157,6 +160,12 @@ impl Problem {
             CboError::Store(_) => (500, "internal", "Internal error"),
         }
     }
+}
+
+/// The answer to a body over the size limit that an extractor refused before any
+/// handler ran (`http::wire_errors`).
+pub(super) fn too_large(req: &HttpRequest, limit: usize) -> HttpResponse {
+    Problem::new(FhirError::PayloadTooLarge { limit }, req).error_response()
 }
 
 impl ResponseError for Problem {

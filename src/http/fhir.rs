@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::auth::authenticate;
 use super::{AppState, etag, header_str};
-use crate::auth::{AuthError, Interaction, Principal};
+use crate::auth::{AuthError, Principal};
 use crate::fhir::bundle::parse_query_string;
 use crate::fhir::capability::capability_statement;
 use crate::fhir::datetime;
@@ -108,6 +108,12 @@ impl ResponseError for FhirResponse {
 
 type Result<T> = std::result::Result<T, FhirResponse>;
 
+/// The answer to a body over the size limit that an extractor refused before any
+/// handler ran (`http::wire_errors`).
+pub(super) fn too_large(limit: usize) -> HttpResponse {
+    FhirResponse(FhirError::PayloadTooLarge { limit }).error_response()
+}
+
 impl From<AuthError> for FhirResponse {
     fn from(e: AuthError) -> Self {
         FhirResponse(match e {
@@ -122,35 +128,18 @@ impl From<AuthError> for FhirResponse {
     }
 }
 
-/// Authenticates the request and checks its scope for `interaction` on `resource_type`.
-async fn allowed(
-    req: &HttpRequest,
-    state: &AppState,
-    resource_type: &str,
-    interaction: Interaction,
-) -> Result<Principal> {
+/// Authenticates the request and checks every permission it needs
+/// ([`Principal::authorize`], the same check a Bundle entry passes).
+async fn allowed(req: &HttpRequest, state: &AppState) -> Result<Principal> {
     let principal = authenticate(req, state).await?;
-    principal.require(resource_type, interaction)?;
+    let params = parse_query_string(req.query_string());
+    let path = req.path().strip_prefix("/fhir").unwrap_or(req.path());
+    principal.authorize(req.method().as_str(), path, &params)?;
     Ok(principal)
 }
 
-/// `_include` and `_revinclude` return other types: the token must be allowed to read
-/// them too. An `_include` that names no target type could return any type.
-fn check_includes(principal: &Principal, params: &[(String, String)]) -> Result<()> {
-    for (name, value) in params {
-        let mut parts = value.split(':');
-        let (source, _param, target) = (parts.next(), parts.next(), parts.next());
-        let needed = match name.split(':').next().unwrap_or("") {
-            "_include" => target.unwrap_or("*"),
-            "_revinclude" => source.unwrap_or("*"),
-            _ => continue,
-        };
-        principal.require(needed, Interaction::Read)?;
-    }
-    Ok(())
-}
-
-/// The type and interaction of each Bundle entry, checked before anything runs.
+/// Each Bundle entry passes exactly the check its stand-alone request would, before
+/// anything runs.
 fn check_entries(principal: &Principal, bundle: &Value) -> Result<()> {
     for entry in bundle
         .get("entry")
@@ -162,19 +151,9 @@ fn check_entries(principal: &Principal, bundle: &Value) -> Result<()> {
             continue;
         };
         let url = request.get("url").and_then(Value::as_str).unwrap_or("");
-        let path = url.split('?').next().unwrap_or("");
-        let mut segments = path.trim_start_matches('/').split('/');
-        let resource_type = segments.next().unwrap_or("");
-        let has_id = segments.next().is_some_and(|s| !s.is_empty());
-        let interaction = match request.get("method").and_then(Value::as_str) {
-            Some("GET") | Some("HEAD") if has_id => Interaction::Read,
-            Some("GET") | Some("HEAD") => Interaction::Search,
-            Some("POST") => Interaction::Create,
-            Some("PUT") | Some("PATCH") => Interaction::Update,
-            Some("DELETE") => Interaction::Delete,
-            _ => continue,
-        };
-        principal.require(resource_type, interaction)?;
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+        principal.authorize(method, path, &parse_query_string(query))?;
     }
     Ok(())
 }
@@ -201,8 +180,7 @@ fn base(req: &HttpRequest, state: &AppState) -> String {
     if !state.public_base_url.is_empty() {
         return state.public_base_url.trim_end_matches('/').to_string();
     }
-    let info = req.connection_info();
-    format!("{}://{}/fhir", info.scheme(), info.host())
+    format!("{}/fhir", super::origin(req, state))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -269,11 +247,11 @@ async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
         }
         body.extend_from_slice(&chunk);
     }
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+    let value = crate::strict_json::parse(&body).map_err(|e| {
         FhirError::Invalid(vec![Issue::error(
             crate::fhir::IssueCode::Structure,
             "body",
-            format!("the body is not valid JSON: {e}"),
+            e.to_string(),
         )])
     })?;
     if json_depth(&value) > MAX_JSON_DEPTH {
@@ -363,7 +341,7 @@ async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let resource_type = path.into_inner();
-    allowed(&req, &state, &resource_type, Interaction::Create).await?;
+    allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_none_exist = header_str(req.headers(), "if-none-exist");
     let merges = merges_persons(&body);
@@ -388,7 +366,7 @@ async fn update(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
-    let caller = allowed(&req, &state, &resource_type, Interaction::Update).await?;
+    let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
     let merges = merges_persons(&body);
@@ -418,7 +396,7 @@ async fn read(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
-    allowed(&req, &state, &resource_type, Interaction::Read).await?;
+    allowed(&req, &state).await?;
     let stored = state.fhir.read(&resource_type, &id).await?;
     if not_modified(req.headers(), &stored) {
         return Ok(HttpResponse::NotModified()
@@ -459,7 +437,7 @@ async fn vread(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id, vid) = path.into_inner();
-    allowed(&req, &state, &resource_type, Interaction::Read).await?;
+    allowed(&req, &state).await?;
     let stored = state.fhir.vread(&resource_type, &id, &vid).await?;
     Ok(resource_response(
         StatusCode::OK,
@@ -476,7 +454,7 @@ async fn history(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (resource_type, id) = path.into_inner();
-    allowed(&req, &state, &resource_type, Interaction::Read).await?;
+    allowed(&req, &state).await?;
     let body = state
         .fhir
         .history(&resource_type, &id, &base(&req, &state))
@@ -515,8 +493,8 @@ async fn run_search(
     mut params: Vec<(String, String)>,
     state: &AppState,
 ) -> Result<HttpResponse> {
-    let caller = allowed(req, state, resource_type, Interaction::Search).await?;
-    check_includes(&caller, &params)?;
+    let caller = authenticate(req, state).await?;
+    caller.authorize("GET", resource_type, &params)?;
     if resource_type == "AuditEvent" {
         let body = crate::audit::search(state.fhir.store(), &params, &base(req, state)).await?;
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body));
@@ -579,7 +557,7 @@ async fn process_message(
 ) -> Result<HttpResponse> {
     use crate::hie::feed::{FeedError, Taken};
     // A notification writes Patients and Encounters.
-    allowed(&req, &state, "Encounter", Interaction::Create).await?;
+    allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let text = body.to_string();
     let taken = match state.feed.notification(&body, text).await {

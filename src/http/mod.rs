@@ -26,6 +26,52 @@ fn header_str<'a>(headers: &'a actix_web::http::header::HeaderMap, name: &str) -
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Scheme, host and port clients use to reach us, for the audience of client
+/// assertions, discovery documents and the links we hand out: the configured public
+/// base when there is one; else this connection's own scheme and `Host`, and the
+/// `Forwarded` / `X-Forwarded-*` headers only from a configured proxy (from anyone
+/// else they are the client's word about which server it talks to).
+fn origin(req: &actix_web::HttpRequest, state: &AppState) -> String {
+    if !state.public_base_url.is_empty() {
+        let base = state.public_base_url.trim_end_matches('/');
+        return base.strip_suffix("/fhir").unwrap_or(base).to_string();
+    }
+    let via_proxy = req
+        .peer_addr()
+        .is_some_and(|peer| state.trusted_proxies.iter().any(|p| p.contains(peer.ip())));
+    if via_proxy {
+        let info = req.connection_info();
+        return format!("{}://{}", info.scheme(), info.host());
+    }
+    let scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = header_str(req.headers(), "host")
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| req.app_config().host().to_string());
+    format!("{scheme}://{host}")
+}
+
+/// The address a request came from: the peer, or, from a configured proxy, the client
+/// address the proxy forwarded.
+fn peer_ip(req: &actix_web::HttpRequest, state: &AppState) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !state.trusted_proxies.iter().any(|p| p.contains(peer)) {
+        return Some(peer);
+    }
+    let info = req.connection_info();
+    let forwarded = info.realip_remote_addr()?;
+    forwarded
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| forwarded.trim_matches(['[', ']']).parse())
+        .ok()
+        .or(Some(peer))
+}
+
 /// The weak ETag of a version, on both faces.
 fn etag(version: i64) -> String {
     format!("W/\"{version}\"")
@@ -50,6 +96,8 @@ pub struct AppState {
     pub dev_auth: bool,
     /// Configured public base for `/fhir`; empty means "derive from the request".
     pub public_base_url: String,
+    /// Peers whose forwarded headers are believed ([`origin`]).
+    pub trusted_proxies: Vec<crate::config::IpRange>,
     pub max_body_bytes: usize,
     /// The Prometheus recorder's handle and the token `/metrics` asks for.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -67,6 +115,64 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .content_type("application/json")
                 .body(r#"{"error":"not found"}"#)
         }));
+}
+
+/// Errors actix itself answers before a handler runs (a body over the limit, read by an
+/// extractor) leave in the face's wire format too: an OperationOutcome on `/fhir`,
+/// problem+json on `/cbo/v1`, not actix's plain text.
+pub async fn wire_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let plain = res
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| !v.contains("json"));
+    if res.status() != actix_web::http::StatusCode::PAYLOAD_TOO_LARGE || !plain {
+        return Ok(res.map_into_boxed_body());
+    }
+    let limit = res
+        .request()
+        .app_data::<web::Data<AppState>>()
+        .map_or(0, |s| s.max_body_bytes);
+    let path = res.request().path().to_string();
+    let answer = if path.starts_with("/fhir") {
+        fhir::too_large(limit)
+    } else if path.starts_with("/cbo/v1") {
+        cbo::too_large(res.request(), limit)
+    } else {
+        return Ok(res.map_into_boxed_body());
+    };
+    Ok(res.into_response(answer))
+}
+
+/// Query parameters whose values name no person, kept in the audit trail as sent: ids,
+/// paging, codes, statuses and references to resources. Any other value (a name, a birth
+/// date, an identifier, a phone number …) is stored as `*`: the trail says that someone
+/// searched Patients by name and birth date, not for whom.
+const PLAIN_PARAMS: &[&str] = &[
+    "_id", "_count", "_cursor", "_include", "_revinclude", "_sort", "_total", "_summary",
+    "_elements", "_lastUpdated", "_format", "_pretty", "_type", "status", "intent",
+    "priority", "code", "category", "owner", "requester", "focus", "subject", "patient",
+    "based-on", "part-of", "performer", "encounter", "topic", "url", "type", "agent",
+    "entity", "action", "outcome", "cursor", "limit", "updated_since", "eventsSinceNumber",
+    "eventsUntilNumber", "content", "id",
+];
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if PLAIN_PARAMS.contains(&name.split(':').next().unwrap_or("")) => {
+                pair.to_string()
+            }
+            Some((name, _)) => format!("{name}=*"),
+            None => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Records every `/fhir` and `/cbo/v1` request that touches data in the audit trail
@@ -88,9 +194,7 @@ pub async fn audit(
     let method = req.method().clone();
     let query = req.query_string().to_string();
     let started = std::time::Instant::now();
-    let log = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.audit.clone());
+    let state = req.app_data::<web::Data<AppState>>().cloned();
     let mut res = next.call(req).await?;
     if !face.is_empty() {
         let status = crate::telemetry::metrics::status_class(res.status().as_u16());
@@ -107,10 +211,17 @@ pub async fn audit(
     if face.is_empty() || open {
         return Ok(res);
     }
-    let Some(log) = log else {
+    let Some(state) = state else {
         return Ok(res);
     };
-    let principal = res.request().extensions().get::<Principal>().cloned();
+    let mut principal = res.request().extensions().get::<Principal>().cloned();
+    // Refused before the handler authenticated (a body over the limit): a valid token
+    // still names the caller in the trail.
+    if principal.is_none()
+        && let Ok(token) = auth::bearer(res.request())
+    {
+        principal = state.auth.identify(token).await.ok();
+    }
     let fhir_path = path.trim_start_matches("/fhir").trim_matches('/');
     let action = match method.as_str() {
         "GET" | "HEAD" => "R",
@@ -128,7 +239,7 @@ pub async fn audit(
         "POST" if face == "fhir" => "E",
         _ => "U",
     };
-    log.record(Access {
+    state.audit.record(Access {
         client_id: principal
             .as_ref()
             .map_or("anonymous", |p| p.client_id.as_str()),
@@ -138,7 +249,7 @@ pub async fn audit(
         entity: if query.is_empty() {
             path
         } else {
-            format!("{path}?{query}")
+            format!("{path}?{}", redact_query(&query))
         },
         detail: method.to_string(),
         outcome: res.status().as_u16(),

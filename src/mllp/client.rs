@@ -74,7 +74,14 @@ impl Client {
 
     /// Reads the next reply (after a commit ACK, the application ACK).
     pub async fn receive(&mut self) -> Result<Bytes, MllpError> {
-        match self.conn.read_frame(self.timeout, self.timeout).await? {
+        match self
+            .conn
+            .read_frame(&super::ReadLimits {
+                idle: self.timeout,
+                frame: self.timeout,
+                gap_bytes: usize::MAX,
+            })
+            .await? {
             Some(Frame::Message(reply)) => Ok(reply),
             Some(Frame::TooLarge { len, .. }) => Err(MllpError::ReplyTooLarge(len)),
             None => Err(MllpError::Closed),

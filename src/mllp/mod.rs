@@ -59,6 +59,8 @@ pub enum MllpError {
     Stalled(Duration),
     #[error("frame not complete within {0:?}")]
     FrameTimeout(Duration),
+    #[error("more than {0} bytes outside a frame")]
+    OutsideFrames(usize),
     #[error("reply of {0} bytes is larger than allowed")]
     ReplyTooLarge(usize),
     #[error("payload contains the end-of-frame marker 0x1C 0x0D")]
@@ -79,6 +81,19 @@ struct Conn {
     write_buf: BytesMut,
     /// When the frame being read was first seen, for the frame timeout.
     frame_started: Option<Instant>,
+    /// Since when we wait for the next frame to start: bytes outside a frame do not
+    /// reset this clock (one stray byte every few minutes must not hold a connection).
+    waiting_since: Option<Instant>,
+    /// `codec.skipped()` when the last frame ended: what lies between frames is bounded.
+    skipped_before: u64,
+}
+
+/// The bounds of one read: see [`Conn::read_frame`].
+#[derive(Debug, Clone, Copy)]
+struct ReadLimits {
+    idle: Duration,
+    frame: Duration,
+    gap_bytes: usize,
 }
 
 /// Bytes reserved before each read.
@@ -92,39 +107,47 @@ impl Conn {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::new(),
             frame_started: None,
+            waiting_since: None,
+            skipped_before: 0,
         }
     }
 
     /// The next frame, reading as needed; `Ok(None)` at a clean end of stream.
     ///
-    /// Fails with [`MllpError::Stalled`] when no byte arrives for `idle`, and with
-    /// [`MllpError::FrameTimeout`] when a started frame has not ended `frame` after it
-    /// was first seen (a sender trickling bytes must not hold a connection forever).
+    /// Fails with [`MllpError::Stalled`] when no frame starts within `limits.idle`
+    /// (bytes outside a frame do not count as progress) or no byte of a started frame
+    /// arrives for that long, with [`MllpError::FrameTimeout`] when a started frame has
+    /// not ended `limits.frame` after it was first seen (a sender trickling bytes must
+    /// not hold a connection forever), and with [`MllpError::OutsideFrames`] past
+    /// `limits.gap_bytes` between two frames.
     /// Cancel-safe: dropping the future loses no byte read.
-    async fn read_frame(
-        &mut self,
-        idle: Duration,
-        frame: Duration,
-    ) -> Result<Option<Frame>, MllpError> {
+    async fn read_frame(&mut self, limits: &ReadLimits) -> Result<Option<Frame>, MllpError> {
         loop {
             if let Some(decoded) = self.codec.decode(&mut self.read_buf)? {
                 self.frame_started = None;
+                self.waiting_since = None;
+                self.skipped_before = self.codec.skipped();
                 return Ok(Some(decoded));
             }
+            if self.codec.skipped() - self.skipped_before > limits.gap_bytes as u64 {
+                return Err(MllpError::OutsideFrames(limits.gap_bytes));
+            }
             let now = Instant::now();
-            let idle_deadline = now + idle;
-            let deadline = if self.codec.in_frame() {
-                idle_deadline.min(*self.frame_started.get_or_insert(now) + frame)
+            let waiting = *self.waiting_since.get_or_insert(now);
+            let (deadline, frame_bound) = if self.codec.in_frame() {
+                let started = *self.frame_started.get_or_insert(now);
+                let frame_end = started + limits.frame;
+                ((now + limits.idle).min(frame_end), frame_end <= now + limits.idle)
             } else {
-                idle_deadline
+                (waiting + limits.idle, false)
             };
             self.read_buf.reserve(READ_CHUNK);
             match timeout_at(deadline, self.io.read_buf(&mut self.read_buf)).await {
                 Ok(Ok(0)) => return self.codec.decode_eof(&mut self.read_buf),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
-                Err(_) if deadline < idle_deadline => return Err(MllpError::FrameTimeout(frame)),
-                Err(_) => return Err(MllpError::Stalled(idle)),
+                Err(_) if frame_bound => return Err(MllpError::FrameTimeout(limits.frame)),
+                Err(_) => return Err(MllpError::Stalled(limits.idle)),
             }
         }
     }

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{Conn, Frame, Io, MllpError};
+use super::{Conn, Frame, Io, MllpError, ReadLimits};
 
 /// What the server will put up with. Timeouts bound what a peer can hold: a socket and
 /// at most `max_message_bytes` of buffer per connection.
@@ -27,8 +27,14 @@ pub struct Limits {
     /// A frame not complete this long after it started is dropped with its connection
     /// (defeats slow-loris senders, which reset the idle timer with every byte).
     pub frame_timeout: Duration,
+    /// Bytes tolerated between two frames (stray CR/LF some senders write); past this
+    /// the connection is closed. They never count as activity for `idle_timeout`.
+    pub max_gap_bytes: usize,
     /// Connections beyond this are accepted and closed at once.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once, so one peer cannot take every
+    /// slot of `max_connections` from the real senders.
+    pub max_connections_per_peer: usize,
     /// On shutdown, how long connections get to finish the message in hand.
     pub shutdown_grace: Duration,
 }
@@ -39,7 +45,9 @@ impl Default for Limits {
             max_message_bytes: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             frame_timeout: Duration::from_secs(60),
+            max_gap_bytes: 4096,
             max_connections: 1024,
+            max_connections_per_peer: 64,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -72,6 +80,7 @@ pub async fn serve(
 ) {
     let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(PeerSlots::default());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -95,10 +104,18 @@ pub async fn serve(
                     );
                     continue;
                 };
+                let Some(peer_slot) = PeerSlots::take(&peers, peer.ip(), limits.max_connections_per_peer) else {
+                    tracing::warn!(
+                        message = "MLLP connection refused: too many connections from this peer.",
+                        %peer,
+                        max_connections_per_peer = limits.max_connections_per_peer
+                    );
+                    continue;
+                };
                 connections.spawn(connection(
                     tcp,
                     peer,
-                    slot,
+                    (slot, peer_slot),
                     tls.clone(),
                     Arc::clone(&limits),
                     Arc::clone(&handler),
@@ -125,18 +142,56 @@ pub async fn serve(
     }
 }
 
+/// Connections held per peer address.
+#[derive(Default)]
+struct PeerSlots(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place among its peer's; given back on drop.
+struct PeerSlot {
+    slots: Arc<PeerSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlots {
+    fn take(slots: &Arc<PeerSlots>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut held = slots.0.lock().expect("poisoned");
+        let n = held.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            slots: Arc::clone(slots),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.0.lock().expect("poisoned");
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 fn log_panic(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         tracing::error!(message = "MLLP connection task failed.", error = %e);
     }
 }
 
-/// One connection, from TLS handshake to close. `_slot` is its place under
-/// [`Limits::max_connections`], given back on return.
+/// One connection, from TLS handshake to close. `_slots` are its places under
+/// [`Limits::max_connections`] and [`Limits::max_connections_per_peer`], given back on
+/// return.
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, PeerSlot),
     tls: Option<TlsAcceptor>,
     limits: Arc<Limits>,
     handler: Arc<dyn Handler>,
@@ -186,6 +241,9 @@ async fn connection(
         Err(MllpError::FrameTimeout(after)) => {
             tracing::warn!(message = "MLLP connection closed: frame timeout.", %peer, ?after, messages);
         }
+        Err(MllpError::OutsideFrames(limit)) => {
+            tracing::warn!(message = "MLLP connection closed: too many bytes outside a frame.", %peer, limit, messages);
+        }
         Err(MllpError::EndMarkerInPayload) => {
             tracing::error!(message = "MLLP reply not sent: it contains the end-of-frame marker.", %peer, messages);
         }
@@ -206,13 +264,18 @@ async fn exchange(
     messages: &mut u64,
 ) -> Result<&'static str, MllpError> {
     let mut warned_skip = false;
+    let read_limits = ReadLimits {
+        idle: limits.idle_timeout,
+        frame: limits.frame_timeout,
+        gap_bytes: limits.max_gap_bytes,
+    };
     loop {
         let read = tokio::select! {
             // Between messages, shutdown wins; a half-read frame is dropped (unanswered,
             // so the sender sends it again).
             biased;
             _ = shutdown.cancelled() => return Ok("shutdown"),
-            read = conn.read_frame(limits.idle_timeout, limits.frame_timeout) => read,
+            read = conn.read_frame(&read_limits) => read,
         };
         if !warned_skip && conn.codec.skipped() > 0 {
             warned_skip = true;

@@ -221,7 +221,7 @@ async fn sigterm_finishes_in_flight_work_and_loses_nothing_acknowledged() {
     // The audit records of the last requests were flushed before the exit.
     let mut audited = 0;
     let mut page = app
-        .get_json(&format!(
+        .audit_json(&format!(
             "AuditEvent?agent={client_id}&entity=/fhir/Patient&_count=1000"
         ))
         .await;
@@ -238,7 +238,7 @@ async fn sigterm_finishes_in_flight_work_and_loses_nothing_acknowledged() {
             .flatten()
             .find(|l| l["relation"] == "next");
         match next {
-            Some(l) => page = app.get_json_url(l["url"].as_str().unwrap()).await,
+            Some(l) => page = app.audit_json(l["url"].as_str().unwrap()).await,
             None => break,
         }
     }

@@ -15,6 +15,9 @@ use sqlx::Connection;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
+/// The key of the auditor's token among the cached tokens.
+const AUDITOR: &str = "(auditor)";
+
 pub struct TestApp {
     pub addr: String,
     /// The MLLP listener's address.
@@ -263,6 +266,33 @@ impl TestApp {
             key_pem,
             kid,
         }
+    }
+
+    /// A client with the operator's audit scope (`system/AuditEvent.rs`, which no
+    /// wildcard covers), and its GET of `path` below `/fhir` as JSON.
+    /// `path` may also be a whole URL (a Bundle's next link).
+    pub async fn audit_json(&self, path: &str) -> Value {
+        let cached = self.cbo_tokens.lock().unwrap().get(AUDITOR).cloned();
+        let token = match cached {
+            Some(t) => t,
+            None => {
+                let auditor = self.add_ehr(&["--scope", "system/AuditEvent.rs"]);
+                let t = self.ehr_token(&auditor, None).await;
+                self.cbo_tokens
+                    .lock()
+                    .unwrap()
+                    .insert(AUDITOR.into(), t.clone());
+                t
+            }
+        };
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            self.url(path)
+        };
+        let r = bearer(&token).get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
     }
 
     pub fn token_url(&self) -> String {

@@ -501,7 +501,7 @@ async fn reads_and_refusals_are_audited_and_the_trail_is_append_only() {
     let mut events = Vec::new();
     for _ in 0..50 {
         let trail = app
-            .get_json(&format!(
+            .audit_json(&format!(
                 "AuditEvent?agent={}&_count=100",
                 app.ehr.client_id
             ))
@@ -531,7 +531,7 @@ async fn reads_and_refusals_are_audited_and_the_trail_is_append_only() {
     );
     let mut refused = Value::Null;
     for _ in 0..50 {
-        refused = app.get_json("AuditEvent?agent=anonymous").await;
+        refused = app.audit_json("AuditEvent?agent=anonymous").await;
         if refused["entry"].as_array().is_some_and(|e| !e.is_empty()) {
             break;
         }

@@ -13,7 +13,6 @@ use crate::fhir::bundle::parse_query_string;
 use crate::http::AppState;
 use crate::subscription::topic;
 
-const TYPE: &str = "Subscription";
 
 fn answer(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)
@@ -26,7 +25,7 @@ pub async fn create(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let principal = allowed(&req, &state, TYPE, Interaction::Create).await?;
+    let principal = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     // Notifications show the topic's resources: the client must be allowed to read them.
     principal.require(topic::plan(&body)?.resource_type, Interaction::Read)?;
@@ -48,7 +47,7 @@ pub async fn read(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let principal = allowed(&req, &state, TYPE, Interaction::Read).await?;
+    let principal = allowed(&req, &state).await?;
     let resource = state
         .subscriptions
         .read(&principal.client_id, &path)
@@ -61,7 +60,7 @@ pub async fn delete(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let principal = allowed(&req, &state, TYPE, Interaction::Delete).await?;
+    let principal = allowed(&req, &state).await?;
     state
         .subscriptions
         .delete(&principal.client_id, &path)
@@ -74,7 +73,7 @@ pub async fn status(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let principal = allowed(&req, &state, TYPE, Interaction::Read).await?;
+    let principal = allowed(&req, &state).await?;
     let bundle = state
         .subscriptions
         .status(&principal.client_id, &path)
@@ -88,7 +87,7 @@ pub async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let principal = allowed(&req, &state, TYPE, Interaction::Read).await?;
+    let principal = allowed(&req, &state).await?;
     let topic_type = state
         .subscriptions
         .topic_type(&principal.client_id, &path)

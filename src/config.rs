@@ -36,7 +36,11 @@ impl IpRange {
             Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
             None => (s.parse().ok()?, None),
         };
-        let max = if matches!(addr, std::net::IpAddr::V4(_)) { 32 } else { 128 };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
         let prefix = prefix.unwrap_or(max);
         (prefix <= max).then_some(IpRange {
             network: addr,
@@ -52,11 +56,15 @@ impl IpRange {
         };
         match (self.network, ip) {
             (V4(n), V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (V6(n), V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -347,7 +355,8 @@ impl Settings {
         if let Some(v) = var("CROSSWAY_MLLP_TLS_KEY") {
             self.mllp_tls_key = PathBuf::from(v);
         }
-        if let Some(v) = var("CROSSWAY_MLLP_MAX_CONNECTIONS_PER_PEER").and_then(|v| v.parse().ok()) {
+        if let Some(v) = var("CROSSWAY_MLLP_MAX_CONNECTIONS_PER_PEER").and_then(|v| v.parse().ok())
+        {
             self.mllp_max_connections_per_peer = v;
         }
         if let Some(v) = var("CROSSWAY_MLLP_IDLE_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
@@ -370,6 +379,9 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_METRICS_TOKEN") {
             self.metrics_token = v;
+        }
+        if let Some(v) = var("CROSSWAY_MAX_BODY_BYTES").and_then(|v| v.parse().ok()) {
+            self.max_body_bytes = v;
         }
         if let Some(v) = var("CROSSWAY_RATE_LIMIT").and_then(|v| v.parse().ok()) {
             self.rate_limit_per_second = v;

@@ -34,20 +34,22 @@ pub fn parse(bytes: &[u8]) -> Result<Value, JsonProblem> {
         message: format!("the body is not valid JSON: {e}"),
     })?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    Check { path: &mut Vec::new() }
-        .deserialize(&mut de)
-        .map_err(|e| {
-            let text = e.to_string();
-            // serde_json appends " at line L column C"; the pointer is in the text.
-            let (pointer, message) = text
-                .split_once('\u{1f}')
-                .map(|(p, m)| (p.to_string(), m.to_string()))
-                .unwrap_or((String::new(), text.clone()));
-            let message = message
-                .rsplit_once(" at line ")
-                .map_or(message.clone(), |(m, _)| m.to_string());
-            JsonProblem { pointer, message }
-        })?;
+    Check {
+        path: &mut Vec::new(),
+    }
+    .deserialize(&mut de)
+    .map_err(|e| {
+        let text = e.to_string();
+        // serde_json appends " at line L column C"; the pointer is in the text.
+        let (pointer, message) = text
+            .split_once('\u{1f}')
+            .map(|(p, m)| (p.to_string(), m.to_string()))
+            .unwrap_or((String::new(), text.clone()));
+        let message = message
+            .rsplit_once(" at line ")
+            .map_or(message.clone(), |(m, _)| m.to_string());
+        JsonProblem { pointer, message }
+    })?;
     finite(&value, &mut String::new())?;
     Ok(value)
 }
@@ -189,6 +191,11 @@ mod tests {
         // Large but finite, and exact decimals, are kept as sent.
         let v = parse(br#"{"n": 1.7976931348623157e308, "d": 0.10}"#).unwrap();
         assert_eq!(v["d"].to_string(), "0.10");
-        assert!(parse(b"{not json").unwrap_err().message.contains("not valid JSON"));
+        assert!(
+            parse(b"{not json")
+                .unwrap_err()
+                .message
+                .contains("not valid JSON")
+        );
     }
 }

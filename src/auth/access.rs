@@ -91,7 +91,10 @@ fn included(params: &[(String, String)]) -> Vec<Need> {
                     _ => out.push(need("*", Interaction::Read)),
                 },
             },
-            "_revinclude" => out.push(need(if source.is_empty() { "*" } else { source }, Interaction::Read)),
+            "_revinclude" => out.push(need(
+                if source.is_empty() { "*" } else { source },
+                Interaction::Read,
+            )),
             _ => {}
         }
     }
@@ -119,10 +122,16 @@ mod tests {
     #[test]
     fn each_interaction_needs_its_letter_and_includes_need_read_on_their_targets() {
         assert_eq!(types(&needs("GET", "Task/1", &[])), [("Task", 'r')]);
-        assert_eq!(types(&needs("GET", "Task/1/_history/2", &[])), [("Task", 'r')]);
+        assert_eq!(
+            types(&needs("GET", "Task/1/_history/2", &[])),
+            [("Task", 'r')]
+        );
         assert_eq!(types(&needs("POST", "Task", &[])), [("Task", 'c')]);
         assert_eq!(types(&needs("PUT", "Task/1", &[])), [("Task", 'u')]);
-        assert_eq!(types(&needs("PUT", "Task", &[])), [("Task", 'u'), ("Task", 's')]);
+        assert_eq!(
+            types(&needs("PUT", "Task", &[])),
+            [("Task", 'u'), ("Task", 's')]
+        );
         assert_eq!(types(&needs("DELETE", "Task/1", &[])), [("Task", 'd')]);
         assert_eq!(types(&needs("POST", "Task/_search", &[])), [("Task", 's')]);
         assert_eq!(
@@ -134,7 +143,11 @@ mod tests {
             [("Task", 's'), ("Patient", 'r')]
         );
         assert_eq!(
-            types(&needs("GET", "Task", &p(&[("_include:iterate", "Task:focus:ServiceRequest")]))),
+            types(&needs(
+                "GET",
+                "Task",
+                &p(&[("_include:iterate", "Task:focus:ServiceRequest")])
+            )),
             [("Task", 's'), ("ServiceRequest", 'r')]
         );
         assert_eq!(
@@ -142,7 +155,11 @@ mod tests {
             [("Task", 's'), ("*", 'r')]
         );
         assert_eq!(
-            types(&needs("GET", "Patient", &p(&[("_revinclude", "Task:patient")]))),
+            types(&needs(
+                "GET",
+                "Patient",
+                &p(&[("_revinclude", "Task:patient")])
+            )),
             [("Patient", 's'), ("Task", 'r')]
         );
         assert!(needs("GET", "metadata", &[]).is_empty());

@@ -440,7 +440,9 @@ impl Authority {
             }
             _ => {
                 self.throttle.failed(req.peer, Some(id));
-                Err(AuthError::InvalidClient("unknown client or wrong secret".into()))
+                Err(AuthError::InvalidClient(
+                    "unknown client or wrong secret".into(),
+                ))
             }
         }
     }

@@ -148,7 +148,10 @@ mod tests {
             assert!(t.admit(Some(a), Some("c1")).is_ok());
             t.failed(Some(a), Some("c1"));
         }
-        assert!(t.admit(Some(a), Some("c1")).is_ok(), "free failures used up");
+        assert!(
+            t.admit(Some(a), Some("c1")).is_ok(),
+            "free failures used up"
+        );
         t.failed(Some(a), Some("c1"));
         // The client id is locked from any peer; the peer not yet for other ids.
         assert!(t.admit(Some(b), Some("c1")).is_err());

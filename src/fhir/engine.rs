@@ -123,11 +123,14 @@ impl Fhir {
         &self.ctx.subscriptions
     }
 
+    /// `caller` as for [`Fhir::update`]: an organisation-bound client's creates are
+    /// checked by the write rules and remembered as its organisation's.
     pub async fn create(
         &self,
         resource_type: &str,
         mut resource: Value,
         if_none_exist: Option<&str>,
+        caller: Option<&str>,
     ) -> Result<Written, FhirError> {
         check_type(resource_type)?;
         let checked = validate::validate(resource_type, &resource, None)?;
@@ -146,6 +149,7 @@ impl Fhir {
             if_none_exist,
             must_resolve: checked.must_resolve,
             warnings: checked.warnings,
+            caller: caller.map(str::to_string),
         };
         match self.submit(write).await? {
             Outcome::Written(w) => Ok(w),
@@ -431,6 +435,7 @@ enum Write {
         if_none_exist: Option<SearchQuery>,
         must_resolve: Vec<ReferenceCheck>,
         warnings: Vec<Issue>,
+        caller: Option<String>,
     },
     Update {
         resource_type: String,
@@ -623,6 +628,7 @@ impl Command for WriteCommand {
                     if_none_exist,
                     must_resolve,
                     warnings,
+                    caller,
                 } => {
                     if let Some(q) = if_none_exist
                         && let Some(found) = find_existing(tx, &q).await?
@@ -640,7 +646,7 @@ impl Command for WriteCommand {
                         create_only: true,
                         if_match: None,
                         link: true,
-                        caller: None,
+                        caller: caller.as_deref(),
                     };
                     write_one(tx, ctx, one, resource, Some(*prepared), warnings, now)
                         .await
@@ -842,11 +848,11 @@ async fn write_one(
         })?),
         None => None,
     };
+    if let Some(org) = one.caller {
+        check_write(tx, ctx, org, ty, &one.id, old.as_ref(), &resource).await?;
+    }
     if let (Some(cur), Some(old)) = (&current, &old) {
         if ty == "Task" {
-            if let Some(org) = one.caller {
-                check_task_change(ctx, org, old, &resource)?;
-            }
             validate::check_task_transition(old, &resource)?;
         }
         if same_content(old, &resource) {
@@ -1396,10 +1402,120 @@ fn names_organization(ctx: &Context, reference: Option<&Value>, org: &str) -> bo
     })
 }
 
-/// The requester may change a Task freely; its owner only its status, statusReason
-/// and output, and may add notes; anyone else nothing.
-fn check_task_change(ctx: &Context, org: &str, old: &Value, new: &Value) -> Result<(), FhirError> {
-    if names_organization(ctx, old.get("requester"), org) {
+/// Who may write what, for a client bound to organisation `org` (README, "Who may
+/// write what"); the one place these rules live, for single requests and Bundle
+/// entries alike. A new resource is remembered as `org`'s.
+///
+/// - A Task: its requester's side (the organisation `requester` names, or the one that
+///   created it) changes it freely; its owner only status, statusReason and output, and
+///   adds notes; anyone else nothing. A new Task may not name another configured
+///   organisation as its requester.
+/// - A directory entry of a configured organisation (HealthcareService `providedBy`,
+///   Location `managingOrganization`, an Organization that is one): only that
+///   organisation writes it, before and after the change.
+/// - Anything else: created by anyone the scopes allow; changed only by the
+///   organisation that created it.
+async fn check_write(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    org: &str,
+    ty: &str,
+    id: &str,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), FhirError> {
+    let refuse = |expression: String, message: String| {
+        Err(FhirError::Forbidden {
+            expression: Some(expression),
+            message,
+        })
+    };
+    let named: Vec<String> = old
+        .into_iter()
+        .chain([new])
+        .filter_map(|version| directory_owner(ctx, ty, id, version))
+        .collect();
+    if let Some(other) = named.iter().find(|n| *n != org) {
+        return refuse(
+            ty.to_string(),
+            format!(
+                "this {ty} is Organization/{other}'s directory entry; only Organization/{other} may write it"
+            ),
+        );
+    }
+    if named.is_empty() {
+        match (ty, old) {
+            ("Task", None) => {
+                if let Some(other) = configured_organization(ctx, new.get("requester"))
+                    && other != org
+                {
+                    return refuse(
+                        "Task.requester".into(),
+                        format!(
+                            "a client of Organization/{org} may not make a Task on behalf of Organization/{other}"
+                        ),
+                    );
+                }
+            }
+            ("Task", Some(old)) => {
+                let author = tx.author(ty, id).await?;
+                check_task_change(ctx, org, author.as_deref() == Some(org), old, new)?;
+            }
+            (_, None) => {}
+            (_, Some(_)) => {
+                if tx.author(ty, id).await?.as_deref() != Some(org) {
+                    return refuse(
+                        ty.to_string(),
+                        format!(
+                            "{ty}/{id} was not created by Organization/{org}, so its clients may not change it"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if old.is_none() {
+        tx.stage_author(ty, id, org);
+    }
+    Ok(())
+}
+
+/// The configured organisation whose directory entry `resource` is, if it is one.
+fn directory_owner(ctx: &Context, ty: &str, id: &str, resource: &Value) -> Option<String> {
+    match ty {
+        "HealthcareService" => configured_organization(ctx, resource.get("providedBy")),
+        "Location" => configured_organization(ctx, resource.get("managingOrganization")),
+        "Organization" => ctx
+            .organizations
+            .all()
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| o.id.clone()),
+        _ => None,
+    }
+}
+
+/// The configured organisation a reference names, by `Organization/{id}` or by one of
+/// its identifiers.
+fn configured_organization(ctx: &Context, reference: Option<&Value>) -> Option<String> {
+    ctx.organizations
+        .all()
+        .iter()
+        .find(|o| names_organization(ctx, reference, &o.id))
+        .map(|o| o.id.clone())
+}
+
+/// The requester's side (the organisation `requester` names, or `authored`: the one
+/// that created the Task) may change a Task freely; its owner only its status,
+/// statusReason and output, and may add notes; anyone else nothing.
+fn check_task_change(
+    ctx: &Context,
+    org: &str,
+    authored: bool,
+    old: &Value,
+    new: &Value,
+) -> Result<(), FhirError> {
+    if authored || names_organization(ctx, old.get("requester"), org) {
         return Ok(());
     }
     if !names_organization(ctx, old.get("owner"), org) {

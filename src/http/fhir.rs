@@ -341,13 +341,18 @@ async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let resource_type = path.into_inner();
-    allowed(&req, &state).await?;
+    let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_none_exist = header_str(req.headers(), "if-none-exist");
     let merges = merges_persons(&body);
     let written = state
         .fhir
-        .create(&resource_type, body, if_none_exist)
+        .create(
+            &resource_type,
+            body,
+            if_none_exist,
+            caller.organization.as_deref(),
+        )
         .await?;
     if merges {
         state.identities.forget_all().await;

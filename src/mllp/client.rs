@@ -81,7 +81,8 @@ impl Client {
                 frame: self.timeout,
                 gap_bytes: usize::MAX,
             })
-            .await? {
+            .await?
+        {
             Some(Frame::Message(reply)) => Ok(reply),
             Some(Frame::TooLarge { len, .. }) => Err(MllpError::ReplyTooLarge(len)),
             None => Err(MllpError::Closed),

@@ -137,7 +137,10 @@ impl Conn {
             let (deadline, frame_bound) = if self.codec.in_frame() {
                 let started = *self.frame_started.get_or_insert(now);
                 let frame_end = started + limits.frame;
-                ((now + limits.idle).min(frame_end), frame_end <= now + limits.idle)
+                (
+                    (now + limits.idle).min(frame_end),
+                    frame_end <= now + limits.idle,
+                )
             } else {
                 (waiting + limits.idle, false)
             };

@@ -125,9 +125,9 @@ const NO_HOST: &str = "must name a host (and no user info)";
 fn verdict(url: &str, allow_insecure: bool) -> Result<(), &'static str> {
     let parsed = Url::parse(url).map_err(|_| "must be an absolute https:// URL")?;
     // The parser forgives `https:///host` and backslashes; a registration is exact.
-    let authority = url
-        .split_once("://")
-        .map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    let authority = url.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
     if authority.is_empty() || url.contains('\\') {
         return Err(NO_HOST);
     }

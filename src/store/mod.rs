@@ -554,6 +554,7 @@ pub struct Mark {
     referrals: usize,
     events: usize,
     keys: usize,
+    authors: usize,
     loaded: usize,
     written: usize,
     written_referrals: usize,
@@ -576,6 +577,8 @@ pub struct Tx<'c> {
     referrals: Vec<StagedReferral>,
     events: Vec<StagedEvent>,
     keys: Vec<StagedKey>,
+    /// (type, id, organisation) of resources an organisation-bound client created.
+    authors: Vec<(String, String, String)>,
     /// Referrals read from the database in this transaction (a command reads a
     /// referral, then the Task write it causes looks it up again).
     loaded: Vec<Referral>,
@@ -771,6 +774,7 @@ impl<'c> Tx<'c> {
             referrals: self.referrals.len(),
             events: self.events.len(),
             keys: self.keys.len(),
+            authors: self.authors.len(),
             loaded: self.loaded.len(),
             written_referrals: self.written_referrals.len(),
             written: self.written.len(),
@@ -785,6 +789,7 @@ impl<'c> Tx<'c> {
         self.referrals.truncate(m.referrals);
         self.events.truncate(m.events);
         self.keys.truncate(m.keys);
+        self.authors.truncate(m.authors);
         self.loaded.truncate(m.loaded);
         self.written_referrals.truncate(m.written_referrals);
         self.written.truncate(m.written);
@@ -856,7 +861,53 @@ impl<'c> Tx<'c> {
             self.written.extend(staged.into_iter().map(|s| s.resource));
         }
         self.flush_notifications().await?;
+        self.flush_authors().await?;
         self.flush_referrals(announce_as).await
+    }
+
+    /// The organisation whose bound client created `type/id`, if one did.
+    pub async fn author(&mut self, resource_type: &str, id: &str) -> Result<Option<String>> {
+        if let Some((.., org)) = self
+            .authors
+            .iter()
+            .rev()
+            .find(|(t, i, _)| t == resource_type && i == id)
+        {
+            return Ok(Some(org.clone()));
+        }
+        let row = sqlx::query(
+            "SELECT organization FROM resource_authors WHERE res_type = $1 AND res_id = $2",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Records that `organization`'s client created `type/id`.
+    pub fn stage_author(&mut self, resource_type: &str, id: &str, organization: &str) {
+        self.authors.push((
+            resource_type.to_string(),
+            id.to_string(),
+            organization.to_string(),
+        ));
+    }
+
+    /// Rare (only organisation-bound clients' creates): one statement per row.
+    async fn flush_authors(&mut self) -> Result<()> {
+        for (ty, id, org) in std::mem::take(&mut self.authors) {
+            sqlx::query(
+                "INSERT INTO resource_authors (res_type, res_id, organization) VALUES ($1, $2, $3) \
+                 ON CONFLICT (res_type, res_id) DO NOTHING",
+            )
+            .bind(ty)
+            .bind(id)
+            .bind(org)
+            .execute(&mut *self.conn)
+            .await?;
+        }
+        Ok(())
     }
 }
 

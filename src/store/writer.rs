@@ -343,6 +343,7 @@ async fn run_batch<C: Command>(
         referrals: Vec::new(),
         events: Vec::new(),
         keys: Vec::new(),
+        authors: Vec::new(),
         loaded: Vec::new(),
         preloaded: HashMap::new(),
         written_referrals: Vec::new(),

@@ -354,3 +354,690 @@ async fn the_delivery_log_gives_tenants_a_coarse_error_only() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 2. Scope bypass through Bundles: an entry passes exactly its stand-alone checks.
+// ---------------------------------------------------------------------------------------
+
+async fn token_with_scope(app: &TestApp, scope: &str) -> reqwest::Client {
+    let client = app.add_ehr(&["--scope", scope]);
+    bearer(&app.ehr_token(&client, None).await)
+}
+
+/// (status, body) of `method url` on its own, the query in the URL and, for POST
+/// `_search`, in a form body.
+async fn alone(app: &TestApp, client: &reqwest::Client, method: &str, url: &str) -> (u16, Value) {
+    let full = app.url(url);
+    let r = match method {
+        "POST" => {
+            let (path, query) = full.split_once('?').unwrap_or((&full, ""));
+            client
+                .post(path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(query.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+        _ => client.get(full).send().await.unwrap(),
+    };
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn in_bundle(
+    app: &TestApp,
+    client: &reqwest::Client,
+    kind: &str,
+    method: &str,
+    url: &str,
+) -> (u16, Value) {
+    let bundle = json!({"resourceType": "Bundle", "type": kind,
+        "entry": [{"request": {"method": method, "url": url}}]});
+    let r = client
+        .post(app.url(""))
+        .header("content-type", FHIR_JSON)
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_bundle_entry_passes_exactly_the_checks_of_its_stand_alone_request() {
+    let app = spawn_app().await;
+    let referral = app.post_referral().await;
+    let patient = entry_id(&referral, 0);
+    let task = entry_id(&referral, 4);
+    let task_only = token_with_scope(&app, "system/Task.rs").await;
+    let refused = [
+        ("GET", "Task?_include=Task:patient".to_string()),
+        ("GET", "Task?_include:iterate=Task:patient".into()),
+        ("GET", "Task?_include=Task:focus".into()),
+        ("GET", "Task?_include=Task:focus:ServiceRequest".into()),
+        ("GET", "Task?_include=Task:requester".into()),
+        ("POST", "Task/_search?_include=Task:patient".into()),
+        ("GET", format!("Patient/{patient}")),
+        ("GET", "ServiceRequest?status=active".into()),
+        ("GET", "AuditEvent?agent=anonymous".into()),
+    ];
+    for (method, url) in &refused {
+        let (status, body) = alone(&app, &task_only, method, url).await;
+        assert_eq!(status, 403, "alone {method} {url}: {body}");
+        for kind in ["batch", "transaction"] {
+            let (status, body) = in_bundle(&app, &task_only, kind, method, url).await;
+            assert_eq!(status, 403, "{kind} {method} {url}: {body}");
+            assert!(
+                !body.to_string().contains("\"Patient\""),
+                "{kind} {method} {url} leaked a Patient"
+            );
+        }
+    }
+    // What the token does allow works both ways.
+    for (method, url) in [
+        ("GET", format!("Task/{task}")),
+        ("GET", "Task?status=requested".into()),
+    ] {
+        assert_eq!(alone(&app, &task_only, method, &url).await.0, 200, "{url}");
+        let (status, body) = in_bundle(&app, &task_only, "batch", method, &url).await;
+        assert_eq!(status, 200, "{url}: {body}");
+        assert!(
+            body["entry"][0]["response"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("200")
+        );
+    }
+    // Least privilege: read on the included type is enough, no wildcard needed.
+    let with_patient = token_with_scope(&app, "system/Task.rs system/Patient.r").await;
+    let url = "Task?_include=Task:patient";
+    let (status, body) = alone(&app, &with_patient, "GET", url).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("\"Patient\""), "{body}");
+    let (status, body) = in_bundle(&app, &with_patient, "batch", "GET", url).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("\"Patient\""), "{body}");
+    // Focus points anywhere: without a target type it needs read on every type.
+    let (status, _) = alone(&app, &with_patient, "GET", "Task?_include=Task:focus").await;
+    assert_eq!(status, 403);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Write rules for every resource of a referral and of the directory.
+// ---------------------------------------------------------------------------------------
+
+async fn bound(app: &TestApp, org: &str) -> reqwest::Client {
+    let client = app.add_ehr(&["--org", &format!("Organization/{org}")]);
+    bearer(&app.ehr_token(&client, None).await)
+}
+
+async fn put(app: &TestApp, client: &reqwest::Client, path: &str, body: &Value) -> (u16, Value) {
+    let r = client
+        .put(app.url(path))
+        .header("content-type", FHIR_JSON)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post_fhir(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let r = client
+        .post(app.url(path))
+        .header("content-type", FHIR_JSON)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// A transaction of one PUT or POST.
+fn one_entry(method: &str, url: &str, resource: &Value) -> Value {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()), "resource": resource,
+         "request": {"method": method, "url": url}}]})
+}
+
+#[tokio::test]
+async fn organisation_bound_clients_write_only_their_own_side() {
+    let app = spawn_app().await;
+    let hospital = bound(&app, "hospital-st-mary").await;
+    let stranger = bound(&app, "cbo-metro-rides").await;
+    let owner = bound(&app, ORG).await;
+
+    // The hospital's own client makes the referral.
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/referral-transaction.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let (status, referral) = post_fhir(&app, &hospital, "", &fixture).await;
+    assert_eq!(status, 200, "{referral}");
+    let ids: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            let loc = referral["entry"][i]["response"]["location"]
+                .as_str()
+                .unwrap();
+            let mut parts = loc.split('/');
+            (
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap().to_string(),
+            )
+        })
+        .collect();
+
+    // Another organisation's client changes none of it, alone or in a Bundle.
+    for (ty, id) in &ids {
+        let path = format!("{ty}/{id}");
+        let mut changed = app.get_json(&path).await;
+        changed["language"] = json!("es");
+        let (status, body) = put(&app, &stranger, &path, &changed).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        let (status, body) =
+            post_fhir(&app, &stranger, "", &one_entry("PUT", &path, &changed)).await;
+        assert_eq!(status, 403, "{path} in a Bundle: {body}");
+        assert_eq!(
+            app.get_json(&path).await["meta"]["versionId"],
+            "1",
+            "{path}"
+        );
+    }
+    // The owner may not rewrite the requester's side either (only its Task fields).
+    let (sr_path, task_path) = (
+        format!("ServiceRequest/{}", ids[3].1),
+        format!("Task/{}", ids[4].1),
+    );
+    let mut sr = app.get_json(&sr_path).await;
+    sr["priority"] = json!("stat");
+    assert_eq!(put(&app, &owner, &sr_path, &sr).await.0, 403);
+    // The maker may.
+    let (status, body) = put(&app, &hospital, &sr_path, &sr).await;
+    assert_eq!(status, 200, "{body}");
+    let mut task = app.get_json(&task_path).await;
+    task["status"] = json!("accepted");
+    let (status, body) = put(&app, &owner, &task_path, &task).await;
+    assert_eq!(status, 200, "the owner accepts: {body}");
+
+    // Nobody makes a Task on another organisation's behalf, by reference or identifier.
+    let mut forged = app.get_json(&task_path).await;
+    forged.as_object_mut().unwrap().remove("id");
+    forged.as_object_mut().unwrap().remove("meta");
+    forged["status"] = json!("requested");
+    for requester in [
+        json!({"reference": "Organization/hospital-st-mary"}),
+        json!({"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": npi_of_st_mary()}}),
+    ] {
+        forged["requester"] = requester.clone();
+        let (status, body) = post_fhir(&app, &stranger, "Task", &forged).await;
+        assert_eq!(status, 403, "{requester}: {body}");
+        let (status, body) =
+            post_fhir(&app, &stranger, "", &one_entry("POST", "Task", &forged)).await;
+        assert_eq!(status, 403, "{requester} in a Bundle: {body}");
+    }
+
+    // The directory: a CBO's HealthcareService is written only by that CBO.
+    let service = json!({"resourceType": "HealthcareService", "active": true,
+        "name": "Weekly groceries", "providedBy": {"reference": format!("Organization/{ORG}")}});
+    let (status, body) = post_fhir(&app, &stranger, "HealthcareService", &service).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, created) = post_fhir(&app, &owner, "HealthcareService", &service).await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("HealthcareService/{}", created["id"].as_str().unwrap());
+    let mut renamed = created.clone();
+    renamed["name"] = json!("Closed");
+    assert_eq!(put(&app, &stranger, &path, &renamed).await.0, 403);
+    let mut taken = created.clone();
+    taken["providedBy"] = json!({"reference": "Organization/cbo-metro-rides"});
+    assert_eq!(
+        put(&app, &stranger, &path, &taken).await.0,
+        403,
+        "taking it over"
+    );
+    assert_eq!(put(&app, &owner, &path, &renamed).await.0, 200);
+    let own =
+        json!({"resourceType": "Organization", "id": "cbo-metro-rides", "name": "Not Riverside"});
+    assert_eq!(
+        put(
+            &app,
+            &stranger,
+            &format!("Organization/{ORG}"),
+            &json!({"resourceType": "Organization", "id": ORG, "name": "x"})
+        )
+        .await
+        .0,
+        403
+    );
+    // Its own Organization (seeded from the configuration) it may.
+    assert_eq!(
+        put(&app, &stranger, "Organization/cbo-metro-rides", &own)
+            .await
+            .0,
+        200
+    );
+
+    // A client bound to no organisation (the integration's own) is not restricted.
+    sr["priority"] = json!("urgent");
+    assert_eq!(put(&app, &app.client, &sr_path, &sr).await.0, 200);
+}
+
+fn npi_of_st_mary() -> String {
+    let config =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+            .unwrap();
+    let at = config.find("id = \"hospital-st-mary\"").unwrap();
+    let rest = &config[at..];
+    let value = rest.find("value = \"").unwrap() + "value = \"".len();
+    rest[value..].split('"').next().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. The token endpoint: guessing is metered before the hash, refusals look alike and
+//    are audited.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn secret_guessing_is_metered_before_the_hash_and_audited() {
+    let app = spawn_app().await;
+    let (client_id, secret) = app.add_cbo_client(ORG, None);
+    let ehr = app.add_ehr(&[]);
+    let form = |id: &str, s: &str| {
+        vec![
+            ("grant_type".to_string(), "client_credentials".to_string()),
+            ("client_id".to_string(), id.to_string()),
+            ("client_secret".to_string(), s.to_string()),
+        ]
+    };
+    let ask = |f: Vec<(String, String)>| {
+        let url = app.token_url();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .form(&f)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, r.json::<Value>().await.unwrap(), retry)
+        }
+    };
+    // Unknown, wrong, and a client that has no secret: one answer.
+    let unknown = ask(form("no-such-client", "guess")).await;
+    let wrong = ask(form(&client_id, "guess")).await;
+    let keyed = ask(form(&ehr.client_id, "guess")).await;
+    assert_eq!(unknown.0, 401);
+    assert_eq!((unknown.0, &unknown.1), (wrong.0, &wrong.1));
+    assert_eq!((unknown.0, &unknown.1), (keyed.0, &keyed.1));
+
+    // Four more wrong secrets use up the client's free failures; then it is locked out,
+    // even for the right secret, with a Retry-After.
+    for _ in 0..4 {
+        assert_eq!(ask(form(&client_id, "guess")).await.0, 401);
+    }
+    assert_eq!(ask(form(&client_id, "guess")).await.0, 401);
+    let locked = ask(form(&client_id, &secret)).await;
+    assert_eq!(locked.0, 429, "{}", locked.1);
+    assert!(locked.2.is_some(), "Retry-After");
+
+    // A flood of wrong secrets from one peer: most are refused before any hash.
+    let flood: Vec<_> = (0..60)
+        .map(|i| ask(form(&format!("guess-{i}"), "x")))
+        .collect();
+    let answers = futures::future::join_all(flood).await;
+    let hashed = answers.iter().filter(|a| a.0 == 401).count();
+    let metered = answers.iter().filter(|a| a.0 == 429).count();
+    assert_eq!(hashed + metered, 60);
+    assert!(hashed <= 25, "{hashed} hashes for 60 guesses");
+
+    // Every refusal is in the audit trail under the client id it claimed.
+    let mut seen = 0;
+    for _ in 0..50 {
+        let trail = app
+            .audit_json(&format!("AuditEvent?agent={client_id}&entity=/auth/token"))
+            .await;
+        seen = trail["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["outcome"] == "4")
+            .count();
+        if seen >= 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen >= 7, "{seen} refusals audited");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. The audit trail: an operator's scope, and no search values that name a person.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_audit_trail_is_an_operators_and_keeps_no_value_that_names_a_person() {
+    let app = spawn_app_with(&[("CROSSWAY_MAX_BODY_BYTES", "4096")]).await;
+    // The default EHR scopes do not reach it, by wildcard, in a Bundle, or by asking.
+    assert_eq!(app.get("AuditEvent").await.status(), 403);
+    let (status, _) = in_bundle(&app, &app.client, "batch", "GET", "AuditEvent").await;
+    assert_eq!(status, 403);
+    let (status, body) = app
+        .ehr_token_request(&app.ehr, Some("system/AuditEvent.rs"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_scope");
+
+    for query in [
+        "Patient?family=Zyxwvuts&birthdate=1961-02-03&_count=5",
+        "Patient?identifier=urn:mrn|4455667788",
+        "Patient?name=Quorra&given=5550001234",
+    ] {
+        assert_eq!(app.get(query).await.status(), 200, "{query}");
+    }
+    // A body over the limit is refused before the handler: still in the face's format,
+    // and the caller is named in the trail.
+    let big = "x".repeat(8192);
+    let cbo = app.cbo(ORG);
+    let r = cbo
+        .post_raw("webhooks", &format!("{{\"url\": \"{big}\"}}"), &[])
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    assert_eq!(r.body["status"], 413);
+    let r = app
+        .client
+        .post(app.url("Task/_search"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("status={big}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let outcome: Value = r.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+
+    let mut entities = String::new();
+    for _ in 0..50 {
+        let trail = app.audit_json("AuditEvent?_count=1000").await;
+        entities = trail.to_string();
+        if entities.contains("given=*") && entities.contains("/cbo/v1/webhooks") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for secret in [
+        "Zyxwvuts",
+        "1961-02-03",
+        "4455667788",
+        "Quorra",
+        "5550001234",
+    ] {
+        assert!(!entities.contains(secret), "{secret} in the trail");
+    }
+    assert!(
+        entities.contains("family=*&birthdate=*&_count=5"),
+        "{entities}"
+    );
+    let trail = app.audit_json("AuditEvent?entity=/cbo/v1/webhooks").await;
+    let refused = trail["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["resource"]["outcomeDesc"] == "POST 413")
+        .unwrap_or_else(|| panic!("no audit of the 413: {trail}"));
+    assert_ne!(
+        refused["resource"]["agent"][0]["who"]["identifier"]["value"], "anonymous",
+        "the 413 names its caller"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Forwarded headers decide nothing unless a configured proxy sent them.
+// ---------------------------------------------------------------------------------------
+
+async fn discovery(app: &TestApp, headers: &[(&str, &str)]) -> Value {
+    let mut r = reqwest::Client::new().get(format!(
+        "http://{}/.well-known/smart-configuration",
+        app.addr
+    ));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap().json().await.unwrap()
+}
+
+const FORGED: [[(&str, &str); 2]; 3] = [
+    [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+    ],
+    [
+        ("forwarded", "host=evil.example;proto=https"),
+        ("x-ignored", "1"),
+    ],
+    [
+        ("forwarded", "for=1.2.3.4;host=\"evil.example\";proto=https"),
+        ("x-forwarded-host", "evil.example"),
+    ],
+];
+
+#[tokio::test]
+async fn forwarded_headers_count_only_from_configured_proxies() {
+    let app = spawn_app().await;
+    let evil_token_url = "https://evil.example/auth/token";
+    for headers in FORGED {
+        let d = discovery(&app, &headers).await;
+        assert_eq!(d["token_endpoint"], app.token_url(), "{headers:?}");
+        // An assertion made out to another server is refused whatever the headers say.
+        let assertion = sign_assertion(&app.ehr, evil_token_url, json!({}));
+        let mut r = reqwest::Client::new().post(app.token_url()).form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ]);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401, "{headers:?}");
+        // Links in a searchset keep our own base.
+        let mut r = app.client.get(app.url("Task?_count=1"));
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        let page: Value = r.send().await.unwrap().json().await.unwrap();
+        assert!(!page.to_string().contains("evil.example"), "{page}");
+    }
+    // Behind a configured proxy the same headers are the truth.
+    let proxied = spawn_app_with(&[("CROSSWAY_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")]).await;
+    let d = discovery(&proxied, &FORGED[0]).await;
+    assert_eq!(d["token_endpoint"], evil_token_url);
+    let assertion = sign_assertion(&proxied.ehr, evil_token_url, json!({}));
+    let r = reqwest::Client::new()
+        .post(proxied.token_url())
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. MLLP slots cannot be held: stray bytes are not activity, and one peer has a cap.
+// ---------------------------------------------------------------------------------------
+
+/// Reads until the server closes the connection or `limit` passes; true when closed.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+const ADT: &str = "MSH|^~\\&|EPIC|ST-MARY|CROSSWAY|HIE|20240101120000||ADT^A08^ADT_A01|MSG-ATTACK-1|P|2.5.1\rEVN|A08|20240101120000\rPID|1||MRN-ATTACK-1^^^ST-MARY^MR||Doe^Jane||19800101|F\rPV1|1|O\r";
+
+#[tokio::test]
+async fn mllp_slots_cannot_be_held_by_stray_bytes_or_by_one_peer() {
+    let app = spawn_app_with(&[
+        ("CROSSWAY_MLLP_IDLE_TIMEOUT_MS", "1500"),
+        ("CROSSWAY_MLLP_MAX_CONNECTIONS_PER_PEER", "4"),
+    ])
+    .await;
+    // One stray byte every 400 ms: once kept a connection for good, now it closes.
+    let mut trickle = tokio::net::TcpStream::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..15 {
+        let _ = trickle.write_all(b"\r").await;
+        if closed_within(&mut trickle, Duration::from_millis(400)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a trickle of bytes outside frames held the connection"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A burst of bytes outside any frame closes the connection at once.
+    let mut garbage = tokio::net::TcpStream::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    garbage.write_all(&[b'A'; 8192]).await.unwrap();
+    assert!(closed_within(&mut garbage, Duration::from_millis(1000)).await);
+
+    // Four idle connections from one peer take its share; the fifth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(
+            tokio::net::TcpStream::connect(&app.mllp_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = tokio::net::TcpStream::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    assert!(closed_within(&mut fifth, Duration::from_millis(1000)).await);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A real sender, with the CR LF some write between frames, is still answered.
+    let mut sender = tokio::net::TcpStream::connect(&app.mllp_addr)
+        .await
+        .unwrap();
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(ADT.as_bytes());
+    framed.extend_from_slice(&[0x1c, 0x0d, b'\r', b'\n']);
+    sender.write_all(&framed).await.unwrap();
+    let mut ack = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !ack.contains(&0x1c) {
+        let n = tokio::time::timeout(Duration::from_secs(5), sender.read(&mut buf))
+            .await
+            .expect("an ACK in time")
+            .unwrap();
+        assert!(n > 0, "closed without an ACK");
+        ack.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&ack).contains("MSA|A"),
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. JSON whose meaning is uncertain is refused, naming where.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn numbers_and_names_whose_meaning_is_uncertain_are_refused() {
+    let app = spawn_app().await;
+    let bodies = [
+        r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": 1e999}}"#,
+        r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": -1E400}}"#,
+        r#"{"resourceType": "Observation", "status": "final", "status": "cancelled", "code": {"text": "x"}}"#,
+        r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x", "text": "y"}}"#,
+    ];
+    for body in bodies {
+        let r = app
+            .client
+            .post(app.url("Observation"))
+            .header("content-type", FHIR_JSON)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let outcome: Value = r.json().await.unwrap();
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(
+            text.contains("twice") || text.contains("out of range"),
+            "{text}"
+        );
+        // The same resource inside a transaction.
+        let bundle = format!(
+            r#"{{"resourceType": "Bundle", "type": "transaction", "entry": [{{"resource": {body}, "request": {{"method": "POST", "url": "Observation"}}}}]}}"#
+        );
+        let r = app
+            .client
+            .post(app.url(""))
+            .header("content-type", FHIR_JSON)
+            .body(bundle)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "in a Bundle: {body}");
+    }
+    let referral_id = {
+        app.post_referral().await;
+        app.cbo(ORG).referral_ids().await[0].clone()
+    };
+    let r = app
+        .cbo(ORG)
+        .post_raw(
+            &format!("referrals/{referral_id}/notes"),
+            r#"{"text": "call Monday", "text": "call Tuesday"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.to_string().contains("twice"), "{}", r.body);
+}

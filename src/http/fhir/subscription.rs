@@ -13,7 +13,6 @@ use crate::fhir::bundle::parse_query_string;
 use crate::http::AppState;
 use crate::subscription::topic;
 
-
 fn answer(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)
         .content_type(FHIR_JSON)

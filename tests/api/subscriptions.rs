@@ -2,6 +2,7 @@
 //! in for the subscriber; handshake, numbered event notifications through a failing
 //! endpoint, heartbeats, `$status` and `$events`, email without personal data.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,43 +16,79 @@ const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureD
 const TASK_TOPIC: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task";
 const OWNER: &str = "Organization/cbo-riverside-food-bank";
 
-/// What the subscriber's endpoint got: (Authorization header, Bundle).
-type Got = Arc<Mutex<Vec<(String, Value)>>>;
+/// One notification the subscriber's endpoint accepted: its headers (names in lower
+/// case) and its Bundle.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// What the subscriber's endpoint accepted, in order.
+type Got = Arc<Mutex<Vec<Received>>>;
 
 struct Hook {
     url: String,
     got: Got,
+    /// Every request, accepted or not.
+    attempts: Arc<AtomicUsize>,
     server: actix_web::dev::ServerHandle,
 }
 
+impl Hook {
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Accepted notifications of `kind` (handshake, heartbeat, event-notification).
+    fn of_kind(&self, kind_code: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| kind(&r.body) == kind_code)
+            .collect()
+    }
+}
+
 /// A rest-hook endpoint that answers 500 to the request numbered in `fail` (0-based).
-async fn hook(fail: &'static [usize]) -> Hook {
+fn hook(fail: &'static [usize]) -> Hook {
+    hook_with(move |i, _| if fail.contains(&i) { 500 } else { 200 })
+}
+
+/// A rest-hook endpoint that answers what `decide` says for request `i` (0-based) and
+/// its Bundle; it may also wait before answering (it runs on the endpoint's thread).
+fn hook_with(decide: impl Fn(usize, &Value) -> u16 + Clone + Send + 'static) -> Hook {
     let got: Got = Arc::default();
-    let seen = Arc::new(Mutex::new(0usize));
-    let (g, n) = (got.clone(), seen.clone());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (g, n) = (got.clone(), attempts.clone());
     let (base, server) = stub_server(move |req, body| {
-        let i = {
-            let mut n = n.lock().unwrap();
-            *n += 1;
-            *n - 1
-        };
-        if fail.contains(&i) {
-            return HttpResponse::InternalServerError().finish();
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let status = decide(i, &body);
+        if status >= 300 {
+            return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                .finish();
         }
-        let auth = req
+        let headers = req
             .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        g.lock()
-            .unwrap()
-            .push((auth, serde_json::from_slice(body).unwrap_or(Value::Null)));
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        g.lock().unwrap().push(Received { headers, body });
         HttpResponse::Ok().finish()
     });
     Hook {
         url: format!("{base}/notify"),
         got,
+        attempts,
         server,
     }
 }
@@ -132,7 +169,7 @@ async fn app(smtp: Option<&str>) -> TestApp {
 #[tokio::test]
 async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_fill_gaps() {
     // The second notification is refused once: the outbox sends it again.
-    let hook = hook(&[1]).await;
+    let hook = hook(&[1]);
     let app = app(None).await;
     let created = app
         .client
@@ -149,12 +186,12 @@ async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_f
     assert_eq!(created["channel"]["header"][0], "Authorization: ***");
 
     // The handshake arrives with the configured header; the subscription is active.
-    let handshake = eventually("the handshake", || {
-        hook.got.lock().unwrap().first().cloned()
-    })
-    .await;
-    assert_eq!(handshake.0, "Bearer subscriber-secret");
-    assert_eq!(kind(&handshake.1), "handshake");
+    let handshake = eventually("the handshake", || hook.received().first().cloned()).await;
+    assert_eq!(
+        handshake.header("authorization"),
+        "Bearer subscriber-secret"
+    );
+    assert_eq!(kind(&handshake.body), "handshake");
     for _ in 0..100 {
         if app.get_json(&format!("Subscription/{id}")).await["status"] == "active" {
             break;
@@ -175,11 +212,10 @@ async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_f
         .await;
     assert_eq!(r.status, 200);
     let notified = eventually("two event notifications", || {
-        let got = hook.got.lock().unwrap();
-        let events: Vec<Value> = got
-            .iter()
-            .filter(|(_, b)| kind(b) == "event-notification")
-            .map(|(_, b)| b.clone())
+        let events: Vec<Value> = hook
+            .of_kind("event-notification")
+            .into_iter()
+            .map(|r| r.body)
             .collect();
         (events.len() == 2).then_some(events)
     })
@@ -216,12 +252,7 @@ async fn a_rest_hook_subscriber_gets_numbered_notifications_heartbeats_and_can_f
 
     // Quiet for longer than the period: a heartbeat.
     eventually("a heartbeat", || {
-        hook.got
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, b)| kind(b) == "heartbeat")
-            .then_some(())
+        (!hook.of_kind("heartbeat").is_empty()).then_some(())
     })
     .await;
 
@@ -398,4 +429,616 @@ async fn an_email_subscription_says_that_something_changed_and_nothing_personal(
     for personal in ["Rivera", "Ana", "1984", "555-"] {
         assert!(!mail.contains(personal), "{personal} in {mail}");
     }
+}
+
+/// The value of parameter `name` in a notification's status (its `value[x]`).
+fn status_param(bundle: &Value, name: &str) -> Option<Value> {
+    status_of(bundle)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p)
+}
+
+fn since_start(bundle: &Value) -> i64 {
+    status_param(bundle, "events-since-subscription-start").unwrap()["valueString"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Whether a notification is about subscription `id`.
+fn about(bundle: &Value, id: &str) -> bool {
+    status_param(bundle, "subscription").is_some_and(|p| {
+        p["valueReference"]["reference"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(&format!("/Subscription/{id}"))
+    })
+}
+
+/// Creates a subscription: (status code, body).
+async fn subscribe(app: &TestApp, body: &Value) -> (u16, Value) {
+    let r = app
+        .client
+        .post(app.url("Subscription"))
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn put_subscription(app: &TestApp, id: &str, body: &Value) -> (u16, Value) {
+    let r = app.put(&format!("Subscription/{id}"), body).await;
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until the subscription shows `status`.
+async fn until_status(app: &TestApp, id: &str, status: &str) -> Value {
+    for _ in 0..200 {
+        let s = app.get_json(&format!("Subscription/{id}")).await;
+        if s["status"] == status {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "Subscription/{id} never became {status}: {}",
+        app.get_json(&format!("Subscription/{id}")).await
+    );
+}
+
+fn expression_of(outcome: &Value) -> String {
+    outcome["issue"][0]["expression"][0]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Issue 39 item 1: a filter under an extension the server does not read used to be
+/// dropped, and the subscription then matched everything. Now it is refused, and a
+/// subscription whose filter matches nothing gets nothing.
+#[tokio::test]
+async fn a_filter_the_server_cannot_read_is_refused_not_dropped() {
+    let hook = hook(&[]);
+    let app = app(None).await;
+    let elsewhere = |mut s: Value| {
+        s["_criteria"]["extension"][0]["valueString"] =
+            json!("Task?owner=Organization/cbo-somewhere-else");
+        s
+    };
+    let base = elsewhere(subscription(&hook.url, "rest-hook", "full-resource", 0));
+    let with_filter_url = |url: &str| {
+        let mut s = base.clone();
+        s["_criteria"]["extension"][0]["url"] = json!(url);
+        s["_criteria"]["extension"][0]["valueString"] = json!(format!("Task?owner={OWNER}"));
+        s
+    };
+    let cases = [
+        (
+            with_filter_url(
+                "http://hl7.org/fhir/5.0/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+            ),
+            "Subscription.criteria.extension[0]",
+        ),
+        (
+            with_filter_url(&format!("{BACKPORT}/backport-filter-critera")),
+            "Subscription.criteria.extension[0]",
+        ),
+        (
+            {
+                let mut s = base.clone();
+                s["extension"] = json!([{
+                    "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.filterBy",
+                    "extension": [{"url": "filterParameter", "valueString": "status"}],
+                }]);
+                s
+            },
+            "Subscription.extension[0]",
+        ),
+        (
+            {
+                let mut s = base.clone();
+                s["modifierExtension"] = json!([{"url": "http://ehr.example/fhir/include-drafts", "valueBoolean": true}]);
+                s
+            },
+            "Subscription.modifierExtension[0]",
+        ),
+    ];
+    for (body, element) in cases {
+        let (status, outcome) = subscribe(&app, &body).await;
+        assert_eq!(status, 400, "{outcome}");
+        assert_eq!(expression_of(&outcome), element, "{outcome}");
+    }
+    // An extension of the EHR's own that asks for nothing is kept as sent.
+    let mut kept = base.clone();
+    kept["extension"] = json!([{"url": "http://ehr.example/fhir/department", "valueString": "ED"}]);
+    let (status, created) = subscribe(&app, &kept).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["extension"], kept["extension"]);
+    let id = created["id"].as_str().unwrap();
+    until_status(&app, id, "active").await;
+
+    // A referral to Riverside: the only subscription filters on another owner.
+    app.post_referral().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(hook.of_kind("event-notification").is_empty());
+    let listed = app.get_json("Subscription").await;
+    assert_eq!(
+        listed["total"], 1,
+        "the refused ones were not stored: {listed}"
+    );
+    hook.server.stop(false).await;
+}
+
+/// Item 2: `channel.payload` is read. What we can send is sent as asked; what we
+/// cannot is refused naming the element.
+#[tokio::test]
+async fn channel_payload_is_sent_as_asked_and_what_cannot_be_sent_is_refused() {
+    let hook = hook(&[]);
+    let app = app(None).await;
+    for refused in [
+        "application/fhir+xml",
+        "text/plain",
+        "application/fhir+json; fhirVersion=5.0",
+    ] {
+        let mut s = subscription(&hook.url, "rest-hook", "id-only", 0);
+        s["channel"]["payload"] = json!(refused);
+        let (status, outcome) = subscribe(&app, &s).await;
+        assert_eq!(status, 400, "{refused}: {outcome}");
+        assert_eq!(expression_of(&outcome), "Subscription.channel.payload");
+    }
+    let mut s = subscription(&hook.url, "rest-hook", "id-only", 0);
+    s["channel"]["payload"] = json!("application/json");
+    let (status, created) = subscribe(&app, &s).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["channel"]["payload"], "application/json");
+    until_status(&app, created["id"].as_str().unwrap(), "active").await;
+    app.post_referral().await;
+    let event = eventually("the event notification", || {
+        hook.of_kind("event-notification").pop()
+    })
+    .await;
+    for r in [&hook.of_kind("handshake")[0], &event] {
+        assert_eq!(r.header("content-type"), "application/json");
+    }
+    hook.server.stop(false).await;
+}
+
+/// Item 3: each event says how many had happened when it was numbered. Four events
+/// are numbered while the handshake is held up, then all sent at once: event N says N.
+#[tokio::test]
+async fn in_a_burst_event_n_says_n_events_happened() {
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = open.clone();
+    let hook = hook_with(move |_, body| {
+        if kind(body) == "handshake" {
+            for _ in 0..600 {
+                if gate.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        200
+    });
+    let app = app(None).await;
+    let (status, created) =
+        subscribe(&app, &subscription(&hook.url, "rest-hook", "id-only", 0)).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    for _ in 0..4 {
+        app.post_referral().await;
+    }
+    // Numbered while requested, kept until the handshake is answered.
+    assert_eq!(
+        app.get_json(&format!("Subscription/{id}")).await["status"],
+        "requested"
+    );
+    open.store(true, Ordering::SeqCst);
+    let events = eventually("four event notifications", || {
+        let got = hook.of_kind("event-notification");
+        (got.len() == 4).then_some(got)
+    })
+    .await;
+    let mut seen = Vec::new();
+    for e in &events {
+        let numbers = event_numbers(&e.body);
+        assert_eq!(numbers.len(), 1);
+        assert_eq!(since_start(&e.body), numbers[0], "{}", e.body);
+        seen.push(numbers[0]);
+    }
+    seen.sort();
+    assert_eq!(seen, [1, 2, 3, 4]);
+    hook.server.stop(false).await;
+}
+
+/// Item 4, first half: a handshake that fails puts the subscription in `error`, and
+/// it is sent again (every 30 s, scaled down here) until it is answered.
+#[tokio::test]
+async fn a_failed_handshake_is_sent_again_until_it_is_answered() {
+    // The first two handshakes fail.
+    let hook = hook(&[0, 1]);
+    let app = app(None).await;
+    let (status, created) =
+        subscribe(&app, &subscription(&hook.url, "rest-hook", "id-only", 0)).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    let failed = until_status(&app, &id, "error").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("handshake"),
+        "{failed}"
+    );
+    let status = app.get_json(&format!("Subscription/{id}/$status")).await;
+    assert_eq!(
+        status["entry"][0]["resource"]["parameter"][2]["valueCode"],
+        "error"
+    );
+    let active = until_status(&app, &id, "active").await;
+    assert!(active.get("error").is_none(), "{active}");
+    assert!(hook.attempts.load(Ordering::SeqCst) >= 3);
+    let handshakes = hook.of_kind("handshake");
+    assert_eq!(handshakes.len(), 1);
+    assert_eq!(
+        status_param(&handshakes[0].body, "status").unwrap()["valueCode"],
+        "requested"
+    );
+    hook.server.stop(false).await;
+}
+
+/// Item 4, second half: PUT updates a subscription (status, end, headers); a header
+/// sent back masked keeps its value; `requested` is the documented way back from
+/// `error` (the handshake is sent at once, not at the next 30 s retry); `off` stops it.
+#[tokio::test]
+async fn a_subscription_is_updated_with_put_and_brought_back_from_error() {
+    let answering = Arc::new(AtomicBool::new(false));
+    let flag = answering.clone();
+    let hook = hook_with(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            200
+        } else {
+            503
+        }
+    });
+    // Unscaled retries: a handshake retried on its own would take 30 s.
+    let app = spawn_app_with(&[("CROSSWAY_ALLOW_INSECURE_WEBHOOKS", "1")]).await;
+    let (status, created) =
+        subscribe(&app, &subscription(&hook.url, "rest-hook", "id-only", 0)).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    let in_error = until_status(&app, &id, "error").await;
+    assert_eq!(in_error["meta"]["versionId"], "1");
+
+    // Back: the endpoint answers now, and the client asks for the handshake again.
+    answering.store(true, Ordering::SeqCst);
+    let mut asked = in_error.clone();
+    asked["status"] = json!("requested");
+    asked.as_object_mut().unwrap().remove("error");
+    let (status, updated) = put_subscription(&app, &id, &asked).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["status"], "requested");
+    assert_eq!(updated["meta"]["versionId"], "2");
+    let started = std::time::Instant::now();
+    until_status(&app, &id, "active").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let handshake = eventually("the handshake", || hook.of_kind("handshake").pop()).await;
+    // The masked header kept its stored value.
+    assert_eq!(
+        handshake.header("authorization"),
+        "Bearer subscriber-secret"
+    );
+
+    // New header value and an end: no new handshake, it stays active.
+    let mut changed = app.get_json(&format!("Subscription/{id}")).await;
+    changed["channel"]["header"] = json!(["Authorization: Bearer rotated", "X-Trace: 1"]);
+    changed["end"] = json!("2099-01-01T00:00:00Z");
+    let (status, updated) = put_subscription(&app, &id, &changed).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["status"], "active");
+    assert_eq!(updated["end"], "2099-01-01T00:00:00Z");
+    app.post_referral().await;
+    let event = eventually("the event", || hook.of_kind("event-notification").pop()).await;
+    assert_eq!(event.header("authorization"), "Bearer rotated");
+    assert_eq!(event.header("x-trace"), "1");
+    assert_eq!(hook.of_kind("handshake").len(), 1);
+
+    // A stale version is refused; an `error` cannot be asked for; another client's
+    // subscription cannot be updated.
+    let stale = app
+        .client
+        .put(app.url(&format!("Subscription/{id}")))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(changed.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let mut wrong = changed.clone();
+    wrong["status"] = json!("error");
+    let (status, outcome) = put_subscription(&app, &id, &wrong).await;
+    assert_eq!(status, 400);
+    assert_eq!(expression_of(&outcome), "Subscription.status");
+    let other = app.add_ehr(&[]);
+    let token = app.ehr_token(&other, None).await;
+    let theirs = bearer(&token)
+        .put(app.url(&format!("Subscription/{id}")))
+        .header("content-type", "application/fhir+json")
+        .body(changed.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), 404);
+
+    // Off: nothing more is sent.
+    let mut off = app.get_json(&format!("Subscription/{id}")).await;
+    off["status"] = json!("off");
+    let (status, _) = put_subscription(&app, &id, &off).await;
+    assert_eq!(status, 200);
+    let before = hook.received().len();
+    app.post_referral().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hook.received().len(), before);
+    hook.server.stop(false).await;
+}
+
+/// Item 5: `Subscription.end` is honoured: events until then, none after, and the
+/// subscription is `off`. An end already past is refused.
+#[tokio::test]
+async fn a_subscription_ends_at_its_end() {
+    let hook = hook(&[]);
+    let app = app(None).await;
+    let mut s = subscription(&hook.url, "rest-hook", "id-only", 0);
+    s["end"] = json!("2001-01-01T00:00:00Z");
+    let (status, outcome) = subscribe(&app, &s).await;
+    assert_eq!(status, 400);
+    assert_eq!(expression_of(&outcome), "Subscription.end");
+    let end = crossway::fhir::datetime::format_instant(
+        crossway::fhir::datetime::now_micros() + 3_000_000,
+    );
+    s["end"] = json!(end);
+    let (status, created) = subscribe(&app, &s).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    until_status(&app, &id, "active").await;
+    app.post_referral().await;
+    eventually("the event before the end", || {
+        hook.of_kind("event-notification").pop()
+    })
+    .await;
+    until_status(&app, &id, "off").await;
+    app.post_referral().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(hook.of_kind("event-notification").len(), 1);
+    let status = app.get_json(&format!("Subscription/{id}/$status")).await;
+    assert_eq!(
+        status["entry"][0]["resource"]["parameter"][2]["valueCode"],
+        "off"
+    );
+    hook.server.stop(false).await;
+}
+
+/// Item 5: `$status` and `$events` by POST, `$status` at type level with `id` and
+/// `status` (repeated or comma-separated, joined by OR), and search of the client's
+/// own subscriptions.
+#[tokio::test]
+async fn operations_by_post_and_at_type_level_and_search() {
+    let hook = hook(&[]);
+    let app = app(None).await;
+    let mut ids = Vec::new();
+    for content in ["id-only", "empty"] {
+        let (status, created) =
+            subscribe(&app, &subscription(&hook.url, "rest-hook", content, 0)).await;
+        assert_eq!(status, 201);
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        until_status(&app, id, "active").await;
+    }
+    // The second is turned off.
+    let deleted = app
+        .client
+        .delete(app.url(&format!("Subscription/{}", ids[1])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    app.post_referral().await;
+    eventually("the event", || hook.of_kind("event-notification").pop()).await;
+
+    let post = |path: String, body: Option<Value>| {
+        let mut r = app.client.post(app.url(&path));
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/fhir+json")
+                .body(b.to_string());
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let statuses = |b: &Value| -> Vec<(String, String)> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let p = &e["resource"]["parameter"];
+                let reference = p[0]["valueReference"]["reference"].as_str().unwrap();
+                let status = p
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == "status")
+                    .unwrap()["valueCode"]
+                    .as_str()
+                    .unwrap();
+                (
+                    reference.rsplit('/').next().unwrap().to_string(),
+                    status.to_string(),
+                )
+            })
+            .collect()
+    };
+    let one = post(format!("Subscription/{}/$status", ids[0]), None).await;
+    assert_eq!(one["type"], "searchset");
+    assert_eq!(statuses(&one), [(ids[0].clone(), "active".to_string())]);
+    let mut all = statuses(&app.get_json("Subscription/$status").await);
+    all.sort();
+    let mut expected = vec![
+        (ids[0].clone(), "active".to_string()),
+        (ids[1].clone(), "off".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(all, expected);
+    let by_ids = app
+        .get_json(&format!(
+            "Subscription/$status?id={},{}&status=off",
+            ids[0], ids[1]
+        ))
+        .await;
+    assert_eq!(statuses(&by_ids), [(ids[1].clone(), "off".to_string())]);
+    let by_post = post(
+        "Subscription/$status".into(),
+        Some(json!({"resourceType": "Parameters", "parameter": [
+            {"name": "id", "valueId": ids[0]}, {"name": "status", "valueCode": "active"},
+            {"name": "status", "valueCode": "error"}]})),
+    )
+    .await;
+    assert_eq!(statuses(&by_post), [(ids[0].clone(), "active".to_string())]);
+    let events = post(
+        format!("Subscription/{}/$events", ids[0]),
+        Some(json!({"resourceType": "Parameters", "parameter": [
+            {"name": "eventsSinceNumber", "valueString": "1"},
+            {"name": "content", "valueCode": "full-resource"}]})),
+    )
+    .await;
+    assert_eq!(events["type"], "history");
+    assert_eq!(event_numbers(&events), [1]);
+    assert_eq!(events["entry"][1]["resource"]["resourceType"], "Task");
+
+    // Search: the client's own, by id, status, url.
+    let search_ids = |b: Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let listed = app.get_json("Subscription").await;
+    assert_eq!(listed["type"], "searchset");
+    assert_eq!(
+        listed["entry"][0]["resource"]["channel"]["header"][0],
+        "Authorization: ***"
+    );
+    assert_eq!(search_ids(listed), sorted);
+    assert_eq!(
+        search_ids(app.get_json("Subscription?status=off").await),
+        [ids[1].clone()]
+    );
+    assert_eq!(
+        search_ids(app.get_json(&format!("Subscription?_id={}", ids[0])).await),
+        [ids[0].clone()]
+    );
+    assert_eq!(
+        search_ids(
+            app.get_json(&format!("Subscription?url={}", hook.url))
+                .await
+        ),
+        sorted
+    );
+    let unknown = app.get("Subscription?colour=red").await;
+    assert_eq!(unknown.status(), 400);
+    let other = app.add_ehr(&[]);
+    let token = app.ehr_token(&other, None).await;
+    let theirs: Value = bearer(&token)
+        .get(app.url("Subscription"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["total"], 0);
+    hook.server.stop(false).await;
+}
+
+/// Item 5: event entries say what the write was (POST/201 for the Task's creation,
+/// PUT/200 for its update); the client's `meta.profile` is kept; with `empty` content
+/// no notification names the topic.
+#[tokio::test]
+async fn notifications_say_what_the_write_was_and_keep_what_the_client_sent() {
+    let hook = hook(&[]);
+    let app = app(None).await;
+    let (status, full) = subscribe(
+        &app,
+        &subscription(&hook.url, "rest-hook", "full-resource", 0),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let profile = json!([format!("{BACKPORT}/backport-subscription")]);
+    assert_eq!(full["meta"]["profile"], profile);
+    let full = full["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.get_json(&format!("Subscription/{full}")).await["meta"]["profile"],
+        profile
+    );
+    let (_, empty) = subscribe(&app, &subscription(&hook.url, "rest-hook", "empty", 0)).await;
+    let empty = empty["id"].as_str().unwrap().to_string();
+    until_status(&app, &full, "active").await;
+    until_status(&app, &empty, "active").await;
+
+    app.post_referral().await;
+    let cbo = app.cbo("cbo-riverside-food-bank");
+    let referral = cbo.referral_ids().await.pop().unwrap();
+    let r = cbo
+        .post(&format!("referrals/{referral}/accept"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200);
+    let events = eventually("four event notifications", || {
+        let got = hook.of_kind("event-notification");
+        (got.len() == 4).then_some(got)
+    })
+    .await;
+    let of = |id: &str, n: i64| {
+        events
+            .iter()
+            .find(|e| about(&e.body, id) && event_numbers(&e.body) == [n])
+            .unwrap()
+            .body
+            .clone()
+    };
+    let created = of(&full, 1);
+    assert_eq!(created["entry"][1]["request"]["method"], "POST");
+    assert_eq!(created["entry"][1]["request"]["url"], "Task");
+    assert_eq!(created["entry"][1]["response"]["status"], "201");
+    let accepted = of(&full, 2);
+    assert_eq!(accepted["entry"][1]["request"]["method"], "PUT");
+    assert!(
+        accepted["entry"][1]["request"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("Task/")
+    );
+    assert_eq!(accepted["entry"][1]["response"]["status"], "200");
+    assert!(status_param(&accepted, "topic").is_some());
+    for b in hook
+        .received()
+        .iter()
+        .map(|r| &r.body)
+        .filter(|b| about(b, &empty))
+    {
+        assert!(status_param(b, "topic").is_none(), "{b}");
+        assert_eq!(b["entry"].as_array().unwrap().len(), 1);
+    }
+    hook.server.stop(false).await;
 }

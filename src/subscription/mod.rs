@@ -195,6 +195,7 @@ impl Subscriptions {
         let now = now_micros();
         self.check_channel(&plan, now)?;
         let id = crate::fhir::new_id();
+        let sent_headers = resource.pointer("/channel/header").cloned();
         stamp(&mut resource, &id, 1, now);
         let row = SubscriptionRow {
             id: id.clone(),
@@ -212,7 +213,7 @@ impl Subscriptions {
         self.registry.refresh(&self.store).await?;
         tracing::info!(message = "Subscription requested.", subscription = %id, client, channel = plan.channel.code(), topic = %plan.topic);
         self.spawn_handshake(&id);
-        Ok(self.shown(&row, resource))
+        Ok(answered(self.shown(&row, resource), sent_headers))
     }
 
     /// A client's update (PUT) of its subscription: anything the create takes, checked
@@ -245,6 +246,7 @@ impl Subscriptions {
                 current: row.version,
             });
         }
+        let sent_headers = resource.pointer("/channel/header").cloned();
         keep_masked_headers(&mut resource, &old)?;
         let plan = topic::plan(&resource)?;
         let now = now_micros();
@@ -302,7 +304,7 @@ impl Subscriptions {
             error_since: None,
             ..row
         };
-        Ok(self.shown(&row, resource))
+        Ok(answered(self.shown(&row, resource), sent_headers))
     }
 
     fn spawn_handshake(self: &Arc<Self>, id: &str) {
@@ -905,7 +907,19 @@ impl<F: FnMut()> Drop for Finally<F> {
     }
 }
 
-/// The Subscription as shown back: header values (credentials for the subscriber's
+/// The answer to a create or update shows `channel.header` as that request sent it
+/// (Inferno's kit checks notifications' headers against it): it discloses nothing the
+/// request did not carry. A value kept from before (`Name: ***`) stays masked.
+fn answered(mut shown: Value, sent_headers: Option<Value>) -> Value {
+    if let (Some(headers), Some(channel)) = (sent_headers, shown.get_mut("channel"))
+        && let Some(channel) = channel.as_object_mut()
+    {
+        channel.insert("header".into(), headers);
+    }
+    shown
+}
+
+/// The Subscription as read back: header values (credentials for the subscriber's
 /// endpoint) are not repeated.
 fn masked(mut resource: Value) -> Value {
     if let Some(headers) = resource

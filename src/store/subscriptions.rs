@@ -199,12 +199,13 @@ impl Store {
     }
 
     /// The client's update: the resource, the status it leads to and the endpoint's
-    /// URL, only if the subscription is still at `version`; the new version, or `None`
-    /// when another update came first.
+    /// URL, only if the subscription is still at `version` and `was` (what the update
+    /// was decided from); the new version, or `None` when something changed first.
     pub async fn update_subscription(
         &self,
         id: &str,
         version: i64,
+        was: &str,
         resource: &str,
         status: &str,
         url: &str,
@@ -212,12 +213,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let Some(new_version) = sqlx::query(
             "UPDATE subscriptions SET resource = $3, status = $4, version = version + 1, \
-             error_since = NULL WHERE id = $1 AND version = $2 RETURNING version",
+             error_since = NULL WHERE id = $1 AND version = $2 AND status = $5 \
+             RETURNING version",
         )
         .bind(id)
         .bind(version)
         .bind(resource)
         .bind(status)
+        .bind(was)
         .fetch_optional(&mut *tx)
         .await?
         .map(|r| r.get::<i64, _>(0)) else {

@@ -238,6 +238,7 @@ impl Subscriptions {
             ));
         }
         let (row, _, old) = self.own(client, id).await?;
+        let stored_resource = stored(&row).unwrap_or_default();
         if let Some(expected) = if_match
             && expected != row.version
         {
@@ -247,7 +248,7 @@ impl Subscriptions {
             });
         }
         let sent_headers = resource.pointer("/channel/header").cloned();
-        keep_masked_headers(&mut resource, &old)?;
+        keep_masked_headers(&mut resource, &stored_resource)?;
         let plan = topic::plan(&resource)?;
         let now = now_micros();
         self.check_channel(&plan, now)?;
@@ -257,8 +258,9 @@ impl Subscriptions {
             "requested" => "requested",
             "active"
                 if row.status == "active"
-                    && old.endpoint == plan.endpoint
-                    && old.channel == plan.channel =>
+                    && old.as_ref().is_some_and(|o| {
+                        o.endpoint == plan.endpoint && o.channel == plan.channel
+                    }) =>
             {
                 "active"
             }
@@ -283,6 +285,7 @@ impl Subscriptions {
             .update_subscription(
                 id,
                 row.version,
+                &row.status,
                 &resource.to_string(),
                 status,
                 &plan.endpoint,
@@ -332,33 +335,37 @@ impl Subscriptions {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(id);
         });
-        let Ok(Some(row)) = self.store.subscription(id).await else {
-            return;
-        };
-        let Some((_, plan)) = parsed(&row) else {
-            return;
-        };
-        if row.status != "requested" {
-            return;
-        }
-        let _ = self.store.subscription_sent(id, now_micros()).await;
-        let bundle = self.bundle(Kind::Handshake, &row, &plan, &[], row.events_since_start);
-        let (status, error) = match self.send(id, &plan, &bundle, None).await {
-            Ok(_) => ("active", None),
-            Err(f) => ("error", Some(f.error)),
-        };
-        match self
-            .store
-            .handshake_done(id, row.version, status, now_micros())
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(message = "Subscription status not recorded.", subscription = id, error = %e);
+        // An update while this one was out makes its outcome stale: the newer version,
+        // if still requested, is handshaken in turn (its own spawn found this running).
+        let error = loop {
+            let Ok(Some(row)) = self.store.subscription(id).await else {
+                return;
+            };
+            let Some((_, plan)) = parsed(&row) else {
+                return;
+            };
+            if row.status != "requested" {
                 return;
             }
-        }
+            let _ = self.store.subscription_sent(id, now_micros()).await;
+            let bundle = self.bundle(Kind::Handshake, &row, &plan, &[], row.events_since_start);
+            let (status, error) = match self.send(id, &plan, &bundle, None).await {
+                Ok(_) => ("active", None),
+                Err(f) => ("error", Some(f.error)),
+            };
+            match self
+                .store
+                .handshake_done(id, row.version, status, now_micros())
+                .await
+            {
+                Ok(true) => break error,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(message = "Subscription status not recorded.", subscription = id, error = %e);
+                    return;
+                }
+            }
+        };
         let _ = self.registry.refresh(&self.store).await;
         match error {
             None => tracing::info!(
@@ -376,7 +383,7 @@ impl Subscriptions {
         &self,
         client: &str,
         id: &str,
-    ) -> Result<(SubscriptionRow, Value, Plan), FhirError> {
+    ) -> Result<(SubscriptionRow, Value, Option<Plan>), FhirError> {
         let not_found = || FhirError::NotFound {
             resource: format!("Subscription/{id}"),
         };
@@ -386,9 +393,27 @@ impl Subscriptions {
             .await?
             .filter(|r| r.client_id == client)
             .ok_or_else(not_found)?;
-        let (resource, plan) = parsed(&row).ok_or_else(not_found)?;
-        let resource = self.shown(&row, resource);
-        Ok((row, resource, plan))
+        let resource = stored(&row).ok_or_else(not_found)?;
+        // One stored under older rules may no longer read (a payload or extension now
+        // refused): it takes no events, but its client can still see, fix or delete it.
+        let plan = topic::plan(&resource).ok();
+        let shown = self.shown(&row, resource);
+        Ok((row, shown, plan))
+    }
+
+    /// `own`, for what needs the subscription to run.
+    async fn running(&self, client: &str, id: &str) -> Result<(SubscriptionRow, Plan), FhirError> {
+        let (row, resource, plan) = self.own(client, id).await?;
+        let plan = match plan {
+            Some(plan) => plan,
+            None => topic::plan(&resource).map_err(|e| {
+                FhirError::rule(
+                    "Subscription",
+                    format!("this subscription no longer reads under the server's rules ({e}); PUT it again or DELETE it"),
+                )
+            })?,
+        };
+        Ok((row, plan))
     }
 
     /// The Subscription as shown back: the row's status (the outbox or the handshake
@@ -455,7 +480,7 @@ impl Subscriptions {
         }
         let mut entry = Vec::new();
         for row in self.store.client_subscriptions(client).await? {
-            let Some((resource, _)) = parsed(&row) else {
+            let Some(resource) = stored(&row) else {
                 continue;
             };
             let text = |pointer: &str| {
@@ -528,10 +553,10 @@ impl Subscriptions {
         let entry: Vec<Value> = rows
             .iter()
             .filter_map(|row| {
-                let (_, plan) = parsed(row)?;
+                let resource = stored(row)?;
                 let standing = Standing {
                     id: &row.id,
-                    topic: Some(&plan.topic),
+                    topic: resource.get("criteria").and_then(Value::as_str),
                     status: &row.status,
                     events_since_start: row.events_since_start,
                 };
@@ -560,7 +585,7 @@ impl Subscriptions {
         until: Option<i64>,
         content: Option<&str>,
     ) -> Result<Value, FhirError> {
-        let (row, _, mut plan) = self.own(client, id).await?;
+        let (row, mut plan) = self.running(client, id).await?;
         if let Some(c) = content {
             plan.content = Content::parse(c).ok_or_else(|| {
                 FhirError::invalid(
@@ -613,7 +638,7 @@ impl Subscriptions {
     /// The resource type a subscription's events are about (its readers need a scope
     /// for it).
     pub async fn topic_type(&self, client: &str, id: &str) -> Result<&'static str, FhirError> {
-        Ok(self.own(client, id).await?.2.resource_type)
+        Ok(self.running(client, id).await?.1.resource_type)
     }
 
     fn bundle(
@@ -707,7 +732,7 @@ impl Subscriptions {
                 let quiet = |period: i64| row.last_sent_at.is_none_or(|at| now - at >= period);
                 match row.status.as_str() {
                     "requested" if quiet(self.handshake_retry_micros) => {
-                        self.clone().spawn_handshake(&row.id);
+                        self.spawn_handshake(&row.id);
                     }
                     "error"
                         if quiet(self.handshake_retry_micros)
@@ -716,7 +741,7 @@ impl Subscriptions {
                                 .is_some_and(|since| now - since < self.retry_window_micros) =>
                     {
                         if let Ok(true) = self.store.retry_handshake(&row.id).await {
-                            self.clone().spawn_handshake(&row.id);
+                            self.spawn_handshake(&row.id);
                         }
                     }
                     "active" => {
@@ -833,8 +858,12 @@ impl Subscriptions {
     }
 }
 
+fn stored(row: &SubscriptionRow) -> Option<Value> {
+    serde_json::from_str(&row.resource).ok()
+}
+
 fn parsed(row: &SubscriptionRow) -> Option<(Value, Plan)> {
-    let resource: Value = serde_json::from_str(&row.resource).ok()?;
+    let resource = stored(row)?;
     let plan = topic::plan(&resource).ok()?;
     Some((resource, plan))
 }
@@ -867,7 +896,7 @@ fn stamp(resource: &mut Value, id: &str, version: i64, now: i64) {
 
 /// A header sent back as `Name: ***`, as reads show it, keeps the value stored for
 /// that name; without one there is nothing to keep.
-fn keep_masked_headers(resource: &mut Value, old: &Plan) -> Result<(), FhirError> {
+fn keep_masked_headers(resource: &mut Value, old: &Value) -> Result<(), FhirError> {
     let Some(headers) = resource
         .pointer_mut("/channel/header")
         .and_then(Value::as_array_mut)
@@ -882,10 +911,14 @@ fn keep_masked_headers(resource: &mut Value, old: &Plan) -> Result<(), FhirError
             continue;
         }
         let name = name.trim();
-        let (_, stored) = old
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        let stored = old
+            .pointer("/channel/header")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str()?.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
             .ok_or_else(|| {
                 FhirError::invalid(
                     format!("Subscription.channel.header[{i}]"),

@@ -135,6 +135,7 @@ impl Application {
             mailer,
             our_base.clone(),
             std::time::Duration::from_millis(settings.webhook_timeout_ms),
+            settings.webhook_retry_scale,
             settings.allow_insecure_webhooks,
         ));
         tokio::spawn(watch_subscriptions(fhir.clone()));

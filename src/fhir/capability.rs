@@ -25,7 +25,18 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
     resources.push(json!({
         "type": "Subscription",
         "supportedProfile": [format!("{backport}/StructureDefinition/backport-subscription")],
-        "interaction": [{"code": "create"}, {"code": "read"}, {"code": "delete"}],
+        "interaction": [
+            {"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "delete"},
+            {"code": "search-type", "documentation": "the client's own subscriptions, not paged"},
+        ],
+        "versioning": "versioned",
+        "readHistory": false,
+        "updateCreate": false,
+        "searchParam": crate::subscription::SEARCH_PARAMS.iter().map(|(name, what)| json!({
+            "name": name,
+            "type": match *name { "url" | "criteria" => "uri", _ => "token" },
+            "documentation": what,
+        })).collect::<Vec<_>>(),
         "operation": [
             {"name": "status", "definition": format!("{backport}/OperationDefinition/backport-subscription-status")},
             {"name": "events", "definition": format!("{backport}/OperationDefinition/backport-subscription-events")},
@@ -34,7 +45,7 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
             "url": format!("{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"),
             "valueCanonical": t,
         })).collect::<Vec<_>>(),
-        "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); payloads empty, id-only, full-resource; handshake, heartbeats; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient",
+        "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); channel.payload application/fhir+json or application/json (sent as asked); contents empty, id-only, full-resource; handshake (retried every 30 s while unanswered), heartbeats, backport-timeout, backport-max-count (one event per notification), Subscription.end; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient. Unknown filter extensions and modifier extensions are refused. PUT with status requested sends the handshake again. $status at instance and type level, $events, by GET or POST.",
     }));
     let origin = base.strip_suffix("/fhir").unwrap_or(base);
     json!({
@@ -45,6 +56,7 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
         "kind": "instance",
         "instantiates": [
             format!("{SDOHCC}/CapabilityStatement/SDOHCC-CoordinationPlatform"),
+            "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4",
         ],
         "software": {"name": "Crossway", "version": software_version},
         "implementation": {"description": "Crossway social-care referral gateway", "url": base},

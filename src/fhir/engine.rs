@@ -895,7 +895,7 @@ async fn write_one(
     };
     let index = prepared.index;
     if matches!(ty, "Task" | "ServiceRequest") {
-        for subscription in ctx.subscriptions.matching(&resource) {
+        for subscription in ctx.subscriptions.matching(&resource, now) {
             tx.stage_notification(&subscription, format!("{ty}/{}", stored.id), version, now);
         }
     }

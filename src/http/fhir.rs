@@ -34,14 +34,33 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("").route(web::post().to(transaction)))
         .service(resource("/").route(web::post().to(transaction)))
         .service(resource("/$process-message").route(web::post().to(process_message)))
-        .service(resource("/Subscription").route(web::post().to(subscription::create)))
+        .service(
+            resource("/Subscription")
+                .route(web::post().to(subscription::create))
+                .route(web::get().to(subscription::search)),
+        )
+        .service(resource("/Subscription/_search").route(web::post().to(subscription::search)))
+        .service(
+            resource("/Subscription/$status")
+                .route(web::get().to(subscription::status_of_type))
+                .route(web::post().to(subscription::status_of_type)),
+        )
         .service(
             resource("/Subscription/{id}")
                 .route(web::get().to(subscription::read))
+                .route(web::put().to(subscription::update))
                 .route(web::delete().to(subscription::delete)),
         )
-        .service(resource("/Subscription/{id}/$status").route(web::get().to(subscription::status)))
-        .service(resource("/Subscription/{id}/$events").route(web::get().to(subscription::events)))
+        .service(
+            resource("/Subscription/{id}/$status")
+                .route(web::get().to(subscription::status))
+                .route(web::post().to(subscription::status)),
+        )
+        .service(
+            resource("/Subscription/{id}/$events")
+                .route(web::get().to(subscription::events))
+                .route(web::post().to(subscription::events)),
+        )
         .service(resource("/{type}/_search").route(web::post().to(search_post)))
         .service(
             resource("/{type}/{id}")

@@ -13,11 +13,24 @@ pub struct SubscriptionRow {
     pub status: String,
     pub events_since_start: i64,
     pub last_sent_at: Option<i64>,
+    /// Bumped by each update of the subscription by its client.
+    pub version: i64,
+    /// When it went into `error` (its handshake is retried for a while after).
+    pub error_since: Option<i64>,
 }
 
 /// The outbox endpoint of a subscription's notifications.
 pub fn endpoint_id(subscription: &str) -> String {
     format!("subscription:{subscription}")
+}
+
+/// The outbox endpoint sends only while its subscription is active.
+fn endpoint_status(subscription_status: &str) -> &'static str {
+    if subscription_status == "active" {
+        "active"
+    } else {
+        "inactive"
+    }
 }
 
 /// A subscription event waiting for the batch's flush.
@@ -29,7 +42,8 @@ pub(super) struct StagedNotification {
     at: i64,
 }
 
-const COLUMNS: &str = "id, client_id, resource, status, events_since_start, last_sent_at";
+const COLUMNS: &str =
+    "id, client_id, resource, status, events_since_start, last_sent_at, version, error_since";
 
 fn row(r: &sqlx::any::AnyRow) -> SubscriptionRow {
     SubscriptionRow {
@@ -39,6 +53,8 @@ fn row(r: &sqlx::any::AnyRow) -> SubscriptionRow {
         status: r.get(3),
         events_since_start: r.get(4),
         last_sent_at: r.get(5),
+        version: r.get(6),
+        error_since: r.get(7),
     }
 }
 
@@ -68,15 +84,18 @@ impl Tx<'_> {
         for group in staged.chunk_by(|a, b| a.subscription == b.subscription) {
             let subscription = &group[0].subscription;
             let count = group.len() as i64;
-            let Some(last) = sqlx::query(
+            // A subscription in error keeps numbering its events (the subscriber fills
+            // the gap with `$events` once it is back) but queues no notification.
+            let Some((last, status)) = sqlx::query(
                 "UPDATE subscriptions SET events_since_start = events_since_start + $2 \
-                 WHERE id = $1 AND status IN ('requested', 'active') RETURNING events_since_start",
+                 WHERE id = $1 AND status IN ('requested', 'active', 'error') \
+                 RETURNING events_since_start, status",
             )
             .bind(subscription)
             .bind(count)
             .fetch_optional(&mut *self.conn)
             .await?
-            .map(|r| r.get::<i64, _>(0)) else {
+            .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1))) else {
                 continue;
             };
             for (n, event) in (last - count + 1..).zip(group) {
@@ -91,6 +110,9 @@ impl Tx<'_> {
                 .bind(event.at)
                 .execute(&mut *self.conn)
                 .await?;
+                if status == "error" {
+                    continue;
+                }
                 sqlx::query(
                     "INSERT INTO webhook_deliveries (endpoint_id, organization, event_seq, status, \
                      attempts, next_attempt_at, created_at) VALUES ($1, '', $2, 'pending', 0, $3, $3)",
@@ -149,10 +171,12 @@ impl Store {
             .map(row))
     }
 
-    /// Subscriptions that take events (requested or active).
+    /// Subscriptions that take events: requested, active, or in error (which number
+    /// their events without sending them).
     pub async fn live_subscriptions(&self) -> Result<Vec<SubscriptionRow>> {
         let text = format!(
-            "SELECT {COLUMNS} FROM subscriptions WHERE status IN ('requested', 'active') ORDER BY id"
+            "SELECT {COLUMNS} FROM subscriptions \
+             WHERE status IN ('requested', 'active', 'error') ORDER BY id"
         );
         Ok(sqlx::query(sqlx::AssertSqlSafe(text))
             .fetch_all(&self.pool)
@@ -162,44 +186,130 @@ impl Store {
             .collect())
     }
 
-    /// A new status (with the resource showing it), only from `from` when given (a
-    /// handshake must not revive a subscription deleted meanwhile); false when it was
-    /// not in `from`. The outbox endpoint sends only while the subscription is active.
-    pub async fn set_subscription_status(
+    /// Every subscription of `client`, in id order.
+    pub async fn client_subscriptions(&self, client: &str) -> Result<Vec<SubscriptionRow>> {
+        let text = format!("SELECT {COLUMNS} FROM subscriptions WHERE client_id = $1 ORDER BY id");
+        Ok(sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(client)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(row)
+            .collect())
+    }
+
+    /// The client's update: the resource, the status it leads to and the endpoint's
+    /// URL, only if the subscription is still at `version` and `was` (what the update
+    /// was decided from); the new version, or `None` when something changed first.
+    pub async fn update_subscription(
         &self,
         id: &str,
-        from: Option<&str>,
-        status: &str,
+        version: i64,
+        was: &str,
         resource: &str,
+        status: &str,
+        url: &str,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(new_version) = sqlx::query(
+            "UPDATE subscriptions SET resource = $3, status = $4, version = version + 1, \
+             error_since = NULL WHERE id = $1 AND version = $2 AND status = $5 \
+             RETURNING version",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(resource)
+        .bind(status)
+        .bind(was)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get::<i64, _>(0)) else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE webhook_endpoints SET url = $2, status = $3, failing_since = NULL, \
+             disabled_at = NULL WHERE id = $1",
+        )
+        .bind(endpoint_id(id))
+        .bind(url)
+        .bind(endpoint_status(status))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(new_version))
+    }
+
+    /// A handshake's outcome for the subscription at `version`: `active`, or `error`
+    /// (since when, if it already was); false when it is no longer the requested
+    /// subscription the handshake was for (updated, or turned off meanwhile).
+    pub async fn handshake_done(
+        &self,
+        id: &str,
+        version: i64,
+        status: &str,
+        now: i64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE subscriptions SET status = $2, resource = $3 \
-             WHERE id = $1 AND ($4 = '' OR status = $4)",
+            "UPDATE subscriptions SET status = $3, error_since = CASE WHEN $3 = 'error' \
+             THEN COALESCE(error_since, $4) END \
+             WHERE id = $1 AND version = $2 AND status = 'requested'",
         )
         .bind(id)
+        .bind(version)
         .bind(status)
-        .bind(resource)
-        .bind(from.unwrap_or(""))
+        .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if done == 0 {
             return Ok(false);
         }
-        let endpoint = if status == "active" {
-            "active"
-        } else {
-            "inactive"
-        };
         sqlx::query(
             "UPDATE webhook_endpoints SET status = $2, failing_since = NULL, disabled_at = NULL \
              WHERE id = $1",
         )
         .bind(endpoint_id(id))
-        .bind(endpoint)
+        .bind(endpoint_status(status))
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Back from `error` to `requested` for another handshake; false when it was not
+    /// in error.
+    pub async fn retry_handshake(&self, id: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE subscriptions SET status = 'requested' WHERE id = $1 AND status = 'error'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Turns a subscription off (deleted, or past its `end`), only at `version` when
+    /// given (an update may have moved its end); false when it was not changed.
+    pub async fn switch_off_subscription(&self, id: &str, version: Option<i64>) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE subscriptions SET status = 'off', error_since = NULL \
+             WHERE id = $1 AND status <> 'off' AND ($2 < 0 OR version = $2)",
+        )
+        .bind(id)
+        .bind(version.unwrap_or(-1))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE webhook_endpoints SET status = 'inactive' WHERE id = $1")
+            .bind(endpoint_id(id))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }

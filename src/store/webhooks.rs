@@ -448,9 +448,11 @@ impl Store {
         // A FHIR Subscription's subscriber learns it from the subscription's status.
         if let Some(subscription) = endpoint_id.strip_prefix("subscription:") {
             sqlx::query(
-                "UPDATE subscriptions SET status = 'error' WHERE id = $1 AND status = 'active'",
+                "UPDATE subscriptions SET status = 'error', error_since = $2 \
+                 WHERE id = $1 AND status = 'active'",
             )
             .bind(subscription)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

@@ -15,7 +15,8 @@
 pub mod notification;
 pub mod topic;
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -35,7 +36,7 @@ type Live = Arc<Vec<(String, Plan)>>;
 /// How long a subscription waits for its handshake before it is sent again.
 const HANDSHAKE_RETRY_MICROS: i64 = 30_000_000;
 
-/// The live subscriptions (requested or active), as the writer matches them.
+/// The live subscriptions (requested, active, or in error), as the writer matches them.
 #[derive(Debug, Clone, Default)]
 pub struct Registry(Arc<RwLock<Live>>);
 
@@ -62,11 +63,12 @@ impl Registry {
         Ok(())
     }
 
-    /// The subscriptions `resource` (a new version of `focus`) is an event of.
-    pub fn matching(&self, resource: &Value) -> Vec<String> {
+    /// The subscriptions `resource` (a new version written at `now`) is an event of;
+    /// none past its `end`.
+    pub fn matching(&self, resource: &Value, now: i64) -> Vec<String> {
         self.current()
             .iter()
-            .filter(|(_, plan)| topic::matches(plan, resource))
+            .filter(|(_, plan)| !plan.ended(now) && topic::matches(plan, resource))
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -104,8 +106,31 @@ pub struct Subscriptions {
     mailer: Option<Mailer>,
     /// Our `/fhir` base: notifications name resources by absolute URL.
     base: String,
+    /// How long a subscriber has to answer (`backport-timeout` may ask for less).
+    timeout: Duration,
+    /// How often a handshake is sent again while it is not answered.
+    handshake_retry_micros: i64,
+    /// How long after going into error a subscription's handshake is still retried:
+    /// the outbox's retry window.
+    retry_window_micros: i64,
+    /// Subscriptions whose handshake is being sent: one at a time each.
+    handshakes: Mutex<HashSet<String>>,
     allow_insecure: bool,
 }
+
+/// The parameters of a type-level `$status` (the ids and statuses asked for; none
+/// means all) or of a Subscription search.
+pub type Filters = Vec<(String, String)>;
+
+/// Search parameters of `GET /fhir/Subscription` and the element each compares.
+pub const SEARCH_PARAMS: &[(&str, &str)] = &[
+    ("_id", "the subscription's id"),
+    ("status", "requested, active, error or off"),
+    ("url", "channel.endpoint"),
+    ("criteria", "the topic's canonical URL"),
+    ("type", "channel.type"),
+    ("payload", "channel.payload"),
+];
 
 impl Subscriptions {
     pub fn new(
@@ -114,8 +139,10 @@ impl Subscriptions {
         mailer: Option<Mailer>,
         base: String,
         timeout: Duration,
+        retry_scale: f64,
         allow_insecure: bool,
     ) -> Subscriptions {
+        let scaled = |micros: f64| (micros * retry_scale).max(1.0) as i64;
         Subscriptions {
             store: fhir.store().clone(),
             fhir,
@@ -123,24 +150,16 @@ impl Subscriptions {
             http: crate::outbox::tenant_client(timeout, allow_insecure),
             mailer,
             base: base.trim_end_matches('/').to_string(),
+            timeout,
+            handshake_retry_micros: scaled(HANDSHAKE_RETRY_MICROS as f64),
+            retry_window_micros: scaled(72.0 * 3600.0 * 1e6),
+            handshakes: Mutex::default(),
             allow_insecure,
         }
     }
 
-    /// Checks and stores a new Subscription for `client`, then sends its handshake in
-    /// the background; the answer shows it `requested`.
-    pub async fn create(
-        self: &Arc<Self>,
-        client: &str,
-        mut resource: Value,
-    ) -> Result<Value, FhirError> {
-        if resource.get("resourceType").and_then(Value::as_str) != Some("Subscription") {
-            return Err(FhirError::invalid(
-                "Subscription.resourceType",
-                "must be Subscription",
-            ));
-        }
-        let plan = topic::plan(&resource)?;
+    /// What a channel needs beyond the resource: a public https URL, or a mail relay.
+    fn check_channel(&self, plan: &Plan, now: i64) -> Result<(), FhirError> {
         match plan.channel {
             Channel::RestHook => {
                 if let Some(problem) = url_problem(&plan.endpoint, self.allow_insecure) {
@@ -155,11 +174,29 @@ impl Subscriptions {
             }
             Channel::Email => {}
         }
-        let id = crate::fhir::new_id();
+        if plan.ended(now) {
+            return Err(FhirError::invalid(
+                "Subscription.end",
+                "has passed: a subscription is turned off with status off or DELETE",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks and stores a new Subscription for `client`, then sends its handshake in
+    /// the background; the answer shows it `requested`.
+    pub async fn create(
+        self: &Arc<Self>,
+        client: &str,
+        mut resource: Value,
+    ) -> Result<Value, FhirError> {
+        resource_type(&resource)?;
+        let plan = topic::plan(&resource)?;
         let now = now_micros();
-        resource["id"] = json!(id);
-        resource["status"] = json!("requested");
-        resource["meta"] = json!({"versionId": "1", "lastUpdated": format_instant(now)});
+        self.check_channel(&plan, now)?;
+        let id = crate::fhir::new_id();
+        let sent_headers = resource.pointer("/channel/header").cloned();
+        stamp(&mut resource, &id, 1, now);
         let row = SubscriptionRow {
             id: id.clone(),
             client_id: client.to_string(),
@@ -167,54 +204,168 @@ impl Subscriptions {
             status: "requested".into(),
             events_since_start: 0,
             last_sent_at: None,
+            version: 1,
+            error_since: None,
         };
         self.store
             .insert_subscription(&row, &plan.endpoint, now)
             .await?;
         self.registry.refresh(&self.store).await?;
         tracing::info!(message = "Subscription requested.", subscription = %id, client, channel = plan.channel.code(), topic = %plan.topic);
-        let this = self.clone();
-        let handshake_id = id.clone();
-        tokio::spawn(async move { this.handshake(&handshake_id).await });
-        Ok(masked(resource))
+        self.spawn_handshake(&id);
+        Ok(answered(self.shown(&row, resource), sent_headers))
     }
 
-    /// The handshake: a success makes a requested subscription active, a failure
-    /// `error` (the stored error says no more than that: the details are logged, not
-    /// shown to a client who could probe addresses with them).
-    async fn handshake(&self, id: &str) {
-        let Ok(Some(row)) = self.store.subscription(id).await else {
-            return;
-        };
-        let Some((resource, plan)) = parsed(&row) else {
-            return;
-        };
-        let _ = self.store.subscription_sent(id, now_micros()).await;
-        let bundle = self.bundle(Kind::Handshake, &row, &plan, &[]);
-        let (status, error) = match self.send(id, &plan, &bundle, None).await {
-            Ok(_) => ("active", None),
-            Err(f) => ("error", Some(f.error)),
-        };
-        let mut resource = resource;
-        resource["status"] = json!(status);
-        match &error {
-            Some(_) => resource["error"] = json!("the endpoint did not accept the handshake"),
-            None => {
-                resource.as_object_mut().map(|r| r.remove("error"));
-            }
-        }
-        match self
-            .store
-            .set_subscription_status(id, Some("requested"), status, &resource.to_string())
-            .await
+    /// A client's update (PUT) of its subscription: anything the create takes, checked
+    /// the same way. `status` says what the client wants: `off` stops it; `requested`
+    /// sends the handshake again (the way back from `error`); `active` keeps an active
+    /// subscription active unless its endpoint changed, which needs a handshake first.
+    /// A header sent back as `Name: ***` (as reads show it) keeps its stored value.
+    pub async fn update(
+        self: &Arc<Self>,
+        client: &str,
+        id: &str,
+        mut resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<Value, FhirError> {
+        resource_type(&resource)?;
+        if let Some(body_id) = resource.get("id").and_then(Value::as_str)
+            && body_id != id
         {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(message = "Subscription status not recorded.", subscription = id, error = %e);
+            return Err(FhirError::invalid(
+                "Subscription.id",
+                format!("{body_id:?} is not the id in the URL ({id:?})"),
+            ));
+        }
+        let (row, _, old) = self.own(client, id).await?;
+        let stored_resource = stored(&row).unwrap_or_default();
+        if let Some(expected) = if_match
+            && expected != row.version
+        {
+            return Err(FhirError::PreconditionFailed {
+                expected: format!("W/\"{expected}\""),
+                current: row.version,
+            });
+        }
+        let sent_headers = resource.pointer("/channel/header").cloned();
+        keep_masked_headers(&mut resource, &stored_resource)?;
+        let plan = topic::plan(&resource)?;
+        let now = now_micros();
+        self.check_channel(&plan, now)?;
+        let asked = resource.get("status").and_then(Value::as_str).unwrap_or("");
+        let status = match asked {
+            "off" => "off",
+            "requested" => "requested",
+            "active"
+                if row.status == "active"
+                    && old.as_ref().is_some_and(|o| {
+                        o.endpoint == plan.endpoint && o.channel == plan.channel
+                    }) =>
+            {
+                "active"
+            }
+            "active" => "requested",
+            "error" => {
+                return Err(FhirError::invalid(
+                    "Subscription.status",
+                    "error is set by the server; PUT requested to send the handshake again",
+                ));
+            }
+            other => {
+                return Err(FhirError::invalid(
+                    "Subscription.status",
+                    format!("{other:?}: a client asks for requested, active or off"),
+                ));
+            }
+        };
+        stamp(&mut resource, id, row.version + 1, now);
+        resource["status"] = json!(status);
+        let Some(version) = self
+            .store
+            .update_subscription(
+                id,
+                row.version,
+                &row.status,
+                &resource.to_string(),
+                status,
+                &plan.endpoint,
+            )
+            .await?
+        else {
+            return Err(FhirError::Conflict(format!(
+                "Subscription/{id} was updated meanwhile: read it and try again"
+            )));
+        };
+        self.registry.refresh(&self.store).await?;
+        tracing::info!(message = "Subscription updated.", subscription = %id, client, status, version);
+        if status == "requested" {
+            self.spawn_handshake(id);
+        }
+        let row = SubscriptionRow {
+            status: status.to_string(),
+            version,
+            error_since: None,
+            ..row
+        };
+        Ok(answered(self.shown(&row, resource), sent_headers))
+    }
+
+    fn spawn_handshake(self: &Arc<Self>, id: &str) {
+        let this = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { this.handshake(&id).await });
+    }
+
+    /// The handshake of a requested subscription: a success makes it active, a failure
+    /// `error` (what failed is logged, not shown to a client who could probe addresses
+    /// with it). While in error the handshake is sent again every 30 s for the retry
+    /// window (`heartbeats`).
+    async fn handshake(&self, id: &str) {
+        if !self
+            .handshakes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string())
+        {
+            return;
+        }
+        let _done = Finally(|| {
+            self.handshakes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
+        });
+        // An update while this one was out makes its outcome stale: the newer version,
+        // if still requested, is handshaken in turn (its own spawn found this running).
+        let error = loop {
+            let Ok(Some(row)) = self.store.subscription(id).await else {
+                return;
+            };
+            let Some((_, plan)) = parsed(&row) else {
+                return;
+            };
+            if row.status != "requested" {
                 return;
             }
-        }
+            let _ = self.store.subscription_sent(id, now_micros()).await;
+            let bundle = self.bundle(Kind::Handshake, &row, &plan, &[], row.events_since_start);
+            let (status, error) = match self.send(id, &plan, &bundle, None).await {
+                Ok(_) => ("active", None),
+                Err(f) => ("error", Some(f.error)),
+            };
+            match self
+                .store
+                .handshake_done(id, row.version, status, now_micros())
+                .await
+            {
+                Ok(true) => break error,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(message = "Subscription status not recorded.", subscription = id, error = %e);
+                    return;
+                }
+            }
+        };
         let _ = self.registry.refresh(&self.store).await;
         match error {
             None => tracing::info!(
@@ -227,53 +378,200 @@ impl Subscriptions {
         }
     }
 
-    /// `client`'s subscription (another client's is not found).
+    /// `client`'s subscription (another client's is not found), as shown, and its plan.
     async fn own(
         &self,
         client: &str,
         id: &str,
-    ) -> Result<(SubscriptionRow, Value, Plan), FhirError> {
+    ) -> Result<(SubscriptionRow, Value, Option<Plan>), FhirError> {
+        let not_found = || FhirError::NotFound {
+            resource: format!("Subscription/{id}"),
+        };
         let row = self
             .store
             .subscription(id)
             .await?
             .filter(|r| r.client_id == client)
-            .ok_or_else(|| FhirError::NotFound {
-                resource: format!("Subscription/{id}"),
-            })?;
-        let (mut resource, plan) = parsed(&row).ok_or_else(|| FhirError::NotFound {
-            resource: format!("Subscription/{id}"),
-        })?;
-        // The row's status is the truth (the outbox may have put it in error).
-        resource["status"] = json!(row.status);
-        Ok((row, resource, plan))
+            .ok_or_else(not_found)?;
+        let resource = stored(&row).ok_or_else(not_found)?;
+        // One stored under older rules may no longer read (a payload or extension now
+        // refused): it takes no events, but its client can still see, fix or delete it.
+        let plan = topic::plan(&resource).ok();
+        let shown = self.shown(&row, resource);
+        Ok((row, shown, plan))
     }
 
-    pub async fn read(&self, client: &str, id: &str) -> Result<Value, FhirError> {
-        Ok(masked(self.own(client, id).await?.1))
+    /// `own`, for what needs the subscription to run.
+    async fn running(&self, client: &str, id: &str) -> Result<(SubscriptionRow, Plan), FhirError> {
+        let (row, resource, plan) = self.own(client, id).await?;
+        let plan = match plan {
+            Some(plan) => plan,
+            None => topic::plan(&resource).map_err(|e| {
+                FhirError::rule(
+                    "Subscription",
+                    format!("this subscription no longer reads under the server's rules ({e}); PUT it again or DELETE it"),
+                )
+            })?,
+        };
+        Ok((row, plan))
+    }
+
+    /// The Subscription as shown back: the row's status (the outbox or the handshake
+    /// may have changed it), its error, its version; header values (credentials for
+    /// the subscriber's endpoint) are not repeated.
+    fn shown(&self, row: &SubscriptionRow, mut resource: Value) -> Value {
+        resource["status"] = json!(row.status);
+        if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.insert("versionId".into(), json!(row.version.to_string()));
+        }
+        match (row.status.as_str(), row.error_since) {
+            ("error", Some(since)) if now_micros() - since < self.retry_window_micros => {
+                resource["error"] = json!(
+                    "the endpoint did not accept what was sent to it; the handshake is sent again every 30 s, or PUT the subscription with status requested"
+                );
+            }
+            ("error", _) => {
+                resource["error"] = json!(
+                    "the endpoint did not accept what was sent to it; PUT the subscription with status requested to send the handshake again"
+                );
+            }
+            _ => {
+                resource.as_object_mut().map(|r| r.remove("error"));
+            }
+        }
+        masked(resource)
+    }
+
+    pub async fn read(&self, client: &str, id: &str) -> Result<(Value, i64), FhirError> {
+        let (row, resource, _) = self.own(client, id).await?;
+        Ok((resource, row.version))
     }
 
     /// Turns a subscription off: no more events, notifications or heartbeats.
     pub async fn delete(&self, client: &str, id: &str) -> Result<(), FhirError> {
-        let (_, mut resource, _) = self.own(client, id).await?;
-        resource["status"] = json!("off");
-        self.store
-            .set_subscription_status(id, None, "off", &resource.to_string())
-            .await?;
+        self.own(client, id).await?;
+        self.store.switch_off_subscription(id, None).await?;
         self.registry.refresh(&self.store).await?;
         Ok(())
     }
 
-    /// `$status`: a searchset with the subscription's status Parameters.
-    pub async fn status(&self, client: &str, id: &str) -> Result<Value, FhirError> {
-        let (row, _, plan) = self.own(client, id).await?;
-        let standing = standing(&row, &plan);
+    /// `GET /fhir/Subscription`: the client's subscriptions that match every parameter
+    /// (a comma lists alternatives); all of them with none. Not paged: a client has few.
+    pub async fn search(&self, client: &str, params: &Filters) -> Result<Value, FhirError> {
+        let mut wanted: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (name, value) in params {
+            if ["_format", "_pretty", "_total"].contains(&name.as_str()) {
+                continue;
+            }
+            if !SEARCH_PARAMS.iter().any(|(n, _)| n == name) {
+                return Err(FhirError::invalid(
+                    format!("Subscription?{name}"),
+                    format!(
+                        "is not a search parameter of Subscription here ({})",
+                        SEARCH_PARAMS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            wanted.push((name, value.split(',').collect()));
+        }
+        let mut entry = Vec::new();
+        for row in self.store.client_subscriptions(client).await? {
+            let Some(resource) = stored(&row) else {
+                continue;
+            };
+            let text = |pointer: &str| {
+                resource
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            let matches = wanted.iter().all(|(name, values)| {
+                let actual = match *name {
+                    "_id" => Some(row.id.clone()),
+                    "status" => Some(row.status.clone()),
+                    "url" => text("/channel/endpoint"),
+                    "criteria" => text("/criteria"),
+                    "type" => text("/channel/type"),
+                    _ => text("/channel/payload"),
+                };
+                actual.is_some_and(|a| values.contains(&a.as_str()))
+            });
+            if matches {
+                entry.push(json!({
+                    "fullUrl": format!("{}/Subscription/{}", self.base, row.id),
+                    "resource": self.shown(&row, resource),
+                    "search": {"mode": "match"},
+                }));
+            }
+        }
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         Ok(json!({
             "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
             "type": "searchset",
-            "total": 1,
-            "entry": [{"resource": notification::status(Kind::QueryStatus, &standing, &[], false, &self.base),
-                "search": {"mode": "match"}}],
+            "total": entry.len(),
+            "link": [{"relation": "self", "url": format!("{}/Subscription?{}", self.base, query.join("&"))}],
+            "entry": entry,
+        }))
+    }
+
+    /// `$status` of one subscription (`id`), or at type level of the client's
+    /// subscriptions with any of `filters`' ids and any of their statuses (all with
+    /// none): a searchset of status Parameters, one per subscription.
+    pub async fn status(
+        &self,
+        client: &str,
+        id: Option<&str>,
+        filters: &Filters,
+    ) -> Result<Value, FhirError> {
+        let rows = match id {
+            Some(id) => vec![self.own(client, id).await?.0],
+            None => {
+                let listed = |name: &str| -> Vec<&str> {
+                    filters
+                        .iter()
+                        .filter(|(n, _)| n == name)
+                        .flat_map(|(_, v)| v.split(','))
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .collect()
+                };
+                let (ids, statuses) = (listed("id"), listed("status"));
+                self.store
+                    .client_subscriptions(client)
+                    .await?
+                    .into_iter()
+                    .filter(|r| ids.is_empty() || ids.contains(&r.id.as_str()))
+                    .filter(|r| statuses.is_empty() || statuses.contains(&r.status.as_str()))
+                    .collect()
+            }
+        };
+        let entry: Vec<Value> = rows
+            .iter()
+            .filter_map(|row| {
+                let resource = stored(row)?;
+                let standing = Standing {
+                    id: &row.id,
+                    topic: resource.get("criteria").and_then(Value::as_str),
+                    status: &row.status,
+                    events_since_start: row.events_since_start,
+                };
+                Some(json!({
+                    "resource": notification::status(Kind::QueryStatus, &standing, &[], false, &self.base),
+                    "search": {"mode": "match"},
+                }))
+            })
+            .collect();
+        Ok(json!({
+            "resourceType": "Bundle",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "searchset",
+            "total": entry.len(),
+            "entry": entry,
         }))
     }
 
@@ -287,7 +585,7 @@ impl Subscriptions {
         until: Option<i64>,
         content: Option<&str>,
     ) -> Result<Value, FhirError> {
-        let (row, _, mut plan) = self.own(client, id).await?;
+        let (row, mut plan) = self.running(client, id).await?;
         if let Some(c) = content {
             plan.content = Content::parse(c).ok_or_else(|| {
                 FhirError::invalid(
@@ -304,18 +602,29 @@ impl Subscriptions {
         let mut events = Vec::new();
         for (number, focus, version, at) in self.store.subscription_events(id, since, until).await?
         {
-            let resource = match plan.content {
-                Content::FullResource => self.version_of(&focus, version).await,
-                _ => None,
-            };
-            events.push(Event {
-                number,
-                at,
-                focus,
-                resource,
-            });
+            events.push(self.event(&plan, number, focus, version, at).await);
         }
-        Ok(self.bundle(Kind::QueryEvent, &row, &plan, &events))
+        Ok(self.bundle(
+            Kind::QueryEvent,
+            &row,
+            &plan,
+            &events,
+            row.events_since_start,
+        ))
+    }
+
+    async fn event(&self, plan: &Plan, number: i64, focus: String, version: i64, at: i64) -> Event {
+        let resource = match plan.content {
+            Content::FullResource => self.version_of(&focus, version).await,
+            _ => None,
+        };
+        Event {
+            number,
+            at,
+            focus,
+            version,
+            resource,
+        }
     }
 
     /// `version` of `focus` (`Task/abc`): a full-resource notification shows the
@@ -329,13 +638,26 @@ impl Subscriptions {
     /// The resource type a subscription's events are about (its readers need a scope
     /// for it).
     pub async fn topic_type(&self, client: &str, id: &str) -> Result<&'static str, FhirError> {
-        Ok(self.own(client, id).await?.2.resource_type)
+        Ok(self.running(client, id).await?.1.resource_type)
     }
 
-    fn bundle(&self, kind: Kind, row: &SubscriptionRow, plan: &Plan, events: &[Event]) -> Value {
+    fn bundle(
+        &self,
+        kind: Kind,
+        row: &SubscriptionRow,
+        plan: &Plan,
+        events: &[Event],
+        events_since_start: i64,
+    ) -> Value {
+        let standing = Standing {
+            id: &row.id,
+            topic: (plan.content != Content::Empty).then_some(plan.topic.as_str()),
+            status: &row.status,
+            events_since_start,
+        };
         notification::bundle(
             kind,
-            &standing(row, plan),
+            &standing,
             events,
             plan.content,
             &self.base,
@@ -343,7 +665,8 @@ impl Subscriptions {
         )
     }
 
-    /// Sends one queued event (the outbox's delivery of `subscription:<id>`).
+    /// Sends one queued event (the outbox's delivery of `subscription:<id>`). It says
+    /// as many events happened as its number: the count when it was numbered.
     pub async fn deliver(&self, d: &DueDelivery) -> Result<u16, Failure> {
         let id = d
             .endpoint_id
@@ -364,29 +687,23 @@ impl Subscriptions {
             .map_err(|e| Failure::new(e.to_string()))?
             .pop()
             .ok_or_else(|| Failure::new("the event is no longer kept"))?;
-        let resource = match plan.content {
-            Content::FullResource => self.version_of(&focus, version).await,
-            _ => None,
-        };
-        let event = Event {
-            number,
-            at,
-            focus,
-            resource,
-        };
+        let event = self.event(&plan, number, focus, version, at).await;
         let bundle = self.bundle(
             Kind::EventNotification,
             &row,
             &plan,
             std::slice::from_ref(&event),
+            number,
         );
         let status = self.send(id, &plan, &bundle, Some(&event)).await?;
         let _ = self.store.subscription_sent(id, now_micros()).await;
         Ok(status)
     }
 
-    /// Heartbeats for active rest-hook subscriptions that sent nothing for their period,
-    /// and handshakes again for requested ones whose handshake was lost.
+    /// Once a second: turns off subscriptions past their `end`; sends the handshake
+    /// again of requested ones whose handshake was lost and of those in error (every
+    /// 30 s, for the retry window); heartbeats for active rest-hook subscriptions that
+    /// sent nothing for their period.
     pub async fn heartbeats(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
@@ -401,23 +718,47 @@ impl Subscriptions {
                 let Some((_, plan)) = parsed(row) else {
                     continue;
                 };
-                let quiet = |period: i64| row.last_sent_at.is_none_or(|at| now - at >= period);
-                if row.status == "requested" {
-                    if quiet(HANDSHAKE_RETRY_MICROS) {
-                        self.handshake(&row.id).await;
+                if plan.ended(now) {
+                    if let Ok(true) = self
+                        .store
+                        .switch_off_subscription(&row.id, Some(row.version))
+                        .await
+                    {
+                        let _ = self.registry.refresh(&self.store).await;
+                        tracing::info!(message = "Subscription off: its end has passed.", subscription = %row.id);
                     }
                     continue;
                 }
-                // Heartbeats keep a rest-hook subscriber sure the channel works; a mail
-                // every period would only be noise.
-                let period = plan.heartbeat_seconds as i64 * 1_000_000;
-                if plan.channel != Channel::RestHook || period == 0 || !quiet(period) {
-                    continue;
-                }
-                let _ = self.store.subscription_sent(&row.id, now).await;
-                let bundle = self.bundle(Kind::Heartbeat, row, &plan, &[]);
-                if let Err(f) = self.send(&row.id, &plan, &bundle, None).await {
-                    tracing::info!(message = "Subscription heartbeat not delivered.", subscription = %row.id, error = %f.error)
+                let quiet = |period: i64| row.last_sent_at.is_none_or(|at| now - at >= period);
+                match row.status.as_str() {
+                    "requested" if quiet(self.handshake_retry_micros) => {
+                        self.spawn_handshake(&row.id);
+                    }
+                    "error"
+                        if quiet(self.handshake_retry_micros)
+                            && row
+                                .error_since
+                                .is_some_and(|since| now - since < self.retry_window_micros) =>
+                    {
+                        if let Ok(true) = self.store.retry_handshake(&row.id).await {
+                            self.spawn_handshake(&row.id);
+                        }
+                    }
+                    "active" => {
+                        // Heartbeats keep a rest-hook subscriber sure the channel works;
+                        // a mail every period would only be noise.
+                        let period = plan.heartbeat_seconds as i64 * 1_000_000;
+                        if plan.channel != Channel::RestHook || period == 0 || !quiet(period) {
+                            continue;
+                        }
+                        let _ = self.store.subscription_sent(&row.id, now).await;
+                        let bundle =
+                            self.bundle(Kind::Heartbeat, row, &plan, &[], row.events_since_start);
+                        if let Err(f) = self.send(&row.id, &plan, &bundle, None).await {
+                            tracing::info!(message = "Subscription heartbeat not delivered.", subscription = %row.id, error = %f.error)
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -439,8 +780,11 @@ impl Subscriptions {
                 let mut r = self
                     .http
                     .post(&plan.endpoint)
-                    .header("content-type", "application/fhir+json")
+                    .header("content-type", &plan.payload)
                     .body(bundle.to_string());
+                if let Some(seconds) = plan.timeout_seconds {
+                    r = r.timeout(self.timeout.min(Duration::from_secs(seconds)));
+                }
                 for (name, value) in &plan.headers {
                     r = r.header(name, value);
                 }
@@ -515,22 +859,101 @@ impl Subscriptions {
     }
 }
 
+fn stored(row: &SubscriptionRow) -> Option<Value> {
+    serde_json::from_str(&row.resource).ok()
+}
+
 fn parsed(row: &SubscriptionRow) -> Option<(Value, Plan)> {
-    let resource: Value = serde_json::from_str(&row.resource).ok()?;
+    let resource = stored(row)?;
     let plan = topic::plan(&resource).ok()?;
     Some((resource, plan))
 }
 
-fn standing<'a>(row: &'a SubscriptionRow, plan: &'a Plan) -> Standing<'a> {
-    Standing {
-        id: &row.id,
-        topic: &plan.topic,
-        status: &row.status,
-        events_since_start: row.events_since_start,
+fn resource_type(resource: &Value) -> Result<(), FhirError> {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Subscription") {
+        return Err(FhirError::invalid(
+            "Subscription.resourceType",
+            "must be Subscription",
+        ));
+    }
+    Ok(())
+}
+
+/// Sets what the server owns: id, `meta.versionId` and `meta.lastUpdated` (the rest of
+/// `meta`, such as the client's `profile`, stays as sent); a new version starts
+/// `requested` and carries no error until the server finds one.
+fn stamp(resource: &mut Value, id: &str, version: i64, now: i64) {
+    resource["id"] = json!(id);
+    resource["status"] = json!("requested");
+    if !resource.get("meta").is_some_and(Value::is_object) {
+        resource["meta"] = json!({});
+    }
+    resource["meta"]["versionId"] = json!(version.to_string());
+    resource["meta"]["lastUpdated"] = json!(format_instant(now));
+    if let Some(r) = resource.as_object_mut() {
+        r.remove("error");
     }
 }
 
-/// The Subscription as shown back: header values (credentials for the subscriber's
+/// A header sent back as `Name: ***`, as reads show it, keeps the value stored for
+/// that name; without one there is nothing to keep.
+fn keep_masked_headers(resource: &mut Value, old: &Value) -> Result<(), FhirError> {
+    let Some(headers) = resource
+        .pointer_mut("/channel/header")
+        .and_then(Value::as_array_mut)
+    else {
+        return Ok(());
+    };
+    for (i, h) in headers.iter_mut().enumerate() {
+        let Some((name, value)) = h.as_str().and_then(|s| s.split_once(':')) else {
+            continue;
+        };
+        if value.trim() != "***" {
+            continue;
+        }
+        let name = name.trim();
+        let stored = old
+            .pointer("/channel/header")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str()?.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .ok_or_else(|| {
+                FhirError::invalid(
+                    format!("Subscription.channel.header[{i}]"),
+                    format!("{name}: *** keeps a stored value, and none is stored for {name}"),
+                )
+            })?;
+        *h = json!(format!("{name}: {stored}"));
+    }
+    Ok(())
+}
+
+/// Runs its closure when dropped (a handshake that ends early or panics still lets
+/// the next one run).
+struct Finally<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finally<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// The answer to a create or update shows `channel.header` as that request sent it
+/// (Inferno's kit checks notifications' headers against it): it discloses nothing the
+/// request did not carry. A value kept from before (`Name: ***`) stays masked.
+fn answered(mut shown: Value, sent_headers: Option<Value>) -> Value {
+    if let (Some(headers), Some(channel)) = (sent_headers, shown.get_mut("channel"))
+        && let Some(channel) = channel.as_object_mut()
+    {
+        channel.insert("header".into(), headers);
+    }
+    shown
+}
+
+/// The Subscription as read back: header values (credentials for the subscriber's
 /// endpoint) are not repeated.
 fn masked(mut resource: Value) -> Value {
     if let Some(headers) = resource

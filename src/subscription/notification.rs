@@ -35,19 +35,24 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct Standing<'a> {
     pub id: &'a str,
-    pub topic: &'a str,
+    /// The topic; `None` for notifications of `empty` content, which should not name
+    /// it (backport-subscription-status-r4, `topic`).
+    pub topic: Option<&'a str>,
     /// `requested`, `active`, `error` or `off`.
     pub status: &'a str,
+    /// For an event notification, the count when its last event was numbered (event
+    /// N says N, however late it is sent); otherwise the count now.
     pub events_since_start: i64,
 }
 
-/// One event: its number, when, and its focus (`Task/abc`), with the resource when the
-/// subscription asked for full resources.
+/// One event: its number, when, and its focus (`Task/abc`) at `version`, with the
+/// resource when the subscription asked for full resources.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub number: i64,
     pub at: i64,
     pub focus: String,
+    pub version: i64,
     pub resource: Option<Value>,
 }
 
@@ -56,11 +61,15 @@ pub struct Event {
 pub fn status(kind: Kind, s: &Standing<'_>, events: &[Event], focus: bool, base: &str) -> Value {
     let mut parameter = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", s.id)}}),
-        json!({"name": "topic", "valueCanonical": s.topic}),
+    ];
+    if let Some(topic) = s.topic {
+        parameter.push(json!({"name": "topic", "valueCanonical": topic}));
+    }
+    parameter.extend([
         json!({"name": "status", "valueCode": s.status}),
         json!({"name": "type", "valueCode": kind.code()}),
         json!({"name": "events-since-subscription-start", "valueString": s.events_since_start.to_string()}),
-    ];
+    ]);
     for e in events {
         let mut part = vec![
             json!({"name": "event-number", "valueString": e.number.to_string()}),
@@ -96,10 +105,21 @@ pub fn bundle(
     })];
     if content != Content::Empty {
         for e in events {
+            // What the write was: version 1 was created, any later one updated it.
+            let ty = e.focus.split('/').next().unwrap_or_default();
+            let (method, url, status) = if e.version == 1 {
+                ("POST", ty, "201")
+            } else {
+                ("PUT", e.focus.as_str(), "200")
+            };
             let mut item = json!({
                 "fullUrl": format!("{base}/{}", e.focus),
-                "request": {"method": "PUT", "url": e.focus},
-                "response": {"status": "200"},
+                "request": {"method": method, "url": url},
+                "response": {
+                    "status": status,
+                    "location": format!("{}/_history/{}", e.focus, e.version),
+                    "etag": format!("W/\"{}\"", e.version),
+                },
             });
             if content == Content::FullResource
                 && let Some(r) = &e.resource
@@ -124,9 +144,9 @@ mod tests {
 
     #[test]
     fn an_id_only_notification_carries_the_count_and_the_focus_url_only() {
-        let s = Standing {
+        let mut s = Standing {
             id: "s1",
-            topic: "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task",
+            topic: Some("http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic/Task"),
             status: "active",
             events_since_start: 7,
         };
@@ -134,6 +154,7 @@ mod tests {
             number: 7,
             at: 0,
             focus: "Task/t1".into(),
+            version: 3,
             resource: Some(json!({"resourceType": "Task"})),
         };
         let b = bundle(
@@ -154,6 +175,27 @@ mod tests {
         );
         assert_eq!(b["entry"][1]["fullUrl"], "https://gw/fhir/Task/t1");
         assert!(b["entry"][1].get("resource").is_none());
+        assert_eq!(
+            b["entry"][1]["request"]["method"], "PUT",
+            "version 3: an update"
+        );
+        assert_eq!(b["entry"][1]["request"]["url"], "Task/t1");
+        assert_eq!(b["entry"][1]["response"]["status"], "200");
+        let created = Event {
+            version: 1,
+            ..e.clone()
+        };
+        let b = bundle(
+            Kind::EventNotification,
+            &s,
+            &[created],
+            Content::IdOnly,
+            "https://gw/fhir",
+            0,
+        );
+        assert_eq!(b["entry"][1]["request"]["method"], "POST");
+        assert_eq!(b["entry"][1]["request"]["url"], "Task");
+        assert_eq!(b["entry"][1]["response"]["status"], "201");
         let full = bundle(
             Kind::EventNotification,
             &s,
@@ -163,6 +205,7 @@ mod tests {
             0,
         );
         assert_eq!(full["entry"][1]["resource"]["resourceType"], "Task");
+        s.topic = None;
         let empty = bundle(
             Kind::EventNotification,
             &s,
@@ -172,7 +215,11 @@ mod tests {
             0,
         );
         assert_eq!(empty["entry"].as_array().unwrap().len(), 1);
-        let event = &empty["entry"][0]["resource"]["parameter"][5]["part"];
+        let params = empty["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .unwrap();
+        assert!(params.iter().all(|p| p["name"] != "topic"), "no topic");
+        let event = &params[4]["part"];
         assert_eq!(event[0]["valueString"], "7", "the number stays");
         assert_eq!(event.as_array().unwrap().len(), 2, "the focus does not");
     }

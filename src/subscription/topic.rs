@@ -1,13 +1,21 @@
 //! What a Subscription asks for, read from the R4 Subscriptions Backport form: the
 //! topic (`Subscription.criteria`), its filters (the `backport-filter-criteria`
-//! extension), the channel and what each notification carries. Pure: no I/O.
+//! extension), the channel, what each notification carries and when the subscription
+//! ends. Pure: no I/O.
+//!
+//! A filter is never ignored: a modifier extension, or an extension we do not read
+//! where a filter or a backport setting would be (a cross-version or misspelt
+//! `backport-filter-criteria`), is refused naming the element, since dropping it would
+//! send the subscriber more than it asked for.
 
 use serde_json::{Value, json};
 
 use crate::fhir::FhirError;
+use crate::fhir::datetime;
 
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
 const SDOHCC_TOPICS: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic";
+const CHANNEL_TYPES: &str = "http://terminology.hl7.org/CodeSystem/subscription-channel-type";
 
 /// The topics offered, with the resource type each is about and the filters it takes
 /// (the IG writes the ServiceRequest topic `Servicerequest`; both spellings are taken).
@@ -36,6 +44,28 @@ pub fn topic_urls() -> Vec<String> {
         .map(|(name, _, _)| format!("{SDOHCC_TOPICS}/{name}"))
         .collect()
 }
+
+/// The extensions read, by the element (JSON path) that carries them.
+const KNOWN_EXTENSIONS: &[(&str, &str)] = &[
+    ("_criteria", "backport-filter-criteria"),
+    ("channel", "backport-heartbeat-period"),
+    ("channel", "backport-timeout"),
+    ("channel", "backport-max-count"),
+    ("channel._payload", "backport-payload-content"),
+    ("channel._type", "backport-channel-type"),
+];
+
+/// R5 elements carried by cross-version extensions that change nothing we send (a
+/// name, an identifier); every other cross-version extension on a Subscription would
+/// ask for behaviour (a filter, a content level) and is refused.
+const DESCRIPTIVE_CROSS_VERSION: &[&str] = &[
+    "extension-Subscription.identifier",
+    "extension-Subscription.name",
+];
+
+/// The MIME types a notification can be sent as (`channel.payload`); an email carries
+/// text whatever is asked, so it takes `text/plain` too.
+const PAYLOADS: &[&str] = &["application/fhir+json", "application/json"];
 
 /// Headers a subscription may not set: they are the request's own.
 const RESERVED_HEADERS: &[&str] = &[
@@ -113,8 +143,21 @@ pub struct Plan {
     /// `Name: value` lines sent with each rest-hook notification.
     pub headers: Vec<(String, String)>,
     pub content: Content,
+    /// The `Content-Type` of rest-hook notifications: `channel.payload` as asked.
+    pub payload: String,
     /// Seconds between heartbeats when nothing else was sent; 0: none.
     pub heartbeat_seconds: u64,
+    /// `backport-timeout`: seconds a notification may take before it has failed.
+    pub timeout_seconds: Option<u64>,
+    /// `Subscription.end` (microseconds): no event after it, and it is turned off.
+    pub end: Option<i64>,
+}
+
+impl Plan {
+    /// Whether the subscription is past its `end` at `now`.
+    pub fn ended(&self, now: i64) -> bool {
+        self.end.is_some_and(|end| end <= now)
+    }
 }
 
 fn invalid(path: &str, message: impl Into<String>) -> FhirError {
@@ -131,8 +174,166 @@ fn extension<'a>(element: &'a Value, name: &str) -> impl Iterator<Item = &'a Val
         .filter(move |e| e.get("url").and_then(Value::as_str) == Some(url.as_str()))
 }
 
+/// The one extension `name` on `element` (at `path`, for the error), if any.
+fn single<'a>(element: &'a Value, name: &str, path: &str) -> Result<Option<&'a Value>, FhirError> {
+    let mut found = extension(element, name);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(invalid(path, format!("{name} may appear once")));
+    }
+    Ok(first)
+}
+
+/// Refuses what would otherwise be ignored: any modifier extension, and any extension
+/// we do not read that is in `Subscription.criteria` (where filters are), comes from
+/// the backport IG (misplaced or misspelt), is a cross-version extension that asks for
+/// behaviour, or names a filter or criteria. Other extensions (an EHR's own notes) are
+/// kept and shown back as sent.
+fn check_extensions(value: &Value, json_path: &str, fhir_path: &str) -> Result<(), FhirError> {
+    let Some(object) = value.as_object() else {
+        if let Some(items) = value.as_array() {
+            for (i, item) in items.iter().enumerate() {
+                check_extensions(item, json_path, &format!("{fhir_path}[{i}]"))?;
+            }
+        }
+        return Ok(());
+    };
+    for (key, child) in object {
+        let at = if fhir_path.is_empty() {
+            key.trim_start_matches('_').to_string()
+        } else {
+            format!("{fhir_path}.{}", key.trim_start_matches('_'))
+        };
+        let url_of = |e: &Value| {
+            e.get("url")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        match key.as_str() {
+            "modifierExtension" => {
+                if let Some(e) = child.as_array().and_then(|list| list.first()) {
+                    return Err(invalid(
+                        &format!("{at}[0]"),
+                        format!(
+                            "modifier extension {:?} is not one this server understands, and a modifier cannot be ignored",
+                            url_of(e)
+                        ),
+                    ));
+                }
+            }
+            "extension" => {
+                for (i, e) in child.as_array().into_iter().flatten().enumerate() {
+                    let url = url_of(e);
+                    let known = KNOWN_EXTENSIONS.iter().any(|(path, name)| {
+                        *path == json_path && url == format!("{BACKPORT}/{name}")
+                    });
+                    if known || !unread_matters(json_path, &url) {
+                        continue;
+                    }
+                    let here: Vec<String> = KNOWN_EXTENSIONS
+                        .iter()
+                        .filter(|(path, _)| *path == json_path)
+                        .map(|(_, name)| format!("{BACKPORT}/{name}"))
+                        .collect();
+                    return Err(invalid(
+                        &format!("{at}[{i}]"),
+                        format!(
+                            "extension {url:?} is not one this server reads here ({}); it is refused rather than ignored, so that no filter or setting is dropped",
+                            if here.is_empty() {
+                                "none".to_string()
+                            } else {
+                                here.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            // Not read, not acted on: nothing in them can be dropped.
+            "contained" | "text" => {}
+            _ => {
+                let path = if json_path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{json_path}.{key}")
+                };
+                check_extensions(child, &path, &at)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an extension we do not read at `json_path` would change what is sent.
+fn unread_matters(json_path: &str, url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let cross_version = url
+        .strip_prefix("http://hl7.org/fhir/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(version, _)| {
+            version.split('.').count() == 2
+                && version
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+    json_path == "_criteria"
+        || url.starts_with("http://hl7.org/fhir/uv/subscriptions-backport/")
+        || (cross_version && !DESCRIPTIVE_CROSS_VERSION.iter().any(|d| url.ends_with(d)))
+        || lower.contains("filter")
+        || lower.contains("criteria")
+}
+
+/// `channel.payload`: the MIME type notifications are sent as.
+fn payload(channel: &Value, kind: Channel) -> Result<String, FhirError> {
+    let Some(asked) = channel.get("payload") else {
+        return Ok(PAYLOADS[0].to_string());
+    };
+    let asked = asked
+        .as_str()
+        .ok_or_else(|| invalid("channel.payload", "must be a MIME type (a string)"))?;
+    let mut parts = asked.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or("").to_ascii_lowercase();
+    let offered =
+        PAYLOADS.contains(&essence.as_str()) || (kind == Channel::Email && essence == "text/plain");
+    if !offered {
+        return Err(invalid(
+            "channel.payload",
+            format!(
+                "{asked:?} is not a MIME type this server sends ({}{})",
+                PAYLOADS.join(", "),
+                if kind == Channel::Email {
+                    ", text/plain"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    for parameter in parts.filter(|p| !p.is_empty()) {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let value = value.trim().trim_matches('"');
+        match name.trim().to_ascii_lowercase().as_str() {
+            "fhirversion" if !matches!(value, "4.0" | "4.0.1") => {
+                return Err(invalid(
+                    "channel.payload",
+                    format!("fhirVersion={value}: notifications are FHIR R4 (4.0)"),
+                ));
+            }
+            "charset" if !value.eq_ignore_ascii_case("utf-8") => {
+                return Err(invalid(
+                    "channel.payload",
+                    format!("charset={value}: notifications are sent in utf-8"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(asked.trim().to_string())
+}
+
 /// Reads a Subscription resource; the error names the element and the rule.
 pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
+    check_extensions(subscription, "", "")?;
     let criteria = subscription
         .get("criteria")
         .and_then(Value::as_str)
@@ -249,12 +450,27 @@ pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
         }
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
-    let content = match extension(
+    if let Some(e) = single(
+        channel.get("_type").unwrap_or(&empty),
+        "backport-channel-type",
+        "channel.type.extension",
+    )? {
+        let coding = e.get("valueCoding").unwrap_or(&empty);
+        let code = coding.get("code").and_then(Value::as_str).unwrap_or("");
+        let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
+        if code != kind.code() || system != CHANNEL_TYPES {
+            return Err(invalid(
+                "channel.type.extension",
+                format!("channel type {system}|{code} is not offered (rest-hook, email)"),
+            ));
+        }
+    }
+    let payload = payload(channel, kind)?;
+    let content = match single(
         channel.get("_payload").unwrap_or(&empty),
         "backport-payload-content",
-    )
-    .next()
-    {
+        "channel.payload.extension",
+    )? {
         None => Content::IdOnly,
         Some(e) => {
             let code = e.get("valueCode").and_then(Value::as_str).unwrap_or("");
@@ -272,7 +488,8 @@ pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
             "an email carries no personal data: use id-only or empty",
         ));
     }
-    let heartbeat_seconds = match extension(channel, "backport-heartbeat-period").next() {
+    let heartbeat_seconds = match single(channel, "backport-heartbeat-period", "channel.extension")?
+    {
         None => 0,
         Some(e) => e
             .get("valueUnsignedInt")
@@ -285,6 +502,41 @@ pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
                 )
             })?,
     };
+    let timeout_seconds = match single(channel, "backport-timeout", "channel.extension")? {
+        None => None,
+        Some(e) => Some(
+            e.get("valueUnsignedInt")
+                .and_then(Value::as_u64)
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "channel.extension",
+                        "backport-timeout is a number of seconds above 0",
+                    )
+                })?,
+        ),
+    };
+    // One event per notification: any maximum count is kept, as long as it is one.
+    if let Some(e) = single(channel, "backport-max-count", "channel.extension")?
+        && e.get("valuePositiveInt")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            == 0
+    {
+        return Err(invalid(
+            "channel.extension",
+            "backport-max-count is a positive integer",
+        ));
+    }
+    let end = match subscription.get("end") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(datetime::parse_range)
+                .ok_or_else(|| invalid("end", "must be an instant (2026-01-31T17:00:00Z)"))?
+                .lo,
+        ),
+    };
     Ok(Plan {
         topic: criteria.to_string(),
         resource_type,
@@ -293,7 +545,10 @@ pub fn plan(subscription: &Value) -> Result<Plan, FhirError> {
         endpoint,
         headers,
         content,
+        payload,
         heartbeat_seconds,
+        timeout_seconds,
+        end,
     })
 }
 
@@ -406,5 +661,102 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("rest-hook, email"), "{e}");
+    }
+
+    fn expression(e: FhirError) -> String {
+        e.to_operation_outcome()["issue"][0]["expression"][0]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[test]
+    fn a_filter_or_modifier_that_cannot_be_read_is_refused_not_dropped() {
+        let hook = json!({"type": "rest-hook", "endpoint": "https://ehr.example/hook"});
+        let base = subscription("Task?owner=Organization/a", hook.clone());
+        for url in [
+            "http://hl7.org/fhir/5.0/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+            "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-critera",
+            "http://example.org/anything",
+        ] {
+            let mut s = base.clone();
+            s["_criteria"]["extension"][0]["url"] = json!(url);
+            let e = plan(&s).unwrap_err();
+            assert_eq!(expression(e), "Subscription.criteria.extension[0]", "{url}");
+        }
+        // Elsewhere, an extension naming a filter, a cross-version one that asks for
+        // behaviour, or a misplaced backport one is refused too.
+        for (url, at) in [
+            (
+                "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.filterBy",
+                "Subscription.extension[0]",
+            ),
+            (
+                "http://ehr.example/fhir/my-filter",
+                "Subscription.extension[0]",
+            ),
+            (
+                "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+                "Subscription.extension[0]",
+            ),
+        ] {
+            let mut s = base.clone();
+            s["extension"] = json!([{"url": url, "valueString": "Task?status=completed"}]);
+            assert_eq!(expression(plan(&s).unwrap_err()), at, "{url}");
+        }
+        let mut s = base.clone();
+        s["channel"]["modifierExtension"] =
+            json!([{"url": "http://ehr.example/only-on-weekdays", "valueBoolean": true}]);
+        assert_eq!(
+            expression(plan(&s).unwrap_err()),
+            "Subscription.channel.modifierExtension[0]"
+        );
+        // A descriptive extension of the EHR's own, or an R5 name, is kept.
+        let mut s = base;
+        s["extension"] = json!([
+            {"url": "http://ehr.example/fhir/department", "valueString": "ED"},
+            {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Subscription.name", "valueString": "referrals"},
+        ]);
+        assert!(plan(&s).is_ok());
+    }
+
+    #[test]
+    fn the_payload_mime_type_is_one_we_send_and_is_sent_as_asked() {
+        let with = |payload: &str| {
+            let mut s = subscription(
+                "Task?owner=Organization/a",
+                json!({"type": "rest-hook", "endpoint": "https://ehr.example/hook"}),
+            );
+            s["channel"]["payload"] = json!(payload);
+            plan(&s)
+        };
+        assert_eq!(
+            with("application/json").unwrap().payload,
+            "application/json"
+        );
+        assert_eq!(
+            with("application/fhir+json;fhirVersion=4.0")
+                .unwrap()
+                .payload,
+            "application/fhir+json;fhirVersion=4.0"
+        );
+        for refused in [
+            "application/fhir+xml",
+            "text/plain",
+            "application/fhir+json;fhirVersion=5.0",
+        ] {
+            let e = with(refused).unwrap_err();
+            assert_eq!(expression(e), "Subscription.channel.payload", "{refused}");
+        }
+        let mut s = subscription(
+            "Task?owner=Organization/a",
+            json!({"type": "rest-hook", "endpoint": "https://ehr.example/hook"}),
+        );
+        assert_eq!(plan(&s).unwrap().payload, "application/fhir+json");
+        s["end"] = json!("2030-01-01T00:00:00Z");
+        let p = plan(&s).unwrap();
+        assert!(!p.ended(0) && p.ended(p.end.unwrap()));
+        s["end"] = json!("soon");
+        assert_eq!(expression(plan(&s).unwrap_err()), "Subscription.end");
     }
 }

@@ -488,6 +488,16 @@ async fn post_fhir(
     path: &str,
     body: &Value,
 ) -> (u16, Value) {
+    post_text(app, client, path, &body.to_string()).await
+}
+
+/// POSTs a FHIR JSON body as text (so it may hold what `Value` cannot: a duplicate name).
+async fn post_text(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
     let r = client
         .post(app.url(path))
         .header("content-type", FHIR_JSON)
@@ -997,16 +1007,8 @@ async fn numbers_and_names_whose_meaning_is_uncertain_are_refused() {
         r#"{"resourceType": "Observation", "status": "final", "code": {"text": "x", "text": "y"}}"#,
     ];
     for body in bodies {
-        let r = app
-            .client
-            .post(app.url("Observation"))
-            .header("content-type", FHIR_JSON)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
-        let outcome: Value = r.json().await.unwrap();
+        let (status, outcome) = post_text(&app, &app.client, "Observation", body).await;
+        assert_eq!(status, 400, "{body}");
         let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
         assert!(
             text.contains("twice") || text.contains("out of range"),
@@ -1016,15 +1018,8 @@ async fn numbers_and_names_whose_meaning_is_uncertain_are_refused() {
         let bundle = format!(
             r#"{{"resourceType": "Bundle", "type": "transaction", "entry": [{{"resource": {body}, "request": {{"method": "POST", "url": "Observation"}}}}]}}"#
         );
-        let r = app
-            .client
-            .post(app.url(""))
-            .header("content-type", FHIR_JSON)
-            .body(bundle)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "in a Bundle: {body}");
+        let (status, _) = post_text(&app, &app.client, "", &bundle).await;
+        assert_eq!(status, 400, "in a Bundle: {body}");
     }
     let referral_id = {
         app.post_referral().await;

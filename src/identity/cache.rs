@@ -275,19 +275,18 @@ impl IdentityCache {
         Ok(found)
     }
 
-    /// Keeps in-process state honest about merges committed by other processes (an
-    /// operator command beside the embedded gateway): whenever the store's identity
-    /// generation moves, the in-process cache is cleared, and so is what the embedded
-    /// store keeps in memory (the merge re-pointed Tasks).
-    /// Runs forever.
+    /// Keeps cached answers honest about merges that did not pass through a caller that
+    /// invalidates (an operator command beside the embedded gateway, another process,
+    /// the EHR-server coordinator's Bundles): whenever the store's identity generation
+    /// moves, every entry is dropped — the in-process map, or on Redis by a new key
+    /// epoch — and so is what the embedded store keeps in memory (the merge re-pointed
+    /// Tasks). Runs forever.
     pub async fn watch(self: std::sync::Arc<Self>, store: Store, every: Duration) {
         let mut seen = None;
         loop {
             if let Ok(generation) = store.identity_generation().await {
                 if seen.is_some_and(|s| s != generation) {
-                    if let Backend::Local(map) = &self.backend {
-                        map.write().expect("identity cache lock").clear();
-                    }
+                    self.forget_all().await;
                     if let Err(e) = store.reload_after_foreign_write().await {
                         tracing::warn!(message = "Cannot re-read referrals after another process's merge.", error = %e);
                     }

@@ -231,17 +231,18 @@ mod operator {
     //! Operator commands: print for people, exit non-zero when something failed.
 
     use super::{
-        AddClient, ClientsCommand, DlqCommand, EhrCommand, IdentityCommand, KeysCommand, MappingsCommand,
+        AddClient, ClientsCommand, DlqCommand, EhrCommand, IdentityCommand, KeysCommand,
+        MappingsCommand,
     };
     use crossway::auth::registry::{self, NewClient, PublicKeys};
     use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
     use crossway::config::OrganizationKind;
     use crossway::config::Settings;
-    use crossway::store::Store;
     use crossway::fhir::datetime::format_instant;
     use crossway::fhir::engine::Fhir;
     use crossway::identity::Identifier;
     use crossway::startup::{OperatorTools, operator_tools};
+    use crossway::store::Store;
     use crossway::store::TenantRow;
     use serde_json::{Value, json};
 

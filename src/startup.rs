@@ -165,9 +165,7 @@ impl Application {
                     interval: std::time::Duration::from_millis(settings.ehr_poll_interval_ms),
                     timeout: std::time::Duration::from_millis(settings.webhook_timeout_ms),
                     overlap: std::time::Duration::from_millis(settings.ehr_poll_overlap_ms),
-                    reconcile: std::time::Duration::from_millis(
-                        settings.ehr_reconcile_interval_ms,
-                    ),
+                    reconcile: std::time::Duration::from_millis(settings.ehr_reconcile_interval_ms),
                 },
                 settings.allow_insecure_webhooks,
             ));

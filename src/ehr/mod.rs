@@ -90,7 +90,9 @@ impl EhrError {
             EhrError::Status { status: 401, .. } => "401",
             EhrError::Status { status: 403, .. } => "403",
             EhrError::Status { status: 412, .. } => "412",
-            EhrError::Status { status: 400..=499, .. } => "4xx",
+            EhrError::Status {
+                status: 400..=499, ..
+            } => "4xx",
             EhrError::Status { .. } => "5xx",
             EhrError::Unreachable(_) => "unreachable",
             EhrError::Invalid(_) => "invalid",
@@ -204,9 +206,8 @@ impl Coordinator {
         let base = base_url(s)?;
         let started = now_micros();
         let mark = self.fhir.store().ehr_watermark(&s.id).await?;
-        let reconcile = mark.is_none_or(|m| {
-            started - m.reconciled_at >= self.timing.reconcile.as_micros() as i64
-        });
+        let reconcile = mark
+            .is_none_or(|m| started - m.reconciled_at >= self.timing.reconcile.as_micros() as i64);
         let mut query = vec![
             ("owner", s.owner.clone()),
             ("_include", "Task:focus".into()),
@@ -355,9 +356,7 @@ impl Coordinator {
         let version = task.pointer("/meta/versionId").and_then(Value::as_str);
         match self.fhir.store().ehr_link(&s.id, remote_id).await? {
             Some(link) if link.gone => Ok(()),
-            Some(link) if version.is_some() && link.remote_version.as_deref() == version => {
-                Ok(())
-            }
+            Some(link) if version.is_some() && link.remote_version.as_deref() == version => Ok(()),
             Some(link) => {
                 if matches!(status, "cancelled" | "entered-in-error") {
                     let reason = if task["statusReason"].is_null() {
@@ -439,7 +438,14 @@ impl Coordinator {
         let fallback = absolute(&task["requester"], base);
         let mut entries = Vec::new();
         let Some(role) = self
-            .copy_of(s, base, &task["requester"], system, "urn:uuid:requester", &mut entries)
+            .copy_of(
+                s,
+                base,
+                &task["requester"],
+                system,
+                "urn:uuid:requester",
+                &mut entries,
+            )
             .await
         else {
             return (entries, fallback);
@@ -475,7 +481,9 @@ impl Coordinator {
         entries: &mut Vec<Value>,
     ) -> Option<Value> {
         let r = reference["reference"].as_str()?;
-        let relative = r.strip_prefix(base).map_or(r, |r| r.trim_start_matches('/'));
+        let relative = r
+            .strip_prefix(base)
+            .map_or(r, |r| r.trim_start_matches('/'));
         let (ty, id) = relative.split_once('/')?;
         if !matches!(ty, "PractitionerRole" | "Practitioner" | "Organization")
             || id.is_empty()
@@ -563,8 +571,19 @@ impl Coordinator {
         };
         let mut entries = vec![
             entry("urn:uuid:patient", patient_copy, patient_condition),
-            entry("urn:uuid:service-request", sr, Some(format!("identifier={system}|ServiceRequest/{}", focus["id"].as_str().unwrap_or("")))),
-            entry("urn:uuid:task", local, Some(format!("identifier={system}|Task/{remote_id}"))),
+            entry(
+                "urn:uuid:service-request",
+                sr,
+                Some(format!(
+                    "identifier={system}|ServiceRequest/{}",
+                    focus["id"].as_str().unwrap_or("")
+                )),
+            ),
+            entry(
+                "urn:uuid:task",
+                local,
+                Some(format!("identifier={system}|Task/{remote_id}")),
+            ),
         ];
         entries.extend(requester_entries);
         let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
@@ -588,7 +607,14 @@ impl Coordinator {
         let remote_version = task.pointer("/meta/versionId").and_then(Value::as_str);
         self.fhir
             .store()
-            .link_ehr_task(&s.id, remote_id, local_id, version, remote_version, now_micros())
+            .link_ehr_task(
+                &s.id,
+                remote_id,
+                local_id,
+                version,
+                remote_version,
+                now_micros(),
+            )
             .await?;
         tracing::info!(message = "EHR Task taken on as a referral.", ehr = %s.id, remote_task = remote_id, task = local_id, organization = %s.route_to);
         Ok(())
@@ -621,9 +647,7 @@ impl Coordinator {
         let now = now_micros();
         for u in self.fhir.store().unpushed(&s.id, now, PUSH_BATCH).await? {
             let outcome = match self.push_one(s, &base, &u).await {
-                Err(e) if e.gone(base_answers) => {
-                    self.gone(s, &u.remote_task, &u.local_task).await
-                }
+                Err(e) if e.gone(base_answers) => self.gone(s, &u.remote_task, &u.local_task).await,
                 other => other,
             };
             let Err(e) = outcome else { continue };
@@ -989,7 +1013,10 @@ mod tests {
         assert_eq!(diagnostics(b"<html>nope</html>"), None);
         let long = json!({"resourceType": "OperationOutcome", "issue": [{"diagnostics": "x".repeat(900)}]});
         assert_eq!(
-            diagnostics(long.to_string().as_bytes()).unwrap().chars().count(),
+            diagnostics(long.to_string().as_bytes())
+                .unwrap()
+                .chars()
+                .count(),
             DIAGNOSTICS_LIMIT + 1
         );
     }
@@ -1000,6 +1027,9 @@ mod tests {
         assert_eq!(backoff(i, 1), i);
         assert_eq!(backoff(i, 3), i * 4);
         assert_eq!(backoff(i, 60), MAX_BACKOFF);
-        assert_eq!(backoff(Duration::from_millis(200), 2), Duration::from_millis(400));
+        assert_eq!(
+            backoff(Duration::from_millis(200), 2),
+            Duration::from_millis(400)
+        );
     }
 }

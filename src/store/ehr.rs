@@ -214,16 +214,16 @@ impl Store {
     }
 
     pub async fn ehr_watermark(&self, ehr: &str) -> Result<Option<Watermark>> {
-        Ok(sqlx::query(
-            "SELECT last_updated, reconciled_at FROM ehr_watermarks WHERE ehr = $1",
+        Ok(
+            sqlx::query("SELECT last_updated, reconciled_at FROM ehr_watermarks WHERE ehr = $1")
+                .bind(ehr)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| Watermark {
+                    last_updated: r.get(0),
+                    reconciled_at: r.get(1),
+                }),
         )
-        .bind(ehr)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| Watermark {
-            last_updated: r.get(0),
-            reconciled_at: r.get(1),
-        }))
     }
 
     /// Moves the watermark forward (never back: another process may be ahead) and

@@ -98,9 +98,8 @@ impl Ehr {
     fn add_task_late(&mut self, id: &str, sr: &str, seconds_before_newest: i64) {
         let newest = parse_range(&self.newest()).unwrap().lo;
         self.add_task(id, sr);
-        let at = crossway::fhir::datetime::format_instant(
-            newest - seconds_before_newest * 1_000_000,
-        );
+        let at =
+            crossway::fhir::datetime::format_instant(newest - seconds_before_newest * 1_000_000);
         self.tasks.get_mut(id).unwrap().1 -= 1;
         self.stamp_at(id, &at);
     }
@@ -262,9 +261,7 @@ fn answer(ehr: &Mutex<Ehr>, req: &HttpRequest, body: &[u8]) -> HttpResponse {
                 let at = parse_range(task["meta"]["lastUpdated"].as_str().unwrap())
                     .unwrap()
                     .lo;
-                if task["owner"]["reference"] == owner.as_str()
-                    && since.is_none_or(|s| at > s)
-                {
+                if task["owner"]["reference"] == owner.as_str() && since.is_none_or(|s| at > s) {
                     entries.push(json!({"resource": task, "search": {"mode": "match"}}));
                     let focus = task["focus"]["reference"].as_str().unwrap();
                     if param("_include").iter().any(|i| i == "Task:focus")
@@ -408,7 +405,11 @@ async fn an_ehr_servers_tasks_become_referrals_and_every_change_is_written_back(
     assert_eq!(view["client"]["name"]["family"], "Okafor");
     assert_eq!(view["need"]["domain"], "food-insecurity");
     // The referrer is read from the EHR and shown like a local one.
-    assert_eq!(view["referrer"]["name"], "Ama Mensah", "{}", view["referrer"]);
+    assert_eq!(
+        view["referrer"]["name"], "Ama Mensah",
+        "{}",
+        view["referrer"]
+    );
     assert_eq!(view["referrer"]["role"], "Social worker");
     assert_eq!(view["referrer"]["organization"], "St Mary's Hospital");
     assert_eq!(view["referrer"]["phone"], "555-0142");
@@ -586,7 +587,10 @@ async fn a_restart_takes_nothing_twice_polls_from_its_watermark_and_pushes_what_
     .await;
     let view = cbo.get(&format!("referrals/{id}")).await.body;
     let local = app.get_json(view["task"].as_str().unwrap()).await;
-    assert_eq!(local["meta"]["versionId"], "1", "nothing rewritten by re-polls");
+    assert_eq!(
+        local["meta"]["versionId"], "1",
+        "nothing rewritten by re-polls"
+    );
 
     // A restarted gateway asks from its persisted watermark, not from the start.
     let before = ehr.ehr.lock().unwrap().searches.len();
@@ -642,7 +646,9 @@ async fn one_failing_write_back_backs_off_alone_and_is_listed_with_the_servers_d
         (422, "Task.businessStatus: code not in value set".into()),
     );
     for id in [&first, &second] {
-        let r = cbo.post(&format!("referrals/{id}/accept"), &json!({})).await;
+        let r = cbo
+            .post(&format!("referrals/{id}/accept"), &json!({}))
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     // The second is written back although the first keeps failing.
@@ -671,8 +677,17 @@ async fn one_failing_write_back_backs_off_alone_and_is_listed_with_the_servers_d
     );
     // It backs off: far fewer attempts than polls.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let failures: u64 = app.operator(&["ehr", "stuck"]).split('\t').nth(3).unwrap().parse().unwrap();
-    assert!((1..=5).contains(&failures), "{failures} attempts in ~2 s at 200 ms polls");
+    let failures: u64 = app
+        .operator(&["ehr", "stuck"])
+        .split('\t')
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=5).contains(&failures),
+        "{failures} attempts in ~2 s at 200 ms polls"
+    );
     // Once the EHR takes it, it is written back and no longer stuck.
     ehr.ehr.lock().unwrap().refuse_puts.clear();
     eventually("the first acceptance written back", async || {
@@ -695,7 +710,9 @@ async fn a_403_write_back_is_kept_with_the_servers_diagnostics() {
     let app = spawn(&ehr).await;
     let cbo = app.cbo(RIVERSIDE);
     let id = referral_for(&app, "ehr-task-1").await;
-    let r = cbo.post(&format!("referrals/{id}/accept"), &json!({})).await;
+    let r = cbo
+        .post(&format!("referrals/{id}/accept"), &json!({}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let stuck = eventually("the refused write-back listed", async || {
         let out = app.operator(&["ehr", "stuck"]);
@@ -766,7 +783,11 @@ async fn a_task_deleted_on_the_ehr_withdraws_its_referral_on_write_back_and_on_r
         2,
         "{events:?}"
     );
-    assert_eq!(app.operator(&["ehr", "stuck"]), "", "a gone Task is not stuck");
+    assert_eq!(
+        app.operator(&["ehr", "stuck"]),
+        "",
+        "a gone Task is not stuck"
+    );
     let metrics = scrape(&app).await;
     assert!(
         metrics.contains("ehr_tasks_gone_total{ehr=\"st-mary-fhir\"} 2"),

@@ -151,6 +151,12 @@ pub struct Settings {
     pub ehr_servers: Vec<EhrServerConfig>,
     /// How often each EHR server is polled for Tasks and sent our changes.
     pub ehr_poll_interval_ms: u64,
+    /// How far before the newest `meta.lastUpdated` seen each poll asks again: a Task
+    /// committed after a poll with an earlier timestamp is still found.
+    pub ehr_poll_overlap_ms: u64,
+    /// How often every open referral's EHR Task is read again in full (deletions, and
+    /// anything a poll could have missed).
+    pub ehr_reconcile_interval_ms: u64,
     /// SMTP relay for the Subscription email channel (`smtp://host:25`,
     /// `smtps://user:pass@host`); empty: the email channel is not offered.
     pub smtp_url: String,
@@ -171,6 +177,8 @@ pub struct EhrServerConfig {
     /// with its own key (JWKS at `/.well-known/jwks.json`).
     pub token_url: String,
     pub client_id: String,
+    /// The SMART scopes asked for (`DEFAULT_EHR_SCOPE` unless set): what this server
+    /// needs for our reads and write-backs.
     #[serde(default = "default_ehr_scope")]
     pub scope: String,
     /// How the EHR's Tasks name the gateway as owner: the `owner` search value
@@ -180,8 +188,17 @@ pub struct EhrServerConfig {
     pub route_to: String,
 }
 
+/// What the coordinator does on an EHR server: search, read and update Tasks; read
+/// their ServiceRequest and Patient, and the requester (PractitionerRole with its
+/// Practitioner and Organization) shown to the CBO. Servers that validate a profiled
+/// resource on write (Medplum) read its StructureDefinition with the caller's access,
+/// so an update of an SDOHCC Task needs `StructureDefinition.rs` too.
+pub const DEFAULT_EHR_SCOPE: &str = "system/Task.rus system/ServiceRequest.rs system/Patient.rs \
+     system/PractitionerRole.rs system/Practitioner.rs system/Organization.rs \
+     system/StructureDefinition.rs";
+
 fn default_ehr_scope() -> String {
-    "system/Task.rus system/ServiceRequest.rs system/Patient.rs".into()
+    DEFAULT_EHR_SCOPE.into()
 }
 
 /// `text` with each `${NAME}` replaced by that environment variable; the error is the
@@ -275,6 +292,8 @@ impl Default for Settings {
             ehr_servers: Vec::new(),
             // The IG: no more often than every 15 minutes.
             ehr_poll_interval_ms: 900_000,
+            ehr_poll_overlap_ms: 300_000,
+            ehr_reconcile_interval_ms: 3_600_000,
             smtp_url: String::new(),
             smtp_from: "Crossway <crossway@localhost>".into(),
         }
@@ -403,6 +422,12 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_EHR_POLL_INTERVAL_MS").and_then(|v| v.parse().ok()) {
             self.ehr_poll_interval_ms = v;
+        }
+        if let Some(v) = var("CROSSWAY_EHR_POLL_OVERLAP_MS").and_then(|v| v.parse().ok()) {
+            self.ehr_poll_overlap_ms = v;
+        }
+        if let Some(v) = var("CROSSWAY_EHR_RECONCILE_INTERVAL_MS").and_then(|v| v.parse().ok()) {
+            self.ehr_reconcile_interval_ms = v;
         }
         if let Some(v) = var("CROSSWAY_SMTP_URL") {
             self.smtp_url = v;

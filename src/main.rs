@@ -77,6 +77,21 @@ enum Command {
         #[command(subcommand)]
         command: MappingsCommand,
     },
+    /// Coordination-platform mode: the EHR servers' Tasks and their write-backs.
+    Ehr {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: EhrCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EhrCommand {
+    /// Write-backs whose last attempt failed: server, the EHR's Task id, the local Task,
+    /// failures in a row, last and next attempt, and the error with the server's
+    /// diagnostics. Tab-separated, longest failing first.
+    Stuck,
 }
 
 #[derive(Subcommand)]
@@ -216,7 +231,8 @@ mod operator {
     //! Operator commands: print for people, exit non-zero when something failed.
 
     use super::{
-        AddClient, ClientsCommand, DlqCommand, IdentityCommand, KeysCommand, MappingsCommand,
+        AddClient, ClientsCommand, DlqCommand, EhrCommand, IdentityCommand, KeysCommand,
+        MappingsCommand,
     };
     use crossway::auth::registry::{self, NewClient, PublicKeys};
     use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
@@ -226,6 +242,7 @@ mod operator {
     use crossway::fhir::engine::Fhir;
     use crossway::identity::Identifier;
     use crossway::startup::{OperatorTools, operator_tools};
+    use crossway::store::Store;
     use crossway::store::TenantRow;
     use serde_json::{Value, json};
 
@@ -236,6 +253,28 @@ mod operator {
             }
             _ => anyhow::bail!("identifier {token:?} must be system|value"),
         }
+    }
+
+    pub async fn ehr(settings: &Settings, command: EhrCommand) -> anyhow::Result<()> {
+        let store = Store::open(&settings.effective_database_url()).await?;
+        match command {
+            EhrCommand::Stuck => {
+                for s in store.ehr_stuck().await? {
+                    println!(
+                        "{}\t{}\tTask/{}\t{}\t{}\t{}\t{}",
+                        s.ehr,
+                        s.remote_task,
+                        s.local_task,
+                        s.failures,
+                        s.last_attempt_at.map(format_instant).unwrap_or_default(),
+                        format_instant(s.next_attempt_at),
+                        s.error
+                    );
+                }
+            }
+        }
+        store.close().await;
+        Ok(())
     }
 
     pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
@@ -673,7 +712,8 @@ fn main() -> ExitCode {
         | Command::Identity { config, .. }
         | Command::Clients { config, .. }
         | Command::Keys { config, .. }
-        | Command::Mappings { config, .. } => config.clone(),
+        | Command::Mappings { config, .. }
+        | Command::Ehr { config, .. } => config.clone(),
     };
     let settings = match Settings::load(config.as_deref()) {
         Ok(s) => s,
@@ -704,6 +744,7 @@ fn main() -> ExitCode {
             Command::Mappings { command, dir, .. } => {
                 operator::mappings(&settings, &dir, command).await
             }
+            Command::Ehr { command, .. } => operator::ehr(&settings, command).await,
         }
     });
     match result {

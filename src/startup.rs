@@ -161,8 +161,12 @@ impl Application {
                 settings.ehr_servers.clone(),
                 auth.clone(),
                 our_base,
-                std::time::Duration::from_millis(settings.ehr_poll_interval_ms),
-                std::time::Duration::from_millis(settings.webhook_timeout_ms),
+                crate::ehr::Timing {
+                    interval: std::time::Duration::from_millis(settings.ehr_poll_interval_ms),
+                    timeout: std::time::Duration::from_millis(settings.webhook_timeout_ms),
+                    overlap: std::time::Duration::from_millis(settings.ehr_poll_overlap_ms),
+                    reconcile: std::time::Duration::from_millis(settings.ehr_reconcile_interval_ms),
+                },
                 settings.allow_insecure_webhooks,
             ));
             workers.push(tokio::spawn(coordinator.run(shutdown.clone())));

@@ -9,7 +9,7 @@
 
 mod auth;
 mod connectors;
-mod ehr;
+pub mod ehr;
 mod identity;
 mod recent;
 mod referral_index;
@@ -141,6 +141,8 @@ pub struct Backlog {
     pub endpoints_disabled: i64,
     pub dead_letters: i64,
     pub identity_conflicts: i64,
+    /// EHR write-backs whose last attempt failed (`crossway ehr stuck`).
+    pub ehr_writebacks_stuck: i64,
 }
 
 #[derive(Clone)]
@@ -293,7 +295,8 @@ impl Store {
              (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'), \
              (SELECT count(*) FROM webhook_endpoints WHERE status = 'disabled'), \
              (SELECT count(*) FROM inbound_messages WHERE status = 'dead'), \
-             (SELECT count(*) FROM identity_conflicts WHERE resolved_at IS NULL)",
+             (SELECT count(*) FROM identity_conflicts WHERE resolved_at IS NULL), \
+             (SELECT count(*) FROM ehr_links WHERE failures > 0 AND gone_at IS NULL)",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -305,6 +308,7 @@ impl Store {
             endpoints_disabled: row.get(3),
             dead_letters: row.get(4),
             identity_conflicts: row.get(5),
+            ehr_writebacks_stuck: row.get(6),
         })
     }
 

@@ -43,6 +43,12 @@ pub const WEBHOOK_DISABLED: &str = "webhook_endpoints_disabled";
 pub const HL7_DEAD_LETTERS: &str = "hl7_dead_letters";
 pub const IDENTITY_CONFLICTS_OPEN: &str = "identity_conflicts_open";
 pub const STORE_UP: &str = "store_up";
+/// EHR write-backs whose last attempt failed (store-wide).
+pub const EHR_WRITEBACKS_STUCK: &str = "ehr_writebacks_stuck";
+/// EHR write-back attempts that failed, by server and status (`gone`, `403`, `5xx` …).
+pub const EHR_WRITEBACK_FAILURES: &str = "ehr_writeback_failures_total";
+/// EHR Tasks found deleted on their server (their referrals withdrawn).
+pub const EHR_TASKS_GONE: &str = "ehr_tasks_gone_total";
 pub const STORE_WRITE_QUEUE: &str = "store_write_queue_depth";
 pub const AUDIT_QUEUE: &str = "audit_queue_depth";
 
@@ -117,6 +123,12 @@ fn describe() {
     describe_gauge!(HL7_DEAD_LETTERS, "Dead-letter feed messages (store-wide)");
     describe_gauge!(IDENTITY_CONFLICTS_OPEN, "Unresolved identity conflicts");
     describe_gauge!(STORE_UP, "1 when the store answered this scrape");
+    describe_gauge!(
+        EHR_WRITEBACKS_STUCK,
+        "EHR write-backs whose last attempt failed (store-wide; crossway ehr stuck)"
+    );
+    describe_counter!(EHR_WRITEBACK_FAILURES, "Failed EHR write-back attempts");
+    describe_counter!(EHR_TASKS_GONE, "EHR Tasks found deleted on their server");
     describe_gauge!(STORE_WRITE_QUEUE, "Writes queued for the next group commit");
     describe_gauge!(AUDIT_QUEUE, "Audit records not yet appended");
 }
@@ -138,6 +150,7 @@ pub fn render(
         gauge!(WEBHOOK_DISABLED).set(b.endpoints_disabled as f64);
         gauge!(HL7_DEAD_LETTERS).set(b.dead_letters as f64);
         gauge!(IDENTITY_CONFLICTS_OPEN).set(b.identity_conflicts as f64);
+        gauge!(EHR_WRITEBACKS_STUCK).set(b.ehr_writebacks_stuck as f64);
     }
     gauge!(STORE_WRITE_QUEUE).set(write_queue as f64);
     gauge!(AUDIT_QUEUE).set(audit_queue as f64);

@@ -11,6 +11,7 @@ pub mod hie;
 pub mod hl7v2;
 pub mod identity;
 pub mod mapping;
+pub mod measures;
 pub mod mllp;
 pub mod oauth;
 pub mod outbox;

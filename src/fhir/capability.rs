@@ -47,6 +47,16 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
         })).collect::<Vec<_>>(),
         "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); channel.payload application/fhir+json or application/json (sent as asked); contents empty, id-only, full-resource; handshake (retried every 30 s while unanswered), heartbeats, backport-timeout, backport-max-count (one event per notification), Subscription.end; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient. Unknown filter extensions and modifier extensions are refused. PUT with status requested sends the handshake again. $status at instance and type level, $events, by GET or POST.",
     }));
+    // Outcome measures: definitions and their evaluation (`measures`).
+    resources.push(json!({
+        "type": "Measure",
+        "interaction": [{"code": "read"}, {"code": "search-type", "documentation": "every measure, not filtered"}],
+        "operation": [{
+            "name": "evaluate-measure",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Measure-evaluate-measure",
+            "documentation": "GET with periodStart, periodEnd (dates or dateTimes; the period may end in the future) and optionally subject=Group/{id}; answers a summary MeasureReport counting persons, exact counts.",
+        }],
+    }));
     let origin = base.strip_suffix("/fhir").unwrap_or(base);
     json!({
         "resourceType": "CapabilityStatement",

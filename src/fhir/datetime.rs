@@ -10,6 +10,20 @@ pub struct Range {
     pub hi: i64,
 }
 
+/// Whole years from `from` to `to` (microsecond instants, UTC): an age.
+pub fn years_between(from: i64, to: i64) -> i32 {
+    let date = |m: i64| {
+        OffsetDateTime::from_unix_timestamp(m.div_euclid(1_000_000))
+            .map(|d| d.date())
+            .ok()
+    };
+    let (Some(a), Some(b)) = (date(from), date(to)) else {
+        return 0;
+    };
+    let birthday_passed = (b.month() as u8, b.day()) >= (a.month() as u8, a.day());
+    b.year() - a.year() - i32::from(!birthday_passed)
+}
+
 pub fn now_micros() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }

@@ -119,6 +119,11 @@ impl Fhir {
         &self.store
     }
 
+    /// The mappings in force (one snapshot).
+    pub fn mappings(&self) -> std::sync::Arc<crate::mapping::Mappings> {
+        self.ctx.mappings.current()
+    }
+
     pub fn subscriptions(&self) -> &crate::subscription::Registry {
         &self.ctx.subscriptions
     }
@@ -894,6 +899,17 @@ async fn write_one(
             .with_last_updated(&datetime::format_instant(now)),
     };
     let index = prepared.index;
+    record_facts(
+        tx,
+        ctx,
+        ty,
+        &stored.id,
+        version,
+        &resource,
+        old.as_ref(),
+        now,
+    )
+    .await?;
     if matches!(ty, "Task" | "ServiceRequest") {
         for subscription in ctx.subscriptions.matching(&resource, now) {
             tx.stage_notification(&subscription, format!("{ty}/{}", stored.id), version, now);
@@ -905,6 +921,52 @@ async fn write_one(
         status: if current.is_none() { 201 } else { 200 },
         warnings,
     })
+}
+
+/// Stages what outcome measures count in this version (`measures::facts`): replacing
+/// the earlier versions' facts, and for a Task the CBO's first contact (accepted or
+/// started), with its focus ServiceRequest's domain.
+#[allow(clippy::too_many_arguments)]
+async fn record_facts(
+    tx: &mut Tx<'_>,
+    ctx: &Context,
+    ty: &str,
+    id: &str,
+    version: i64,
+    resource: &Value,
+    old: Option<&Value>,
+    now: i64,
+) -> Result<(), FhirError> {
+    let mappings = ctx.mappings.current();
+    let (mut facts, replace) =
+        crate::measures::facts::of(ty, id, resource, &mappings.screening, &mappings.domains);
+    if ty == "Task" {
+        let contacted = |t: Option<&Value>| {
+            matches!(
+                t.and_then(|t| t.get("status")).and_then(Value::as_str),
+                Some("accepted" | "in-progress" | "completed")
+            )
+        };
+        if contacted(Some(resource)) && !contacted(old) {
+            let domain = match local_target(resource.get("focus"), ctx) {
+                Some(("ServiceRequest", sr)) => match tx.current("ServiceRequest", sr).await? {
+                    Some(stored) => serde_json::from_str::<Value>(&stored.body)
+                        .ok()
+                        .and_then(|v| mappings.domains.of(&v)),
+                    None => None,
+                },
+                _ => None,
+            };
+            facts.extend(crate::measures::facts::contact(
+                resource,
+                domain.as_deref(),
+                now,
+            ));
+        }
+    }
+    // A first version has no earlier facts to replace.
+    tx.stage_facts(ty, id, replace && version > 1, facts);
+    Ok(())
 }
 
 /// Equal apart from `id`, `meta.versionId` and `meta.lastUpdated`: an update that

@@ -19,6 +19,7 @@ use crate::fhir::outcome::operation_outcome;
 use crate::fhir::{FhirError, Issue};
 use crate::store::StoredResource;
 
+mod measure;
 mod subscription;
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -60,6 +61,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/Subscription/{id}/$events")
                 .route(web::get().to(subscription::events))
                 .route(web::post().to(subscription::events)),
+        )
+        .service(resource("/Measure").route(web::get().to(measure::search)))
+        .service(resource("/Measure/{id}").route(web::get().to(measure::read)))
+        .service(
+            resource("/Measure/{id}/$evaluate-measure").route(web::get().to(measure::evaluate)),
         )
         .service(resource("/{type}/_search").route(web::post().to(search_post)))
         .service(

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::connector::Spec;
 use crate::hie::FeedTables;
 use crate::identity::IdentityRules;
+use crate::measures::Screening;
 use crate::referral::action::ReasonCodes;
 use crate::referral::projection::OMITTABLE;
 use crate::referral::routing::{Domains, Routes};
@@ -83,6 +84,8 @@ pub struct Mappings {
     pub routes: Routes,
     /// ServiceRequest.category codings → SDOH domain.
     pub domains: Domains,
+    /// Screening items and their positive answers, for outcome measures.
+    pub screening: Screening,
 }
 
 /// The mappings in force. A reload swaps the whole set at once; each message or
@@ -118,6 +121,7 @@ const CODES: &str = "cbo/codes.toml";
 const CONNECTORS: &str = "connectors";
 const ROUTING: &str = "cbo/routing.toml";
 const DOMAINS: &str = "cbo/domains.toml";
+const SCREENING: &str = "measures/screening.toml";
 
 /// HL7 table 0004 (patient class): the codes a feed may send in PV1-2.
 const PATIENT_CLASSES: &[&str] = &["E", "I", "O", "P", "R", "B", "C", "N", "U"];
@@ -145,6 +149,9 @@ impl Mappings {
         }
         if let Some(domains) = load_rules(dir, DOMAINS, Domains::build)? {
             m.domains = domains;
+        }
+        if let Some(screening) = load_rules(dir, SCREENING, Screening::build)? {
+            m.screening = screening;
         }
         for spec in load_connectors(dir, organizations)? {
             m.connectors.insert(spec.id.clone(), Arc::new(spec));
@@ -206,6 +213,13 @@ pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<St
     }
     if let Err(e) = load_rules(dir, DOMAINS, Domains::build) {
         errors.push(e);
+    }
+    match load_rules(dir, SCREENING, Screening::build) {
+        Err(e) => errors.push(e),
+        Ok(None) => notes.push(format!(
+            "{SCREENING}: missing: no screening is recognised, so every measure counts none"
+        )),
+        Ok(Some(_)) => {}
     }
     for name in connector_files(dir) {
         match load_connector(dir, &name, organizations) {
@@ -333,7 +347,10 @@ fn load_visibility(
 /// Two rules with one id, in one file or across files: a rule id must name one rule.
 fn duplicate_ids(dir: &Path) -> Result<(), MappingError> {
     let mut seen: HashMap<String, String> = HashMap::new();
-    let files = [IDENTITY, FEEDS, VISIBILITY, CODES, ROUTING, DOMAINS].map(String::from);
+    let files = [
+        IDENTITY, FEEDS, VISIBILITY, CODES, ROUTING, DOMAINS, SCREENING,
+    ]
+    .map(String::from);
     for name in files.into_iter().chain(connector_files(dir)) {
         let name = name.as_str();
         let path = dir.join(name);

@@ -11,6 +11,7 @@ mod auth;
 mod connectors;
 pub mod ehr;
 mod identity;
+mod measures;
 mod recent;
 mod referral_index;
 mod referrals;
@@ -24,6 +25,7 @@ pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
 pub use ehr::Unpushed;
 pub use identity::{Conflict, InboundMessage, MergeRecord};
+pub use measures::PersonFact;
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
 pub use subscriptions::{SubscriptionRow, endpoint_id as subscription_endpoint};
@@ -559,6 +561,7 @@ pub struct Mark {
     events: usize,
     keys: usize,
     authors: usize,
+    facts: usize,
     loaded: usize,
     written: usize,
     written_referrals: usize,
@@ -583,6 +586,8 @@ pub struct Tx<'c> {
     keys: Vec<StagedKey>,
     /// (type, id, organisation) of resources an organisation-bound client created.
     authors: Vec<(String, String, String)>,
+    /// Measure facts of the versions written (see `measures`).
+    facts: Vec<measures::StagedFacts>,
     /// Referrals read from the database in this transaction (a command reads a
     /// referral, then the Task write it causes looks it up again).
     loaded: Vec<Referral>,
@@ -779,6 +784,7 @@ impl<'c> Tx<'c> {
             events: self.events.len(),
             keys: self.keys.len(),
             authors: self.authors.len(),
+            facts: self.facts.len(),
             loaded: self.loaded.len(),
             written_referrals: self.written_referrals.len(),
             written: self.written.len(),
@@ -794,6 +800,7 @@ impl<'c> Tx<'c> {
         self.events.truncate(m.events);
         self.keys.truncate(m.keys);
         self.authors.truncate(m.authors);
+        self.facts.truncate(m.facts);
         self.loaded.truncate(m.loaded);
         self.written_referrals.truncate(m.written_referrals);
         self.written.truncate(m.written);
@@ -864,6 +871,7 @@ impl<'c> Tx<'c> {
                 .extend(sql::write_resources(self.backend, &staged, &replaced));
             self.written.extend(staged.into_iter().map(|s| s.resource));
         }
+        self.defer_facts();
         self.flush_notifications().await?;
         self.flush_authors().await?;
         self.flush_referrals(announce_as).await

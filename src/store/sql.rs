@@ -387,7 +387,7 @@ pub fn local_targets(index_rows: &str, param: &ParamDef) -> Vec<(String, String)
 /// A JSON array of rows, expanded by the database: one fixed statement text per
 /// table whatever the batch size, so it is prepared once and cached, and binding costs
 /// one argument instead of thousands.
-fn rows_from_json(backend: Backend, columns: &[(&str, bool)]) -> String {
+pub(super) fn rows_from_json(backend: Backend, columns: &[(&str, bool)]) -> String {
     let exprs: Vec<String> = columns
         .iter()
         .enumerate()

@@ -344,6 +344,7 @@ async fn run_batch<C: Command>(
         events: Vec::new(),
         keys: Vec::new(),
         authors: Vec::new(),
+        facts: Vec::new(),
         loaded: Vec::new(),
         preloaded: HashMap::new(),
         written_referrals: Vec::new(),

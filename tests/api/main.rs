@@ -13,6 +13,7 @@ mod errors;
 mod faults;
 mod feeds;
 mod mappings;
+mod measures;
 mod metrics;
 mod search;
 mod security;

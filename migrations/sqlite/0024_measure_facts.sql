@@ -1,0 +1,18 @@
+-- What outcome measures count (`measures::facts`), written with the resource version
+-- that states it: a screen and its result, a referral or SDOH procedure of a domain, a
+-- CBO's first contact, a stay or ED visit, a birth date. `patient_id` is resolved to a
+-- person through `person_identifiers` when a measure is evaluated, so a merge needs
+-- no rewrite here. `at` and `until` are microseconds since the epoch.
+CREATE TABLE measure_facts (
+    res_type TEXT NOT NULL,
+    res_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    until INTEGER,
+    value INTEGER,
+    PRIMARY KEY (res_type, res_id, kind, domain)
+) WITHOUT ROWID;
+CREATE INDEX measure_facts_kind_at ON measure_facts (kind, domain, at);
+CREATE INDEX measure_facts_patient ON measure_facts (patient_id, kind);

@@ -5,6 +5,8 @@
 services_install() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
+    # Debian's headless Chromium renders the HTML pages in the browser tests.
+    command -v chromium >/dev/null || missing+=(chromium)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing ${missing[*]}"

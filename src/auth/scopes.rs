@@ -190,6 +190,17 @@ impl Scopes {
         })
     }
 
+    /// Whether a scope names `resource_type` itself (not by `*`) with `interaction`:
+    /// for what a wildcard must not reach, such as exact small counts.
+    pub fn names(&self, resource_type: &str, interaction: Interaction) -> bool {
+        self.tokens.iter().any(|(_, t)| match t {
+            Token::Smart { resource, perms } => {
+                resource == resource_type && perms & interaction.bit() != 0
+            }
+            Token::Cbo(_) => false,
+        })
+    }
+
     pub fn has(&self, scope: CboScope) -> bool {
         self.cbo_bits() & scope.bit() != 0
     }

@@ -963,6 +963,17 @@ async fn record_facts(
                 now,
             ));
         }
+        // The referral's steps, for the programme's report: each kept once written.
+        let moved = old.is_none_or(|o| o.get("status") != resource.get("status"));
+        if moved && let Some(referral) = tx.referral_for_task(id).await? {
+            facts.extend(crate::measures::facts::referral_steps(
+                resource,
+                &referral.organization,
+                referral.domain.as_deref(),
+                referral.created_at,
+                now,
+            ));
+        }
     }
     // A first version has no earlier facts to replace.
     tx.stage_facts(ty, id, replace && version > 1, facts);

@@ -33,6 +33,7 @@ const PROBLEM_BASE: &str = "https://crossway.dev/problems/";
 const DEV_ORG_HEADER: &str = "x-crossway-organization";
 
 mod connectors;
+mod reports;
 mod webhooks;
 
 /// Registers every `/cbo/v1` handler. The OpenAPI document is collected from the same
@@ -56,6 +57,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(put_capacity)
         .service(openapi)
         .configure(webhooks::routes)
+        .configure(reports::routes)
         .configure(connectors::routes)
         .default_service(web::to(not_found));
 }

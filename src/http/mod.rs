@@ -6,6 +6,7 @@ mod auth;
 pub mod cbo;
 mod fhir;
 mod health;
+pub(crate) mod reports;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -109,6 +110,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .configure(auth::routes)
+        .configure(reports::routes)
         .service(web::scope("/fhir").configure(fhir::routes))
         .default_service(web::to(|| async {
             HttpResponse::NotFound()
@@ -153,6 +155,13 @@ pub async fn wire_errors(
 /// date, an identifier, a phone number …) is stored as `*`: the trail says that someone
 /// searched Patients by name and birth date, not for whom.
 const PLAIN_PARAMS: &[&str] = &[
+    // Report periods and formats.
+    "from",
+    "to",
+    "format",
+    "periodStart",
+    "periodEnd",
+    "reportType",
     "_id",
     "_count",
     "_cursor",
@@ -221,6 +230,8 @@ pub async fn audit(
         "fhir"
     } else if path.starts_with("/cbo/v1") {
         "cbo"
+    } else if path.starts_with("/reports/") {
+        "reports"
     } else {
         ""
     };

@@ -24,8 +24,18 @@ pub const CONTACT: &str = "contact";
 pub const INPATIENT: &str = "inpatient";
 pub const EMERGENCY: &str = "ed";
 pub const BORN: &str = "born";
+/// A referral's steps, once each: made, first answered by the CBO (accepted, declined
+/// or started), accepted, declined (`detail`: the reason), closed (`detail`: the
+/// outcome), cancelled by the referrer, expired unanswered.
+pub const REFERRAL_CREATED: &str = "r:created";
+pub const REFERRAL_ANSWERED: &str = "r:answered";
+pub const REFERRAL_ACCEPTED: &str = "r:accepted";
+pub const REFERRAL_DECLINED: &str = "r:declined";
+pub const REFERRAL_CLOSED: &str = "r:closed";
+pub const REFERRAL_CANCELLED: &str = "r:cancelled";
+pub const REFERRAL_EXPIRED: &str = "r:expired";
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Fact {
     pub kind: &'static str,
     /// An SDOH domain code, or empty for kinds without one.
@@ -37,6 +47,10 @@ pub struct Fact {
     pub until: Option<i64>,
     /// A score.
     pub value: Option<i64>,
+    /// A referral step's organisation (the CBO).
+    pub organization: Option<String>,
+    /// A referral step's reason or outcome code.
+    pub detail: Option<String>,
 }
 
 /// Facts a version of a resource holds, and whether they replace those of its earlier
@@ -81,7 +95,58 @@ pub fn contact(task: &Value, domain: Option<&str>, now: i64) -> Option<Fact> {
             .unwrap_or(now),
         until: None,
         value: None,
+        ..Default::default()
     })
+}
+
+/// The steps a Task version records for its referral (of `organization`, about
+/// `domain`, made at `created_at`): kept once written, so each is its first time.
+pub fn referral_steps(
+    task: &Value,
+    organization: &str,
+    domain: Option<&str>,
+    created_at: i64,
+    now: i64,
+) -> Vec<Fact> {
+    use crate::referral::CboStatus;
+    let Some(status) = CboStatus::of_task(task) else {
+        return Vec::new();
+    };
+    let reason = task
+        .pointer("/statusReason/coding/0/code")
+        .and_then(Value::as_str)
+        .or_else(|| task.pointer("/statusReason/text").and_then(Value::as_str))
+        .map(str::to_string);
+    let step = |kind: &'static str, at: i64, detail: Option<String>| Fact {
+        kind,
+        domain: domain.unwrap_or_default().to_string(),
+        patient: patient_of(task, "for").unwrap_or_default(),
+        at,
+        organization: Some(organization.to_string()),
+        detail,
+        ..Default::default()
+    };
+    let mut out = vec![step(REFERRAL_CREATED, created_at, None)];
+    let answered = |kind| (kind, now, None);
+    let steps: Vec<(&'static str, i64, Option<String>)> = match status {
+        CboStatus::Pending => Vec::new(),
+        CboStatus::Accepted | CboStatus::InProgress | CboStatus::OnHold => {
+            vec![answered(REFERRAL_ANSWERED), answered(REFERRAL_ACCEPTED)]
+        }
+        CboStatus::Declined => vec![
+            answered(REFERRAL_ANSWERED),
+            (REFERRAL_DECLINED, now, reason.clone()),
+        ],
+        CboStatus::Closed => vec![
+            answered(REFERRAL_ANSWERED),
+            answered(REFERRAL_ACCEPTED),
+            (REFERRAL_CLOSED, now, reason.clone()),
+        ],
+        CboStatus::Cancelled => vec![(REFERRAL_CANCELLED, now, reason.clone())],
+        CboStatus::Expired => vec![(REFERRAL_EXPIRED, now, None)],
+    };
+    out.extend(steps.into_iter().map(|(k, at, d)| step(k, at, d)));
+    out
 }
 
 /// `Patient/{id}` that a reference element names, as a local id.
@@ -145,8 +210,8 @@ fn record(out: &mut Vec<Fact>, reading: Reading, patient: &str, at: i64) {
         domain: domain.clone(),
         patient: patient.to_string(),
         at,
-        until: None,
         value,
+        ..Default::default()
     };
     if !out.iter().any(|f| f.kind == SCREENED && f.domain == domain) {
         out.push(fact(SCREENED, None));
@@ -264,6 +329,7 @@ fn service_request(sr: &Value, domains: &Domains) -> Vec<Fact> {
             at,
             until: None,
             value: None,
+            ..Default::default()
         }],
         _ => Vec::new(),
     }
@@ -297,6 +363,7 @@ fn procedure(p: &Value) -> Vec<Fact> {
                     at,
                     until: None,
                     value: None,
+                    ..Default::default()
                 });
             }
         }
@@ -332,6 +399,7 @@ fn encounter(e: &Value) -> Vec<Fact> {
         at,
         until,
         value: None,
+        ..Default::default()
     }]
 }
 
@@ -346,6 +414,7 @@ fn patient(id: &str, p: &Value) -> Vec<Fact> {
             at,
             until: None,
             value: None,
+            ..Default::default()
         })
         .into_iter()
         .collect()

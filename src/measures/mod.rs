@@ -11,6 +11,7 @@
 //! which answers screen for what. `evaluate` answers a summary MeasureReport.
 
 pub mod facts;
+pub mod programme;
 pub mod screening;
 
 use std::collections::{HashMap, HashSet};

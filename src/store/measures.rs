@@ -9,6 +9,21 @@ use super::{Result, Store, Tx};
 use crate::identity::PATIENT_SYSTEM;
 use crate::measures::facts::{CONTACT, Fact};
 
+/// A fact as written: type, id, kind, domain, patient, at, until, value, organisation,
+/// detail.
+type FactRow<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 /// One resource version's facts.
 pub(super) struct StagedFacts {
     res_type: String,
@@ -28,6 +43,8 @@ const COLUMNS: &[(&str, bool)] = &[
     ("at", INT),
     ("until", INT),
     ("value", INT),
+    ("organization", TEXT),
+    ("detail", TEXT),
 ];
 
 impl Tx<'_> {
@@ -70,8 +87,7 @@ impl Tx<'_> {
             });
         }
         // The last version of a resource in the batch states its facts.
-        let mut rows: Vec<(&str, &str, &str, &str, &str, i64, Option<i64>, Option<i64>)> =
-            Vec::new();
+        let mut rows: Vec<FactRow> = Vec::new();
         for (i, s) in staged.iter().enumerate() {
             let later = staged[i + 1..]
                 .iter()
@@ -89,6 +105,8 @@ impl Tx<'_> {
                     f.at,
                     f.until,
                     f.value,
+                    f.organization.as_deref(),
+                    f.detail.as_deref(),
                 ));
             }
         }
@@ -120,7 +138,56 @@ pub struct PersonFact {
     pub value: Option<i64>,
 }
 
+/// One step of a referral's life, as the programme's report reads it.
+#[derive(Debug, Clone)]
+pub struct ReferralStep {
+    pub task: String,
+    pub kind: String,
+    pub domain: String,
+    pub organization: String,
+    pub detail: Option<String>,
+    pub at: i64,
+    /// The person the referral is for (None: its Patient has no person yet).
+    pub person: Option<String>,
+}
+
 impl Store {
+    /// Every step of the referrals made in `[from, to)` (optionally one organisation's).
+    pub async fn referral_steps(
+        &self,
+        from: i64,
+        to: i64,
+        organization: Option<&str>,
+    ) -> Result<Vec<ReferralStep>> {
+        let rows = sqlx::query(
+            "SELECT f.res_id, f.kind, f.domain, f.organization, f.detail, f.at, i.person_id \
+             FROM measure_facts f \
+             LEFT JOIN person_identifiers i ON i.system = $1 AND i.value = f.patient_id \
+             WHERE f.res_type = 'Task' AND f.res_id IN ( \
+                 SELECT res_id FROM measure_facts WHERE kind = 'r:created' AND at >= $2 AND at < $3 \
+                 AND ($4 = '' OR organization = $4)) \
+             AND f.kind LIKE 'r:%'",
+        )
+        .bind(PATIENT_SYSTEM)
+        .bind(from)
+        .bind(to)
+        .bind(organization.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ReferralStep {
+                task: r.get(0),
+                kind: r.get(1),
+                domain: r.get(2),
+                organization: r.get::<Option<String>, _>(3).unwrap_or_default(),
+                detail: r.get(4),
+                at: r.get(5),
+                person: r.get(6),
+            })
+            .collect())
+    }
+
     /// Facts of `kind` in `domains` (any domain when empty) with `at` in `[from, to)`,
     /// each with the person its Patient belongs to now.
     pub async fn person_facts(

@@ -15,6 +15,7 @@ mod feeds;
 mod mappings;
 mod measures;
 mod metrics;
+mod reports;
 mod search;
 mod security;
 mod subscriptions;

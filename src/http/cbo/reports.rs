@@ -1,0 +1,40 @@
+//! `/cbo/v1/reports`: an organisation's own numbers (`measures::programme`), as the
+//! programme sees them, small counts suppressed.
+
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use super::{AppState, Problem, ProblemBody, Result, tenant};
+use crate::auth::CboScope;
+use crate::measures::programme::{self, Report};
+
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(report);
+}
+
+#[utoipa::path(
+    tag = "reports",
+    summary = "My organisation's referral numbers",
+    description = "Referrals addressed to this organisation made from month `from` to month `to`: by month and domain, made, accepted, declined by reason, closed by outcome, cancelled, expired, median hours to the first answer and to close; and the hospital use of the persons referred in the 90 days before and after. Counts from 1 to 10 are null (small-cell suppression). `format=csv` or `format=html` (also by Accept) for a spreadsheet or a page.",
+    params(
+        ("from" = String, Query, description = "First month, YYYY-MM"),
+        ("to" = String, Query, description = "Last month, YYYY-MM"),
+        ("format" = Option<String>, Query, description = "json (default), csv or html"),
+    ),
+    responses(
+        (status = 200, description = "The report", body = Report),
+        (status = 422, description = "A parameter is invalid", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+#[get("/reports")]
+async fn report(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let org = tenant(&req, &state, Some(CboScope::ReferralsRead))
+        .await?
+        .org;
+    let (from, to) = crate::http::reports::period(&req).map_err(|e| Problem::new(e, &req))?;
+    let report = programme::referrals(state.fhir.store(), &from, &to, Some(&org.id), false)
+        .await
+        .map_err(|e| Problem::new(e, &req))?;
+    Ok(crate::http::reports::render(&req, &report))
+}

@@ -3,7 +3,9 @@
 //! that same schema, so the document and the checks cannot drift apart.
 //!
 //! Every problem is reported at once, each with the JSON pointer of the member and the
-//! rule it breaks; unknown members are refused so a misspelt field is not ignored.
+//! rule it breaks; unknown members are refused so a misspelt field is not ignored. A
+//! member sent as `null` is treated as absent (generated clients send `null` for every
+//! unset optional field), so an optional member is documented as nullable.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -23,7 +25,9 @@ const MAX_TEXT: usize = 10_000;
 pub struct AcceptRequest {
     /// Who at the organisation handles the referral.
     pub assignee: Option<String>,
-    /// RFC 3339 date or date-time by which the client will be contacted.
+    /// A date (YYYY-MM-DD) or an RFC 3339 date-time by which the client will be
+    /// contacted.
+    #[schema(schema_with = date_or_date_time)]
     pub expected_contact_by: Option<String>,
     /// A note shared with the referrer.
     pub note: Option<String>,
@@ -32,9 +36,8 @@ pub struct AcceptRequest {
 /// `POST /referrals/{id}/decline`
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DeclineRequest {
-    /// no_capacity, not_eligible, out_of_service_area, service_not_offered,
-    /// missing_information, client_declined, duplicate, other (needs a note).
-    #[schema(example = "no_capacity")]
+    /// `other` needs a note.
+    #[schema(schema_with = decline_reasons)]
     pub reason: String,
     pub note: Option<String>,
 }
@@ -56,9 +59,7 @@ pub struct HoldRequest {
 /// `POST /referrals/{id}/close`
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CloseRequest {
-    /// resolved, partially_resolved, unresolved, client_unreachable, client_declined,
-    /// referred_elsewhere, not_eligible_after_intake.
-    #[schema(example = "resolved")]
+    #[schema(schema_with = close_outcomes)]
     pub outcome: String,
     /// One SDOHCC Procedure each; the requested service when absent and resolved.
     pub services_provided: Option<Vec<CodeInput>>,
@@ -74,7 +75,8 @@ pub struct CodeInput {
     pub system: String,
     pub code: String,
     pub display: Option<String>,
-    /// YYYY-MM-DD or a date-time.
+    /// When it was provided: a date (YYYY-MM-DD) or an RFC 3339 date-time.
+    #[schema(schema_with = date_or_date_time)]
     pub date: Option<String>,
 }
 
@@ -117,14 +119,90 @@ pub struct CategoryInput {
 /// `PUT /services/{id}/capacity`
 #[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct CapacityInput {
-    /// available, waitlist or full.
-    #[schema(example = "waitlist")]
+    #[schema(schema_with = capacity_statuses)]
     pub status: String,
     /// Only with waitlist, e.g. "2-4 weeks".
     pub wait_band: Option<String>,
 }
 
 pub const CAPACITY_STATUSES: [&str; 3] = ["available", "waitlist", "full"];
+
+fn decline_reasons() -> utoipa::openapi::schema::Object {
+    let codes: Vec<&str> = DeclineReason::ALL.iter().map(|r| r.code()).collect();
+    crate::referral::projection::code_schema("Why the organisation declines", &codes)
+}
+
+fn close_outcomes() -> utoipa::openapi::schema::Object {
+    let codes: Vec<&str> = CloseOutcome::ALL.iter().map(|r| r.code()).collect();
+    crate::referral::projection::code_schema("How the referral ended", &codes)
+}
+
+fn capacity_statuses() -> utoipa::openapi::schema::Object {
+    crate::referral::projection::code_schema("The service's capacity", &CAPACITY_STATUSES)
+}
+
+/// An optional date or date-time member (null: absent).
+fn date_or_date_time() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let string = |format| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(format)))
+    };
+    OneOfBuilder::new()
+        .item(string(utoipa::openapi::KnownFormat::Date))
+        .item(string(utoipa::openapi::KnownFormat::DateTime))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}
+
+/// The body types whose string members [`checked_text`] checks, for the document:
+/// `minLength`, `maxLength` and a non-blank pattern on each, so that what the schema
+/// allows is what is accepted.
+pub const CHECKED_BODIES: &[&str] = &[
+    "AcceptRequest",
+    "DeclineRequest",
+    "ProgressRequest",
+    "HoldRequest",
+    "CloseRequest",
+    "CodeInput",
+    "EnrollmentInput",
+    "NoteRequest",
+    "ServiceInput",
+    "CategoryInput",
+    "CapacityInput",
+];
+
+/// Adds the rules of [`checked_text`] to every plain string member (and string array
+/// item) of a [`CHECKED_BODIES`] schema in the document.
+pub fn document_text_rules(schema: &mut Value) {
+    fn is_string(v: &Value) -> bool {
+        match v.get("type") {
+            Some(Value::String(t)) => t == "string",
+            Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+            _ => false,
+        }
+    }
+    fn tighten(v: &mut Value) {
+        if is_string(v) && v.get("enum").is_none() && v.get("format").is_none() {
+            v["minLength"] = 1.into();
+            v["maxLength"] = MAX_TEXT.into();
+            v["pattern"] = "\\S".into();
+        }
+    }
+    // `Checker::only`: unknown members are refused.
+    schema["additionalProperties"] = false.into();
+    let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for prop in props.values_mut() {
+        tighten(prop);
+        if let Some(items) = prop.get_mut("items") {
+            tighten(items);
+        }
+    }
+}
 
 /// The members a body type documents, in order.
 pub fn members<T: PartialSchema>() -> Vec<String> {
@@ -257,7 +335,23 @@ pub fn parse_capacity(body: &[u8]) -> Result<CapacityInput, CboError> {
     c.finish()
 }
 
-/// The body as a JSON object; an empty body is an empty object.
+/// Members sent as `null`, at any depth of objects, are taken as absent.
+pub fn drop_nulls(obj: &mut Map<String, Value>) {
+    obj.retain(|_, v| !v.is_null());
+    for v in obj.values_mut() {
+        match v {
+            Value::Object(o) => drop_nulls(o),
+            Value::Array(items) => items
+                .iter_mut()
+                .filter_map(Value::as_object_mut)
+                .for_each(drop_nulls),
+            _ => {}
+        }
+    }
+}
+
+/// The body as a JSON object (members sent as null dropped); an empty body is an
+/// empty object.
 fn object(body: &[u8]) -> Result<Map<String, Value>, CboError> {
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
@@ -266,7 +360,10 @@ fn object(body: &[u8]) -> Result<Map<String, Value>, CboError> {
             .map_err(|e| CboError::Validation(vec![FieldError::body(e.pointer, e.message)]))?
     };
     match value {
-        Value::Object(obj) => Ok(obj),
+        Value::Object(mut obj) => {
+            drop_nulls(&mut obj);
+            Ok(obj)
+        }
         _ => Err(CboError::Validation(vec![FieldError::body(
             "",
             "the body must be a JSON object",
@@ -331,7 +428,7 @@ impl<'a> Checker<'a> {
 
     fn date_time(&mut self, key: &str) {
         if let Some(s) = self.text(key)
-            && datetime::parse_range(&s).is_none()
+            && !full_date_or_date_time(&s)
         {
             self.fail(&pointer(key), "must be an RFC 3339 date or date-time");
         }
@@ -387,9 +484,7 @@ impl<'a> Checker<'a> {
                 match o.get(k) {
                     Some(v) => {
                         let text = checked_text(v, &format!("{at}/{k}"), &mut self.errors);
-                        if dated
-                            && k == "date"
-                            && text.is_some_and(|d| datetime::parse_range(&d).is_none())
+                        if dated && k == "date" && text.is_some_and(|d| !full_date_or_date_time(&d))
                         {
                             self.fail(
                                 &format!("{at}/date"),
@@ -437,6 +532,20 @@ impl<'a> Checker<'a> {
         serde_json::from_value(Value::Object(self.obj.clone()))
             .map_err(|e| CboError::Validation(vec![FieldError::body("", e.to_string())]))
     }
+}
+
+/// A whole date (YYYY-MM-DD) or an RFC 3339 date-time (with seconds and an offset):
+/// what the document's `format: date` and `format: date-time` promise.
+fn full_date_or_date_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    let date = b.len() == 10;
+    let date_time = b.len() >= 20
+        && matches!(b.get(10), Some(b'T' | b't'))
+        && (b.ends_with(b"Z")
+            || b.ends_with(b"z")
+            || b[b.len() - 6] == b'+'
+            || b[b.len() - 6] == b'-');
+    (date || date_time) && datetime::parse_range(&s.replace('t', "T").replace('z', "Z")).is_some()
 }
 
 fn checked_text(v: &Value, at: &str, errors: &mut Vec<FieldError>) -> Option<String> {
@@ -535,6 +644,42 @@ mod tests {
         assert_eq!(services_provided[0].code, "c");
         assert_eq!(enrollment.unwrap().program, "Pantry");
         assert_eq!(external_case_id.as_deref(), Some("X-1"));
+    }
+
+    #[test]
+    fn null_members_are_absent_at_any_depth() {
+        let body = br#"{"outcome": "resolved", "note": null, "enrollment": null,
+                        "services_provided": [{"system": "s", "code": "c", "display": null, "date": null}]}"#;
+        let Ok(Action::Close {
+            note,
+            enrollment,
+            services_provided,
+            ..
+        }) = parse_action("close", body)
+        else {
+            panic!("a close with null members did not parse");
+        };
+        assert!(note.is_none() && enrollment.is_none());
+        assert!(services_provided[0].display.is_none());
+        // A required member sent as null is missing, and said so.
+        let e = errors("decline", r#"{"reason": null}"#);
+        assert!(e[0].message.starts_with("is required"), "{}", e[0].message);
+        // null is not a string where a string is required inside an array.
+        assert!(parse_service(br#"{"name": "Pantry", "languages": [null]}"#).is_err());
+    }
+
+    #[test]
+    fn dates_are_whole_dates_or_date_times() {
+        for ok in [
+            "2025-03-17",
+            "2025-03-17T10:00:00Z",
+            "2025-03-17T10:00:00.5+02:00",
+        ] {
+            assert!(full_date_or_date_time(ok), "{ok}");
+        }
+        for bad in ["2025", "2025-03", "2025-02-30", "2025-03-17T10:00", "soon"] {
+            assert!(!full_date_or_date_time(bad), "{bad}");
+        }
     }
 
     #[test]

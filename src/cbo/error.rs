@@ -30,6 +30,9 @@ pub enum CboError {
     RequestInProgress,
     #[error("the cursor points before the oldest retained event ({oldest})")]
     CursorExpired { oldest: i64 },
+    /// The request conflicts with how the resource is managed; the text says why.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]

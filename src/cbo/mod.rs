@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 pub use body::{
-    AcceptRequest, CapacityInput, CloseRequest, DeclineRequest, HoldRequest, NoteRequest,
-    ProgressRequest, ServiceInput, parse_action,
+    AcceptRequest, CHECKED_BODIES, CapacityInput, CloseRequest, DeclineRequest, HoldRequest,
+    NoteRequest, ProgressRequest, ServiceInput, document_text_rules, drop_nulls, parse_action,
 };
 pub use error::{CboError, FieldError};
 pub use services::Service;
@@ -66,8 +66,13 @@ pub struct Page<T> {
 pub struct FeedEvent {
     pub id: String,
     #[serde(rename = "type")]
+    #[schema(schema_with = event_type_schema)]
     pub event_type: String,
+    /// The organisation's feed position: gap-free and increasing (a test event carries
+    /// the position the feed had reached).
+    #[schema(minimum = 0)]
     pub sequence: i64,
+    #[schema(format = DateTime)]
     pub occurred_at: String,
     pub data: FeedEventData,
 }
@@ -77,13 +82,33 @@ pub struct FeedEventData {
     /// The referral (every `referral.*` and `client.*` event).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub referral_id: Option<String>,
-    /// The referral's status; `disabled` for `webhook.endpoint_disabled`.
+    /// The referral's status; `disabled` for `webhook.endpoint_disabled`, `test` for
+    /// `webhook.test`.
+    #[schema(schema_with = event_status_schema)]
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
     /// The webhook endpoint (`webhook.endpoint_disabled`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_id: Option<String>,
+}
+
+fn event_type_schema() -> utoipa::openapi::schema::Object {
+    let mut types: Vec<&str> = webhooks::EVENT_TYPES.to_vec();
+    types.push(webhooks::TEST_EVENT_TYPE);
+    projection::code_schema("The event type", &types)
+}
+
+fn event_status_schema() -> utoipa::openapi::schema::Object {
+    let mut statuses: Vec<&str> = crate::referral::CboStatus::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    statuses.extend(["disabled", "test"]);
+    projection::code_schema(
+        "The referral's status (or the endpoint's, or `test`)",
+        &statuses,
+    )
 }
 
 /// Query parameters of `GET /referrals`, as received.
@@ -186,9 +211,7 @@ impl Cbo {
             },
         };
         let after = q.cursor.as_deref().and_then(|c| {
-            let parsed = c
-                .split_once('_')
-                .and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id.to_string())));
+            let parsed = parse_list_cursor(c);
             if parsed.is_none() {
                 errors.push(FieldError::query(
                     "cursor",
@@ -413,10 +436,11 @@ impl Cbo {
     }
 
     pub async fn service(&self, org: &str, id: &str) -> Result<Service, CboError> {
-        let hs = self
-            .stored_service(org, id)
-            .await?
-            .ok_or(CboError::NotFound)?;
+        let hs = self.stored_service(org, id).await?.ok_or_else(|| {
+            CboError::Unknown(format!(
+                "no service {id:?} in this organisation's catalogue"
+            ))
+        })?;
         Ok(services::from_resource(org, &hs))
     }
 
@@ -449,10 +473,11 @@ impl Cbo {
     ) -> Result<Service, CboError> {
         let fid = service_fhir_id(org, id)?;
         let input = body::parse_capacity(body)?;
-        let existing = self
-            .stored_service(org, id)
-            .await?
-            .ok_or(CboError::NotFound)?;
+        let existing = self.stored_service(org, id).await?.ok_or_else(|| {
+            CboError::Unknown(format!(
+                "no service {id:?} in this organisation's catalogue"
+            ))
+        })?;
         let resource = services::with_capacity(existing, &input);
         let written = self
             .fhir
@@ -525,6 +550,22 @@ pub fn feed_event(e: Event) -> FeedEvent {
             endpoint_id: e.endpoint_id,
         },
     }
+}
+
+/// The `next_cursor` of a referral list (`<updated_at micros>_<referral id>`), as the
+/// document states it; [`parse_list_cursor`] takes exactly what it matches.
+pub const LIST_CURSOR_PATTERN: &str = "^[0-9]{1,18}_[A-Za-z0-9.-]{1,64}$";
+
+fn parse_list_cursor(c: &str) -> Option<(i64, String)> {
+    let (t, id) = c.split_once('_')?;
+    let digits = !t.is_empty() && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit());
+    let id_ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    (digits && id_ok)
+        .then(|| (t.parse().ok(), id.to_string()))
+        .and_then(|(t, id)| Some((t?, id)))
 }
 
 fn service_fhir_id(org: &str, id: &str) -> Result<String, CboError> {

@@ -15,7 +15,7 @@ const SDOHCC_TEMPORARY_CODES: &str =
 /// The FHIR id of an organisation's service: both ids, so services of different
 /// organisations never collide. `None` when the service id cannot be part of one.
 pub fn fhir_id(org: &str, service_id: &str) -> Option<String> {
-    let ok = !service_id.is_empty()
+    let ok = (1..=40).contains(&service_id.len())
         && service_id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-');

@@ -24,6 +24,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook.endpoint_disabled",
 ];
 
+/// The type of the event `POST /webhooks/{id}/test` sends.
+pub const TEST_EVENT_TYPE: &str = "webhook.test";
+
 /// How long the previous secret keeps signing after a rotation.
 const ROTATION_OVERLAP_MICROS: i64 = 24 * 3600 * 1_000_000;
 
@@ -32,17 +35,36 @@ const ROTATION_OVERLAP_MICROS: i64 = 24 * 3600 * 1_000_000;
 pub struct EndpointInput {
     /// `https://…` (plain `http://` only to a loopback address, when the gateway allows
     /// insecure webhooks for local testing).
+    #[schema(format = "uri", pattern = "^https?://")]
     pub url: String,
-    /// Event types to receive; absent or empty: all.
+    /// Event types to receive; absent, null or empty: all.
     #[serde(default)]
+    #[schema(schema_with = event_types_schema)]
     pub events: Vec<String>,
     #[serde(default)]
+    #[schema(nullable)]
     pub description: String,
+}
+
+fn event_types_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, Type};
+    ArrayBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::Array,
+            Type::Null,
+        ]))
+        .items(crate::referral::projection::code_schema(
+            "An event type",
+            EVENT_TYPES,
+        ))
+        .build()
+        .into()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Endpoint {
     pub id: String,
+    /// Where deliveries go (empty for a connector whose environment lacks its URL).
     pub url: String,
     pub events: Vec<String>,
     pub description: String,
@@ -115,6 +137,13 @@ fn delivery(d: &DeliveryRow) -> Delivery {
 
 /// https only; http only to loopback, and only when `allow_insecure`.
 fn check_url(url: &str, allow_insecure: bool) -> Result<(), CboError> {
+    // A URI (RFC 3986), as the document's `format: uri` says: ASCII, no spaces.
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(CboError::Validation(vec![FieldError::body(
+            "/url",
+            "must be a URI: ASCII without spaces (an international host name in punycode)",
+        )]));
+    }
     crate::outbox::destination::url_problem(url, allow_insecure).map_or(Ok(()), |m| {
         Err(CboError::Validation(vec![FieldError::body("/url", m)]))
     })
@@ -126,8 +155,11 @@ pub async fn create(
     body: &[u8],
     allow_insecure: bool,
 ) -> Result<Endpoint, CboError> {
-    let value = crate::strict_json::parse(body)
+    let mut value = crate::strict_json::parse(body)
         .map_err(|e| CboError::Validation(vec![FieldError::body(e.pointer, e.message)]))?;
+    if let Some(obj) = value.as_object_mut() {
+        super::drop_nulls(obj);
+    }
     let input: EndpointInput = serde_json::from_value(value).map_err(|e| {
         CboError::Validation(vec![FieldError::body(
             "",
@@ -183,11 +215,15 @@ pub async fn list(store: &Store, organization: &str) -> Result<Vec<Endpoint>, Cb
         .collect())
 }
 
+fn no_endpoint(id: &str) -> CboError {
+    CboError::Unknown(format!("no webhook endpoint {id:?} for this organisation"))
+}
+
 async fn find(store: &Store, organization: &str, id: &str) -> Result<EndpointRow, CboError> {
     store
         .endpoint(organization, id)
         .await?
-        .ok_or(CboError::NotFound)
+        .ok_or_else(|| no_endpoint(id))
 }
 
 /// A webhook endpoint the organisation manages itself (a connector's is managed by
@@ -196,12 +232,9 @@ async fn find_own(store: &Store, organization: &str, id: &str) -> Result<Endpoin
     let endpoint = find(store, organization, id).await?;
     match &endpoint.connector {
         None => Ok(endpoint),
-        Some(c) => Err(CboError::Validation(vec![FieldError::body(
-            "",
-            format!(
-                "{id} is the connector {c}, managed by mappings/connectors/: change its file and reload"
-            ),
-        )])),
+        Some(c) => Err(CboError::Conflict(format!(
+            "{id} is the connector {c}, managed by mappings/connectors/: change its file and reload"
+        ))),
     }
 }
 
@@ -214,7 +247,7 @@ pub async fn delete(store: &Store, organization: &str, id: &str) -> Result<(), C
     if store.delete_endpoint(organization, id).await? {
         Ok(())
     } else {
-        Err(CboError::NotFound)
+        Err(no_endpoint(id))
     }
 }
 
@@ -227,7 +260,7 @@ pub async fn rotate(store: &Store, organization: &str, id: &str) -> Result<Endpo
         .rotate_endpoint_secret(organization, id, &secret, until)
         .await?
     {
-        return Err(CboError::NotFound);
+        return Err(no_endpoint(id));
     }
     Ok(view(&find(store, organization, id).await?, Some(secret)))
 }
@@ -236,13 +269,22 @@ pub async fn rotate(store: &Store, organization: &str, id: &str) -> Result<Endpo
 pub async fn test(store: &Store, organization: &str, id: &str) -> Result<String, CboError> {
     let endpoint = find_own(store, organization, id).await?;
     let now = now_micros();
-    let event_id = format!("evt_test_{}", uuid::Uuid::now_v7().simple());
-    let payload = serde_json::json!({
-        "id": event_id, "type": "webhook.test", "sequence": 0,
-        "occurred_at": format_instant(now), "data": {"endpoint_id": endpoint.id},
-    });
-    store
-        .enqueue_payload(&endpoint, -now, &payload.to_string(), now)
+    let event_id = store
+        .enqueue_test_event(&endpoint, now, |sequence, event_id| {
+            let event = super::FeedEvent {
+                id: event_id.to_string(),
+                event_type: TEST_EVENT_TYPE.to_string(),
+                sequence,
+                occurred_at: format_instant(now),
+                data: super::FeedEventData {
+                    referral_id: None,
+                    status: "test".into(),
+                    version: None,
+                    endpoint_id: Some(endpoint.id.clone()),
+                },
+            };
+            serde_json::to_string(&event).expect("events serialise")
+        })
         .await?;
     Ok(event_id)
 }
@@ -268,11 +310,16 @@ pub async fn redeliver(
     delivery_id: &str,
 ) -> Result<(), CboError> {
     let endpoint = find(store, organization, id).await?;
-    let seq: i64 = delivery_id.parse().map_err(|_| CboError::NotFound)?;
+    let missing = || {
+        CboError::Unknown(format!(
+            "no delivery {delivery_id:?} in the log of webhook endpoint {id:?}"
+        ))
+    };
+    let seq: i64 = delivery_id.parse().map_err(|_| missing())?;
     if store.redeliver(&endpoint.id, seq, now_micros()).await? {
         Ok(())
     } else {
-        Err(CboError::NotFound)
+        Err(missing())
     }
 }
 

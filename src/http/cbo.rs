@@ -10,7 +10,6 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, get, post
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -33,6 +32,7 @@ const PROBLEM_BASE: &str = "https://crossway.dev/problems/";
 const DEV_ORG_HEADER: &str = "x-crossway-organization";
 
 mod connectors;
+mod contract;
 mod reports;
 mod webhooks;
 
@@ -66,28 +66,13 @@ pub fn routes(cfg: &mut ServiceConfig) {
 pub fn openapi_document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let (_, mut api) = actix_web::App::new()
+        let (_, api) = actix_web::App::new()
             .into_utoipa_app()
             .service(utoipa_actix_web::scope("/cbo/v1").configure(routes))
             .split_for_parts();
-        api.info.title = "Crossway CBO API".into();
-        api.info.version = "1".into();
-        api.info.description = Some(
-            "Referrals addressed to a community organisation: list, read, act on and close them; \
-             the event feed; the service catalogue. See cbo-api.md."
-                .into(),
-        );
-        let components = api.components.get_or_insert_with(Default::default);
-        let mut bearer = Http::new(HttpAuthScheme::Bearer);
-        bearer.description = Some(
-            "An access token from POST /auth/token (OAuth2 client credentials: client_id and \
-             client_secret), or an API key (live_… / test_…). Scopes: referrals:read, \
-             referrals:write, webhooks:manage, directory:write."
-                .into(),
-        );
-        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
-        api.to_pretty_json()
-            .expect("the OpenAPI document serialises")
+        let mut doc = serde_json::to_value(&api).expect("the OpenAPI document serialises");
+        contract::complete(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
     })
 }
 
@@ -132,6 +117,7 @@ impl Problem {
                 "idempotency-key-reused",
                 "This Idempotency-Key was used for a different request",
             ),
+            CboError::Conflict(_) => (409, "conflict", "The resource is managed elsewhere"),
             CboError::RequestInProgress => (
                 409,
                 "request-in-progress",
@@ -164,6 +150,11 @@ impl Problem {
     }
 }
 
+/// The referral id of a `/cbo/v1/referrals/{id}[/…]` path.
+fn referral_in(path: &str) -> Option<&str> {
+    path.strip_prefix("/cbo/v1/referrals/")?.split('/').next()
+}
+
 /// The answer to a body over the size limit that an extractor refused before any
 /// handler ran (`http::wire_errors`).
 pub(super) fn too_large(req: &HttpRequest, limit: usize) -> HttpResponse {
@@ -181,6 +172,12 @@ impl ResponseError for Problem {
         let detail = if status >= 500 {
             tracing::error!(message = "CBO request failed.", trace_id, error = %self.error);
             "the request could not be completed; retry later".to_string()
+        } else if let CboError::NotFound = self.error {
+            // Name the referral: the last path segment that is not the action.
+            match referral_in(&self.instance) {
+                Some(id) => format!("no referral {id:?} for this organisation"),
+                None => self.error.to_string(),
+            }
         } else {
             self.error.to_string()
         };
@@ -808,7 +805,33 @@ async fn openapi() -> HttpResponse {
     json_response(StatusCode::OK, openapi_document().to_string())
 }
 
+/// No handler matched: a path the API has with another method is a 405 with `Allow`
+/// (RFC 9110 §15.5.6); anything else a 404 naming the route.
 async fn not_found(req: HttpRequest) -> HttpResponse {
+    if let Some(allowed) = contract::methods_of(req.path()) {
+        let allow = allowed.join(", ");
+        let body = ProblemBody {
+            problem_type: format!("{PROBLEM_BASE}method-not-allowed"),
+            title: "Method not allowed",
+            status: 405,
+            detail: format!(
+                "{} {} is not supported; allowed: {allow}",
+                req.method(),
+                req.path()
+            ),
+            instance: req.path().to_string(),
+            trace_id: uuid::Uuid::new_v4().simple().to_string(),
+            errors: None,
+            current_status: None,
+            allowed_actions: None,
+            current_version: None,
+            oldest_sequence: None,
+        };
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, allow))
+            .content_type(PROBLEM_JSON)
+            .body(serde_json::to_string(&body).expect("problems serialise"));
+    }
     let route = format!("no route {} {}", req.method(), req.path());
     Problem::new(CboError::Unknown(route), &req).error_response()
 }

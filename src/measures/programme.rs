@@ -118,10 +118,12 @@ pub async fn referrals(
     exact: bool,
 ) -> Result<Report, FhirError> {
     let (start, end) = (month(from, false, "from")?, month(to, true, "to")?);
-    if end <= start {
-        return Err(FhirError::invalid("to", "must not be before from"));
-    }
-    let steps = store.referral_steps(start, end, organization).await?;
+    // `to` before `from` is an empty period, not an error.
+    let steps = if end <= start {
+        Vec::new()
+    } else {
+        store.referral_steps(start, end, organization).await?
+    };
     let mut by_task: HashMap<&str, Vec<&ReferralStep>> = HashMap::new();
     for s in &steps {
         by_task.entry(s.task.as_str()).or_default().push(s);

@@ -103,8 +103,17 @@ pub fn tenant_client(timeout: Duration, allow_loopback: bool) -> reqwest::Client
         .expect("a reqwest client with rustls builds")
 }
 
+/// The `User-Agent` of every request the gateway sends out (webhooks, connectors,
+/// Subscription notifications), so receivers can tell it in their logs.
+pub const USER_AGENT: &str = concat!(
+    "Crossway/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://crossway.dev/webhooks)"
+);
+
 fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        .user_agent(USER_AGENT)
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(64)
@@ -391,7 +400,7 @@ fn payload(d: &DueDelivery) -> (String, String) {
         let id = serde_json::from_str::<serde_json::Value>(p)
             .ok()
             .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-            .unwrap_or_else(|| format!("evt_test_{}", -d.event_seq));
+            .unwrap_or_else(|| format!("evt_{}_{}", d.organization, d.event_seq));
         return (id, p.clone());
     }
     match &d.event {

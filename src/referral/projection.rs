@@ -58,8 +58,11 @@ pub struct Summary {
     pub id: String,
     pub version: i64,
     pub status: CboStatus,
+    #[schema(schema_with = urgency_schema)]
     pub urgency: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// `Task.restriction.period.end` as the Task states it: a date stays a date, a
     /// dateTime keeps its offset.
@@ -71,28 +74,41 @@ pub struct Summary {
     pub client_ref: Option<String>,
 }
 
+///
+/// What an organisation sees depends on the visibility rules that apply to it
+/// (`mappings/cbo/visibility.toml`) and on the client's consent: every member a rule can
+/// remove ([`OMITTABLE`]) is optional here, so the schema holds for every organisation.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Projection {
     pub id: String,
     pub version: i64,
     pub status: CboStatus,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    /// `Task.restriction.period.end` as the Task states it: a date, or a date-time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond_by: Option<String>,
+    #[schema(schema_with = urgency_schema)]
     pub urgency: String,
+    #[schema(required = false)]
     pub need: Need,
-    pub service: Service,
+    #[schema(required = false)]
+    pub service: RequestedService,
     pub client: Client,
+    #[schema(required = false)]
     pub consent: Consent,
+    #[schema(required = false)]
     pub referrer: Referrer,
+    #[schema(required = false)]
     pub notes: Vec<Note>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<StatusReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assignee: Option<String>,
-    /// Why the client may not be contacted (`consent_missing`, `consent_denied`,
-    /// `consent_revoked`, `contact_prohibited`); empty when contact is allowed.
+    /// Why the client may not be contacted; empty when contact is allowed.
+    #[schema(schema_with = flags_schema)]
     pub flags: Vec<&'static str>,
     /// The FHIR Task behind the referral, for integrators who also speak FHIR.
     pub task: String,
@@ -102,6 +118,8 @@ pub struct Projection {
 pub struct Need {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// Omitted for most organisations (`visibility.default`).
+    #[schema(required = false)]
     pub conditions: Vec<Code>,
 }
 
@@ -113,8 +131,10 @@ pub struct Code {
     pub display: Option<String>,
 }
 
+/// The service the referral asks for (`ServiceRequest.code`); not an entry of the
+/// organisation's catalogue (`Service`).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Service {
+pub struct RequestedService {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested: Option<Code>,
 }
@@ -150,7 +170,7 @@ pub struct Name {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Consent {
-    /// `granted`, `denied`, `revoked`, `pending` or `missing`.
+    #[schema(schema_with = consent_status_schema)]
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
@@ -172,7 +192,8 @@ pub struct Referrer {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Note {
-    /// `referrer` or `cbo`.
+    /// Who wrote it: the referrer, or the organisation (`cbo`).
+    #[schema(schema_with = note_author_schema)]
     pub author: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
@@ -185,6 +206,48 @@ pub struct StatusReason {
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+}
+
+/// A closed set of codes as a string schema with `enum`.
+pub fn code_schema(description: &str, codes: &[&str]) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(codes.iter().copied()))
+        .build()
+}
+
+/// `Task.priority` (FHIR request-priority).
+pub const URGENCIES: [&str; 4] = ["routine", "urgent", "asap", "stat"];
+
+fn urgency_schema() -> utoipa::openapi::schema::Object {
+    code_schema("Task.priority (FHIR request-priority)", &URGENCIES)
+}
+
+fn consent_status_schema() -> utoipa::openapi::schema::Object {
+    code_schema(
+        "The client's consent to share with this organisation",
+        &["granted", "denied", "revoked", "pending", "missing"],
+    )
+}
+
+fn note_author_schema() -> utoipa::openapi::schema::Object {
+    code_schema("Who wrote the note", &["referrer", "cbo"])
+}
+
+fn flags_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(code_schema(
+            "Why the client may not be contacted",
+            &[
+                "consent_missing",
+                "consent_denied",
+                "consent_revoked",
+                "contact_prohibited",
+            ],
+        ))
+        .build()
 }
 
 /// Whether a JSON pointer (`/client/name/family`, `/need/conditions/0/code`) names a
@@ -397,7 +460,7 @@ pub fn project(summary: &Summary, task: &Value, related: &Related, omit: &[Strin
                 .filter_map(|c| first_code(c.get("code")))
                 .collect(),
         },
-        service: Service {
+        service: RequestedService {
             requested: sr.and_then(|sr| first_code(sr.get("code"))),
         },
         client: client(summary, patient, contact_allowed),

@@ -207,14 +207,38 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Queues a delivery whose body is given (a test event); `seq` is negative.
-    pub async fn enqueue_payload(
+    /// A `webhook.test` event for one endpoint: a real event of the organisation's feed
+    /// (the next sequence, status `test`), delivered to that endpoint only. `payload`
+    /// builds the body from the event's sequence and id.
+    pub async fn enqueue_test_event(
         &self,
         endpoint: &EndpointRow,
-        seq: i64,
-        payload: &str,
         now: i64,
-    ) -> Result<()> {
+        payload: impl FnOnce(i64, &str) -> String,
+    ) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query(
+            "INSERT INTO tenant_counters (organization, last_seq) VALUES ($1, 1) \
+             ON CONFLICT (organization) DO UPDATE SET last_seq = tenant_counters.last_seq + 1 \
+             RETURNING last_seq",
+        )
+        .bind(&endpoint.organization_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(
+            "INSERT INTO events (organization, seq, event_type, referral_id, created_at, id, \
+             status, version, endpoint_id) \
+             VALUES ($1, $2, 'webhook.test', '', $3, $4, 'test', 0, $5)",
+        )
+        .bind(&endpoint.organization_id)
+        .bind(seq)
+        .bind(now)
+        .bind(&id)
+        .bind(&endpoint.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO webhook_deliveries (endpoint_id, organization, event_seq, status, \
              attempts, next_attempt_at, payload, created_at) VALUES ($1, $2, $3, 'pending', 0, $4, $5, $4)",
@@ -223,10 +247,11 @@ impl Store {
         .bind(&endpoint.organization_id)
         .bind(seq)
         .bind(now)
-        .bind(payload)
-        .execute(&self.pool)
+        .bind(payload(seq, &id))
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(id)
     }
 
     pub async fn deliveries_of(&self, endpoint_id: &str, limit: i64) -> Result<Vec<DeliveryRow>> {

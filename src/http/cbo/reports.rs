@@ -8,6 +8,16 @@ use super::{AppState, Problem, ProblemBody, Result, tenant};
 use crate::auth::CboScope;
 use crate::measures::programme::{self, Report};
 
+/// The formats a report comes in.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ReportFormat {
+    Json,
+    Csv,
+    Html,
+}
+
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(report);
 }
@@ -17,12 +27,16 @@ pub fn routes(cfg: &mut ServiceConfig) {
     summary = "My organisation's referral numbers",
     description = "Referrals addressed to this organisation made from month `from` to month `to`: by month and domain, made, accepted, declined by reason, closed by outcome, cancelled, expired, median hours to the first answer and to close; and the hospital use of the persons referred in the 90 days before and after. Counts from 1 to 10 are null (small-cell suppression). `format=csv` or `format=html` (also by Accept) for a spreadsheet or a page.",
     params(
-        ("from" = String, Query, description = "First month, YYYY-MM"),
-        ("to" = String, Query, description = "Last month, YYYY-MM"),
-        ("format" = Option<String>, Query, description = "json (default), csv or html"),
+        ("from" = String, Query, description = "First month, YYYY-MM", pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$"),
+        ("to" = String, Query, description = "Last month, YYYY-MM (before `from`: an empty report)", pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$"),
+        ("format" = Option<ReportFormat>, Query, description = "json (default), csv or html"),
     ),
     responses(
-        (status = 200, description = "The report", body = Report),
+        (status = 200, description = "The report", content(
+            (Report = "application/json"),
+            (String = "text/csv"),
+            (String = "text/html"),
+        )),
         (status = 422, description = "A parameter is invalid", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),

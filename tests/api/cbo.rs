@@ -731,7 +731,7 @@ async fn the_openapi_document_describes_every_route_and_real_responses() {
                 .map(move |m| (m.clone(), p.clone()))
         })
         .collect();
-    assert_eq!(documented.len(), 26, "{documented:?}");
+    assert_eq!(documented.len(), 27, "{documented:?}");
     // Every documented operation is served (none falls through to "no such route");
     // the one DELETE goes last.
     let mut documented = documented;

@@ -15,7 +15,8 @@ async fn metadata_states_what_is_implemented() {
     let oauth = &cs["rest"][0]["security"]["extension"][0]["extension"][0];
     assert_eq!(oauth["valueUri"], format!("http://{}/auth/token", app.addr));
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    assert_eq!(resources.len(), 23);
+    // RESOURCE_TYPES, plus AuditEvent, Subscription and Measure with their own handlers.
+    assert_eq!(resources.len(), 24);
     let subscription = resources
         .iter()
         .find(|r| r["type"] == "Subscription")

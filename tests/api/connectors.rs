@@ -258,7 +258,7 @@ async fn a_json_api_case_system_gets_cases_through_oauth_and_its_pushed_statuses
     );
     assert_eq!(
         harbor.delete_path(&format!("webhooks/{id}")).await,
-        422,
+        409,
         "a connector is managed by its file"
     );
 

@@ -18,6 +18,22 @@ enum ReportFormat {
     Html,
 }
 
+/// The report's query, as documented (read by `http::reports::period`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ReportQuery {
+    /// First month, YYYY-MM.
+    #[param(pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    from: String,
+    /// Last month, YYYY-MM (before `from`: an empty report).
+    #[param(pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    to: String,
+    /// json (default), csv or html.
+    #[param(inline)]
+    format: Option<ReportFormat>,
+}
+
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(report);
 }
@@ -26,11 +42,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     tag = "reports",
     summary = "My organisation's referral numbers",
     description = "Referrals addressed to this organisation made from month `from` to month `to`: by month and domain, made, accepted, declined by reason, closed by outcome, cancelled, expired, median hours to the first answer and to close; and the hospital use of the persons referred in the 90 days before and after. Counts from 1 to 10 are null (small-cell suppression). `format=csv` or `format=html` (also by Accept) for a spreadsheet or a page.",
-    params(
-        ("from" = String, Query, description = "First month, YYYY-MM", pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$"),
-        ("to" = String, Query, description = "Last month, YYYY-MM (before `from`: an empty report)", pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])$"),
-        ("format" = Option<ReportFormat>, Query, description = "json (default), csv or html"),
-    ),
+    params(ReportQuery),
     responses(
         (status = 200, description = "The report", content(
             (Report = "application/json"),

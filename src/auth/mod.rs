@@ -349,15 +349,13 @@ impl Authority {
         };
         let registered = Scopes::parse(&client.scopes).unwrap_or_default();
         let granted = match &req.scope {
-            Some(s) if !s.trim().is_empty() => {
-                let asked = Scopes::parse(s).map_err(|e| AuthError::InvalidScope(e.to_string()))?;
-                registered.grant(&asked)
-            }
+            // Fewer than asked is an answer (RFC 6749 §3.3); nothing at all is not.
+            Some(s) if !s.trim().is_empty() => registered.grant(&Scopes::parse_request(s)),
             _ => registered,
         };
         if granted.is_empty() {
             return Err(AuthError::InvalidScope(
-                "none of the requested scopes is granted to this client".into(),
+                "none of the requested scopes can be granted to this client".into(),
             ));
         }
         let token = self.token_for(&client, &granted)?;

@@ -163,6 +163,34 @@ fn covers(granted: &str, wanted: &str) -> bool {
     granted == wanted || (granted == "*" && !OPERATOR_ONLY.contains(&wanted))
 }
 
+/// The types both an asked scope and a registered one reach: the narrower of the two,
+/// if either covers the other.
+fn meet<'a>(asked: &'a str, registered: &'a str) -> Option<&'a str> {
+    if covers(registered, asked) {
+        Some(asked)
+    } else if asked == "*" {
+        // The registration names this type, operator-only ones included.
+        Some(registered)
+    } else {
+        None
+    }
+}
+
+/// SMART v2 letters of a permission bit set, in `cruds` order.
+fn letters(bits: u8) -> String {
+    [
+        Interaction::Create,
+        Interaction::Read,
+        Interaction::Update,
+        Interaction::Delete,
+        Interaction::Search,
+    ]
+    .into_iter()
+    .filter(|i| bits & i.bit() != 0)
+    .map(Interaction::letter)
+    .collect()
+}
+
 impl Scopes {
     /// Parses a space-separated scope string; an unknown token is an error naming it.
     pub fn parse(s: &str) -> Result<Scopes, ScopeError> {
@@ -212,14 +240,38 @@ impl Scopes {
         })
     }
 
-    /// The requested scopes this registration allows: a token is granted only when
-    /// everything it would permit is permitted by the registration.
+    /// What a client asks for at the token endpoint. Tokens this server does not know
+    /// (`launch/patient`, `openid`, `fhirUser`, a typo) are left out, not an error: the
+    /// server may grant fewer scopes than asked (RFC 6749 §3.3, SMART), and says so in
+    /// the response's `scope`.
+    pub fn parse_request(s: &str) -> Scopes {
+        let mut tokens: Vec<(String, Token)> = Vec::new();
+        for raw in s.split_ascii_whitespace() {
+            if let Ok(token) = parse_token(raw)
+                && !tokens.iter().any(|(r, _)| r == raw)
+            {
+                tokens.push((raw.to_string(), token));
+            }
+        }
+        Scopes { tokens }
+    }
+
+    /// The part of the requested scopes this registration allows. A token the
+    /// registration covers is granted as asked; one that asks for more (`system/*.*`
+    /// from a client registered for `system/Task.rs`) is granted only what each
+    /// registered scope allows of it, spelled as SMART v2 (`system/Task.rs`). A
+    /// wildcard never reaches [`OPERATOR_ONLY`] types unless the registration names them.
     pub fn grant(&self, requested: &Scopes) -> Scopes {
-        let tokens = requested
-            .tokens
-            .iter()
-            .filter(|(_, t)| match t {
-                Token::Cbo(s) => self.has(*s),
+        let mut tokens: Vec<(String, Token)> = Vec::new();
+        let mut push = |raw: String, token: Token| {
+            if !tokens.iter().any(|(r, _)| *r == raw) {
+                tokens.push((raw, token));
+            }
+        };
+        for (raw, token) in &requested.tokens {
+            match token {
+                Token::Cbo(s) if self.has(*s) => push(raw.clone(), token.clone()),
+                Token::Cbo(_) => {}
                 Token::Smart { resource, perms } => {
                     let mut covered = 0;
                     for (_, mine) in &self.tokens {
@@ -232,11 +284,31 @@ impl Scopes {
                             covered |= p;
                         }
                     }
-                    perms & !covered == 0
+                    if perms & !covered == 0 {
+                        push(raw.clone(), token.clone());
+                        continue;
+                    }
+                    for (_, mine) in &self.tokens {
+                        if let Token::Smart {
+                            resource: r,
+                            perms: p,
+                        } = mine
+                            && let Some(both) = meet(resource, r)
+                            && perms & p != 0
+                        {
+                            let bits = perms & p;
+                            push(
+                                format!("system/{both}.{}", letters(bits)),
+                                Token::Smart {
+                                    resource: both.to_string(),
+                                    perms: bits,
+                                },
+                            );
+                        }
+                    }
                 }
-            })
-            .cloned()
-            .collect();
+            }
+        }
         Scopes { tokens }
     }
 
@@ -308,15 +380,48 @@ mod tests {
             "system/Task.r system/Task.cruds system/*.r referrals:read referrals:write",
         )
         .unwrap();
+        // What is covered is granted as asked; what asks for more is cut down to what
+        // each registered scope allows of it.
         assert_eq!(
             registered.grant(&asked).to_string(),
-            "system/Task.r referrals:read"
+            "system/Task.r system/Task.rs system/Patient.r referrals:read"
         );
         let wide = Scopes::parse("system/*.rs").unwrap();
         assert_eq!(
             wide.grant(&Scopes::parse("system/Consent.read").unwrap())
                 .to_string(),
             "system/Consent.read"
+        );
+    }
+
+    #[test]
+    fn a_request_is_granted_what_it_may_have_and_the_rest_dropped() {
+        let asked = Scopes::parse_request(
+            "launch/patient openid fhirUser system/Task.rs system/*.cruds user/*.read",
+        );
+        assert_eq!(asked.to_string(), "system/Task.rs system/*.cruds");
+        let registered = Scopes::parse("system/Task.rs system/Patient.r").unwrap();
+        assert_eq!(
+            registered.grant(&asked).to_string(),
+            "system/Task.rs system/Patient.r"
+        );
+        // The audit trail only by name: no wildcard reaches it, on either side.
+        let wide = Scopes::parse("system/*.cruds").unwrap();
+        assert!(
+            wide.grant(&Scopes::parse_request("system/AuditEvent.rs"))
+                .is_empty()
+        );
+        let auditor = Scopes::parse("system/AuditEvent.rs").unwrap();
+        assert_eq!(
+            auditor
+                .grant(&Scopes::parse_request("system/*.read"))
+                .to_string(),
+            "system/AuditEvent.rs"
+        );
+        assert!(
+            registered
+                .grant(&Scopes::parse_request("launch/patient openid"))
+                .is_empty()
         );
     }
 

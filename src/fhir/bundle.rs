@@ -28,10 +28,12 @@ pub enum EntryRequest {
         id: String,
         if_none_exist: Option<String>,
     },
-    /// PUT Type/id.
+    /// PUT Type/id; or PUT Type?search (`condition`), where `id` is the body's id or a
+    /// server id, used if nothing matches (the engine decides before anything is written).
     Update {
         id: String,
         if_match: Option<String>,
+        condition: Option<String>,
     },
     /// GET Type/id.
     Read { id: String },
@@ -149,7 +151,11 @@ pub fn plan(bundle: Value, own_base: Option<&str>) -> Result<Plan, FhirError> {
             )),
             None => {
                 let id = match &e.request {
-                    EntryRequest::Update { id, .. } => Some(id.as_str()),
+                    EntryRequest::Update {
+                        id,
+                        condition: None,
+                        ..
+                    } => Some(id.as_str()),
                     _ => None,
                 };
                 validate::validate(&e.resource_type, resource, id)
@@ -186,6 +192,9 @@ pub fn plan(bundle: Value, own_base: Option<&str>) -> Result<Plan, FhirError> {
             e.request,
             EntryRequest::Create {
                 if_none_exist: Some(_),
+                ..
+            } | EntryRequest::Update {
+                condition: Some(_),
                 ..
             } | EntryRequest::Search { .. }
         )
@@ -290,9 +299,31 @@ fn plan_request(i: usize, entry: Value) -> Result<PlannedEntry, FhirError> {
             EntryRequest::Update {
                 id: id.to_string(),
                 if_match: header("ifMatch"),
+                condition: None,
             },
             Some(needs_resource(resource)?),
         ),
+        ("PUT", None, Some(q)) => {
+            let resource = needs_resource(resource)?;
+            let id = match resource.get("id").and_then(Value::as_str) {
+                Some(id) if super::is_valid_id(id) => id.to_string(),
+                Some(_) => {
+                    return Err(FhirError::invalid(
+                        at(i, "resource.id"),
+                        "id must be 1-64 characters of A-Z a-z 0-9 - .",
+                    ));
+                }
+                None => super::new_id(),
+            };
+            (
+                EntryRequest::Update {
+                    id,
+                    if_match: header("ifMatch"),
+                    condition: Some(q.to_string()),
+                },
+                Some(resource),
+            )
+        }
         ("GET", Some(id), None) if super::is_valid_id(id) => {
             (EntryRequest::Read { id: id.to_string() }, None)
         }
@@ -302,11 +333,6 @@ fn plan_request(i: usize, entry: Value) -> Result<PlannedEntry, FhirError> {
             },
             None,
         ),
-        ("PUT", None, Some(_)) => {
-            return Err(FhirError::NotSupported(format!(
-                "Bundle.entry[{i}]: conditional update is not supported"
-            )));
-        }
         ("DELETE" | "PATCH" | "HEAD", _, _) => {
             return Err(FhirError::NotSupported(format!(
                 "Bundle.entry[{i}]: {method} is not supported"
@@ -316,7 +342,7 @@ fn plan_request(i: usize, entry: Value) -> Result<PlannedEntry, FhirError> {
             return Err(FhirError::invalid(
                 at(i, "request"),
                 format!(
-                    "{method:?} {url:?} is not a supported entry request (POST Type, PUT Type/id, GET)"
+                    "{method:?} {url:?} is not a supported entry request (POST Type, PUT Type/id, PUT Type?search, GET)"
                 ),
             ));
         }
@@ -399,7 +425,13 @@ pub fn searchset(base: &str, query: &SearchQuery, page: &SearchPage) -> String {
     );
     out.push_str(r#"{"resourceType":"Bundle","id":"#);
     push_str_lit(&mut out, &super::new_id());
-    out.push_str(r#","type":"searchset","link":[{"relation":"self","url":"#);
+    out.push_str(r#","type":"searchset","#);
+    if let Some(total) = page.total {
+        out.push_str(r#""total":"#);
+        out.push_str(&total.to_string());
+        out.push(',');
+    }
+    out.push_str(r#""link":[{"relation":"self","url":"#);
     let self_url = format!(
         "{base}/{}?{}",
         query.resource_type,

@@ -121,7 +121,7 @@ fn resource(resource_type: &str) -> Value {
         "updateCreate": true,
         "conditionalCreate": true,
         "conditionalRead": "modified-since",
-        "conditionalUpdate": false,
+        "conditionalUpdate": true,
         "conditionalDelete": "not-supported",
         "searchParam": params,
     });
@@ -184,6 +184,7 @@ mod tests {
         assert!(
             includes.contains(&json!("Task:focus")) && includes.contains(&json!("Task:output"))
         );
+        assert_eq!(task["conditionalUpdate"], true);
         assert_eq!(cs["fhirVersion"], "4.0.1");
     }
 }

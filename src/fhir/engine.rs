@@ -188,6 +188,43 @@ impl Fhir {
             id: id.to_string(),
             resource,
             if_match,
+            condition: None,
+            must_resolve: checked.must_resolve,
+            warnings: checked.warnings,
+            caller: caller.map(str::to_string),
+        };
+        match self.submit(write).await? {
+            Outcome::Written(w) => Ok(w),
+            _ => unreachable!("an update yields one resource"),
+        }
+    }
+
+    /// Conditional update (`PUT Type?search`): no match creates (with the body's id if
+    /// it has one not in use, else a server id), one match is updated (the body's id,
+    /// if any, must be that match's), more than one is 412.
+    pub async fn conditional_update(
+        &self,
+        resource_type: &str,
+        query: &str,
+        mut resource: Value,
+        if_match: Option<&str>,
+        caller: Option<&str>,
+    ) -> Result<Written, FhirError> {
+        check_type(resource_type)?;
+        let condition = update_condition(resource_type, query)?;
+        let if_match = if_match.map(parse_etag).transpose()?;
+        let checked = validate::validate(resource_type, &resource, None)?;
+        validate::normalize(resource_type, &mut resource);
+        let id = match resource.get("id").and_then(Value::as_str) {
+            Some(id) => id.to_string(),
+            None => super::new_id(),
+        };
+        let write = Write::Update {
+            resource_type: resource_type.to_string(),
+            id,
+            resource,
+            if_match,
+            condition: Some(condition),
             must_resolve: checked.must_resolve,
             warnings: checked.warnings,
             caller: caller.map(str::to_string),
@@ -427,6 +464,7 @@ fn conditional_query(
     Ok(SearchQuery {
         count: 2,
         includes: vec![],
+        total: search::Total::None,
         ..q
     })
 }
@@ -447,6 +485,9 @@ enum Write {
         id: String,
         resource: Value,
         if_match: Option<i64>,
+        /// Conditional update: the search that picks the resource; `id` is the body's
+        /// id or a server id, used only when nothing matches.
+        condition: Option<SearchQuery>,
         must_resolve: Vec<ReferenceCheck>,
         warnings: Vec<Issue>,
         caller: Option<String>,
@@ -504,6 +545,9 @@ impl Command for WriteCommand {
             Write::Create {
                 if_none_exist: Some(_),
                 ..
+            }
+            | Write::Update {
+                condition: Some(_), ..
             } => Isolation::Search,
             Write::Create {
                 resource_type,
@@ -662,15 +706,23 @@ impl Command for WriteCommand {
                     id,
                     resource,
                     if_match,
+                    condition,
                     must_resolve,
                     warnings,
                     caller,
                 } => {
+                    let (id, create_only) = match condition {
+                        Some(q) => {
+                            let body_id = resource.get("id").and_then(Value::as_str);
+                            pick_for_update(tx, &q, &id, body_id, if_match).await?
+                        }
+                        None => (id, false),
+                    };
                     resolve_all(tx, &must_resolve).await?;
                     let one = One {
                         resource_type: &resource_type,
                         id,
-                        create_only: false,
+                        create_only,
                         if_match,
                         link: true,
                         caller: caller.as_deref(),
@@ -745,6 +797,68 @@ async fn find_existing(
         _ => Err(FhirError::MultipleMatches(format!(
             "the condition matches more than one {}; make it more selective",
             q.resource_type
+        ))),
+    }
+}
+
+/// The search of a conditional update (`PUT Type?…`): the parameters' own errors
+/// name them (`Task?colour`).
+fn update_condition(resource_type: &str, query: &str) -> Result<SearchQuery, FhirError> {
+    let params = bundle::parse_query_string(query.trim_start_matches('?'));
+    if params.is_empty() {
+        return Err(FhirError::invalid(
+            format!("{resource_type}?"),
+            "a conditional update needs search parameters",
+        ));
+    }
+    let q = search::parse_query(resource_type, &params, false)?;
+    Ok(SearchQuery {
+        count: 2,
+        includes: vec![],
+        total: search::Total::None,
+        ..q
+    })
+}
+
+/// Which resource a conditional update writes, by FHIR's rules: `(id, create_only)`.
+/// `planned` is the id a create gets (the body's, or a server id); `body_id` the id the
+/// body carries, if any.
+async fn pick_for_update(
+    tx: &mut Tx<'_>,
+    q: &SearchQuery,
+    planned: &str,
+    body_id: Option<&str>,
+    if_match: Option<i64>,
+) -> Result<(String, bool), FhirError> {
+    let ty = &q.resource_type;
+    // Two gateway processes must not both find nothing and both create.
+    tx.lock(&format!("{ty}?{:?}", q.echo)).await?;
+    let ids = tx.search_ids(q).await?;
+    match ids.as_slice() {
+        [] => {
+            if let Some(expected) = if_match {
+                return Err(FhirError::PreconditionFailed {
+                    expected: format!("W/\"{expected}\""),
+                    current: 0,
+                });
+            }
+            if body_id.is_some() && tx.exists(ty, planned).await? {
+                return Err(FhirError::Conflict(format!(
+                    "{ty}/{planned} exists but does not match the condition; \
+                     update it by id, or leave the id out to create a new one"
+                )));
+            }
+            Ok((planned.to_string(), true))
+        }
+        [found] => match body_id {
+            Some(id) if id != found => Err(FhirError::invalid(
+                format!("{ty}.id"),
+                format!("id {id:?} in the body is not {found:?}, the {ty} the condition matches"),
+            )),
+            _ => Ok((found.clone(), false)),
+        },
+        _ => Err(FhirError::MultipleMatches(format!(
+            "the condition matches more than one {ty}; make it more selective"
         ))),
     }
 }
@@ -1772,6 +1886,55 @@ async fn run_bundle(
                 Err(err) => e.error = Some(err),
             }
         }
+        // Conditional updates: the match (or the planned id when none) replaces the
+        // planned id everywhere, and the entry becomes a plain update or create.
+        if let EntryRequest::Update {
+            id,
+            if_match,
+            condition: Some(cond),
+        } = &e.request
+        {
+            let at = format!("Bundle.entry[{}].request", e.index);
+            let body_id = e
+                .resource
+                .as_ref()
+                .and_then(|r| r.get("id"))
+                .and_then(Value::as_str);
+            let picked = async {
+                let q = conditional_query(&e.resource_type, cond, &format!("{at}.url"))?;
+                let m = if_match
+                    .as_deref()
+                    .map(parse_etag)
+                    .transpose()
+                    .map_err(|err| err.within(&at))?;
+                pick_for_update(tx, &q, id, body_id, m).await
+            }
+            .await;
+            match picked {
+                Ok((found, create_only)) => {
+                    if &found != id {
+                        rewrites.insert(
+                            format!("{}/{id}", e.resource_type),
+                            format!("{}/{found}", e.resource_type),
+                        );
+                    }
+                    e.request = if create_only {
+                        EntryRequest::Create {
+                            id: found,
+                            if_none_exist: None,
+                        }
+                    } else {
+                        EntryRequest::Update {
+                            id: found,
+                            if_match: if_match.clone(),
+                            condition: None,
+                        }
+                    };
+                }
+                Err(err) if transaction => return Err(err),
+                Err(err) => e.error = Some(err),
+            }
+        }
     }
 
     // Only conditional references and matched conditional creates change references.
@@ -1787,7 +1950,7 @@ async fn run_bundle(
         }
         let (id, create_only, if_match) = match e.request {
             EntryRequest::Create { id, .. } => (id, true, None),
-            EntryRequest::Update { id, if_match } => {
+            EntryRequest::Update { id, if_match, .. } => {
                 let m = match if_match.as_deref().map(parse_etag).transpose() {
                     Ok(m) => m,
                     Err(err) if transaction => {

@@ -525,6 +525,34 @@ pub struct Cursor {
 pub struct Include {
     pub source_type: String,
     pub param: &'static ParamDef,
+    /// `Source:param:Target`: only targets of this type are included.
+    pub target: Option<String>,
+    /// `_include:iterate`: also applied to the resources included, not only to matches.
+    pub iterate: bool,
+}
+
+impl Include {
+    /// Whether a local reference target (`Type/id`) is one this include returns.
+    pub fn returns(&self, target: &str) -> bool {
+        self.param.allows_target(target)
+            && self
+                .target
+                .as_deref()
+                .is_none_or(|t| target_type(target) == t)
+    }
+}
+
+/// `_total`: whether the searchset says how many resources match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    /// Not asked: given when it costs nothing (the first page holds every match).
+    Default,
+    /// `_total=none`: never.
+    None,
+    /// `_total=estimate`: as `Default`; an exact figure is a fine estimate.
+    Estimate,
+    /// `_total=accurate`: always, counted when the page does not show it.
+    Accurate,
 }
 
 #[derive(Debug, Clone)]
@@ -535,6 +563,7 @@ pub struct SearchQuery {
     pub sort: Sort,
     pub count: usize,
     pub cursor: Option<Cursor>,
+    pub total: Total,
     /// The parameters that took effect, for the Bundle's `self` and `next` links.
     pub echo: Vec<(String, String)>,
     /// Warnings to report (e.g. ignored parameters in lenient mode).
@@ -545,7 +574,7 @@ pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
 
 /// Parameters that change nothing in a JSON-only server and are accepted silently.
-const IGNORED: &[&str] = &["_format", "_pretty", "_total"];
+const IGNORED: &[&str] = &["_format", "_pretty"];
 
 /// Parses search parameters. Unknown parameters are an error unless `lenient`
 /// (`Prefer: handling=lenient`): silently dropping a filter would widen the result set.
@@ -562,6 +591,7 @@ pub fn parse_query(
         sort: Sort::LastUpdatedAsc,
         count: DEFAULT_COUNT,
         cursor: None,
+        total: Total::Default,
         echo: Vec::new(),
         warnings: Vec::new(),
     };
@@ -595,14 +625,25 @@ pub fn parse_query(
                     "_cursor is not a cursor this server issued",
                 )),
             },
-            "_include" => match parse_include(value) {
-                Ok(inc) if inc.source_type == resource_type => q.includes.push(inc),
+            "_total" => match value.as_str() {
+                "none" => q.total = Total::None,
+                "estimate" => q.total = Total::Estimate,
+                "accurate" => q.total = Total::Accurate,
+                _ => issues.push(Issue::error(
+                    IssueCode::Value,
+                    at,
+                    "_total must be none, estimate or accurate",
+                )),
+            },
+            "_include" | "_include:iterate" => match parse_include(value, key != "_include") {
+                // An iterated include may start from a type the first round includes.
+                Ok(inc) if inc.iterate || inc.source_type == resource_type => q.includes.push(inc),
                 Ok(_) => issues.push(Issue::error(
                     IssueCode::Value,
                     at,
                     format!("_include={value} does not start with {resource_type}:"),
                 )),
-                Err(msg) => issues.push(Issue::error(IssueCode::NotSupported, at, msg)),
+                Err((code, msg)) => issues.push(Issue::error(code, at, msg)),
             },
             _ => match parse_filter(resource_type, key, value) {
                 Ok(f) => q.filters.push(f),
@@ -627,27 +668,51 @@ pub fn parse_query(
     }
 }
 
-fn parse_include(value: &str) -> Result<Include, String> {
+/// `Source:param` or `Source:param:Target`. A target type the parameter cannot point to
+/// is refused: it would silently include nothing.
+fn parse_include(value: &str, iterate: bool) -> Result<Include, (IssueCode, String)> {
     let mut parts = value.split(':');
     let (Some(source), Some(name)) = (parts.next(), parts.next()) else {
-        return Err(format!("_include={value} must be Type:param"));
+        return Err((
+            IssueCode::NotSupported,
+            format!("_include={value} must be Type:param or Type:param:Target"),
+        ));
     };
-    if let Some(target) = parts.next()
-        && !target.is_empty()
-    {
-        return Err(format!(
-            "_include={value}: a target type qualifier is not supported"
+    let target = parts.next().filter(|t| !t.is_empty());
+    if parts.next().is_some() {
+        return Err((
+            IssueCode::Value,
+            format!("_include={value} must be Type:param or Type:param:Target"),
         ));
     }
-    match find_param(source, name) {
-        Some(def) if def.kind == ParamType::Reference => Ok(Include {
-            source_type: source.to_string(),
-            param: def,
-        }),
-        _ => Err(format!(
-            "_include={value}: {source} has no reference search parameter {name:?}"
-        )),
+    let def = match find_param(source, name) {
+        Some(def) if def.kind == ParamType::Reference => def,
+        _ => {
+            return Err((
+                IssueCode::NotSupported,
+                format!("_include={value}: {source} has no reference search parameter {name:?}"),
+            ));
+        }
+    };
+    if let Some(t) = target
+        && (!super::is_supported_type(t) || !def.allows_target(&format!("{t}/x")))
+    {
+        let can = if def.targets.is_empty() {
+            "a supported resource type".to_string()
+        } else {
+            def.targets.join(", ")
+        };
+        return Err((
+            IssueCode::Value,
+            format!("_include={value}: {source}:{name} cannot point to {t} (only to {can})"),
+        ));
     }
+    Ok(Include {
+        source_type: source.to_string(),
+        param: def,
+        target: target.map(str::to_string),
+        iterate,
+    })
 }
 
 fn parse_filter(resource_type: &str, key: &str, value: &str) -> Result<Filter, Issue> {
@@ -1018,6 +1083,35 @@ mod tests {
         );
         assert!(q("Task", &[("_include", "Task:status")]).is_err());
         assert!(q("Task", &[("_include", "ServiceRequest:subject")]).is_err());
+        let typed = &q("Task", &[("_include", "Task:focus:ServiceRequest")])
+            .unwrap()
+            .includes[0];
+        assert_eq!(typed.target.as_deref(), Some("ServiceRequest"));
+        assert!(typed.returns("ServiceRequest/1") && !typed.returns("Patient/1"));
+        // part-of points only to Tasks; an unknown type is no target either.
+        for bad in [
+            "Task:part-of:ServiceRequest",
+            "Task:focus:Spaceship",
+            "Task:focus:A:B",
+        ] {
+            let err = q("Task", &[("_include", bad)]).unwrap_err();
+            assert_eq!(err.issues()[0].expression.as_deref(), Some("Task?_include"));
+        }
+        let it = &q("Task", &[("_include:iterate", "ServiceRequest:subject")])
+            .unwrap()
+            .includes[0];
+        assert!(it.iterate && it.source_type == "ServiceRequest");
+    }
+
+    #[test]
+    fn total_takes_three_values() {
+        assert_eq!(
+            q("Task", &[("_total", "accurate")]).unwrap().total,
+            Total::Accurate
+        );
+        assert_eq!(q("Task", &[("_total", "none")]).unwrap().total, Total::None);
+        assert_eq!(q("Task", &[]).unwrap().total, Total::Default);
+        assert!(q("Task", &[("_total", "exact")]).is_err());
     }
 
     #[test]

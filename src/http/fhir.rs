@@ -2,8 +2,8 @@
 //! and write the answer; [`FhirResponse`] is the single place FHIR errors become
 //! OperationOutcome responses.
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -76,16 +76,63 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/{type}")
                 .route(web::get().to(search))
-                .route(web::post().to(create)),
+                .route(web::post().to(create))
+                .route(web::put().to(conditional_update)),
         )
         .service(resource("/{type}/{id}/_history").route(web::get().to(history)))
         .service(resource("/{type}/{id}/_history/{vid}").route(web::get().to(vread)))
         .default_service(web::to(unsupported));
 }
 
-/// A path whose unsupported methods (DELETE, PATCH, …) get an OperationOutcome.
+/// The methods each `/fhir` path answers, for `Allow` on its 405s. [`resource`] takes
+/// a path's entry from here, so a path cannot be routed without one.
+const METHODS: &[(&str, &str)] = &[
+    ("/metadata", "GET"),
+    ("/.well-known/smart-configuration", "GET"),
+    ("", "POST"),
+    ("/", "POST"),
+    ("/$process-message", "POST"),
+    ("/Subscription", "GET, POST"),
+    ("/Subscription/_search", "POST"),
+    ("/Subscription/$status", "GET, POST"),
+    ("/Subscription/{id}", "GET, PUT, DELETE"),
+    ("/Subscription/{id}/$status", "GET, POST"),
+    ("/Subscription/{id}/$events", "GET, POST"),
+    ("/Measure", "GET"),
+    ("/Measure/{id}", "GET"),
+    ("/Measure/{id}/$evaluate-measure", "GET"),
+    ("/{type}/_search", "POST"),
+    ("/{type}/{id}", "GET, PUT"),
+    ("/{type}", "GET, POST, PUT"),
+    ("/{type}/{id}/_history", "GET"),
+    ("/{type}/{id}/_history/{vid}", "GET"),
+];
+
+/// The `Allow` value of a routed `/fhir` pattern (`req.match_pattern()`).
+pub(super) fn allow(pattern: &str) -> Option<&'static str> {
+    let path = pattern.strip_prefix("/fhir")?;
+    METHODS.iter().find(|(p, _)| *p == path).map(|(_, m)| *m)
+}
+
+/// A path whose other methods (DELETE, PATCH, …) get 405 with `Allow` and an
+/// OperationOutcome.
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(unsupported))
+    let methods = METHODS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, m)| *m)
+        .unwrap_or_else(|| panic!("/fhir{path} is missing from METHODS"));
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        let mut resp = FhirResponse(FhirError::NotSupported(format!(
+            "{} is not supported on {}; use {methods}",
+            req.method(),
+            req.path()
+        )))
+        .error_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(methods));
+        resp
+    }))
 }
 
 /// Every FHIR error leaves through here, as an OperationOutcome.
@@ -420,6 +467,38 @@ async fn update(
     ))
 }
 
+/// `PUT Type?search`: conditional update (what `upsertResource` clients send).
+async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let resource_type = path.into_inner();
+    let caller = allowed(&req, &state).await?;
+    let body = json_body(&req, payload, state.max_body_bytes).await?;
+    let if_match = header_str(req.headers(), "if-match");
+    let merges = merges_persons(&body);
+    let written = state
+        .fhir
+        .conditional_update(
+            &resource_type,
+            req.query_string(),
+            body,
+            if_match,
+            caller.organization.as_deref(),
+        )
+        .await?;
+    if merges {
+        state.identities.forget_all().await;
+    }
+    Ok(written_response(
+        written,
+        &base(&req, &state),
+        prefer(&req).0,
+    ))
+}
+
 async fn read(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -659,13 +738,10 @@ fn merges_persons(resource: &Value) -> bool {
         })
 }
 
+/// A path no route takes: not found, whatever the method (a 405 would owe an `Allow`).
 async fn unsupported(req: HttpRequest) -> HttpResponse {
-    let error = if req.method() == Method::DELETE || req.method() == Method::PATCH {
-        FhirError::NotSupported(format!("{} is not supported", req.method()))
-    } else {
-        FhirError::NotFound {
-            resource: req.path().to_string(),
-        }
-    };
-    FhirResponse(error).error_response()
+    FhirResponse(FhirError::NotFound {
+        resource: req.path().to_string(),
+    })
+    .error_response()
 }

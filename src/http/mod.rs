@@ -126,7 +126,22 @@ pub async fn wire_errors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let res = next.call(req).await?;
+    let mut res = next.call(req).await?;
+    // Every 405 on `/fhir` says what the path does take (RFC 9110 §15.5.6), also when
+    // the engine refused the method (a Bundle entry's DELETE).
+    if res.status() == actix_web::http::StatusCode::METHOD_NOT_ALLOWED
+        && !res.headers().contains_key(actix_web::http::header::ALLOW)
+        && let Some(methods) = res
+            .request()
+            .match_pattern()
+            .as_deref()
+            .and_then(fhir::allow)
+    {
+        res.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(methods),
+        );
+    }
     let plain = res
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)

@@ -51,7 +51,7 @@ use std::path::Path;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
-use crate::fhir::search::{Cursor, IndexEntries, SearchQuery};
+use crate::fhir::search::{Cursor, IndexEntries, SearchQuery, Total};
 
 pub use sql::Arg;
 
@@ -130,6 +130,8 @@ pub struct SearchPage {
     pub included: Vec<StoredResource>,
     /// Where the next page starts, when there is one.
     pub next: Option<Cursor>,
+    /// How many resources match in all, when known (`_total`).
+    pub total: Option<usize>,
 }
 
 /// Store-wide backlogs ([`Store::backlog`]).
@@ -470,26 +472,98 @@ async fn search(
     if !query.includes.is_empty() {
         // Targets come from the matches' stored index rows: no reverse index to maintain.
         let mut keys: Vec<(String, String)> = Vec::new();
+        let first_round = query
+            .includes
+            .iter()
+            .filter(|i| i.source_type == query.resource_type);
         for r in &rows {
             let index_rows: String = r.get(4);
-            for include in &query.includes {
-                for key in sql::local_targets(&index_rows, include.param) {
-                    if !keys.contains(&key) {
-                        keys.push(key);
-                    }
-                }
-            }
+            add_targets(&mut keys, &index_rows, first_round.clone());
         }
+        // `_include:iterate`: the same from what was just included, a few rounds deep
+        // (a server may bound iteration; references rarely chain further).
+        let mut round = 0..keys.len();
+        for _ in 0..MAX_INCLUDE_ROUNDS {
+            let sources: Vec<(String, String)> = keys[round.clone()]
+                .iter()
+                .filter(|(t, _)| {
+                    query
+                        .includes
+                        .iter()
+                        .any(|i| i.iterate && &i.source_type == t)
+                })
+                .cloned()
+                .collect();
+            if sources.is_empty() {
+                break;
+            }
+            let start = keys.len();
+            let (text, args) = sql::read_many_to_replace(&sources);
+            for row in sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+                .fetch_all(&mut *conn)
+                .await?
+            {
+                let ty: String = row.get(0);
+                let index_rows: String = row.get(5);
+                let iterated = query
+                    .includes
+                    .iter()
+                    .filter(|i| i.iterate && i.source_type == ty);
+                add_targets(&mut keys, &index_rows, iterated);
+            }
+            round = start..keys.len();
+        }
+        // A match included by an iterated round is shown once, as a match.
+        keys.retain(|(t, id)| {
+            t != &query.resource_type || !matches.iter().any(|m: &StoredResource| &m.id == id)
+        });
         included = match recent {
             Some(recent) => current_versions(conn, recent, &keys).await?,
             None => read_many(conn, &keys).await?,
         };
     }
+    // How many match in all: free when this first page holds them all, counted when
+    // asked (`_total=accurate`) or when the page is only a count (`_count=0`).
+    let whole = query.cursor.is_none() && next.is_none();
+    let total = match query.total {
+        Total::None => None,
+        _ if whole && query.count > 0 => Some(matches.len()),
+        Total::Accurate => Some(count(conn, backend, query).await?),
+        _ if query.count == 0 => Some(count(conn, backend, query).await?),
+        _ => None,
+    };
     Ok(SearchPage {
         matches,
         included,
         next,
+        total,
     })
+}
+
+async fn count(conn: &mut AnyConnection, backend: Backend, query: &SearchQuery) -> Result<usize> {
+    let (text, args) = sql::count(backend, query);
+    let n: i64 = sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), args)
+        .fetch_one(&mut *conn)
+        .await?
+        .get(0);
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Iterated `_include` rounds after the first.
+const MAX_INCLUDE_ROUNDS: usize = 3;
+
+fn add_targets<'a>(
+    keys: &mut Vec<(String, String)>,
+    index_rows: &str,
+    includes: impl Iterator<Item = &'a crate::fhir::search::Include>,
+) {
+    for include in includes {
+        for key in sql::local_targets(index_rows, include) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
 }
 
 /// Current versions of `keys`, in order, from memory where known and otherwise from the

@@ -9,7 +9,8 @@ use sqlx::query::Query;
 
 use super::{Backend, Staged};
 use crate::fhir::search::{
-    Filter, IndexEntries, Modifier, ParamDef, ParamType, Prefix, SearchQuery, SearchValue, Sort,
+    Filter, Include, IndexEntries, Modifier, ParamDef, ParamType, Prefix, SearchQuery, SearchValue,
+    Sort,
 };
 
 /// The highest committed version is the current one (versions are never removed).
@@ -84,32 +85,7 @@ impl Params {
 pub fn search(backend: Backend, q: &SearchQuery, with_bodies: bool) -> (String, Vec<Arg>) {
     let mut p = Params::default();
     let ty = p.text(&q.resource_type);
-    // A filter that names one record (an identifier, a patient, a focus) matches few
-    // resources: the query starts from its matches. Otherwise it walks the resources in
-    // result order and probes each filter's primary key, stopping at a page.
-    let driver = q.filters.iter().position(drives);
-    // SQLite keeps the written join order only for CROSS JOIN; PostgreSQL plans by cost.
-    let join = match backend {
-        Backend::Sqlite => "CROSS JOIN",
-        Backend::Postgres => "JOIN",
-    };
-    let from = match driver {
-        Some(i) => format!(
-            "(SELECT DISTINCT res_id FROM ({}) d) m {join} resources r ON r.res_type = {ty} AND r.res_id = m.res_id",
-            matching_ids(&ty, &q.filters[i], &mut p)
-        ),
-        None => "resources r".to_string(),
-    };
-    // The page is chosen on the narrow `resources` rows; bodies are joined to it after.
-    let mut sql = format!(
-        "SELECT r.res_id, r.version, r.last_updated, r.seq FROM {from} WHERE r.res_type = {ty}"
-    );
-    for (i, f) in q.filters.iter().enumerate() {
-        if Some(i) != driver {
-            sql.push_str(" AND ");
-            sql.push_str(&filter(&ty, f, &mut p));
-        }
-    }
+    let mut sql = matching(backend, q, &ty, &mut p);
     if let Some(c) = q.cursor {
         let cond = match q.sort {
             Sort::LastUpdatedAsc => {
@@ -147,6 +123,46 @@ pub fn search(backend: Backend, q: &SearchQuery, with_bodies: bool) -> (String, 
         )
     };
     (sql, p.args)
+}
+
+/// `SELECT COUNT(*)` of every resource the query matches (`_total=accurate`,
+/// `_count=0`): the page's own conditions without cursor, order or limit.
+pub fn count(backend: Backend, q: &SearchQuery) -> (String, Vec<Arg>) {
+    let mut p = Params::default();
+    let ty = p.text(&q.resource_type);
+    let sql = matching(backend, q, &ty, &mut p);
+    (format!("SELECT COUNT(*) FROM ({sql}) c"), p.args)
+}
+
+/// The rows a query matches, unordered: `SELECT id, version, last_updated, seq`.
+fn matching(backend: Backend, q: &SearchQuery, ty: &str, p: &mut Params) -> String {
+    // A filter that names one record (an identifier, a patient, a focus) matches few
+    // resources: the query starts from its matches. Otherwise it walks the resources in
+    // result order and probes each filter's primary key, stopping at a page.
+    let driver = q.filters.iter().position(drives);
+    // SQLite keeps the written join order only for CROSS JOIN; PostgreSQL plans by cost.
+    let join = match backend {
+        Backend::Sqlite => "CROSS JOIN",
+        Backend::Postgres => "JOIN",
+    };
+    let from = match driver {
+        Some(i) => format!(
+            "(SELECT DISTINCT res_id FROM ({}) d) m {join} resources r ON r.res_type = {ty} AND r.res_id = m.res_id",
+            matching_ids(ty, &q.filters[i], p)
+        ),
+        None => "resources r".to_string(),
+    };
+    // The page is chosen on the narrow `resources` rows; bodies are joined to it after.
+    let mut sql = format!(
+        "SELECT r.res_id, r.version, r.last_updated, r.seq FROM {from} WHERE r.res_type = {ty}"
+    );
+    for (i, f) in q.filters.iter().enumerate() {
+        if Some(i) != driver {
+            sql.push_str(" AND ");
+            sql.push_str(&filter(ty, f, p));
+        }
+    }
+    sql
 }
 
 fn table(kind: ParamType) -> &'static str {
@@ -365,16 +381,17 @@ pub fn read_many_to_replace(keys: &[(String, String)]) -> (String, Vec<Arg>) {
     )
 }
 
-/// The `(type, id)` targets of local references made by one search parameter, read
-/// from a version's stored index rows.
-pub fn local_targets(index_rows: &str, param: &ParamDef) -> Vec<(String, String)> {
+/// The `(type, id)` targets of local references one `_include` returns, read from a
+/// version's stored index rows.
+pub fn local_targets(index_rows: &str, include: &Include) -> Vec<(String, String)> {
+    let param = include.param;
     let Ok(rows) = serde_json::from_str::<IndexRows<String, i64>>(index_rows) else {
         return Vec::new();
     };
     rows.r
         .into_iter()
         .filter(|(p, target)| {
-            p == param.indexed_as && !target.contains("://") && param.allows_target(target)
+            p == param.indexed_as && !target.contains("://") && include.returns(target)
         })
         .filter_map(|(_, target)| {
             target

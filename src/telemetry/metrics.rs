@@ -22,7 +22,10 @@ pub const HL7_MESSAGES: &str = "hl7_messages_received_total";
 pub const HL7_ACK_LATENCY: &str = "hl7_ack_latency_seconds";
 /// Webhook delivery attempts, by `outcome` (delivered, retrying, failed).
 pub const WEBHOOK_DELIVERIES: &str = "webhook_deliveries_total";
-pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "webhook_endpoints_disabled_total";
+/// Endpoints disabled (each time). Not `webhook_endpoints_disabled_total`: an OpenMetrics
+/// reader names a counter's family without `_total`, which would be the gauge
+/// [`WEBHOOK_DISABLED`]'s name.
+pub const WEBHOOK_ENDPOINTS_DISABLED: &str = "webhook_endpoint_disablements_total";
 /// Requests on `/fhir` and `/cbo/v1`, by `face` and `status` class (2xx … 5xx).
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_LATENCY: &str = "http_request_duration_seconds";

@@ -280,3 +280,175 @@ async fn a_sibling_process_never_keeps_serving_a_replaced_version() {
     assert_eq!(entry["meta"]["versionId"], "3", "{page}");
     assert_eq!(entry["name"][0]["family"], "Zubiri");
 }
+
+/// Every 405 on `/fhir` names the methods its path takes, in an OperationOutcome; and
+/// those methods are answered (not 405).
+#[tokio::test]
+async fn a_405_says_what_the_path_allows() {
+    let app = spawn_app().await;
+    let cases = [
+        ("DELETE", "Patient/x", "GET, PUT"),
+        ("PATCH", "Patient", "GET, POST, PUT"),
+        ("DELETE", "metadata", "GET"),
+        ("PUT", "Task/_search", "POST"),
+        ("GET", "", "POST"),
+        ("DELETE", "Patient/x/_history", "GET"),
+        ("POST", "Subscription/x", "GET, PUT, DELETE"),
+    ];
+    for (method, path, allow) in cases {
+        let resp = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(
+            resp.headers()["allow"].to_str().unwrap(),
+            allow,
+            "{method} {path}"
+        );
+        let oo: Value = resp.json().await.unwrap();
+        assert_eq!(oo["resourceType"], "OperationOutcome");
+        assert_eq!(oo["issue"][0]["code"], "not-supported", "{oo}");
+        for other in allow.split(", ") {
+            let resp = app
+                .client
+                .request(other.parse().unwrap(), app.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(resp.status(), 405, "{other} {path} is allowed");
+        }
+    }
+    // A Bundle entry the engine refuses with 405 carries the base's Allow too.
+    let resp = app
+        .post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "DELETE", "url": "Patient/x"}}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"].to_str().unwrap(), "POST");
+    // A path no route takes is not found, whatever the method.
+    let resp = app
+        .client
+        .delete(app.url("Patient/x/_history/1/more"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+/// `PUT Type?search`: no match creates (server id, or the body's id when free), one
+/// match is updated (a different body id is refused), several are 412.
+#[tokio::test]
+async fn conditional_update_follows_the_match_count() {
+    let app = spawn_app().await;
+    let practitioner = |value: &str, family: &str| {
+        json!({"resourceType": "Practitioner",
+            "identifier": [{"system": "http://npi", "value": value}],
+            "name": [{"family": family}]})
+    };
+    let url = "Practitioner?identifier=http://npi|111";
+    let resp = app.put(url, &practitioner("111", "Ortiz")).await;
+    assert_eq!(resp.status(), 201);
+    assert!(resp.headers().contains_key("location"));
+    let created: Value = resp.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let resp = app.put(url, &practitioner("111", "Ortiz-Ruiz")).await;
+    assert_eq!(resp.status(), 200);
+    let updated: Value = resp.json().await.unwrap();
+    assert_eq!(updated["id"], id.as_str());
+    assert_eq!(updated["meta"]["versionId"], "2");
+    assert_eq!(
+        app.get_json(&format!("Practitioner/{id}")).await["name"][0]["family"],
+        "Ortiz-Ruiz"
+    );
+    // The body's id must be the match's.
+    let mut other = practitioner("111", "X");
+    other["id"] = json!("someone-else");
+    let resp = app.put(url, &other).await;
+    assert_eq!(resp.status(), 400);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(outcome_expressions(&oo), ["Practitioner.id"]);
+    let mut same = practitioner("111", "Ortiz");
+    same["id"] = json!(id);
+    assert_eq!(app.put(url, &same).await.status(), 200);
+
+    // No match, with a free id in the body: created with that id.
+    let mut chosen = practitioner("222", "Lee");
+    chosen["id"] = json!("prac-222");
+    let resp = app
+        .put("Practitioner?identifier=http://npi|222", &chosen)
+        .await;
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        app.get_json("Practitioner/prac-222").await["name"][0]["family"],
+        "Lee"
+    );
+    // No match, but the body's id belongs to another resource: 409.
+    let mut taken = practitioner("333", "Kim");
+    taken["id"] = json!("prac-222");
+    let resp = app
+        .put("Practitioner?identifier=http://npi|333", &taken)
+        .await;
+    assert_eq!(resp.status(), 409);
+
+    // Two matches: 412, nothing written.
+    app.create(&practitioner("444", "A")).await;
+    app.create(&practitioner("444", "B")).await;
+    let resp = app
+        .put(
+            "Practitioner?identifier=http://npi|444",
+            &practitioner("444", "C"),
+        )
+        .await;
+    assert_eq!(resp.status(), 412);
+    assert_eq!(app.search_ids("Practitioner?name:exact=C").await.len(), 0);
+    // A bad parameter is named; no parameters at all is refused.
+    let resp = app
+        .put("Practitioner?colour=red", &practitioner("1", "D"))
+        .await;
+    assert_eq!(resp.status(), 400);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(outcome_expressions(&oo), ["Practitioner?colour"]);
+    assert_eq!(
+        app.put("Practitioner", &practitioner("1", "D"))
+            .await
+            .status(),
+        400
+    );
+}
+
+/// The upsert an EHR's interface engine sends for a Task it knows by identifier: the
+/// same Task transition rules as an update by id.
+#[tokio::test]
+async fn a_task_is_updated_by_its_identifier() {
+    let app = spawn_app().await;
+    let bundle = app.post_referral().await;
+    let task_id = entry_id(&bundle, 4);
+    let mut task = app.get_json(&format!("Task/{task_id}")).await;
+    task["identifier"] = json!([{"system": "http://ehr/tasks", "value": "T-9"}]);
+    assert_eq!(
+        app.put(&format!("Task/{task_id}"), &task).await.status(),
+        200
+    );
+
+    let mut body = task.clone();
+    body.as_object_mut().unwrap().remove("id");
+    body.as_object_mut().unwrap().remove("meta");
+    body["status"] = json!("cancelled");
+    let resp = app.put("Task?identifier=http://ehr/tasks|T-9", &body).await;
+    let status = resp.status();
+    let stored: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["id"], task_id.as_str());
+    assert_eq!(stored["status"], "cancelled");
+    // cancelled is final: the same transition check as PUT Task/id.
+    body["status"] = json!("in-progress");
+    let resp = app.put("Task?identifier=http://ehr/tasks|T-9", &body).await;
+    assert_eq!(resp.status(), 422);
+}

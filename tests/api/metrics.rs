@@ -129,6 +129,30 @@ async fn metrics_need_their_token_and_count_what_operators_alert_on() {
     );
     assert!(value("store_commit_seconds_count") >= 2.0);
     assert!(value("store_flush_seconds_count") >= 1.0);
+    assert_eq!(value("webhook_endpoint_disablements_total"), 0.0);
+    assert_eq!(value("webhook_endpoints_disabled"), 0.0);
+
+    // Each metric family has a name of its own, also as OpenMetrics readers (Python's
+    // prometheus_client among them) name a counter: without `_total`.
+    let mut families: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            match kind {
+                "counter" => name.strip_suffix("_total").unwrap_or(name).to_string(),
+                _ => name.to_string(),
+            }
+        })
+        .collect();
+    let declared = families.len();
+    families.sort();
+    families.dedup();
+    assert_eq!(
+        families.len(),
+        declared,
+        "two families share a name:\n{text}"
+    );
 
     // Every metric an alert rule reads is one the gateway exports.
     let rules = std::fs::read_to_string(concat!(

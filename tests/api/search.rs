@@ -418,3 +418,125 @@ async fn bad_search_parameters_are_named() {
     let b: Value = resp.json().await.unwrap();
     assert_eq!(b["entry"][0]["search"]["mode"], "outcome");
 }
+
+/// `Source:param:Target` returns only targets of that type; `_include:iterate` follows
+/// references from what was included; a target the parameter cannot point to is a
+/// 400 naming `_include`.
+#[tokio::test]
+async fn includes_with_a_target_type_and_iterated() {
+    let app = spawn_app().await;
+    let (patient, sr, task) = referral(&app).await;
+    let included = |b: &Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "include")
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let b = app
+        .get_json(&format!(
+            "Task?_id={task}&_include=Task:focus:ServiceRequest&_include=Task:subject:Patient"
+        ))
+        .await;
+    let mut want = vec![format!("Patient/{patient}"), format!("ServiceRequest/{sr}")];
+    want.sort();
+    assert_eq!(included(&b), want);
+    // focus may point anywhere, but this Task's focus is no Patient.
+    let b = app
+        .get_json(&format!("Task?_id={task}&_include=Task:focus:Patient"))
+        .await;
+    assert!(included(&b).is_empty(), "{b}");
+    // Task → ServiceRequest → its subject, in one search.
+    let b = app
+        .get_json(&format!(
+            "Task?_id={task}&_include=Task:focus:ServiceRequest&_include:iterate=ServiceRequest:subject:Patient"
+        ))
+        .await;
+    assert_eq!(included(&b), want);
+    assert_eq!(match_ids(&b), std::slice::from_ref(&task));
+    // Without :iterate the ServiceRequest's subject is not followed.
+    let b = app
+        .get_json(&format!(
+            "Task?_id={task}&_include=Task:focus:ServiceRequest"
+        ))
+        .await;
+    assert_eq!(included(&b), [format!("ServiceRequest/{sr}")]);
+
+    for bad in [
+        "Task:part-of:ServiceRequest",
+        "Task:focus:Spaceship",
+        "Task:patient:Group",
+    ] {
+        let resp = app.get(&format!("Task?_include={bad}")).await;
+        assert_eq!(resp.status(), 400, "{bad}");
+        let oo: Value = resp.json().await.unwrap();
+        assert_eq!(outcome_expressions(&oo), ["Task?_include"], "{bad}: {oo}");
+        assert!(oo.to_string().contains("cannot point to"), "{oo}");
+    }
+}
+
+/// `total` when it costs nothing (the first page holds every match), always with
+/// `_total=accurate`, and alone with `_count=0`; never with `_total=none`.
+#[tokio::test]
+async fn searchsets_carry_their_total() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.create(&json!({"resourceType": "Practitioner",
+            "identifier": [{"system": "http://totals", "value": i.to_string()}]}))
+            .await;
+    }
+    let q = "Practitioner?identifier=http://totals|";
+    let b = app.get_json(q).await;
+    assert_eq!((b["total"].as_u64(), match_ids(&b).len()), (Some(5), 5));
+    // A page of a longer result: not counted unless asked.
+    let b = app.get_json(&format!("{q}&_count=2")).await;
+    assert!(b.get("total").is_none(), "{b}");
+    let b = app.get_json(&format!("{q}&_count=2&_total=accurate")).await;
+    assert_eq!((b["total"].as_u64(), match_ids(&b).len()), (Some(5), 2));
+    // The next page keeps the parameter and the count.
+    let next = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(next.contains("_total=accurate"), "{next}");
+    let b2 = app.get_json_url(&next).await;
+    assert_eq!((b2["total"].as_u64(), match_ids(&b2).len()), (Some(5), 2));
+    let b = app.get_json(&format!("{q}&_count=0")).await;
+    assert_eq!(b["total"].as_u64(), Some(5), "{b}");
+    assert!(match_ids(&b).is_empty());
+    assert!(
+        !b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next"),
+        "{b}"
+    );
+    let b = app.get_json(&format!("{q}&_total=estimate")).await;
+    assert_eq!(b["total"].as_u64(), Some(5));
+    let b = app.get_json(&format!("{q}&_total=none")).await;
+    assert!(b.get("total").is_none(), "{b}");
+    let b = app
+        .get_json("Practitioner?identifier=http://totals|none-such&_total=accurate")
+        .await;
+    assert_eq!(b["total"].as_u64(), Some(0));
+    let resp = app.get(&format!("{q}&_total=exact")).await;
+    assert_eq!(resp.status(), 400);
+    let oo: Value = resp.json().await.unwrap();
+    assert_eq!(outcome_expressions(&oo), ["Practitioner?_total"]);
+}

@@ -217,6 +217,120 @@ async fn every_fhir_interaction_checks_its_scope() {
         (status, body["error"].as_str()),
         (400, Some("invalid_scope"))
     );
+
+    // What a SMART client library asks for beyond its registration is left out or cut
+    // down, not a refusal (RFC 6749 §3.3); the answer says what was granted.
+    let (status, body) = app
+        .ehr_token_request(
+            &narrow,
+            Some("launch/patient openid fhirUser system/Task.rs system/*.cruds"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["scope"],
+        "system/Task.rs system/Patient.r system/Encounter.rs"
+    );
+    let granted = bearer(body["access_token"].as_str().unwrap());
+    assert_eq!(
+        granted.get(app.url("Task")).send().await.unwrap().status(),
+        200
+    );
+    let denied = granted
+        .post(app.url("Task"))
+        .header("content-type", FHIR_JSON)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403, "the wildcard was not granted");
+    let (status, body) = app
+        .ehr_token_request(&narrow, Some("launch/patient openid"))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+
+    // A least-privilege token includes the targets it may read, named by type.
+    let reader = app.add_ehr(&["--scope", "system/Task.rs system/ServiceRequest.r"]);
+    let reader = bearer(&app.ehr_token(&reader, None).await);
+    let resp = reader
+        .get(app.url("Task?_include=Task:focus:ServiceRequest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let b: Value = resp.json().await.unwrap();
+    assert!(
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["search"]["mode"] == "include"
+                && e["resource"]["resourceType"] == "ServiceRequest"),
+        "{b}"
+    );
+    let resp = reader
+        .get(app.url("Task?_include=Task:subject:Patient"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "no read on Patient");
+}
+
+/// Conditional update needs update and search on the type, and an organisation-bound
+/// client meets the same write rules as in an update by id.
+#[tokio::test]
+async fn conditional_update_checks_scope_and_write_rules() {
+    let app = spawn_app().await;
+    let bundle = app.post_referral().await;
+    let task_id = entry_id(&bundle, 4);
+    let mut task = app.get_json(&format!("Task/{task_id}")).await;
+    task["identifier"] = json!([{"system": "http://ehr/tasks", "value": "T-1"}]);
+    assert_eq!(
+        app.put(&format!("Task/{task_id}"), &task).await.status(),
+        200
+    );
+    let url = app.url("Task?identifier=http://ehr/tasks|T-1");
+    let put = |client: reqwest::Client, body: Value| {
+        let url = url.clone();
+        async move {
+            client
+                .put(url)
+                .header("content-type", FHIR_JSON)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let no_search = app.add_ehr(&["--scope", "system/Task.ru"]);
+    let no_search = bearer(&app.ehr_token(&no_search, None).await);
+    let r = put(no_search, task.clone()).await;
+    assert_eq!(r.status(), 403);
+
+    let owner = bearer(
+        &app.ehr_token(
+            &app.add_ehr(&["--org", &format!("Organization/{ORG}")]),
+            None,
+        )
+        .await,
+    );
+    let mut reprioritised = task.clone();
+    reprioritised["priority"] = json!("stat");
+    let r = put(owner.clone(), reprioritised).await;
+    assert_eq!(r.status(), 403);
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(oo["issue"][0]["expression"][0], "Task.priority", "{oo}");
+    let mut accepted = task.clone();
+    accepted["status"] = json!("accepted");
+    let r = put(owner, accepted).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.get_json(&format!("Task/{task_id}")).await["status"],
+        "accepted"
+    );
 }
 
 #[tokio::test]

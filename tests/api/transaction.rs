@@ -255,3 +255,79 @@ async fn received_is_stored_as_requested_and_unknown_owners_are_warned() {
     app.create(&by_identifier).await;
     assert_eq!(cbo.referral_ids().await.len(), 2);
 }
+
+/// A transaction entry `PUT Type?search`: the first run creates and the entries that
+/// refer to it by fullUrl get its id; the same Bundle again updates that resource. In
+/// a batch, an entry whose condition matches twice fails alone with 412.
+#[tokio::test]
+async fn conditional_updates_in_bundles() {
+    let app = spawn_app().await;
+    let bundle = |family: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:11111111-0000-4000-8000-000000000001",
+             "resource": {"resourceType": "Practitioner",
+                "identifier": [{"system": "http://npi", "value": "555"}],
+                "name": [{"family": family}]},
+             "request": {"method": "PUT", "url": "Practitioner?identifier=http://npi|555"}},
+            {"resource": {"resourceType": "PractitionerRole",
+                "practitioner": {"reference": "urn:uuid:11111111-0000-4000-8000-000000000001"}},
+             "request": {"method": "POST", "url": "PractitionerRole"}}
+        ]})
+    };
+    let post = async |b: Value| {
+        let resp = app.post("", &b).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let first = post(bundle("Nakamura")).await;
+    assert_eq!(first["entry"][0]["response"]["status"], "201 Created");
+    let id = entry_id(&first, 0);
+    let role = app
+        .get_json(&format!("PractitionerRole/{}", entry_id(&first, 1)))
+        .await;
+    assert_eq!(
+        role["practitioner"]["reference"],
+        format!("Practitioner/{id}")
+    );
+
+    let second = post(bundle("Nakamura-Sato")).await;
+    assert_eq!(second["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(entry_id(&second, 0), id);
+    let role = app
+        .get_json(&format!("PractitionerRole/{}", entry_id(&second, 1)))
+        .await;
+    assert_eq!(
+        role["practitioner"]["reference"],
+        format!("Practitioner/{id}")
+    );
+    assert_eq!(
+        app.get_json(&format!("Practitioner/{id}")).await["name"][0]["family"],
+        "Nakamura-Sato"
+    );
+
+    // Batch: two matches fail that entry only.
+    for family in ["A", "B"] {
+        app.create(&json!({"resourceType": "Practitioner",
+            "identifier": [{"system": "http://npi", "value": "666"}], "name": [{"family": family}]}))
+            .await;
+    }
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Practitioner",
+            "identifier": [{"system": "http://npi", "value": "666"}]},
+         "request": {"method": "PUT", "url": "Practitioner?identifier=http://npi|666"}},
+        {"resource": {"resourceType": "Practitioner",
+            "identifier": [{"system": "http://npi", "value": "777"}]},
+         "request": {"method": "PUT", "url": "Practitioner?identifier=http://npi|777"}}
+    ]});
+    let r = post(batch).await;
+    assert!(
+        r["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("412"),
+        "{r}"
+    );
+    assert_eq!(r["entry"][1]["response"]["status"], "201 Created");
+}

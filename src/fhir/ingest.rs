@@ -83,7 +83,10 @@ impl Inbound {
             if let Some(change) = &notice.encounter {
                 wanted.resources.push((
                     "Encounter".into(),
-                    encounter_id(&notice.source, &change.key),
+                    encounter_id(
+                        change.system.as_deref().unwrap_or(&notice.source),
+                        &change.key,
+                    ),
                 ));
             }
         }
@@ -260,14 +263,15 @@ async fn encounter(
     patient_id: &str,
     now: i64,
 ) -> Result<(), FhirError> {
-    let id = encounter_id(&notice.source, &change.key);
+    let scope = change.system.as_deref().unwrap_or(&notice.source);
+    let id = encounter_id(scope, &change.key);
     let stored = tx.current("Encounter", &id).await?;
     let new = stored.is_none();
     let existing = stored.and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
     let mut enc = existing.unwrap_or_else(|| {
         json!({
             "resourceType": "Encounter",
-            "identifier": [{"system": format!("urn:crossway:encounter:{}", notice.source), "value": change.key}],
+            "identifier": [{"system": format!("urn:crossway:encounter:{scope}"), "value": change.key}],
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"},
         })
     });

@@ -391,6 +391,7 @@ fn encounter(
         } else {
             format!("visit:{visit}")
         },
+        system: None,
         class,
         start,
         end,

@@ -80,7 +80,12 @@ fn ack_id() -> String {
 pub fn stored_notice(message: &InboundMessage, mappings: &Mappings) -> Result<Notice, NoticeError> {
     match message.format.as_str() {
         "fhir" => match serde_json::from_str::<Value>(&message.body) {
-            Ok(bundle) => notification::notice(&bundle, &mappings.identity),
+            // A message keyed by its client was stored under `client:<id>`.
+            Ok(bundle) => notification::notice(
+                &bundle,
+                &mappings.identity,
+                message.source.strip_prefix("client:"),
+            ),
             Err(e) => Err(NoticeError::reject(
                 ErrorCode::DataType,
                 "Bundle",
@@ -270,10 +275,17 @@ impl Feed {
     }
 
     /// Handles one Da Vinci notification Bundle (`$process-message`).
-    pub async fn notification(&self, bundle: &Value, body: String) -> Result<Taken, FeedError> {
-        let (source, control) = notification::key(bundle).map_err(FeedError::Invalid)?;
+    /// `client` is the authenticated caller.
+    pub async fn notification(
+        &self,
+        bundle: &Value,
+        body: String,
+        client: &str,
+    ) -> Result<Taken, FeedError> {
+        let (source, control) =
+            notification::key(bundle, Some(client)).map_err(FeedError::Invalid)?;
         let event = notification::event(bundle);
-        let notice = notification::notice(bundle, &self.mappings.current().identity);
+        let notice = notification::notice(bundle, &self.mappings.current().identity, Some(client));
         self.take(notice, &source, &control, "fhir", &event, body)
             .await
     }

@@ -69,14 +69,20 @@ impl Notice {
             "retired": ids(&self.retired),
             "warnings": self.warnings,
             "patient": self.patient,
-            "encounter": self.encounter.as_ref().map(|e| serde_json::json!({
+            "encounter": self.encounter.as_ref().map(|e| {
+                let mut v = serde_json::json!({
                 "key": e.key,
                 "class": e.class,
                 "start": e.start,
                 "end": e.end,
                 "disposition": e.disposition,
                 "occurred": e.occurred,
-            })),
+                });
+                if let Some(system) = &e.system {
+                    v["system"] = serde_json::json!(system);
+                }
+                v
+            }),
         })
     }
 
@@ -109,6 +115,10 @@ impl Notice {
 pub struct EncounterChange {
     /// Identifies the encounter within the source (`visit:<PV1-19>`).
     pub key: String,
+    /// The system of the encounter's own identifier when the message names one (a FHIR
+    /// `Encounter.identifier`): the key is then scoped by it rather than by the message
+    /// source, so that one encounter relayed by several senders stays one.
+    pub system: Option<String>,
     /// v3 ActCode (`IMP`, `EMER`, `AMB`).
     pub class: Option<String>,
     pub start: Option<String>,

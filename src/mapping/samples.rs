@@ -188,7 +188,7 @@ fn map_sample(
         ("hie", "hl7") => Ok(hl7_output(&bytes, mappings)),
         ("hie", "json") => {
             let bundle: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            let notice = notification::notice(&bundle, &mappings.identity);
+            let notice = notification::notice(&bundle, &mappings.identity, None);
             Ok((notice_json(notice), Vec::new()))
         }
         ("cbo", "json") => {

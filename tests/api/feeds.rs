@@ -517,12 +517,107 @@ async fn da_vinci_notifications_are_applied_once_after_commit() {
     assert_eq!(enc[0]["meta"]["versionId"], "1");
     assert_eq!(enc[0]["status"], "finished");
 
+    // An identifier without a system is no key; nor, then, is a MessageHeader without id.
     let mut broken = bundle.clone();
     broken["identifier"] = json!({"value": "N-2"});
     let r = app.post("$process-message", &broken).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["issue"][0]["expression"][0], "Bundle.identifier");
+    assert_eq!(body["issue"][0]["expression"][0], "MessageHeader.id");
+}
+
+/// A notification shaped like the Da Vinci IG's own examples (written here, not copied:
+/// no `Bundle.identifier`, the key is `MessageHeader.id` with `source.endpoint`; the
+/// Patient carries an untyped id, an MRN, an SSN and a driver's licence; the same admit
+/// is relayed by an intermediary under a header of its own).
+fn ig_shaped(header_id: &str, endpoint: &str, event: &str, mrn: &str) -> Value {
+    json!({
+        "resourceType": "Bundle", "id": format!("b-{header_id}"), "type": "message",
+        "timestamp": "2020-08-17T17:15:12.011868Z",
+        "entry": [
+            {"fullUrl": "urn:uuid:31ab7fe2-0000-4000-8000-000000000001", "resource": {
+              "resourceType": "MessageHeader", "id": header_id,
+              "eventCoding": {"system": "http://hl7.org/fhir/us/davinci-alerts/CodeSystem/notification-event", "code": event},
+              "source": {"name": "Registry", "endpoint": endpoint},
+              "focus": [{"reference": "urn:uuid:31ab7fe2-0000-4000-8000-000000000002"}]}},
+            {"fullUrl": "urn:uuid:31ab7fe2-0000-4000-8000-000000000002", "resource": {
+              "resourceType": "Encounter", "id": "31ab7fe2-0000-4000-8000-000000000002", "status": "in-progress",
+              "identifier": [{"system": "http://example.org", "value": format!("enc-{mrn}")}],
+              "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+              "subject": {"reference": "urn:uuid:31ab7fe2-0000-4000-8000-000000000003"},
+              "period": {"start": "2020-08-17T10:00:00-07:00"}}},
+            {"fullUrl": "urn:uuid:31ab7fe2-0000-4000-8000-000000000003", "resource": {
+              "resourceType": "Patient", "id": "31ab7fe2-0000-4000-8000-000000000003",
+              "identifier": [
+                {"system": "http://example.org/fhir/pid", "value": format!("pid-{mrn}")},
+                {"system": MRN_SYSTEM, "value": mrn, "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}},
+                {"system": "urn:oid:2.16.840.1.113883.4.3.25", "value": "S999", "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "DL"}]}}
+              ],
+              "name": [{"family": "Halvorson", "given": ["Elden"]}], "gender": "male", "birthDate": "1971-01-01"}}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn notifications_without_bundle_identifier_are_keyed_by_their_message_header() {
+    let app = spawn_app().await;
+    let admit = ig_shaped(
+        "31ab7fe2-e0ad",
+        "https://example.org/Endpoints/P456",
+        "notification-admit",
+        "IG-1",
+    );
+    for expected in ["notification applied", "already received"] {
+        let r = app.post("$process-message", &admit).await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(expected), "{text}");
+    }
+    // The same admit relayed by an intermediary: a message of its own, the same person.
+    let relayed = ig_shaped(
+        "5ef532e2-e105",
+        "https://example.org/Endpoints/P999",
+        "notification-admit",
+        "IG-1",
+    );
+    let r = app.post("$process-message", &relayed).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The same header id from another source is another message.
+    let discharge = ig_shaped(
+        "31ab7fe2-e0ad",
+        "https://example.org/Endpoints/OTHER",
+        "notification-discharge",
+        "IG-1",
+    );
+    let r = app.post("$process-message", &discharge).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("notification applied"));
+    let found = patients(&app, "IG-1").await;
+    assert_eq!(found.len(), 1, "one person, one Patient: {found:?}");
+    let enc = encounters(&app, &found[0]).await;
+    assert_eq!(enc.len(), 1, "{enc:?}");
+    assert_eq!(enc[0]["status"], "finished");
+    // The driver's licence names no person here; the untyped id and the MRN do.
+    let by_pid = app
+        .search_ids("Patient?identifier=http://example.org/fhir/pid|pid-IG-1")
+        .await;
+    assert_eq!(by_pid, found);
+
+    // Neither key: refused, naming the field.
+    let mut keyless = ig_shaped(
+        "x",
+        "https://example.org/Endpoints/P456",
+        "notification-admit",
+        "IG-2",
+    );
+    keyless["entry"][0]["resource"]
+        .as_object_mut()
+        .unwrap()
+        .remove("id");
+    let r = app.post("$process-message", &keyless).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["issue"][0]["expression"][0], "MessageHeader.id");
 }
 
 /// Two gateway processes share a Redis identity cache: a merge through one is seen by
@@ -606,7 +701,10 @@ fn corpus_messages(text: &str) -> Vec<String> {
         if seg.starts_with("MSH") {
             out.push(vec![seg]);
             open = true;
-        } else if ["FHS", "BHS", "BTS", "FTS"].iter().any(|h| seg.starts_with(h)) {
+        } else if ["FHS", "BHS", "BTS", "FTS"]
+            .iter()
+            .any(|h| seg.starts_with(h))
+        {
             open = false;
         } else if open && !seg.trim().is_empty() {
             out.last_mut().unwrap().push(seg);
@@ -652,6 +750,7 @@ async fn real_corpus_acceptance() {
     let mut files: Vec<std::path::PathBuf> = walk(std::path::Path::new(&corpus));
     files.sort();
     let (mut total, mut applied) = (0, 0);
+    let mut bundle_mrns = std::collections::BTreeSet::new();
     let mut per_source: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for file in files {
         let name = file.strip_prefix(&corpus).unwrap().display().to_string();
@@ -660,6 +759,19 @@ async fn real_corpus_acceptance() {
         let text = String::from_utf8_lossy(&bytes);
         let results: Vec<(String, bool)> = if name.ends_with(".json") {
             let bundle: Value = serde_json::from_str(&text).unwrap();
+            for e in bundle["entry"].as_array().into_iter().flatten() {
+                if e["resource"]["resourceType"] == "Patient" {
+                    for i in e["resource"]["identifier"].as_array().into_iter().flatten() {
+                        if i["type"]["coding"][0]["code"] == "MR" {
+                            bundle_mrns.insert(format!(
+                                "{}|{}",
+                                i["system"].as_str().unwrap(),
+                                i["value"].as_str().unwrap()
+                            ));
+                        }
+                    }
+                }
+            }
             let r = app.post("$process-message", &bundle).await;
             let status = r.status();
             let body = r.text().await.unwrap();
@@ -672,10 +784,18 @@ async fn real_corpus_acceptance() {
                 .iter()
                 .map(|m| match crossway::hl7v2::parse_bytes(m.as_bytes()) {
                     Err(e) => (format!("AR {e}"), false),
-                    Ok(msg) => match crossway::hie::adt::notice(&msg, &mappings.feeds, &mappings.identity) {
-                        Ok(n) => (format!("AA {} {:?} {:?}", n.event, n.effect, n.warnings), true),
-                        Err(e) => (format!("{} {e}", if e.reject { "AR" } else { "AE" }), false),
-                    },
+                    Ok(msg) => {
+                        match crossway::hie::adt::notice(&msg, &mappings.feeds, &mappings.identity)
+                        {
+                            Ok(n) => (
+                                format!("AA {} {:?} {:?}", n.event, n.effect, n.warnings),
+                                true,
+                            ),
+                            Err(e) => {
+                                (format!("{} {e}", if e.reject { "AR" } else { "AE" }), false)
+                            }
+                        }
+                    }
                 })
                 .collect()
         };
@@ -690,6 +810,10 @@ async fn real_corpus_acceptance() {
             let answer: String = answer.chars().take(300).collect();
             println!("{} {name}: {answer}", if ok { "ok " } else { "BAD" });
         }
+    }
+    for mrn in &bundle_mrns {
+        let found = app.search_ids(&format!("Patient?identifier={mrn}")).await;
+        println!("Patient?identifier={mrn}: {} Patient(s)", found.len());
     }
     for (source, (n, ok)) in &per_source {
         println!("{source}: {ok}/{n}");

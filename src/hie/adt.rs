@@ -101,6 +101,12 @@ pub fn notice(
     let effect = tables.effect(trigger);
     let offset = facility.utc_offset.as_deref();
     let mut notice = Notice::new(source.clone(), control_id, "hl7v2", event, effect);
+    if let Some(deviation) = msg.delimiters().leniency() {
+        notice.warnings.push(format!(
+            "MSH-2 read as {:?} ({deviation}: the escape character was written twice)",
+            msg.delimiters().encoding_chars()
+        ));
+    }
     if effect == Effect::Ignore {
         return Ok(notice);
     }

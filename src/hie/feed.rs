@@ -12,7 +12,7 @@ use crate::identity::Identifier;
 use crate::identity::cache::IdentityCache;
 use crate::mapping::{Live, Mappings};
 use crate::store::InboundMessage;
-use crate::telemetry::metrics::{HL7_ACK_LATENCY, HL7_MESSAGES};
+use crate::telemetry::metrics::{FEED_TOLERATED, HL7_ACK_LATENCY, HL7_MESSAGES};
 
 #[derive(Clone)]
 pub struct Feed {
@@ -153,6 +153,14 @@ impl Feed {
                 return (ack.as_ref().map(|_| AckCode::Reject), ack.map(|a| vec![a]));
             }
         };
+        if let Some(deviation) = msg.delimiters().leniency() {
+            tracing::warn!(
+                message = "HL7 v2 message taken although its MSH-2 deviates from the standard.",
+                deviation,
+                read_as = %msg.delimiters().encoding_chars()
+            );
+            metrics::counter!(FEED_TOLERATED, "deviation" => deviation).increment(1);
+        }
         let outcome = self.outcome_hl7v2(&msg).await;
         let ack = |code: AckCode, errors: &[AckError]| {
             hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors)

@@ -837,3 +837,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// MSH-2 as real senders write it: the escape character doubled (a message copied out
+/// of a string literal) or the v2.7 truncation character are taken, with a warning and
+/// a count; a repeated delimiter with no single reading, or too few characters, is AR
+/// naming MSH-2. Over MLLP.
+#[tokio::test]
+async fn msh2_deviations_with_one_meaning_are_taken_and_counted_others_get_ar() {
+    let app = spawn_app_with(&[("CROSSWAY_METRICS_TOKEN", "metrics-token-for-tests")]).await;
+    let standard = "MSH|^~\\&|EPIC|";
+    let doubled = adt("A01", "m2-1", &mrn("M2-1"), "V1").replace(standard, "MSH|^~\\\\&|EPIC|");
+    let ack = app.send_hl7(&doubled).await;
+    assert_eq!(ack_code(&ack), "AA", "{ack}");
+    assert!(ack.starts_with("MSH|^~\\&|CROSSWAY|"), "exact out: {ack}");
+    assert_eq!(patients(&app, "M2-1").await.len(), 1);
+
+    let truncation = adt("A01", "m2-2", &mrn("M2-2"), "V2").replace(standard, "MSH|^~\\&#|EPIC|");
+    let ack = app.send_hl7(&truncation).await;
+    assert_eq!(ack_code(&ack), "AA", "{ack}");
+    assert_eq!(patients(&app, "M2-2").await.len(), 1);
+
+    for (n, bad) in ["MSH|^~^&|EPIC|", "MSH|^~|EPIC|", "MSH|^~\\&&|EPIC|"]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = adt("A01", &format!("m2-bad-{n}"), &mrn("M2-3"), "V3").replace(standard, bad);
+        let ack = app.send_hl7(&msg).await;
+        assert_eq!(ack_code(&ack), "AR", "{bad}: {ack}");
+        assert!(ack.contains("MSH^1^2"), "ERR names MSH-2: {ack}");
+    }
+    assert!(patients(&app, "M2-3").await.is_empty());
+
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.addr))
+        .bearer_auth("metrics-token-for-tests")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("feed_deviations_tolerated_total{deviation=\"msh2-doubled-escape\"} 1"),
+        "{text}"
+    );
+}

@@ -117,12 +117,21 @@ pub fn notice(
             "the PID segment is required for this event",
         ));
     }
+    let before = notice.warnings.len();
     notice.identifiers = identifiers(msg, "PID", 1, 3, &source, rules, &mut notice.warnings);
     if notice.identifiers.is_empty() {
+        let why = notice.warnings[before..].join("; ");
         return Err(NoticeError::error(
             ErrorCode::RequiredFieldMissing,
             "PID-3",
-            "no trusted person-level identifier (empty CX.1, untrusted authority or visit-level type)",
+            &format!(
+                "no trusted person-level identifier (empty CX.1, untrusted authority or visit-level type){}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            ),
         ));
     }
     notice.patient = patient(msg, &notice.identifiers, &mut notice.warnings);
@@ -197,24 +206,35 @@ fn identifiers(
         let (namespace, universal_id, universal_id_type) =
             (part(&rep, 4, 1), part(&rep, 4, 2), part(&rep, 4, 3));
         let kind = part(&rep, 5, 1);
+        let (facility_namespace, facility_universal_id) = (part(&rep, 6, 1), part(&rep, 6, 2));
         let cx = Cx {
             value: &value,
             namespace: &namespace,
             universal_id: &universal_id,
             universal_id_type: &universal_id_type,
             kind: &kind,
+            facility_namespace: &facility_namespace,
+            facility_universal_id: &facility_universal_id,
         };
-        match rules.from_cx(source, &cx) {
-            Ok(id) => out.push(id),
-            Err(why) => warnings.push(format!(
-                "{segment}{}-{field}[{}] ignored: {why}",
+        let at = || {
+            format!(
+                "{segment}{}-{field}[{}]",
                 if occurrence > 1 {
                     format!("[{occurrence}]")
                 } else {
                     String::new()
                 },
                 n + 1
-            )),
+            )
+        };
+        match rules.from_cx_noted(source, &cx) {
+            Ok((id, note)) => {
+                if let Some(note) = note {
+                    warnings.push(format!("{}: {note}", at()));
+                }
+                out.push(id);
+            }
+            Err(why) => warnings.push(format!("{} ignored: {why}", at())),
         }
     }
     out.sort();

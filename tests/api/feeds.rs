@@ -882,3 +882,58 @@ async fn msh2_deviations_with_one_meaning_are_taken_and_counted_others_get_ar() 
         "{text}"
     );
 }
+
+/// Identifiers without an assigning authority (a bare MRN, CX.4 empty with CX.6 filled,
+/// a local type code) are never guessed: dead letters naming the rule to write. With a
+/// source rule (assumed authority, CX.6 standing in, `MRN` → `MR`), reloaded by SIGHUP,
+/// `dlq replay --all` applies each once and the patients are found by the facility's
+/// MRN system; a resend changes nothing. Over MLLP.
+#[tokio::test]
+async fn bare_mrns_resolve_under_a_source_rule_after_reload_and_replay() {
+    let dir = crate::helpers::copy_of_mappings();
+    let app = spawn_app_with(&[("CROSSWAY_MAPPINGS_DIR", dir.to_str().unwrap())]).await;
+    let bare = adt("A01", "bare-1", "135769^^^^MR", "VB1");
+    let cx6 = adt("A01", "bare-2", "MRN12345^^^^MRN^SMH", "VB2");
+    for m in [&bare, &cx6] {
+        let ack = app.send_hl7(m).await;
+        assert_eq!(ack_code(&ack), "AE", "{ack}");
+        assert!(
+            ack.contains("assume_authority"),
+            "names the rule to write: {ack}"
+        );
+    }
+    assert!(patients(&app, "135769").await.is_empty());
+
+    let sources = dir.join("identity/sources.toml");
+    let mut text = std::fs::read_to_string(&sources).unwrap();
+    text.push_str(
+        "\n[[source]]\nid = \"source.smh\"\nfacility = \"SMH\"\nstand_in = [\"CX.6\"]\n\
+         assume_authority = \"SMH\"\ntype_aliases = { MRN = \"MR\" }\n",
+    );
+    std::fs::write(&sources, text).unwrap();
+    app.hangup();
+    for _ in 0..200 {
+        if app.logs.lock().unwrap().contains("Mappings reloaded.") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = app.operator(&["dlq", "replay", "--all"]);
+    assert_eq!(out.matches("replayed: Applied").count(), 2, "{out}");
+    for mrn in ["135769", "MRN12345"] {
+        let found = patients(&app, mrn).await;
+        assert_eq!(found.len(), 1, "{mrn} on {MRN_SYSTEM}");
+        assert_eq!(encounters(&app, &found[0]).await.len(), 1);
+    }
+    // Resent after the replay: answered AA, applied once.
+    for m in [&bare, &cx6] {
+        assert_eq!(ack_code(&app.send_hl7(m).await), "AA");
+    }
+    let found = patients(&app, "135769").await;
+    assert_eq!(
+        encounters(&app, &found[0]).await[0]["meta"]["versionId"],
+        "1"
+    );
+    assert!(app.operator(&["dlq", "list"]).trim().is_empty());
+    std::fs::remove_dir_all(dir).ok();
+}

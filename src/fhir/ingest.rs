@@ -282,6 +282,8 @@ async fn encounter(
     if let Some(class) = &change.class {
         enc["class"] =
             json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class});
+    } else if let Some(class) = &change.class_local {
+        enc["class"] = class.clone();
     }
     let had_start = enc.pointer("/period/start").is_some();
     let had_end = enc.pointer("/period/end").is_some();
@@ -304,6 +306,8 @@ async fn encounter(
                 if let Some(d) = &change.disposition {
                     enc["hospitalization"] = json!({"dischargeDisposition": {"coding": [{
                         "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": d}]}});
+                } else if let Some(d) = &change.disposition_local {
+                    enc["hospitalization"] = json!({"dischargeDisposition": d});
                 }
                 if !had_end {
                     event = Some("client.discharged");

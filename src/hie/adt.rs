@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::tables::{Effect, FeedTables};
+use super::tables::{Effect, FeedTables, Unmapped};
 use super::{EncounterChange, Notice, NoticeError, hl7_time};
 use crate::hl7v2::{ErrorCode, Message, Repetition};
 use crate::identity::{Identifier, IdentityRules, rules::Cx};
@@ -169,7 +169,8 @@ pub fn notice(
         | Effect::Transfer
         | Effect::CancelAdmit
         | Effect::CancelDischarge => {
-            notice.encounter = Some(encounter(msg, effect, tables, offset, &notice)?);
+            let change = encounter(msg, effect, tables, offset, &mut notice)?;
+            notice.encounter = Some(change);
         }
         Effect::Update | Effect::Ignore => {}
     }
@@ -350,12 +351,18 @@ fn birth_date(raw: &str) -> Option<String> {
     }
 }
 
+/// The sender's own code space for an HL7 table: the code is kept, never passed off as
+/// a standard one.
+fn local_system(source: &str, table: &str) -> String {
+    format!("urn:crossway:code:{source}:{table}")
+}
+
 fn encounter(
     msg: &Message<'_>,
     effect: Effect,
     tables: &FeedTables,
     offset: Option<&str>,
-    notice: &Notice,
+    notice: &mut Notice,
 ) -> Result<EncounterChange, NoticeError> {
     let time = |path: &str| -> Result<Option<String>, NoticeError> {
         let raw = text(msg, path);
@@ -375,29 +382,76 @@ fn encounter(
         Some(t) => Some(t),
         None => time("EVN-2.1")?,
     };
+    let policies = tables.unmapped();
     let visit = text(msg, "PV1-19.1");
-    let class_code = text(msg, "PV1-2");
+    let class_code = text(msg, "PV1-2.1");
+    let mut class_local = None;
     let class = match class_code.as_str() {
         "" => None,
-        c => Some(tables.patient_class(c).map(str::to_string).ok_or_else(|| {
-            NoticeError::error(
-                ErrorCode::TableValueNotFound,
-                "PV1-2",
-                &format!(
-                    "patient class {c:?} has no mapping (rule hie/feeds.toml [patient_class], target Encounter.class)"
-                ),
-            )
-        })?),
+        c => match (tables.patient_class(c), policies.patient_class) {
+            (Some(mapped), _) => Some(mapped.to_string()),
+            (None, Unmapped::Keep) => {
+                class_local = Some(json!({
+                    "system": local_system(&notice.source, "patient_class"), "code": c}));
+                notice.warnings.push(format!(
+                    "PV1-2: patient class {c:?} has no mapping; kept as sent (hie/feeds.toml [unmapped] patient_class = \"keep\")"
+                ));
+                notice.kept_codes.push("patient_class");
+                None
+            }
+            (None, Unmapped::DeadLetter) => {
+                return Err(NoticeError::error(
+                    ErrorCode::TableValueNotFound,
+                    "PV1-2",
+                    &format!(
+                        "patient class {c:?} has no mapping (rule hie/feeds.toml [patient_class], target Encounter.class; or [unmapped] patient_class = \"keep\")"
+                    ),
+                ));
+            }
+        },
     };
-    let disposition = match text(msg, "PV1-36").as_str() {
+    // Only a discharge records a disposition: any other event leaves PV1-36 unread,
+    // whatever it holds.
+    let mut disposition_local = None;
+    let disposition_code = if effect == Effect::Discharge {
+        text(msg, "PV1-36.1")
+    } else {
+        String::new()
+    };
+    let disposition = match disposition_code.as_str() {
         "" => None,
-        d => Some(tables.discharge_disposition(d).map(str::to_string).ok_or_else(|| {
-            NoticeError::error(
-                ErrorCode::TableValueNotFound,
-                "PV1-36",
-                &format!("discharge disposition {d:?} has no mapping (rule hie/feeds.toml [discharge_disposition], target Encounter.hospitalization.dischargeDisposition)"),
-            )
-        })?),
+        d => match (
+            tables.discharge_disposition(d),
+            policies.discharge_disposition,
+        ) {
+            (Some(mapped), _) => Some(mapped.to_string()),
+            (None, Unmapped::Keep) => {
+                let display = text(msg, "PV1-36.2");
+                let mut coding = json!({
+                    "system": local_system(&notice.source, "discharge_disposition"), "code": d});
+                if !display.is_empty() {
+                    coding["display"] = json!(display);
+                }
+                disposition_local = Some(json!({
+                    "coding": [coding],
+                    "text": if display.is_empty() { d.to_string() } else { display },
+                }));
+                notice.warnings.push(format!(
+                    "PV1-36: discharge disposition {d:?} has no mapping; kept as sent (hie/feeds.toml [unmapped] discharge_disposition = \"keep\")"
+                ));
+                notice.kept_codes.push("discharge_disposition");
+                None
+            }
+            (None, Unmapped::DeadLetter) => {
+                return Err(NoticeError::error(
+                    ErrorCode::TableValueNotFound,
+                    "PV1-36",
+                    &format!(
+                        "discharge disposition {d:?} has no mapping (rule hie/feeds.toml [discharge_disposition], target Encounter.hospitalization.dischargeDisposition; or [unmapped] discharge_disposition = \"keep\")"
+                    ),
+                ));
+            }
+        },
     };
     let start = match time("PV1-44.1")? {
         Some(t) => Some(t),
@@ -419,6 +473,8 @@ fn encounter(
         },
         system: None,
         class,
+        class_local,
+        disposition_local,
         start,
         end,
         disposition,

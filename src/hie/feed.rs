@@ -12,7 +12,9 @@ use crate::identity::Identifier;
 use crate::identity::cache::IdentityCache;
 use crate::mapping::{Live, Mappings};
 use crate::store::InboundMessage;
-use crate::telemetry::metrics::{FEED_TOLERATED, HL7_ACK_LATENCY, HL7_MESSAGES};
+use crate::telemetry::metrics::{
+    FEED_TOLERATED, FEED_UNMAPPED_CODES, HL7_ACK_LATENCY, HL7_MESSAGES,
+};
 
 #[derive(Clone)]
 pub struct Feed {
@@ -311,6 +313,9 @@ impl Feed {
         let mut record = row(source, control, format, event, body);
         let invalid = match notice {
             Ok(n) => {
+                for table in &n.kept_codes {
+                    metrics::counter!(FEED_UNMAPPED_CODES, "table" => *table).increment(1);
+                }
                 for w in &n.warnings {
                     tracing::warn!(message = "Feed message: identifier ignored.", source, control_id = control, detail = %w);
                 }

@@ -16,7 +16,7 @@ pub mod notification;
 pub mod tables;
 
 pub use feed::Feed;
-pub use tables::{Effect, FeedTables};
+pub use tables::{Effect, FeedTables, Unmapped};
 
 use serde_json::Value;
 
@@ -44,6 +44,9 @@ pub struct Notice {
     pub encounter: Option<EncounterChange>,
     /// A merge's retired identifiers (MRG-1), or an unlink's second record.
     pub retired: Vec<Identifier>,
+    /// Tables whose unmapped code the message carries through under the `keep`
+    /// policy, for the count.
+    pub kept_codes: Vec<&'static str>,
 }
 
 impl Notice {
@@ -81,6 +84,12 @@ impl Notice {
                 if let Some(system) = &e.system {
                     v["system"] = serde_json::json!(system);
                 }
+                if let Some(class) = &e.class_local {
+                    v["class_local"] = class.clone();
+                }
+                if let Some(d) = &e.disposition_local {
+                    v["disposition_local"] = d.clone();
+                }
                 v
             }),
         })
@@ -105,6 +114,7 @@ impl Notice {
             patient: Value::Null,
             encounter: None,
             retired: Vec::new(),
+            kept_codes: Vec::new(),
         }
     }
 }
@@ -124,6 +134,12 @@ pub struct EncounterChange {
     pub start: Option<String>,
     pub end: Option<String>,
     pub disposition: Option<String>,
+    /// A patient class no table maps, kept as the sender wrote it (a `Coding` in a
+    /// system naming the sender and the table), in place of `class`.
+    pub class_local: Option<Value>,
+    /// A discharge disposition kept as sent (a `CodeableConcept`), in place of
+    /// `disposition`.
+    pub disposition_local: Option<Value>,
     /// When the event happened (EVN-6, else EVN-2).
     pub occurred: Option<String>,
 }

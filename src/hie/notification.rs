@@ -199,6 +199,17 @@ pub fn notice(
         None if effect == Effect::Admit => occurred.clone(),
         None => None,
     };
+    const DISPOSITION: &str = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
+    let sent_disposition = encounter.pointer("/hospitalization/dischargeDisposition");
+    let standard_disposition = sent_disposition
+        .and_then(|d| d.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("system").and_then(Value::as_str) == Some(DISPOSITION))
+        .and_then(|c| c.get("code"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     notice.encounter = Some(EncounterChange {
         key: match part("value") {
             Some(v) => format!("visit:{v}"),
@@ -208,10 +219,14 @@ pub fn notice(
         class: text("/class/code"),
         start,
         end,
-        disposition: encounter
-            .pointer("/hospitalization/dischargeDisposition/coding/0/code")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        disposition: standard_disposition.clone(),
+        class_local: None,
+        // A disposition in another code system is carried through as the sender wrote
+        // it, never relabelled as a standard code.
+        disposition_local: match (&standard_disposition, sent_disposition) {
+            (None, Some(d)) => Some(d.clone()),
+            _ => None,
+        },
         occurred,
     });
     Ok(notice)

@@ -937,3 +937,74 @@ async fn bare_mrns_resolve_under_a_source_rule_after_reload_and_replay() {
     assert!(app.operator(&["dlq", "list"]).trim().is_empty());
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A code no table maps: in a field the event does not need (PV1-36 on an admit, free
+/// text as real senders write it) it never stops the message; where the event needs it
+/// (a discharge) the table's policy decides: `dead-letter` (AE), or `keep`, which
+/// carries the sender's code through in a system naming the sender and the table, and
+/// counts it. Over MLLP, the policy changed by SIGHUP.
+#[tokio::test]
+async fn unmapped_codes_follow_their_tables_policy_and_unneeded_fields_never_stop_a_message() {
+    let dir = crate::helpers::copy_of_mappings();
+    let app = spawn_app_with(&[
+        ("CROSSWAY_MAPPINGS_DIR", dir.to_str().unwrap()),
+        ("CROSSWAY_METRICS_TOKEN", "metrics-token-for-tests"),
+    ])
+    .await;
+    let free_text = |trigger: &str, control: &str| {
+        adt(trigger, control, &mrn("UC-1"), "VUC")
+            .replace("|01|||SMH|", "|Admitted as Inpatient^Sample^ACR|||SMH|")
+    };
+    let ack = app.send_hl7(&free_text("A01", "uc-1")).await;
+    assert_eq!(
+        ack_code(&ack),
+        "AA",
+        "PV1-36 is not read on an admit: {ack}"
+    );
+    let ack = app.send_hl7(&free_text("A03", "uc-2")).await;
+    assert_eq!(ack_code(&ack), "AE", "{ack}");
+    assert!(
+        ack.contains("PV1-36") && ack.contains("[unmapped]"),
+        "{ack}"
+    );
+
+    let feeds = dir.join("hie/feeds.toml");
+    let text = std::fs::read_to_string(&feeds).unwrap().replace(
+        "discharge_disposition = \"dead-letter\"",
+        "discharge_disposition = \"keep\"",
+    );
+    std::fs::write(&feeds, text).unwrap();
+    app.hangup();
+    for _ in 0..200 {
+        if app.logs.lock().unwrap().contains("Mappings reloaded.") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let ack = app.send_hl7(&free_text("A03", "uc-3")).await;
+    assert_eq!(ack_code(&ack), "AA", "{ack}");
+    let patient = patients(&app, "UC-1").await.remove(0);
+    let enc = encounters(&app, &patient).await;
+    assert_eq!(enc.len(), 1);
+    assert_eq!(enc[0]["status"], "finished");
+    let coding = &enc[0]["hospitalization"]["dischargeDisposition"]["coding"][0];
+    assert_eq!(
+        coding["system"],
+        "urn:crossway:code:SMH:discharge_disposition"
+    );
+    assert_eq!(coding["code"], "Admitted as Inpatient");
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.addr))
+        .bearer_auth("metrics-token-for-tests")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("feed_unmapped_codes_kept_total{table=\"discharge_disposition\"} 1"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -751,6 +751,8 @@ async fn real_corpus_acceptance() {
     files.sort();
     let (mut total, mut applied) = (0, 0);
     let mut bundle_mrns = std::collections::BTreeSet::new();
+    // Patient-level messages the pure code applies, for the live check.
+    let mut live = Vec::new();
     let mut per_source: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
     for file in files {
         let name = file.strip_prefix(&corpus).unwrap().display().to_string();
@@ -787,10 +789,15 @@ async fn real_corpus_acceptance() {
                     Ok(msg) => {
                         match crossway::hie::adt::notice(&msg, &mappings.feeds, &mappings.identity)
                         {
-                            Ok(n) => (
-                                format!("AA {} {:?} {:?}", n.event, n.effect, n.warnings),
-                                true,
-                            ),
+                            Ok(n) => {
+                                if n.effect != crossway::hie::Effect::Ignore {
+                                    live.push((name.clone(), m.clone(), n.identifiers.clone()));
+                                }
+                                (
+                                    format!("AA {} {:?} {:?}", n.event, n.effect, n.warnings),
+                                    true,
+                                )
+                            }
                             Err(e) => {
                                 (format!("{} {e}", if e.reject { "AR" } else { "AE" }), false)
                             }
@@ -814,6 +821,37 @@ async fn real_corpus_acceptance() {
     for mrn in &bundle_mrns {
         let found = app.search_ids(&format!("Patient?identifier={mrn}")).await;
         println!("Patient?identifier={mrn}: {} Patient(s)", found.len());
+    }
+    // Each patient-level message on a gateway of its own (the corpus reuses MSH-10
+    // across messages, which one gateway would rightly take as resends): applied, no
+    // dead letter, and every identifier finds exactly one Patient on /fhir.
+    if std::env::var("CROSSWAY_FEED_CORPUS_LIVE").is_ok() {
+        let mut findable = 0;
+        for (name, message, ids) in &live {
+            let gw = spawn_app_with(&[("CROSSWAY_MAPPINGS_DIR", dir.to_str().unwrap())]).await;
+            let mut client = crossway::mllp::Client::connect(&gw.mllp_addr)
+                .await
+                .unwrap()
+                .with_timeout(std::time::Duration::from_secs(2));
+            // Enhanced mode with application ACKs NE: a CA or nothing comes back.
+            let _ = client.send(message.as_bytes()).await;
+            let mut ok = gw.operator(&["dlq", "list"]).trim().is_empty();
+            for id in ids {
+                let found = gw
+                    .search_ids(&format!("Patient?identifier={}|{}", id.system, id.value))
+                    .await;
+                ok &= found.len() == 1;
+            }
+            if ok {
+                findable += 1;
+            } else {
+                println!("NOT FOUND {name}: {ids:?}");
+            }
+        }
+        println!(
+            "patient-level messages findable by every identifier: {findable}/{}",
+            live.len()
+        );
     }
     for (source, (n, ok)) in &per_source {
         println!("{source}: {ok}/{n}");

@@ -223,7 +223,7 @@ fn hl7_output(bytes: &[u8], mappings: &Mappings) -> (Value, Vec<String>) {
 }
 
 /// Fields with a value (not empty, not `""`), as `SEG-n`; MSH-1 and MSH-2 excluded.
-fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<String> {
+pub(super) fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<String> {
     let mut out = BTreeSet::new();
     for segment in msg.segments() {
         let header = segment.id() == "MSH";

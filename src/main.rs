@@ -66,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Captured HIE traffic: what the gateway would make of it, and the rules it needs.
+    Feeds {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: FeedsCommand,
+    },
     /// The declarative rules in mappings/: check them, test them against their
     /// samples, try a changed set against stored traffic.
     Mappings {
@@ -92,6 +99,30 @@ enum EhrCommand {
     /// failures in a row, last and next attempt, and the error with the server's
     /// diagnostics. Tab-separated, longest failing first.
     Stuck,
+}
+
+#[derive(Subcommand)]
+enum FeedsCommand {
+    /// Per sender: message types, versions, processing ids, the ACK each message would
+    /// get and why, identifier authorities and types and how they resolve, codes per
+    /// table, fields no rule reads. Files of one or many messages (CR, LF, CRLF, BOM,
+    /// batches, MLLP frames) or Da Vinci Bundles; directories are walked. No store, no
+    /// network.
+    Profile {
+        /// Captured files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The mappings the traffic is profiled against.
+        #[arg(long, default_value = "mappings")]
+        dir: PathBuf,
+        /// Write a copy of the mappings with the drafted rules (choices marked CHOOSE)
+        /// and the messages as hie/samples with their expected outputs.
+        #[arg(long)]
+        draft: Option<PathBuf>,
+        /// The profile as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,8 +262,8 @@ mod operator {
     //! Operator commands: print for people, exit non-zero when something failed.
 
     use super::{
-        AddClient, ClientsCommand, DlqCommand, EhrCommand, IdentityCommand, KeysCommand,
-        MappingsCommand,
+        AddClient, ClientsCommand, DlqCommand, EhrCommand, FeedsCommand, IdentityCommand,
+        KeysCommand, MappingsCommand,
     };
     use crossway::auth::registry::{self, NewClient, PublicKeys};
     use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
@@ -569,6 +600,39 @@ mod operator {
         Ok(())
     }
 
+    pub fn feeds(settings: &Settings, command: FeedsCommand) -> anyhow::Result<()> {
+        use crossway::mapping::{Mappings, profile};
+        let FeedsCommand::Profile {
+            paths,
+            dir,
+            draft,
+            json,
+        } = command;
+        let organizations = settings.organization_ids();
+        let mappings = Mappings::load(&dir, &organizations).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let report = profile::profile(&paths, &mappings)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", profile::render(&report));
+        }
+        if let Some(to) = draft {
+            if to.exists() {
+                anyhow::bail!(
+                    "--draft {}: already exists; name a new directory",
+                    to.display()
+                );
+            }
+            profile::draft(&report, &dir, &to, &organizations)?;
+            eprintln!(
+                "drafted {}: review the CHOOSE: lines, then `crossway mappings test --dir {}`",
+                to.display(),
+                to.display()
+            );
+        }
+        Ok(())
+    }
+
     pub async fn mappings(
         settings: &Settings,
         dir: &std::path::Path,
@@ -712,6 +776,7 @@ fn main() -> ExitCode {
         | Command::Identity { config, .. }
         | Command::Clients { config, .. }
         | Command::Keys { config, .. }
+        | Command::Feeds { config, .. }
         | Command::Mappings { config, .. }
         | Command::Ehr { config, .. } => config.clone(),
     };
@@ -741,6 +806,7 @@ fn main() -> ExitCode {
             Command::Identity { command, .. } => operator::identity(&settings, command).await,
             Command::Clients { command, .. } => operator::clients(&settings, command).await,
             Command::Keys { command, .. } => operator::keys(&settings, command),
+            Command::Feeds { command, .. } => operator::feeds(&settings, command),
             Command::Mappings { command, dir, .. } => {
                 operator::mappings(&settings, &dir, command).await
             }

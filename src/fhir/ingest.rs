@@ -83,7 +83,10 @@ impl Inbound {
             if let Some(change) = &notice.encounter {
                 wanted.resources.push((
                     "Encounter".into(),
-                    encounter_id(&notice.source, &change.key),
+                    encounter_id(
+                        change.system.as_deref().unwrap_or(&notice.source),
+                        &change.key,
+                    ),
                 ));
             }
         }
@@ -260,14 +263,15 @@ async fn encounter(
     patient_id: &str,
     now: i64,
 ) -> Result<(), FhirError> {
-    let id = encounter_id(&notice.source, &change.key);
+    let scope = change.system.as_deref().unwrap_or(&notice.source);
+    let id = encounter_id(scope, &change.key);
     let stored = tx.current("Encounter", &id).await?;
     let new = stored.is_none();
     let existing = stored.and_then(|s| serde_json::from_str::<Value>(&s.body).ok());
     let mut enc = existing.unwrap_or_else(|| {
         json!({
             "resourceType": "Encounter",
-            "identifier": [{"system": format!("urn:crossway:encounter:{}", notice.source), "value": change.key}],
+            "identifier": [{"system": format!("urn:crossway:encounter:{scope}"), "value": change.key}],
             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"},
         })
     });
@@ -278,6 +282,8 @@ async fn encounter(
     if let Some(class) = &change.class {
         enc["class"] =
             json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": class});
+    } else if let Some(class) = &change.class_local {
+        enc["class"] = class.clone();
     }
     let had_start = enc.pointer("/period/start").is_some();
     let had_end = enc.pointer("/period/end").is_some();
@@ -300,6 +306,8 @@ async fn encounter(
                 if let Some(d) = &change.disposition {
                     enc["hospitalization"] = json!({"dischargeDisposition": {"coding": [{
                         "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": d}]}});
+                } else if let Some(d) = &change.disposition_local {
+                    enc["hospitalization"] = json!({"dischargeDisposition": d});
                 }
                 if !had_end {
                     event = Some("client.discharged");

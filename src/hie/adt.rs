@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::tables::{Effect, FeedTables};
+use super::tables::{Effect, FeedTables, Unmapped};
 use super::{EncounterChange, Notice, NoticeError, hl7_time};
 use crate::hl7v2::{ErrorCode, Message, Repetition};
 use crate::identity::{Identifier, IdentityRules, rules::Cx};
@@ -101,6 +101,12 @@ pub fn notice(
     let effect = tables.effect(trigger);
     let offset = facility.utc_offset.as_deref();
     let mut notice = Notice::new(source.clone(), control_id, "hl7v2", event, effect);
+    if let Some(deviation) = msg.delimiters().leniency() {
+        notice.warnings.push(format!(
+            "MSH-2 read as {:?} ({deviation}: the escape character was written twice)",
+            msg.delimiters().encoding_chars()
+        ));
+    }
     if effect == Effect::Ignore {
         return Ok(notice);
     }
@@ -111,12 +117,21 @@ pub fn notice(
             "the PID segment is required for this event",
         ));
     }
+    let before = notice.warnings.len();
     notice.identifiers = identifiers(msg, "PID", 1, 3, &source, rules, &mut notice.warnings);
     if notice.identifiers.is_empty() {
+        let why = notice.warnings[before..].join("; ");
         return Err(NoticeError::error(
             ErrorCode::RequiredFieldMissing,
             "PID-3",
-            "no trusted person-level identifier (empty CX.1, untrusted authority or visit-level type)",
+            &format!(
+                "no trusted person-level identifier (empty CX.1, untrusted authority or visit-level type){}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            ),
         ));
     }
     notice.patient = patient(msg, &notice.identifiers, &mut notice.warnings);
@@ -154,7 +169,8 @@ pub fn notice(
         | Effect::Transfer
         | Effect::CancelAdmit
         | Effect::CancelDischarge => {
-            notice.encounter = Some(encounter(msg, effect, tables, offset, &notice)?);
+            let change = encounter(msg, effect, tables, offset, &mut notice)?;
+            notice.encounter = Some(change);
         }
         Effect::Update | Effect::Ignore => {}
     }
@@ -191,24 +207,35 @@ fn identifiers(
         let (namespace, universal_id, universal_id_type) =
             (part(&rep, 4, 1), part(&rep, 4, 2), part(&rep, 4, 3));
         let kind = part(&rep, 5, 1);
+        let (facility_namespace, facility_universal_id) = (part(&rep, 6, 1), part(&rep, 6, 2));
         let cx = Cx {
             value: &value,
             namespace: &namespace,
             universal_id: &universal_id,
             universal_id_type: &universal_id_type,
             kind: &kind,
+            facility_namespace: &facility_namespace,
+            facility_universal_id: &facility_universal_id,
         };
-        match rules.from_cx(source, &cx) {
-            Ok(id) => out.push(id),
-            Err(why) => warnings.push(format!(
-                "{segment}{}-{field}[{}] ignored: {why}",
+        let at = || {
+            format!(
+                "{segment}{}-{field}[{}]",
                 if occurrence > 1 {
                     format!("[{occurrence}]")
                 } else {
                     String::new()
                 },
                 n + 1
-            )),
+            )
+        };
+        match rules.from_cx_noted(source, &cx) {
+            Ok((id, note)) => {
+                if let Some(note) = note {
+                    warnings.push(format!("{}: {note}", at()));
+                }
+                out.push(id);
+            }
+            Err(why) => warnings.push(format!("{} ignored: {why}", at())),
         }
     }
     out.sort();
@@ -324,12 +351,18 @@ fn birth_date(raw: &str) -> Option<String> {
     }
 }
 
+/// The sender's own code space for an HL7 table: the code is kept, never passed off as
+/// a standard one.
+fn local_system(source: &str, table: &str) -> String {
+    format!("urn:crossway:code:{source}:{table}")
+}
+
 fn encounter(
     msg: &Message<'_>,
     effect: Effect,
     tables: &FeedTables,
     offset: Option<&str>,
-    notice: &Notice,
+    notice: &mut Notice,
 ) -> Result<EncounterChange, NoticeError> {
     let time = |path: &str| -> Result<Option<String>, NoticeError> {
         let raw = text(msg, path);
@@ -349,29 +382,76 @@ fn encounter(
         Some(t) => Some(t),
         None => time("EVN-2.1")?,
     };
+    let policies = tables.unmapped();
     let visit = text(msg, "PV1-19.1");
-    let class_code = text(msg, "PV1-2");
+    let class_code = text(msg, "PV1-2.1");
+    let mut class_local = None;
     let class = match class_code.as_str() {
         "" => None,
-        c => Some(tables.patient_class(c).map(str::to_string).ok_or_else(|| {
-            NoticeError::error(
-                ErrorCode::TableValueNotFound,
-                "PV1-2",
-                &format!(
-                    "patient class {c:?} has no mapping (rule hie/feeds.toml [patient_class], target Encounter.class)"
-                ),
-            )
-        })?),
+        c => match (tables.patient_class(c), policies.patient_class) {
+            (Some(mapped), _) => Some(mapped.to_string()),
+            (None, Unmapped::Keep) => {
+                class_local = Some(json!({
+                    "system": local_system(&notice.source, "patient_class"), "code": c}));
+                notice.warnings.push(format!(
+                    "PV1-2: patient class {c:?} has no mapping; kept as sent (hie/feeds.toml [unmapped] patient_class = \"keep\")"
+                ));
+                notice.kept_codes.push("patient_class");
+                None
+            }
+            (None, Unmapped::DeadLetter) => {
+                return Err(NoticeError::error(
+                    ErrorCode::TableValueNotFound,
+                    "PV1-2",
+                    &format!(
+                        "patient class {c:?} has no mapping (rule hie/feeds.toml [patient_class], target Encounter.class; or [unmapped] patient_class = \"keep\")"
+                    ),
+                ));
+            }
+        },
     };
-    let disposition = match text(msg, "PV1-36").as_str() {
+    // Only a discharge records a disposition: any other event leaves PV1-36 unread,
+    // whatever it holds.
+    let mut disposition_local = None;
+    let disposition_code = if effect == Effect::Discharge {
+        text(msg, "PV1-36.1")
+    } else {
+        String::new()
+    };
+    let disposition = match disposition_code.as_str() {
         "" => None,
-        d => Some(tables.discharge_disposition(d).map(str::to_string).ok_or_else(|| {
-            NoticeError::error(
-                ErrorCode::TableValueNotFound,
-                "PV1-36",
-                &format!("discharge disposition {d:?} has no mapping (rule hie/feeds.toml [discharge_disposition], target Encounter.hospitalization.dischargeDisposition)"),
-            )
-        })?),
+        d => match (
+            tables.discharge_disposition(d),
+            policies.discharge_disposition,
+        ) {
+            (Some(mapped), _) => Some(mapped.to_string()),
+            (None, Unmapped::Keep) => {
+                let display = text(msg, "PV1-36.2");
+                let mut coding = json!({
+                    "system": local_system(&notice.source, "discharge_disposition"), "code": d});
+                if !display.is_empty() {
+                    coding["display"] = json!(display);
+                }
+                disposition_local = Some(json!({
+                    "coding": [coding],
+                    "text": if display.is_empty() { d.to_string() } else { display },
+                }));
+                notice.warnings.push(format!(
+                    "PV1-36: discharge disposition {d:?} has no mapping; kept as sent (hie/feeds.toml [unmapped] discharge_disposition = \"keep\")"
+                ));
+                notice.kept_codes.push("discharge_disposition");
+                None
+            }
+            (None, Unmapped::DeadLetter) => {
+                return Err(NoticeError::error(
+                    ErrorCode::TableValueNotFound,
+                    "PV1-36",
+                    &format!(
+                        "discharge disposition {d:?} has no mapping (rule hie/feeds.toml [discharge_disposition], target Encounter.hospitalization.dischargeDisposition; or [unmapped] discharge_disposition = \"keep\")"
+                    ),
+                ));
+            }
+        },
     };
     let start = match time("PV1-44.1")? {
         Some(t) => Some(t),
@@ -391,7 +471,10 @@ fn encounter(
         } else {
             format!("visit:{visit}")
         },
+        system: None,
         class,
+        class_local,
+        disposition_local,
         start,
         end,
         disposition,

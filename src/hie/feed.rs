@@ -12,7 +12,9 @@ use crate::identity::Identifier;
 use crate::identity::cache::IdentityCache;
 use crate::mapping::{Live, Mappings};
 use crate::store::InboundMessage;
-use crate::telemetry::metrics::{HL7_ACK_LATENCY, HL7_MESSAGES};
+use crate::telemetry::metrics::{
+    FEED_TOLERATED, FEED_UNMAPPED_CODES, HL7_ACK_LATENCY, HL7_MESSAGES,
+};
 
 #[derive(Clone)]
 pub struct Feed {
@@ -80,7 +82,12 @@ fn ack_id() -> String {
 pub fn stored_notice(message: &InboundMessage, mappings: &Mappings) -> Result<Notice, NoticeError> {
     match message.format.as_str() {
         "fhir" => match serde_json::from_str::<Value>(&message.body) {
-            Ok(bundle) => notification::notice(&bundle, &mappings.identity),
+            // A message keyed by its client was stored under `client:<id>`.
+            Ok(bundle) => notification::notice(
+                &bundle,
+                &mappings.identity,
+                message.source.strip_prefix("client:"),
+            ),
             Err(e) => Err(NoticeError::reject(
                 ErrorCode::DataType,
                 "Bundle",
@@ -148,6 +155,14 @@ impl Feed {
                 return (ack.as_ref().map(|_| AckCode::Reject), ack.map(|a| vec![a]));
             }
         };
+        if let Some(deviation) = msg.delimiters().leniency() {
+            tracing::warn!(
+                message = "HL7 v2 message taken although its MSH-2 deviates from the standard.",
+                deviation,
+                read_as = %msg.delimiters().encoding_chars()
+            );
+            metrics::counter!(FEED_TOLERATED, "deviation" => deviation).increment(1);
+        }
         let outcome = self.outcome_hl7v2(&msg).await;
         let ack = |code: AckCode, errors: &[AckError]| {
             hl7v2::ack(&msg, code, &ack_id(), &hl7_now(), errors)
@@ -270,10 +285,17 @@ impl Feed {
     }
 
     /// Handles one Da Vinci notification Bundle (`$process-message`).
-    pub async fn notification(&self, bundle: &Value, body: String) -> Result<Taken, FeedError> {
-        let (source, control) = notification::key(bundle).map_err(FeedError::Invalid)?;
+    /// `client` is the authenticated caller.
+    pub async fn notification(
+        &self,
+        bundle: &Value,
+        body: String,
+        client: &str,
+    ) -> Result<Taken, FeedError> {
+        let (source, control) =
+            notification::key(bundle, Some(client)).map_err(FeedError::Invalid)?;
         let event = notification::event(bundle);
-        let notice = notification::notice(bundle, &self.mappings.current().identity);
+        let notice = notification::notice(bundle, &self.mappings.current().identity, Some(client));
         self.take(notice, &source, &control, "fhir", &event, body)
             .await
     }
@@ -291,6 +313,9 @@ impl Feed {
         let mut record = row(source, control, format, event, body);
         let invalid = match notice {
             Ok(n) => {
+                for table in &n.kept_codes {
+                    metrics::counter!(FEED_UNMAPPED_CODES, "table" => *table).increment(1);
+                }
                 for w in &n.warnings {
                     tracing::warn!(message = "Feed message: identifier ignored.", source, control_id = control, detail = %w);
                 }

@@ -16,7 +16,7 @@ pub mod notification;
 pub mod tables;
 
 pub use feed::Feed;
-pub use tables::{Effect, FeedTables};
+pub use tables::{Effect, FeedTables, Unmapped};
 
 use serde_json::Value;
 
@@ -44,6 +44,9 @@ pub struct Notice {
     pub encounter: Option<EncounterChange>,
     /// A merge's retired identifiers (MRG-1), or an unlink's second record.
     pub retired: Vec<Identifier>,
+    /// Tables whose unmapped code the message carries through under the `keep`
+    /// policy, for the count.
+    pub kept_codes: Vec<&'static str>,
 }
 
 impl Notice {
@@ -69,14 +72,26 @@ impl Notice {
             "retired": ids(&self.retired),
             "warnings": self.warnings,
             "patient": self.patient,
-            "encounter": self.encounter.as_ref().map(|e| serde_json::json!({
+            "encounter": self.encounter.as_ref().map(|e| {
+                let mut v = serde_json::json!({
                 "key": e.key,
                 "class": e.class,
                 "start": e.start,
                 "end": e.end,
                 "disposition": e.disposition,
                 "occurred": e.occurred,
-            })),
+                });
+                if let Some(system) = &e.system {
+                    v["system"] = serde_json::json!(system);
+                }
+                if let Some(class) = &e.class_local {
+                    v["class_local"] = class.clone();
+                }
+                if let Some(d) = &e.disposition_local {
+                    v["disposition_local"] = d.clone();
+                }
+                v
+            }),
         })
     }
 
@@ -99,6 +114,7 @@ impl Notice {
             patient: Value::Null,
             encounter: None,
             retired: Vec::new(),
+            kept_codes: Vec::new(),
         }
     }
 }
@@ -109,11 +125,21 @@ impl Notice {
 pub struct EncounterChange {
     /// Identifies the encounter within the source (`visit:<PV1-19>`).
     pub key: String,
+    /// The system of the encounter's own identifier when the message names one (a FHIR
+    /// `Encounter.identifier`): the key is then scoped by it rather than by the message
+    /// source, so that one encounter relayed by several senders stays one.
+    pub system: Option<String>,
     /// v3 ActCode (`IMP`, `EMER`, `AMB`).
     pub class: Option<String>,
     pub start: Option<String>,
     pub end: Option<String>,
     pub disposition: Option<String>,
+    /// A patient class no table maps, kept as the sender wrote it (a `Coding` in a
+    /// system naming the sender and the table), in place of `class`.
+    pub class_local: Option<Value>,
+    /// A discharge disposition kept as sent (a `CodeableConcept`), in place of
+    /// `disposition`.
+    pub disposition_local: Option<Value>,
     /// When the event happened (EVN-6, else EVN-2).
     pub occurred: Option<String>,
 }

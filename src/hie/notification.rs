@@ -11,8 +11,12 @@ fn invalid(path: &str, rule: &str) -> NoticeError {
     NoticeError::reject(ErrorCode::RequiredFieldMissing, path, rule)
 }
 
-/// The deduplication key: `Bundle.identifier` (system, value).
-pub fn key(bundle: &Value) -> Result<(String, String), NoticeError> {
+/// The deduplication key. `Bundle.identifier` (system, value) when the sender gives
+/// one; otherwise the message's own identity in FHIR messaging, `MessageHeader.id`
+/// within its source: `MessageHeader.source.endpoint`, or (an endpoint being required
+/// by FHIR, this is for senders that leave it out) the authenticated client, as
+/// `client:<id>`.
+pub fn key(bundle: &Value, client: Option<&str>) -> Result<(String, String), NoticeError> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
         || bundle.get("type").and_then(Value::as_str) != Some("message")
     {
@@ -21,18 +25,31 @@ pub fn key(bundle: &Value) -> Result<(String, String), NoticeError> {
             "$process-message takes a Bundle of type message",
         ));
     }
-    let id = bundle.get("identifier");
-    let part = |name: &str| {
-        id.and_then(|i| i.get(name))
+    let text = |v: Option<&Value>, name: &str| {
+        v.and_then(|i| i.get(name))
             .and_then(Value::as_str)
+            .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     };
-    match (part("system"), part("value")) {
-        (Some(s), Some(v)) => Ok((s, v)),
-        _ => Err(invalid(
-            "Bundle.identifier",
-            "system and value are required: they are the deduplication key",
+    let id = bundle.get("identifier");
+    if let (Some(s), Some(v)) = (text(id, "system"), text(id, "value")) {
+        return Ok((s, v));
+    }
+    let header = header(bundle);
+    let Some(control) = text(header, "id") else {
+        return Err(invalid(
+            "MessageHeader.id",
+            "a message without Bundle.identifier (system and value) is identified by MessageHeader.id, which is required: it is the deduplication key",
+        ));
+    };
+    let endpoint = text(header.and_then(|h| h.get("source")), "endpoint");
+    match (endpoint, client.filter(|c| !c.is_empty())) {
+        (Some(e), _) => Ok((e, control)),
+        (None, Some(c)) => Ok((format!("client:{c}"), control)),
+        (None, None) => Err(invalid(
+            "MessageHeader.source.endpoint",
+            "the source endpoint is required: with MessageHeader.id it is the deduplication key",
         )),
     }
 }
@@ -77,8 +94,14 @@ fn resolve<'a>(bundle: &'a Value, reference: Option<&Value>) -> Option<&'a Value
         .get("resource")
 }
 
-pub fn notice(bundle: &Value, rules: &IdentityRules) -> Result<Notice, NoticeError> {
-    let (source, control_id) = key(bundle)?;
+/// Reads a notification; `client` is the authenticated caller (for the key of a
+/// message without a source endpoint).
+pub fn notice(
+    bundle: &Value,
+    rules: &IdentityRules,
+    client: Option<&str>,
+) -> Result<Notice, NoticeError> {
+    let (source, control_id) = key(bundle, client)?;
     let header = header(bundle).ok_or_else(|| {
         invalid(
             "Bundle.entry[0]",
@@ -146,25 +169,65 @@ pub fn notice(bundle: &Value, rules: &IdentityRules) -> Result<Notice, NoticeErr
     let visit = encounter
         .get("identifier")
         .and_then(Value::as_array)
-        .and_then(|ids| ids.first())
-        .and_then(|i| i.get("value"))
-        .and_then(Value::as_str);
+        .and_then(|ids| ids.first());
+    let part = |name: &str| {
+        visit
+            .and_then(|i| i.get(name))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let occurred = bundle
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // An end on an encounter still in progress (the IG's own admit examples carry
+    // one) is not a discharge: only a discharge, or a finished encounter, ends it.
+    let status = text("/status").unwrap_or_default();
+    let end = match text("/period/end") {
+        Some(end) if effect == Effect::Discharge || status == "finished" => Some(end),
+        Some(end) => {
+            notice.warnings.push(format!(
+                "Encounter.period.end {end:?} ignored: the encounter is {status:?} and the event is not a discharge"
+            ));
+            None
+        }
+        None if effect == Effect::Discharge => occurred.clone(),
+        None => None,
+    };
+    let start = match text("/period/start") {
+        Some(start) => Some(start),
+        None if effect == Effect::Admit => occurred.clone(),
+        None => None,
+    };
+    const DISPOSITION: &str = "http://terminology.hl7.org/CodeSystem/discharge-disposition";
+    let sent_disposition = encounter.pointer("/hospitalization/dischargeDisposition");
+    let standard_disposition = sent_disposition
+        .and_then(|d| d.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("system").and_then(Value::as_str) == Some(DISPOSITION))
+        .and_then(|c| c.get("code"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     notice.encounter = Some(EncounterChange {
-        key: match visit {
+        key: match part("value") {
             Some(v) => format!("visit:{v}"),
             None => format!("msg:{}", notice.control_id),
         },
+        system: part("value").and(part("system")).map(str::to_string),
         class: text("/class/code"),
-        start: text("/period/start"),
-        end: text("/period/end"),
-        disposition: encounter
-            .pointer("/hospitalization/dischargeDisposition/coding/0/code")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        occurred: bundle
-            .get("timestamp")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        start,
+        end,
+        disposition: standard_disposition.clone(),
+        class_local: None,
+        // A disposition in another code system is carried through as the sender wrote
+        // it, never relabelled as a standard code.
+        disposition_local: match (&standard_disposition, sent_disposition) {
+            (None, Some(d)) => Some(d.clone()),
+            _ => None,
+        },
+        occurred,
     });
     Ok(notice)
 }

@@ -45,6 +45,31 @@ pub struct FeedsFile {
     discharge_disposition: HashMap<String, String>,
     #[serde(default)]
     facility: Vec<FacilityRule>,
+    /// What a code a table does not map does, per table: `dead-letter` (the default)
+    /// or `keep` (carried through as the sender wrote it, counted).
+    #[serde(default)]
+    unmapped: UnmappedPolicies,
+}
+
+/// What becomes of a code a table does not map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unmapped {
+    /// The message is not applied (AE, dead letter) until the table maps the code.
+    #[default]
+    DeadLetter,
+    /// The sender's code is carried through in a system naming the sender and table
+    /// (never as a standard code), with a warning and a count.
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnmappedPolicies {
+    #[serde(default)]
+    pub patient_class: Unmapped,
+    #[serde(default)]
+    pub discharge_disposition: Unmapped,
 }
 
 fn production() -> Vec<String> {
@@ -75,6 +100,7 @@ pub struct FeedTables {
     patient_class: HashMap<String, String>,
     discharge_disposition: HashMap<String, String>,
     facilities: HashMap<String, Facility>,
+    unmapped: UnmappedPolicies,
 }
 
 impl Default for FeedTables {
@@ -85,6 +111,7 @@ impl Default for FeedTables {
             patient_class: HashMap::new(),
             discharge_disposition: HashMap::new(),
             facilities: HashMap::new(),
+            unmapped: UnmappedPolicies::default(),
         }
     }
 }
@@ -112,6 +139,7 @@ impl FeedTables {
             patient_class: file.patient_class,
             discharge_disposition: file.discharge_disposition,
             facilities,
+            unmapped: file.unmapped,
         })
     }
 
@@ -137,6 +165,11 @@ impl FeedTables {
 
     pub fn discharge_disposition(&self, code: &str) -> Option<&str> {
         self.discharge_disposition.get(code).map(String::as_str)
+    }
+
+    /// The policy for codes the tables do not map.
+    pub fn unmapped(&self) -> UnmappedPolicies {
+        self.unmapped
     }
 }
 

@@ -14,6 +14,9 @@ pub struct Delimiters {
     escape: u8,
     subcomponent: u8,
     truncation: Option<u8>,
+    /// MSH-2 had its escape character doubled (`^~\\&`, as when the message was
+    /// copied out of a string literal); read as written once.
+    doubled_escape: bool,
 }
 
 impl Default for Delimiters {
@@ -25,6 +28,7 @@ impl Default for Delimiters {
             escape: b'\\',
             subcomponent: b'&',
             truncation: None,
+            doubled_escape: false,
         }
     }
 }
@@ -53,6 +57,7 @@ impl Delimiters {
             escape: bytes[3],
             subcomponent: bytes[4],
             truncation: truncation.map(|_| bytes[5]),
+            doubled_escape: false,
         })
     }
 
@@ -75,14 +80,26 @@ impl Delimiters {
             .iter()
             .position(|&c| c == field || c == b'\r' || c == b'\n')
             .map_or(b.len(), |p| enc_start + p);
-        let enc = b.get(enc_start..enc_end).unwrap_or(&[]);
+        let mut enc = b.get(enc_start..enc_end).unwrap_or(&[]).to_vec();
+        // The escape character written twice (`^~\\&`, `^~\\&#`): a delimiter cannot
+        // be declared twice, so the only reading is the set with it once. Anything
+        // else that repeats a character stays an error.
+        let doubled_escape = (5..=6).contains(&enc.len())
+            && enc.get(2) == enc.get(3)
+            && enc
+                .get(2)
+                .is_some_and(|&c| is_delimiter_byte(c) && c != field);
+        if doubled_escape {
+            enc.remove(3);
+        }
         if !(4..=5).contains(&enc.len()) {
             return Err(Error::BadEncodingChars {
                 found: enc.len(),
                 offset: enc_start,
             });
         }
-        let all = b.get(sep_at..enc_end).unwrap_or(&[]);
+        let mut all = vec![field];
+        all.extend_from_slice(&enc);
         for (i, &c) in all.iter().enumerate() {
             if !is_delimiter_byte(c) {
                 return Err(Error::InvalidDelimiter {
@@ -92,7 +109,7 @@ impl Delimiters {
                 });
             }
         }
-        check_distinct(all, sep_at)?;
+        check_distinct(&all, sep_at)?;
         let at = |i: usize| enc.get(i).copied().unwrap_or(0);
         let d = Self {
             field,
@@ -101,6 +118,7 @@ impl Delimiters {
             escape: at(2),
             subcomponent: at(3),
             truncation: enc.get(4).copied(),
+            doubled_escape,
         };
         Ok((d, enc_end))
     }
@@ -120,6 +138,12 @@ impl Delimiters {
     pub fn subcomponent(&self) -> char {
         char::from(self.subcomponent)
     }
+    /// What the sender's MSH-2 got wrong in a way that still has one meaning, for the
+    /// warning the receiver logs and counts; `None` when it is as the standard writes it.
+    pub fn leniency(&self) -> Option<&'static str> {
+        self.doubled_escape.then_some("msh2-doubled-escape")
+    }
+
     /// The v2.7 truncation character, when MSH-2 declares one.
     pub fn truncation(&self) -> Option<char> {
         self.truncation.map(char::from)
@@ -201,6 +225,27 @@ mod tests {
         assert_eq!(d.truncation(), Some('#'));
         assert_eq!(d.encoding_chars(), "^~\\&#");
         assert_eq!(end, 9);
+    }
+
+    #[test]
+    fn a_doubled_escape_character_is_read_once() {
+        let (d, end) = Delimiters::from_header(b"MSH|^~\\\\&|A", 0).unwrap();
+        assert_eq!(d.encoding_chars(), "^~\\&");
+        assert_eq!(d.escape_char(), '\\');
+        assert_eq!(d.leniency(), Some("msh2-doubled-escape"));
+        assert_eq!(end, 9);
+        let (d, _) = Delimiters::from_header(b"MSH|^~\\\\&#|A", 0).unwrap();
+        assert_eq!(d.truncation(), Some('#'));
+        assert_eq!(Delimiters::default().leniency(), None);
+        // Other repeats have no single reading.
+        assert!(matches!(
+            Delimiters::from_header(b"MSH|^^~\\&|", 0),
+            Err(Error::DuplicateDelimiter { .. })
+        ));
+        assert!(matches!(
+            Delimiters::from_header(b"MSH|^~\\&&|", 0),
+            Err(Error::DuplicateDelimiter { .. })
+        ));
     }
 
     #[test]

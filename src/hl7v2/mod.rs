@@ -31,7 +31,9 @@
 //!
 //! # Leniency
 //! Only damage that makes the rest unreadable is an [`Error`]: no MSH first, missing or
-//! invalid/duplicate MSH-1/MSH-2, invalid UTF-8 (via [`parse_bytes`]). A segment id that
+//! invalid/duplicate MSH-1/MSH-2 (except the escape character written twice, `^~\\&`,
+//! which has one reading and is noted in [`Delimiters::leniency`]), invalid UTF-8 (via
+//! [`parse_bytes`]). A segment id that
 //! is not 3 letters/digits is also an error, with its location: it almost always means an
 //! unescaped line break inside a value, and accepting it would silently cut that value.
 //! Everything else is accepted: CR, LF or CRLF terminators, blank lines, any field count,

@@ -658,7 +658,8 @@ async fn patients_by_person(params: &mut [(String, String)], state: &AppState) -
 }
 
 /// `$process-message`: a Da Vinci notification Bundle, answered 200 only after its
-/// effects committed. A resent Bundle (same identifier) is answered 200 and applied once.
+/// effects committed. A resent Bundle (same Bundle.identifier, else same MessageHeader.id
+/// from the same source endpoint) is answered 200 and applied once.
 async fn process_message(
     req: HttpRequest,
     payload: web::Payload,
@@ -666,10 +667,14 @@ async fn process_message(
 ) -> Result<HttpResponse> {
     use crate::hie::feed::{FeedError, Taken};
     // A notification writes Patients and Encounters.
-    allowed(&req, &state).await?;
+    let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let text = body.to_string();
-    let taken = match state.feed.notification(&body, text).await {
+    let taken = match state
+        .feed
+        .notification(&body, text, &caller.client_id)
+        .await
+    {
         Ok(t) => t,
         Err(FeedError::Invalid(e)) => {
             let issue = vec![Issue::error(

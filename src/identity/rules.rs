@@ -72,10 +72,30 @@ struct SourceRule {
     id: String,
     /// MSH-4 namespace or universal id, or a FHIR source's name.
     facility: String,
-    /// Authorities (namespace, OID or system URI) this source may assert identifiers for.
-    trusted: Vec<String>,
+    /// Authorities (namespace, OID or system URI) this source may assert identifiers
+    /// for; left out, every authority it sends (as without a rule).
+    #[serde(default)]
+    trusted: Option<Vec<String>>,
     #[serde(default)]
     person_types: Option<Vec<String>>,
+    /// The source's local CX.5 type codes → HL7 table 0203 (`MRN = "MR"`).
+    #[serde(default)]
+    type_aliases: HashMap<String, String>,
+    /// What may stand in for a missing CX.4, tried in order: `"CX.6"` (the assigning
+    /// facility) and `"MSH-4"` (the sending facility itself).
+    #[serde(default)]
+    stand_in: Vec<String>,
+    /// The authority (namespace, OID or system URI) assumed for a CX with no CX.4 when
+    /// no stand-in applies: the facility's own MRN system.
+    #[serde(default)]
+    assume_authority: Option<String>,
+}
+
+/// What may stand in for a missing assigning authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StandIn {
+    AssigningFacility,
+    SendingFacility,
 }
 
 /// Why an identifier a source sent does not take part in resolution. Not an error:
@@ -86,6 +106,10 @@ pub enum Skipped {
     EmptyValue,
     #[error("no assigning authority or system")]
     NoAuthority,
+    #[error(
+        "no assigning authority (CX.4), and no rule for this source names one (identity/sources.toml [[source]] assume_authority or stand_in)"
+    )]
+    NoAuthorityNoRule,
     #[error("authority {authority} is not trusted for this source (rule {rule})")]
     Untrusted { authority: String, rule: String },
     #[error("identifier type {0} does not name a person")]
@@ -102,6 +126,10 @@ pub struct Cx<'a> {
     pub universal_id_type: &'a str,
     /// CX.5.
     pub kind: &'a str,
+    /// CX.6.1, CX.6.2 (the assigning facility): may stand in for an empty CX.4 when the
+    /// source's rule says so.
+    pub facility_namespace: &'a str,
+    pub facility_universal_id: &'a str,
 }
 
 /// The loaded rules.
@@ -119,8 +147,11 @@ pub struct IdentityRules {
 struct Source {
     /// The rule's id, for the warning an untrusted identifier gets.
     id: String,
-    trusted: Vec<String>,
+    trusted: Option<Vec<String>>,
     person_types: Option<Vec<String>>,
+    type_aliases: HashMap<String, String>,
+    stand_in: Vec<StandIn>,
+    assume_authority: Option<String>,
 }
 
 impl Default for IdentityRules {
@@ -153,10 +184,41 @@ impl IdentityRules {
         }
         let mut sources = HashMap::new();
         for s in file.source {
+            let mut stand_in = Vec::new();
+            for field in &s.stand_in {
+                stand_in.push(match field.as_str() {
+                    "CX.6" => StandIn::AssigningFacility,
+                    "MSH-4" => StandIn::SendingFacility,
+                    other => {
+                        return Err((
+                            s.id.clone(),
+                            format!("stand_in {other:?}: expected \"CX.6\" or \"MSH-4\""),
+                        ));
+                    }
+                });
+            }
+            if let Some(a) = &s.assume_authority
+                && a.trim().is_empty()
+            {
+                return Err((s.id.clone(), "assume_authority is empty".into()));
+            }
+            let mut type_aliases = HashMap::new();
+            for (local, standard) in s.type_aliases {
+                if standard.trim().is_empty() {
+                    return Err((
+                        s.id.clone(),
+                        format!("type_aliases {local:?} maps to nothing"),
+                    ));
+                }
+                type_aliases.insert(local.to_ascii_uppercase(), standard);
+            }
             let source = Source {
                 id: s.id.clone(),
                 trusted: s.trusted,
                 person_types: s.person_types,
+                type_aliases,
+                stand_in,
+                assume_authority: s.assume_authority,
             };
             if sources.insert(s.facility.clone(), source).is_some() {
                 return Err((s.id, format!("facility {:?} has two rules", s.facility)));
@@ -207,14 +269,70 @@ impl IdentityRules {
 
     /// An HL7 CX repetition from `facility` (MSH-4) as an identifier.
     pub fn from_cx(&self, facility: &str, cx: &Cx) -> Result<Identifier, Skipped> {
+        self.from_cx_noted(facility, cx).map(|(id, _)| id)
+    }
+
+    /// Like [`IdentityRules::from_cx`], with a note when the source's rule supplied
+    /// what the CX left out (its authority), for the message's warnings.
+    pub fn from_cx_noted(
+        &self,
+        facility: &str,
+        cx: &Cx,
+    ) -> Result<(Identifier, Option<String>), Skipped> {
         let value = cx.value.trim();
         if value.is_empty() || value == "\"\"" {
             return Err(Skipped::EmptyValue);
         }
-        let system = self.system_of(cx).ok_or(Skipped::NoAuthority)?;
         let source = self.sources.get(facility);
-        if let Some(s) = source {
-            let trusted = s.trusted.iter().any(|t| {
+        let mut cx = *cx;
+        let mut note = None;
+        // Set by a rule (the source's own authority): trusted because the rule says so.
+        let mut assumed = false;
+        if cx.namespace.is_empty() && cx.universal_id.is_empty() {
+            let Some(s) = source else {
+                return Err(Skipped::NoAuthorityNoRule);
+            };
+            let stood_in = s.stand_in.iter().find_map(|field| match field {
+                StandIn::AssigningFacility => [cx.facility_namespace, cx.facility_universal_id]
+                    .into_iter()
+                    .find(|v| !v.is_empty())
+                    .map(|v| (v, "CX.6")),
+                StandIn::SendingFacility => Some((facility, "MSH-4")),
+            });
+            match (stood_in, &s.assume_authority) {
+                (Some((authority, field)), _) => {
+                    cx.namespace = authority;
+                    assumed = field == "MSH-4";
+                    note = Some(format!(
+                        "no CX.4: {field} {authority:?} stands in (rule {})",
+                        s.id
+                    ));
+                }
+                (None, Some(authority)) => {
+                    cx.namespace = authority;
+                    assumed = true;
+                    note = Some(format!(
+                        "no CX.4: authority {authority:?} assumed (rule {})",
+                        s.id
+                    ));
+                }
+                (None, None) => return Err(Skipped::NoAuthorityNoRule),
+            }
+        }
+        let system = if cx.namespace.contains(':') && cx.universal_id.is_empty() {
+            // An assumed authority may be written as the system URI itself.
+            self.authorities
+                .get(cx.namespace)
+                .cloned()
+                .unwrap_or_else(|| cx.namespace.to_string())
+        } else {
+            self.system_of(&cx).ok_or(Skipped::NoAuthority)?
+        };
+        if let Some(s) = source
+            && let Some(list) = &s.trusted
+            && !assumed
+        {
+            let trusted = list.iter().any(|t| {
                 t == &system
                     || (!cx.namespace.is_empty() && t == cx.namespace)
                     || (!cx.universal_id.is_empty() && t == cx.universal_id)
@@ -226,11 +344,13 @@ impl IdentityRules {
                 });
             }
         }
-        self.person_level(source, cx.kind)?;
-        Ok(Identifier::new(
-            &system,
-            value,
-            Some(cx.kind).filter(|k| !k.is_empty()),
+        let kind = source
+            .and_then(|s| s.type_aliases.get(&cx.kind.to_ascii_uppercase()))
+            .map_or(cx.kind, String::as_str);
+        self.person_level(source, kind)?;
+        Ok((
+            Identifier::new(&system, value, Some(kind).filter(|k| !k.is_empty())),
+            note,
         ))
     }
 
@@ -307,7 +427,96 @@ mod tests {
             universal_id: oid,
             universal_id_type: if oid.is_empty() { "" } else { "ISO" },
             kind,
+            ..Cx::default()
         }
+    }
+
+    #[test]
+    fn a_cx_without_authority_is_never_guessed_without_a_rule() {
+        let r = IdentityRules::default();
+        assert_eq!(
+            r.from_cx("RVH", &cx("135769", "", "", "MR")),
+            Err(Skipped::NoAuthorityNoRule)
+        );
+        let with_cx6 = Cx {
+            facility_namespace: "Special Hospital",
+            ..cx("135769", "", "", "MR")
+        };
+        assert_eq!(r.from_cx("RVH", &with_cx6), Err(Skipped::NoAuthorityNoRule));
+    }
+
+    #[test]
+    fn a_source_rule_supplies_the_authority_aliases_types_and_person_types() {
+        let r = rules(
+            r#"
+            [[authority]]
+            id = "authority.uclh"
+            namespace = "MRENTR"
+            system = "https://uclh.example.org/mrn"
+
+            [[source]]
+            id = "source.uclh"
+            facility = "UCLH"
+            assume_authority = "MRENTR"
+            type_aliases = { MEDREC = "MR", mrn = "MR" }
+            person_types = ["MR", "HN"]
+
+            [[source]]
+            id = "source.special"
+            facility = "SPECIAL"
+            stand_in = ["CX.6", "MSH-4"]
+            trusted = ["Special Hospital"]
+            "#,
+        );
+        // A bare MRN resolves to the facility's own MRN system.
+        let (id, note) = r
+            .from_cx_noted("UCLH", &cx("40800000", "", "", "MEDREC"))
+            .unwrap();
+        assert_eq!(id.system, "https://uclh.example.org/mrn");
+        assert_eq!(id.kind.as_deref(), Some("MR"));
+        assert!(note.unwrap().contains("source.uclh"));
+        // The same MRN with its authority written is the same identifier.
+        assert_eq!(
+            r.from_cx("UCLH", &cx("40800000", "MRENTR", "", "MRN"))
+                .unwrap(),
+            id
+        );
+        // HN is a person-level type for this source only.
+        assert!(r.from_cx("UCLH", &cx("999", "NHS", "", "HN")).is_ok());
+        assert!(r.from_cx("RVH", &cx("999", "NHS", "", "HN")).is_err());
+        // CX.6 stands in, and must be trusted; MSH-4 stands in for itself.
+        let with_cx6 = Cx {
+            facility_namespace: "Special Hospital",
+            ..cx("MRN12345", "", "", "MR")
+        };
+        let id = r.from_cx("SPECIAL", &with_cx6).unwrap();
+        assert_eq!(id.system, "urn:crossway:authority:Special Hospital");
+        let id = r.from_cx("SPECIAL", &cx("7", "", "", "MR")).unwrap();
+        assert_eq!(id.system, "urn:crossway:authority:SPECIAL");
+        let other_cx6 = Cx {
+            facility_namespace: "Elsewhere",
+            ..cx("7", "", "", "MR")
+        };
+        assert!(matches!(
+            r.from_cx("SPECIAL", &other_cx6),
+            Err(Skipped::Untrusted { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_stand_ins_are_refused_by_rule_id() {
+        let file: RulesFile = toml::from_str(
+            r#"
+            [[source]]
+            id = "source.x"
+            facility = "X"
+            stand_in = ["PID-4"]
+            "#,
+        )
+        .unwrap();
+        let (rule, message) = IdentityRules::build(file).unwrap_err();
+        assert_eq!(rule, "source.x");
+        assert!(message.contains("PID-4"), "{message}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! The operator commands live beside the rules: `check` (every problem, with
 //! file:line), [`samples`] (`mappings test`) and [`replay`] (`mappings replay`).
 
+pub mod profile;
 pub mod replay;
 pub mod samples;
 

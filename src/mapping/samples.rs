@@ -188,7 +188,7 @@ fn map_sample(
         ("hie", "hl7") => Ok(hl7_output(&bytes, mappings)),
         ("hie", "json") => {
             let bundle: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            let notice = notification::notice(&bundle, &mappings.identity);
+            let notice = notification::notice(&bundle, &mappings.identity, None);
             Ok((notice_json(notice), Vec::new()))
         }
         ("cbo", "json") => {
@@ -223,7 +223,7 @@ fn hl7_output(bytes: &[u8], mappings: &Mappings) -> (Value, Vec<String>) {
 }
 
 /// Fields with a value (not empty, not `""`), as `SEG-n`; MSH-1 and MSH-2 excluded.
-fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<String> {
+pub(super) fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<String> {
     let mut out = BTreeSet::new();
     for segment in msg.segments() {
         let header = segment.id() == "MSH";

@@ -190,6 +190,7 @@ impl Store {
                 source,
             })?;
         }
+        let url = &sqlite_creating(url);
         let options: AnyConnectOptions = url.parse()?;
         let pool = AnyPoolOptions::new()
             // A reader per concurrent request on 2 cores (writers open their own).
@@ -390,6 +391,21 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         search(&mut conn, self.backend, Some(&self.recent), query).await
     }
+}
+
+/// A SQLite URL that creates its file when it does not exist yet (`mode=rwc`), unless
+/// the URL says otherwise: `sqlite:///var/lib/crossway/db.sqlite`, the form the README
+/// documents, otherwise fails at start with "unable to open database file".
+fn sqlite_creating(url: &str) -> String {
+    let Some(path) = sqlite_path(url) else {
+        return url.to_string();
+    };
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query.split('&').any(|p| p.starts_with("mode=")) || path.starts_with("file:") {
+        return url.to_string();
+    }
+    let joiner = if url.contains('?') { "&" } else { "?" };
+    format!("{url}{joiner}mode=rwc")
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
@@ -1061,4 +1077,28 @@ async fn max_seq(conn: &mut AnyConnection) -> Result<i64> {
         .fetch_one(&mut *conn)
         .await?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_creating;
+
+    #[test]
+    fn sqlite_urls_create_their_file_unless_they_say_otherwise() {
+        assert_eq!(
+            sqlite_creating("sqlite:///var/lib/crossway/db.sqlite"),
+            "sqlite:///var/lib/crossway/db.sqlite?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_creating("sqlite://./data/c.db?cache=shared"),
+            "sqlite://./data/c.db?cache=shared&mode=rwc"
+        );
+        for unchanged in [
+            "sqlite://./data/c.db?mode=ro",
+            "sqlite::memory:",
+            "postgres://u@h/db",
+        ] {
+            assert_eq!(sqlite_creating(unchanged), unchanged);
+        }
+    }
 }

@@ -18,6 +18,12 @@ use crate::store::Backlog;
 /// HL7 v2 messages answered, by `ack` (AA, AE, AR, or `none` when the store could
 /// not take it and no ACK was sent).
 pub const HL7_MESSAGES: &str = "hl7_messages_received_total";
+/// Feed messages taken although they deviate from the standard in a way with one
+/// meaning, by `deviation` (`msh2-doubled-escape`).
+pub const FEED_TOLERATED: &str = "feed_deviations_tolerated_total";
+/// Codes a feed sent that a table does not map, carried through as sent under the
+/// table's `keep` policy, by `table`.
+pub const FEED_UNMAPPED_CODES: &str = "feed_unmapped_codes_kept_total";
 /// From a framed message handed to the feed to its ACK, by `ack`.
 pub const HL7_ACK_LATENCY: &str = "hl7_ack_latency_seconds";
 /// Webhook delivery attempts, by `outcome` (delivered, retrying, failed).
@@ -99,6 +105,14 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HL7_MESSAGES, "HL7 v2 messages answered, by ACK code");
     describe_histogram!(HL7_ACK_LATENCY, "Time to ACK an HL7 v2 message");
+    describe_counter!(
+        FEED_TOLERATED,
+        "Feed messages taken despite a deviation with one meaning, by deviation"
+    );
+    describe_counter!(
+        FEED_UNMAPPED_CODES,
+        "Unmapped codes carried through as sent (table policy keep), by table"
+    );
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts, by outcome");
     describe_counter!(
         WEBHOOK_ENDPOINTS_DISABLED,

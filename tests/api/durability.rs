@@ -300,3 +300,22 @@ async fn another_process_reading_the_sqlite_file_leaves_the_gateway_s_store_inta
         assert_eq!(status, 200, "Patient/{id} was answered 201, then lost");
     }
 }
+
+/// `CROSSWAY_DATABASE_URL=sqlite:///path/new.db`, the form the README documents, with
+/// neither the file nor its directory there yet: the gateway creates both and starts.
+#[tokio::test]
+async fn a_sqlite_url_to_a_file_that_does_not_exist_yet_is_created() {
+    if crate::helpers::store_kind() != "sqlite" {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("crossway-new-db-{}", uuid::Uuid::new_v4()));
+    let db = dir.join("not-yet").join("crossway.db");
+    let url = format!("sqlite://{}", db.display());
+    assert!(url.starts_with("sqlite:///"), "{url}");
+    let app = crate::helpers::spawn_app_at(dir.join("data"), url, &[]).await;
+    let r = app.get("metadata").await;
+    assert_eq!(r.status(), 200);
+    assert!(db.exists());
+    drop(app);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -34,6 +34,8 @@ pub struct TestApp {
     pub ehr: EhrClient,
     /// CBO access tokens by organisation id, registered on first use.
     cbo_tokens: Mutex<std::collections::HashMap<String, String>>,
+    /// The gateway's mappings directory, which operator commands use too.
+    mappings_dir: String,
 }
 
 /// A registered EHR client and its private key, to sign client assertions.
@@ -216,6 +218,11 @@ async fn start(
             kid: String::new(),
         },
         cbo_tokens: Mutex::default(),
+        mappings_dir: env
+            .iter()
+            .find(|(k, _)| *k == "CROSSWAY_MAPPINGS_DIR")
+            .map_or(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"), |(_, v)| v)
+            .to_string(),
     };
     if env.iter().any(|(k, _)| *k == "CROSSWAY_TLS_CERT") {
         // An HTTPS app: the test brings its own client, trusting its certificate.
@@ -527,10 +534,7 @@ impl TestApp {
             .args(["--config", config])
             .env("CROSSWAY_DATA_DIR", &self.data_dir)
             .env("CROSSWAY_DATABASE_URL", &self.database_url)
-            .env(
-                "CROSSWAY_MAPPINGS_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"),
-            )
+            .env("CROSSWAY_MAPPINGS_DIR", &self.mappings_dir)
             .env("CROSSWAY_LOG", "warn")
             .env_remove("CROSSWAY_REDIS_URL")
             // The same cache as the gateways this suite starts, which it must keep right.

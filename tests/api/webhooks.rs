@@ -22,6 +22,8 @@ pub struct Received {
     pub at: std::time::Instant,
     timestamp: String,
     signature: String,
+    /// The sender's `User-Agent`.
+    pub user_agent: String,
     pub body: String,
 }
 
@@ -89,6 +91,7 @@ pub async fn receiver(script: Script) -> Receiver {
                             at: std::time::Instant::now(),
                             timestamp: header("webhook-timestamp"),
                             signature: header("webhook-signature"),
+                            user_agent: header("user-agent"),
                             body: String::from_utf8_lossy(&body).into_owned(),
                         });
                         if let Behaviour::SlowOk(d) = behaviour {
@@ -272,6 +275,8 @@ async fn every_event_arrives_signed_through_failures_timeouts_and_recovery() {
         let event = feed.iter().find(|e| e["id"] == body["id"]).unwrap();
         assert_eq!(&body, event, "the webhook body is the feed's item");
         assert_eq!(r.id, body["id"].as_str().unwrap());
+        // Receivers can tell the gateway's requests apart in their logs.
+        assert!(r.user_agent.starts_with("Crossway/"), "{}", r.user_agent);
     }
     verify_with_reference_library(&secret, &received);
 

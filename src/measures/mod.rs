@@ -227,29 +227,41 @@ pub async fn evaluate(
                 .map(|s| s.until.unwrap_or(end))
                 .max()
                 .unwrap_or(end);
-            let mut screened_in: Vec<Vec<PersonFact>> = Vec::new();
-            let mut positive_in: Vec<Vec<PersonFact>> = Vec::new();
+            // Each domain's screens and positive screens, by person: a stay looks at its
+            // own person's only.
+            type ByPerson = HashMap<String, Vec<i64>>;
+            let by_person = |facts: Vec<PersonFact>| -> ByPerson {
+                let mut m: ByPerson = HashMap::new();
+                for f in facts {
+                    m.entry(f.person).or_default().push(f.at);
+                }
+                m
+            };
+            let mut screened_in: Vec<ByPerson> = Vec::new();
+            let mut positive_in: Vec<ByPerson> = Vec::new();
             for (_, list) in FIVE {
                 let list = domains(list);
-                screened_in.push(store.person_facts(SCREENED, &list, start, horizon).await?);
-                positive_in.push(positives(store, screening, &list, start, horizon).await?);
+                screened_in.push(by_person(
+                    store.person_facts(SCREENED, &list, start, horizon).await?,
+                ));
+                positive_in.push(by_person(
+                    positives(store, screening, &list, start, horizon).await?,
+                ));
             }
-            let during = |f: &PersonFact, s: &PersonFact| {
-                f.person == s.person
-                    && f.at >= s.at
-                    && f.at < s.until.unwrap_or(end).max(s.at + DAY)
+            let during = |facts: &ByPerson, s: &PersonFact| {
+                let until = s.until.unwrap_or(end).max(s.at + DAY);
+                facts
+                    .get(&s.person)
+                    .is_some_and(|ats| ats.iter().any(|at| *at >= s.at && *at < until))
             };
             // Per stay: screened for all five during it; then the domains positive in it.
             let mut fully = HashSet::new();
             let mut positive_domain: Vec<HashSet<&str>> = vec![HashSet::new(); FIVE.len()];
             for s in &stays {
-                if screened_in
-                    .iter()
-                    .all(|facts| facts.iter().any(|f| during(f, s)))
-                {
+                if screened_in.iter().all(|facts| during(facts, s)) {
                     fully.insert(s.person.as_str());
                     for (i, facts) in positive_in.iter().enumerate() {
-                        if facts.iter().any(|f| during(f, s)) {
+                        if during(facts, s) {
                             positive_domain[i].insert(s.person.as_str());
                         }
                     }

@@ -20,4 +20,5 @@ mod search;
 mod security;
 mod subscriptions;
 mod transaction;
+mod typed;
 mod webhooks;

@@ -399,6 +399,20 @@ fn written_response(w: Written, base: &str, ret: Return) -> HttpResponse {
     resource_response(status, w.stored, base, ret, &w.warnings)
 }
 
+/// The answer to a create or update; cached identifier → person answers are dropped
+/// first when the resource merged persons (merges are rare; the store is the truth).
+async fn after_write(
+    req: &HttpRequest,
+    state: &AppState,
+    written: Written,
+    merges: bool,
+) -> HttpResponse {
+    if merges {
+        state.identities.forget_all().await;
+    }
+    written_response(written, &base(req, state), prefer(req).0)
+}
+
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let cs = capability_statement(&base(&req, &state), env!("CARGO_PKG_VERSION"));
     HttpResponse::Ok()
@@ -426,14 +440,7 @@ async fn create(
             caller.organization.as_deref(),
         )
         .await?;
-    if merges {
-        state.identities.forget_all().await;
-    }
-    Ok(written_response(
-        written,
-        &base(&req, &state),
-        prefer(&req).0,
-    ))
+    Ok(after_write(&req, &state, written, merges).await)
 }
 
 async fn update(
@@ -457,14 +464,7 @@ async fn update(
             caller.organization.as_deref(),
         )
         .await?;
-    if merges {
-        state.identities.forget_all().await;
-    }
-    Ok(written_response(
-        written,
-        &base(&req, &state),
-        prefer(&req).0,
-    ))
+    Ok(after_write(&req, &state, written, merges).await)
 }
 
 /// `PUT Type?search`: conditional update (what `upsertResource` clients send).
@@ -489,14 +489,7 @@ async fn conditional_update(
             caller.organization.as_deref(),
         )
         .await?;
-    if merges {
-        state.identities.forget_all().await;
-    }
-    Ok(written_response(
-        written,
-        &base(&req, &state),
-        prefer(&req).0,
-    ))
+    Ok(after_write(&req, &state, written, merges).await)
 }
 
 async fn read(

@@ -170,8 +170,14 @@ SPECS = {
         ref="baseline", ours=r"crossway", log=True,
         about="Crossway's HL7 v2 parser against the crates.io parsers and python-hl7 on the same "
               "messages (one core)."),
+    "feeds-profile": dict(
+        title="Feed onboarding profile", value=r"messages/s", labels=[r"run"], unit="msg/s",
+        ref="baseline", ours=r"crossway",
+        about="`crossway feeds profile` over a large capture of real corpus ADT messages on one "
+              "core, against `grep -c ^MSH` over the same files (reading the bytes and finding "
+              "the messages)."),
     "mllp": dict(
-        title="HL7 v2 feeds over MLLP", value=r"messages?/s|msgs?/s", labels=[r"store"], unit="msg/s",
+        title="HL7 v2 feeds over MLLP", value=r"messages?/s|msgs?/s", labels=[r"store", r"event", r"patients"], unit="msg/s",
         ref="baseline", ref_name="fsync rate of this disk", ref_short="the fsync rate", ref_unit="/s",
         ref_text=r"fsync rate[^:]*:\s*([\d,.]+)", ref_ratio=r"fsync",
         about="Senders each waiting for their ACK, every message committed before AA, against "

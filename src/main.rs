@@ -610,7 +610,7 @@ mod operator {
         } = command;
         let organizations = settings.organization_ids();
         let mappings = Mappings::load(&dir, &organizations).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let report = profile::profile(&paths, &mappings)?;
+        let report = profile::profile(&paths, &mappings, progress_bar("profiling"))?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -631,6 +631,39 @@ mod operator {
             );
         }
         Ok(())
+    }
+
+    /// A progress line on stderr when it is a terminal (nothing in a pipe or a log):
+    /// bytes read of all, redrawn at most ten times a second, cleared at the end.
+    fn progress_bar(label: &'static str) -> impl FnMut(u64, u64) {
+        use std::io::{IsTerminal, Write};
+        let on = std::io::stderr().is_terminal();
+        let started = std::time::Instant::now();
+        let mut drawn = started;
+        move |done, total| {
+            if !on || (done < total && drawn.elapsed().as_millis() < 100) {
+                return;
+            }
+            drawn = std::time::Instant::now();
+            let mut err = std::io::stderr().lock();
+            if done >= total {
+                let _ = write!(err, "\r\x1b[2K");
+                return;
+            }
+            let width = 30;
+            let filled = (done * width / total.max(1)) as usize;
+            let mb = |b: u64| b as f64 / 1e6;
+            let rate = mb(done) / started.elapsed().as_secs_f64().max(1e-3);
+            let _ = write!(
+                err,
+                "\r\x1b[2K{label} [{}{}] {:.1}/{:.1} MB ({rate:.0} MB/s)",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                mb(done),
+                mb(total)
+            );
+            let _ = err.flush();
+        }
     }
 
     pub async fn mappings(

@@ -190,7 +190,7 @@ async fn apply(
         invalidate = merge(tx, ctx, notice, &person, &patient_id, message_id, now).await?;
     }
     if let Some(change) = &notice.encounter {
-        encounter(tx, ctx, notice, change, &person, &patient_id, now).await?;
+        encounter(tx, ctx, notice, change, &person, created, &patient_id, now).await?;
     }
     Ok(Ingested::Applied { invalidate })
 }
@@ -253,13 +253,16 @@ fn encounter_id(source: &str, key: &str) -> String {
 /// the start comes from the admit, the end from the discharge, whichever came first;
 /// a cancel removes what its original set. CBOs with open referrals for the person are
 /// told of an admission or discharge the first time it is seen — the event says only
-/// that, never a diagnosis or a location.
+/// that, never a diagnosis or a location. A person created by this very message has no
+/// referrals to look for.
+#[allow(clippy::too_many_arguments)]
 async fn encounter(
     tx: &mut Tx<'_>,
     ctx: &Context,
     notice: &Notice,
     change: &EncounterChange,
     person: &Person,
+    new_person: bool,
     patient_id: &str,
     now: i64,
 ) -> Result<(), FhirError> {
@@ -343,7 +346,9 @@ async fn encounter(
         enc["status"] = json!(if ended { "finished" } else { "in-progress" });
     }
     put(tx, ctx, "Encounter", &id, enc, new, now).await?;
-    if let Some(event) = event {
+    if let Some(event) = event
+        && !new_person
+    {
         for referral in tx.open_referrals_of(&person.client_ref).await? {
             tx.stage_event(event, &referral, now);
         }

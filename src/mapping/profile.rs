@@ -98,7 +98,7 @@ pub struct Profile {
     pub messages: usize,
     pub applied: usize,
     pub senders: BTreeMap<String, SenderProfile>,
-    /// Messages by sender, in order, for `--draft`'s samples.
+    /// A few messages of each sender and outcome, in order, for `--draft`'s samples.
     #[serde(skip)]
     pub samples: Vec<(String, Captured)>,
 }
@@ -115,20 +115,42 @@ fn text(msg: &hl7v2::Message<'_>, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Profiles the files under `paths` (directories are walked, in name order).
-pub fn profile(paths: &[PathBuf], mappings: &Mappings) -> std::io::Result<Profile> {
+/// Messages kept per sender and kind of outcome (`ADT^A01 AE`) as `--draft`'s samples:
+/// enough to show each class of traffic, bounded whatever the capture's size.
+const SAMPLES_PER_CLASS: usize = 3;
+
+/// Profiles the files under `paths` (directories are walked, in name order);
+/// `progress` is told the bytes read so far and in all after each file.
+pub fn profile(
+    paths: &[PathBuf],
+    mappings: &Mappings,
+    mut progress: impl FnMut(u64, u64),
+) -> std::io::Result<Profile> {
     let mut files = Vec::new();
     for p in paths {
         collect(p, &mut files)?;
     }
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let mut done = 0;
+    let mut kept: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut out = Profile::default();
     for file in &files {
         out.files += 1;
-        for captured in split_capture(&std::fs::read(file)?) {
+        let bytes = std::fs::read(file)?;
+        done += bytes.len() as u64;
+        for captured in split_capture(&bytes) {
             out.messages += 1;
-            let sender = profile_one(&captured, mappings, &mut out);
-            out.samples.push((sender, captured));
+            let (sender, class) = profile_one(&captured, mappings, &mut out);
+            let n = kept.entry((sender.clone(), class)).or_default();
+            if *n < SAMPLES_PER_CLASS {
+                *n += 1;
+                out.samples.push((sender, captured));
+            }
         }
+        progress(done, total);
     }
     Ok(out)
 }
@@ -148,15 +170,16 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Profiles one message into its sender's entry; returns the sender.
-fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> String {
+/// Profiles one message into its sender's entry; returns the sender and the kind of
+/// outcome (`ADT^A01 AA`, `AE`: what `--draft` keeps samples of).
+fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> (String, String) {
     match captured {
         Captured::Unreadable(why) => {
             let s = out.senders.entry("(unreadable)".into()).or_default();
             s.messages += 1;
             bump(&mut s.acks, "AR");
             bump(&mut s.errors, why.clone());
-            "(unreadable)".into()
+            ("(unreadable)".into(), "AR".into())
         }
         Captured::Bundle(bundle) => {
             let sender = notification::key(bundle, None)
@@ -165,21 +188,23 @@ fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> S
             let s = out.senders.entry(sender.clone()).or_default();
             s.messages += 1;
             s.configured = true;
-            bump(&mut s.message_types, notification::event(bundle));
-            match notification::notice(bundle, &mappings.identity, None) {
+            let event = notification::event(bundle);
+            bump(&mut s.message_types, event.clone());
+            let ack = match notification::notice(bundle, &mappings.identity, None) {
                 Ok(n) => {
                     out.applied += 1;
-                    bump(&mut s.acks, "AA");
                     for w in n.warnings {
                         bump(&mut s.warnings, w);
                     }
+                    "AA"
                 }
                 Err(e) => {
-                    bump(&mut s.acks, if e.reject { "AR" } else { "AE" });
                     bump(&mut s.errors, e.to_string());
+                    if e.reject { "AR" } else { "AE" }
                 }
-            }
-            sender
+            };
+            bump(&mut s.acks, ack);
+            (sender, format!("{event} {ack}"))
         }
         Captured::Hl7(message) => {
             let mut msg = match hl7v2::parse(message) {
@@ -189,7 +214,7 @@ fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> S
                     s.messages += 1;
                     bump(&mut s.acks, "AR");
                     bump(&mut s.errors, e.to_string());
-                    return "(unparsed)".into();
+                    return ("(unparsed)".into(), "AR".into());
                 }
             };
             msg.record_reads();
@@ -206,22 +231,24 @@ fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> S
                 .feeds
                 .facility(&text(&msg, "MSH-4.1"), &text(&msg, "MSH-4.2"))
                 .is_some();
-            bump(&mut s.message_types, event);
             bump(&mut s.versions, text(&msg, "MSH-12.1"));
             bump(&mut s.processing_ids, text(&msg, "MSH-11.1"));
-            match notice {
+            let ack = match notice {
                 Ok(n) => {
                     out.applied += 1;
-                    bump(&mut s.acks, "AA");
                     for w in n.warnings {
                         bump(&mut s.warnings, w);
                     }
+                    "AA"
                 }
                 Err(e) => {
-                    bump(&mut s.acks, if e.reject { "AR" } else { "AE" });
                     bump(&mut s.errors, e.to_string());
+                    if e.reject { "AR" } else { "AE" }
                 }
-            }
+            };
+            bump(&mut s.acks, ack);
+            let outcome = format!("{event} {ack}");
+            bump(&mut s.message_types, event);
             identifiers(&msg, &sender, mappings, s);
             let class = text(&msg, "PV1-2.1");
             if !class.is_empty() {
@@ -245,7 +272,7 @@ fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> S
                     s.unread_fields.insert(f);
                 }
             }
-            sender
+            (sender, outcome)
         }
     }
 }

@@ -65,7 +65,7 @@ pub use batch::{Batch, split_batch};
 pub use delimiters::Delimiters;
 pub use encode::MessageBuilder;
 pub use error::Error;
-pub use message::{Component, Field, Message, Repetition, Segment};
+pub use message::{Component, Field, FieldName, Message, Repetition, Segment};
 pub use parse::{parse, parse_bytes};
 pub use path::{MAX_PATH_NUMBER, Path};
 

@@ -65,6 +65,11 @@ impl Index {
         Some(Span { start, end })
     }
 
+    /// Byte offset that ends field entry `i`.
+    pub(super) fn field_end(&self, i: usize) -> Option<u32> {
+        self.fields.get(i).copied()
+    }
+
     /// Byte offset that ends component `i`.
     pub(super) fn component_end(&self, i: usize) -> Option<u32> {
         self.components.get(i).copied()

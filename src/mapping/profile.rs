@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Mappings;
 use crate::hie::{adt, notification};
-use crate::hl7v2;
+use crate::hl7v2::{self, FieldName};
 use crate::identity::rules::Cx;
 
 /// One message found in a capture.
@@ -24,49 +24,71 @@ pub enum Captured {
     Unreadable(String),
 }
 
-/// The messages in one captured file: one or many HL7 v2 messages (CR, LF or CRLF;
-/// a UTF-8 BOM; FHS/BHS batch envelopes; MLLP frames) or a JSON Bundle.
-pub fn split_capture(bytes: &[u8]) -> Vec<Captured> {
+/// One message of a capture as it is read: HL7 v2 text borrowed from a buffer that is
+/// reused for the next message (a capture of millions allocates nothing per message).
+#[derive(Debug)]
+pub enum Piece<'a> {
+    Hl7(&'a str),
+    Bundle(Value),
+    Unreadable(String),
+}
+
+impl Piece<'_> {
+    pub fn to_owned(&self) -> Captured {
+        match self {
+            Piece::Hl7(m) => Captured::Hl7((*m).to_string()),
+            Piece::Bundle(b) => Captured::Bundle(b.clone()),
+            Piece::Unreadable(why) => Captured::Unreadable(why.clone()),
+        }
+    }
+}
+
+/// Calls `f` with each message of a captured file: one or many HL7 v2 messages (CR, LF
+/// or CRLF; a UTF-8 BOM; FHS/BHS batch envelopes; MLLP frames), each with its segments
+/// ended by CR whatever the file used, or a JSON Bundle.
+pub fn each_message(bytes: &[u8], mut f: impl FnMut(Piece<'_>)) {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        return vec![match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) => Captured::Bundle(v),
-            Err(e) => Captured::Unreadable(format!("not JSON: {e}")),
-        }];
+        return f(match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => Piece::Bundle(v),
+            Err(e) => Piece::Unreadable(format!("not JSON: {e}")),
+        });
     }
     // MLLP framing: <VT> message <FS><CR>; bytes between frames are dropped.
     let mut texts = Vec::new();
     if bytes.contains(&0x0b) {
         for frame in bytes.split(|&b| b == 0x0b).skip(1) {
             let end = frame.iter().position(|&b| b == 0x1c).unwrap_or(frame.len());
-            texts.push(String::from_utf8_lossy(&frame[..end]).into_owned());
+            texts.push(String::from_utf8_lossy(&frame[..end]));
         }
     } else {
-        texts.push(String::from_utf8_lossy(bytes).into_owned());
+        texts.push(String::from_utf8_lossy(bytes));
     }
-    let mut out = Vec::new();
-    for text in texts {
+    let mut message = String::new();
+    let mut open = false;
+    for text in &texts {
         let text = text.trim_start_matches('\u{feff}');
-        let mut current: Option<Vec<&str>> = None;
         for seg in text.split(['\r', '\n']) {
-            if seg.starts_with("MSH") {
-                out.extend(current.take().map(|m| Captured::Hl7(m.join("\r") + "\r")));
-                current = Some(vec![seg]);
-            } else if ["FHS", "BHS", "BTS", "FTS"]
-                .iter()
-                .any(|h| seg.starts_with(h))
-            {
-                out.extend(current.take().map(|m| Captured::Hl7(m.join("\r") + "\r")));
-            } else if let Some(m) = current.as_mut()
-                && !seg.trim().is_empty()
-            {
-                m.push(seg);
+            let header = seg.starts_with("MSH");
+            if header || ["FHS", "BHS", "BTS", "FTS"].iter().any(|h| seg.starts_with(h)) {
+                if open {
+                    f(Piece::Hl7(&message));
+                }
+                message.clear();
+                open = header;
+            } else if !open || seg.trim().is_empty() {
+                continue;
             }
+            message.push_str(seg);
+            message.push('\r');
         }
-        out.extend(current.map(|m| Captured::Hl7(m.join("\r") + "\r")));
+        if open {
+            f(Piece::Hl7(&message));
+        }
+        message.clear();
+        open = false;
     }
-    out
 }
 
 /// What one sender's traffic would get.
@@ -87,7 +109,7 @@ pub struct SenderProfile {
     /// Table (`PV1-2 patient_class`) → code → mapped?
     pub codes: BTreeMap<String, BTreeMap<String, bool>>,
     /// Fields with values that no rule read.
-    pub unread_fields: BTreeSet<String>,
+    pub unread_fields: BTreeSet<FieldName>,
     /// Warnings the gateway would log → count.
     pub warnings: BTreeMap<String, usize>,
 }
@@ -137,19 +159,22 @@ pub fn profile(
     let mut done = 0;
     let mut kept: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut out = Profile::default();
+    // One buffer for every file: a fresh one per file costs the kernel zeroing pages.
+    let mut bytes = Vec::new();
     for file in &files {
         out.files += 1;
-        let bytes = std::fs::read(file)?;
+        bytes.clear();
+        std::io::Read::read_to_end(&mut std::fs::File::open(file)?, &mut bytes)?;
         done += bytes.len() as u64;
-        for captured in split_capture(&bytes) {
+        each_message(&bytes, |piece| {
             out.messages += 1;
-            let (sender, class) = profile_one(&captured, mappings, &mut out);
+            let (sender, class) = profile_one(&piece, mappings, &mut out);
             let n = kept.entry((sender.clone(), class)).or_default();
             if *n < SAMPLES_PER_CLASS {
                 *n += 1;
-                out.samples.push((sender, captured));
+                out.samples.push((sender, piece.to_owned()));
             }
-        }
+        });
         progress(done, total);
     }
     Ok(out)
@@ -172,16 +197,16 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 /// Profiles one message into its sender's entry; returns the sender and the kind of
 /// outcome (`ADT^A01 AA`, `AE`: what `--draft` keeps samples of).
-fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> (String, String) {
+fn profile_one(captured: &Piece<'_>, mappings: &Mappings, out: &mut Profile) -> (String, String) {
     match captured {
-        Captured::Unreadable(why) => {
+        Piece::Unreadable(why) => {
             let s = out.senders.entry("(unreadable)".into()).or_default();
             s.messages += 1;
             bump(&mut s.acks, "AR");
             bump(&mut s.errors, why.clone());
             ("(unreadable)".into(), "AR".into())
         }
-        Captured::Bundle(bundle) => {
+        Piece::Bundle(bundle) => {
             let sender = notification::key(bundle, None)
                 .map(|(source, _)| source)
                 .unwrap_or_else(|_| "(unidentified notification)".into());
@@ -206,7 +231,7 @@ fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> (
             bump(&mut s.acks, ack);
             (sender, format!("{event} {ack}"))
         }
-        Captured::Hl7(message) => {
+        Piece::Hl7(message) => {
             let mut msg = match hl7v2::parse(message) {
                 Ok(m) => m,
                 Err(e) => {
@@ -266,9 +291,9 @@ fn profile_one(captured: &Captured, mappings: &Mappings, out: &mut Profile) -> (
                     .or_default()
                     .insert(disposition, mapped);
             }
-            let read: BTreeSet<String> = msg.fields_read().into_iter().collect();
+            let read = msg.take_reads();
             for f in super::samples::present_fields(&msg) {
-                if !read.contains(&f) {
+                if read.binary_search(&f).is_err() {
                     s.unread_fields.insert(f);
                 }
             }
@@ -317,6 +342,16 @@ fn identifiers(msg: &hl7v2::Message<'_>, sender: &str, mappings: &Mappings, s: &
             (n, "") => n.to_string(),
             (_, u) => u.to_string(),
         };
+        let shown = if kind.is_empty() {
+            "(untyped)"
+        } else {
+            kind.as_str()
+        };
+        let key = format!("{authority} / {shown}");
+        // The first of each authority and type tells how all of them resolve.
+        if s.identifiers.contains_key(&key) {
+            continue;
+        }
         let resolution = match mappings.identity.from_cx_noted(sender, &cx) {
             Ok((id, _)) => format!(
                 "→ {} ({})",
@@ -325,13 +360,7 @@ fn identifiers(msg: &hl7v2::Message<'_>, sender: &str, mappings: &Mappings, s: &
             ),
             Err(why) => format!("ignored: {why}"),
         };
-        let kind = if kind.is_empty() {
-            "(untyped)".into()
-        } else {
-            kind
-        };
-        s.identifiers
-            .insert(format!("{authority} / {kind}"), resolution);
+        s.identifiers.insert(key, resolution);
     }
 }
 
@@ -532,7 +561,7 @@ pub fn render(p: &Profile) -> String {
             out.push_str(&format!("  warning ×{n}: {w}\n"));
         }
         if !s.unread_fields.is_empty() {
-            let f: Vec<&str> = s.unread_fields.iter().map(String::as_str).collect();
+            let f: Vec<String> = s.unread_fields.iter().map(FieldName::to_string).collect();
             out.push_str(&format!("  fields no rule reads: {}\n", f.join(", ")));
         }
     }

@@ -15,7 +15,6 @@
 //!   system's message) → the referral status it means and the action's checked body;
 //!   `"case_id"` stands for the case once it exists (or the case a poll read).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -23,6 +22,7 @@ use serde_json::{Value, json};
 use super::Mappings;
 use crate::cbo::{CboError, parse_action};
 use crate::hie::{Notice, NoticeError, adt, notification};
+use crate::hl7v2::FieldName;
 use crate::referral::projection::{self, Related, Summary};
 use crate::referral::{CboStatus, action};
 
@@ -214,31 +214,29 @@ fn hl7_output(bytes: &[u8], mappings: &Mappings) -> (Value, Vec<String>) {
     };
     msg.record_reads();
     let notice = adt::notice(&msg, &mappings.feeds, &mappings.identity);
-    let read: BTreeSet<String> = msg.fields_read().into_iter().collect();
+    let read = msg.take_reads();
     let unused = present_fields(&msg)
         .into_iter()
-        .filter(|f| !read.contains(f))
+        .filter(|f| read.binary_search(f).is_err())
+        .map(|f| f.to_string())
         .collect();
     (notice_json(notice), unused)
 }
 
 /// Fields with a value (not empty, not `""`), as `SEG-n`; MSH-1 and MSH-2 excluded.
-pub(super) fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<String> {
-    let mut out = BTreeSet::new();
+pub(super) fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<FieldName> {
+    let mut out = Vec::new();
     for segment in msg.segments() {
         let header = segment.id() == "MSH";
-        for field in segment.fields() {
-            let n = field.number();
-            if header && n <= 2 {
-                continue;
+        segment.each_field_text(|n, raw| {
+            if !(header && n <= 2) && !raw.is_empty() && !crate::hl7v2::is_null(raw) {
+                out.push(FieldName::new(segment.id(), n));
             }
-            let raw = field.raw();
-            if !raw.is_empty() && !crate::hl7v2::is_null(raw) {
-                out.insert(format!("{}-{n}", segment.id()));
-            }
-        }
+        });
     }
-    out.into_iter().collect()
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 pub(super) fn notice_json(notice: Result<Notice, NoticeError>) -> Value {

@@ -193,10 +193,14 @@ pub async fn evaluate(
                 ("transportation", TRANSPORTATION),
             ] {
                 let list = domains(list);
-                let screened = store
-                    .persons_with(facts(SCREENED, &list, start, end))
-                    .await?;
-                let screened = screened.iter().filter(|p| members.has(p)).count();
+                let screened = facts(SCREENED, &list, start, end);
+                let screened = match &members {
+                    Population::Active => store.count_persons_with(screened).await?,
+                    Population::Members(m) => {
+                        let persons = store.persons_with(screened).await?;
+                        persons.iter().filter(|p| m.contains(*p)).count()
+                    }
+                };
                 out.push(rate(&format!("{name}-screening"), size, size, screened));
                 let positives =
                     members.within(first_positives(store, screening, &list, start, end).await?);

@@ -288,6 +288,17 @@ impl Store {
             .collect())
     }
 
+    /// How many persons have a fact `filter` selects.
+    pub async fn count_persons_with(&self, filter: FactFilter<'_>) -> Result<usize> {
+        let mut p = sql::Params::default();
+        let text = format!(
+            "SELECT count(DISTINCT f.person_id) FROM measure_facts f WHERE {}",
+            filter.conditions(&mut p)
+        );
+        let n: i64 = self.fetch(text, p).await?[0].get(0);
+        Ok(n as usize)
+    }
+
     /// Each person's first fact that `filter` selects, per domain (`until` and
     /// `value` are not read).
     pub async fn first_facts(&self, filter: FactFilter<'_>) -> Result<Vec<PersonFact>> {
@@ -314,10 +325,12 @@ impl Store {
     /// How many persons have any fact other than a birth date in `[from, to)`: the
     /// population when no Group names one.
     pub async fn active_persons(&self, from: i64, to: i64) -> Result<usize> {
-        // One probe of a person's facts each, rather than sorting every fact.
+        // One probe of each person's facts (every person a fact names is one an
+        // identifier names), rather than sorting every fact.
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM persons p WHERE EXISTS (SELECT 1 FROM measure_facts f \
-             WHERE f.person_id = p.id AND f.kind <> 'born' AND f.at >= $1 AND f.at < $2)",
+            "SELECT count(*) FROM (SELECT DISTINCT person_id FROM person_identifiers) p \
+             WHERE EXISTS (SELECT 1 FROM measure_facts f WHERE f.person_id = p.person_id \
+             AND f.kind <> 'born' AND f.at >= $1 AND f.at < $2)",
         )
         .bind(from)
         .bind(to)

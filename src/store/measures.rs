@@ -1,6 +1,9 @@
 //! Measure facts: staged with the version that states them and written with the batch
-//! (`Tx::stage_facts`), and the reads an evaluation makes, each answered by the
-//! `(kind, domain, at)` index and counted per person through `person_identifiers`.
+//! (`Tx::stage_facts`), each with the person its Patient belongs to (kept so by the
+//! triggers of migration 0025 through merges), and the reads an evaluation makes:
+//! counted and aggregated per person in SQL from the `(kind, domain, at, person_id, …)`
+//! and `(person_id, kind, domain, at)` indexes, so that what comes back is a count or
+//! one row per person rather than every fact.
 
 use sqlx::Row;
 

@@ -38,7 +38,8 @@ for b in batches((("urn:crossway:patient", f"p{i}", f"person{i}", None, "fhir", 
     conn.executemany("INSERT INTO person_identifiers (system, value, person_id, id_type, source, retired, created_at) VALUES (?,?,?,?,?,?,?)", b)
 for b in batches(((f"person{i}", f"ref{i}", None, 0, 0) for i in range(persons))):
     conn.executemany("INSERT INTO persons (id, client_ref, merged_into, created_at, updated_at) VALUES (?,?,?,?,?)", b)
-FACT = "INSERT INTO measure_facts (res_type, res_id, kind, domain, patient_id, at, until, value, organization, detail) VALUES (?,?,?,?,?,?,?,?,?,?)"
+# Each fact with its Patient's person, as `store::measures` writes it.
+FACT = "INSERT INTO measure_facts (res_type, res_id, kind, domain, patient_id, at, until, value, organization, detail, person_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 
 def facts():
     for i in range(persons):
@@ -61,7 +62,7 @@ def facts():
             yield ("Encounter", f"e{k}", "inpatient", "", p, at, at + rng.randrange(1, 10) * DAY, None, None, None)
 
 n = 0
-for b in batches(facts()):
+for b in batches(f + ("person" + f[4][1:],) for f in facts()):
     conn.executemany(FACT, b)
     n += len(b)
 conn.commit()

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::fhir::FhirError;
 use crate::fhir::datetime;
-use crate::store::{PersonFact, Store};
+use crate::store::{Admitted, FactFilter, PersonFact, Store};
 use facts::{CONTACT, INPATIENT, POSITIVE, PROCEDURE, REFERRAL, SCORE, SCREENED};
 pub use screening::Screening;
 
@@ -134,6 +134,44 @@ pub fn period(start: &str, end: &str) -> Result<(i64, i64), FhirError> {
     Ok((start, end))
 }
 
+/// Whom a measure counts: a Group's members, or without one every person with
+/// activity in the period — which every person a count below reads already is, so
+/// only their number is asked for (by SNS-E's screening rates).
+enum Population {
+    Active,
+    Members(HashSet<String>),
+}
+
+impl Population {
+    fn has(&self, person: &str) -> bool {
+        match self {
+            Population::Active => true,
+            Population::Members(m) => m.contains(person),
+        }
+    }
+
+    fn within(&self, facts: Vec<PersonFact>) -> Vec<PersonFact> {
+        facts.into_iter().filter(|f| self.has(&f.person)).collect()
+    }
+
+    async fn size(&self, store: &Store, (start, end): (i64, i64)) -> Result<usize, FhirError> {
+        Ok(match self {
+            Population::Active => store.active_persons(start, end).await?,
+            Population::Members(m) => m.len(),
+        })
+    }
+}
+
+/// Facts of `kind` in `domains` (any when empty) with `at` in `[from, to)`.
+fn facts<'a>(kind: &'a str, domains: &'a [String], from: i64, to: i64) -> FactFilter<'a> {
+    FactFilter {
+        kind,
+        domains,
+        from,
+        to,
+    }
+}
+
 /// Counts every rate of measure `id` over `[start, end)` for `population` (persons;
 /// `None`: every person with activity in the period).
 pub async fn evaluate(
@@ -143,49 +181,40 @@ pub async fn evaluate(
     (start, end): (i64, i64),
     population: Option<HashSet<String>>,
 ) -> Result<Vec<Rate>, FhirError> {
-    let members = match population {
-        Some(p) => p,
-        None => store
-            .active_persons(start, end)
-            .await?
-            .into_iter()
-            .collect(),
-    };
-    let within = |facts: Vec<PersonFact>| -> Vec<PersonFact> {
-        facts
-            .into_iter()
-            .filter(|f| members.contains(&f.person))
-            .collect()
-    };
+    let members = population.map_or(Population::Active, Population::Members);
     let domains = |list: &[&str]| list.iter().map(|d| d.to_string()).collect::<Vec<_>>();
     let mut out = Vec::new();
     match id {
         "sns-e" => {
+            let size = members.size(store, (start, end)).await?;
             for (name, list) in [
                 ("food", FOOD),
                 ("housing", HOUSING),
                 ("transportation", TRANSPORTATION),
             ] {
                 let list = domains(list);
-                let screened = within(store.person_facts(SCREENED, &list, start, end).await?);
-                out.push(rate(
-                    &format!("{name}-screening"),
-                    members.len(),
-                    members.len(),
-                    persons(&screened).len(),
-                ));
-                let positives = within(positives(store, screening, &list, start, end).await?);
+                let screened = facts(SCREENED, &list, start, end);
+                let screened = match &members {
+                    Population::Active => store.count_persons_with(screened).await?,
+                    Population::Members(m) => {
+                        let persons = store.persons_with(screened).await?;
+                        persons.iter().filter(|p| m.contains(*p)).count()
+                    }
+                };
+                out.push(rate(&format!("{name}-screening"), size, size, screened));
+                let positives =
+                    members.within(first_positives(store, screening, &list, start, end).await?);
                 let first = first_per_person(&positives, end - 30 * DAY);
-                let mut helped = within(
-                    store
-                        .person_facts(REFERRAL, &list, start, end + 30 * DAY)
-                        .await?,
-                );
-                helped.extend(within(
-                    store
-                        .person_facts(PROCEDURE, &list, start, end + 30 * DAY)
-                        .await?,
-                ));
+                let mut helped = Vec::new();
+                for kind in [REFERRAL, PROCEDURE] {
+                    helped.extend(
+                        members.within(
+                            store
+                                .person_facts(facts(kind, &list, start, end + 30 * DAY), None)
+                                .await?,
+                        ),
+                    );
+                }
                 let numerator = followed_within(&first, &helped, 30 * DAY, None);
                 out.push(rate(
                     &format!("{name}-intervention"),
@@ -196,7 +225,8 @@ pub async fn evaluate(
             }
         }
         "mips-498" => {
-            let positives = within(positives(store, screening, &[], start, end).await?);
+            let positives =
+                members.within(first_positives(store, screening, &[], start, end).await?);
             let first = first_per_person(&positives, end - 60 * DAY);
             let positive_domains: HashMap<&str, HashSet<&str>> =
                 positives.iter().fold(HashMap::new(), |mut m, f| {
@@ -205,84 +235,93 @@ pub async fn evaluate(
                         .insert(f.domain.as_str());
                     m
                 });
-            let contacts = within(
+            let contacts = members.within(
                 store
-                    .person_facts(CONTACT, &[], start, end + 60 * DAY)
+                    .person_facts(facts(CONTACT, &[], start, end + 60 * DAY), None)
                     .await?,
             );
             let numerator = followed_within(&first, &contacts, 60 * DAY, Some(&positive_domains));
             out.push(rate("contact", first.len(), first.len(), numerator));
         }
         "sdoh-1" | "sdoh-2" => {
-            let stays = within(store.person_facts(INPATIENT, &[], start, end).await?);
-            let births: HashMap<String, i64> = store.births().await?.into_iter().collect();
-            let adult = |s: &PersonFact| {
-                births
-                    .get(&s.person)
-                    .is_some_and(|b| datetime::years_between(*b, s.at) >= 18)
-            };
-            let stays: Vec<&PersonFact> = stays.iter().filter(|s| adult(s)).collect();
-            let horizon = stays
+            let admitted: Vec<Admitted> = store
+                .admitted(start, end, end)
+                .await?
+                .into_iter()
+                .filter(|a| members.has(&a.person))
+                .collect();
+            let born: HashMap<&str, Option<i64>> = admitted
                 .iter()
-                .map(|s| s.until.unwrap_or(end))
-                .max()
-                .unwrap_or(end);
-            // Each domain's screens and positive screens, by person: a stay looks at its
-            // own person's only.
-            type ByPerson = HashMap<String, Vec<i64>>;
-            let by_person = |facts: Vec<PersonFact>| -> ByPerson {
-                let mut m: ByPerson = HashMap::new();
-                for f in facts {
-                    m.entry(f.person).or_default().push(f.at);
-                }
-                m
+                .map(|a| (a.person.as_str(), a.born))
+                .collect();
+            let adult = |person: &str, at: i64| {
+                born.get(person)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|b| datetime::years_between(b, at) >= 18)
             };
-            let mut screened_in: Vec<ByPerson> = Vec::new();
-            let mut positive_in: Vec<ByPerson> = Vec::new();
-            for (_, list) in FIVE {
-                let list = domains(list);
-                screened_in.push(by_person(
-                    store.person_facts(SCREENED, &list, start, horizon).await?,
-                ));
-                positive_in.push(by_person(
-                    positives(store, screening, &list, start, horizon).await?,
-                ));
-            }
-            let during = |facts: &ByPerson, s: &PersonFact| {
-                let until = s.until.unwrap_or(end).max(s.at + DAY);
-                facts
-                    .get(&s.person)
-                    .is_some_and(|ats| ats.iter().any(|at| *at >= s.at && *at < until))
-            };
-            // Per stay: screened for all five during it; then the domains positive in it.
-            let mut fully = HashSet::new();
-            let mut positive_domain: Vec<HashSet<&str>> = vec![HashSet::new(); FIVE.len()];
-            for s in &stays {
-                if screened_in.iter().all(|facts| during(facts, s)) {
-                    fully.insert(s.person.as_str());
-                    for (i, facts) in positive_in.iter().enumerate() {
-                        if during(facts, s) {
-                            positive_domain[i].insert(s.person.as_str());
-                        }
-                    }
+            // Adults at their last stay had an adult stay. Screens count up to the
+            // latest end of an adult stay: every stay's of a person adult at their
+            // first, each stay's own of one who came of age in between.
+            let adults: HashSet<&str> = admitted
+                .iter()
+                .filter(|a| adult(&a.person, a.last_at))
+                .map(|a| a.person.as_str())
+                .collect();
+            let mut ends: Vec<i64> = Vec::new();
+            let mut came_of_age: Vec<String> = Vec::new();
+            for a in &admitted {
+                if adult(&a.person, a.first_at) {
+                    ends.push(a.last_until);
+                } else if adults.contains(a.person.as_str()) {
+                    came_of_age.push(a.person.clone());
                 }
             }
-            let admitted: HashSet<&str> = stays.iter().map(|s| s.person.as_str()).collect();
+            if !came_of_age.is_empty() {
+                let stays = store
+                    .person_facts(facts(INPATIENT, &[], start, end), Some(&came_of_age))
+                    .await?;
+                ends.extend(
+                    stays
+                        .iter()
+                        .filter(|s| adult(&s.person, s.at))
+                        .map(|s| s.until.unwrap_or(end)),
+                );
+            }
+            let horizon = ends.into_iter().max().unwrap_or(end);
+            // The adults' stays during which they were screened for all five domains.
+            let lists: Vec<Vec<String>> = FIVE.iter().map(|(_, list)| domains(list)).collect();
+            let stays: Vec<PersonFact> = store
+                .screened_stays((start, end), end, horizon, &lists)
+                .await?
+                .into_iter()
+                .filter(|s| members.has(&s.person) && adult(&s.person, s.at))
+                .collect();
+            let fully: HashSet<&str> = stays.iter().map(|s| s.person.as_str()).collect();
             if id == "sdoh-1" {
-                out.push(rate(
-                    "screening",
-                    admitted.len(),
-                    admitted.len(),
-                    fully.len(),
-                ));
+                out.push(rate("screening", adults.len(), adults.len(), fully.len()));
             } else {
-                for (i, (name, _)) in FIVE.iter().enumerate() {
-                    out.push(rate(
-                        name,
-                        fully.len(),
-                        fully.len(),
-                        positive_domain[i].len(),
-                    ));
+                // Then the domains each of those stays' person screened positive in
+                // during it.
+                let persons: Vec<String> = fully.iter().map(|p| p.to_string()).collect();
+                let during = |ats: &HashMap<String, Vec<i64>>, s: &PersonFact| {
+                    let until = s.until.unwrap_or(end).max(s.at + DAY);
+                    ats.get(&s.person)
+                        .is_some_and(|ats| ats.iter().any(|at| *at >= s.at && *at < until))
+                };
+                for (name, list) in lists.iter().enumerate().map(|(i, l)| (FIVE[i].0, l)) {
+                    let mut ats: HashMap<String, Vec<i64>> = HashMap::new();
+                    for f in
+                        positives_of(store, screening, list, (start, horizon), &persons).await?
+                    {
+                        ats.entry(f.person).or_default().push(f.at);
+                    }
+                    let positive: HashSet<&str> = stays
+                        .iter()
+                        .filter(|s| during(&ats, s))
+                        .map(|s| s.person.as_str())
+                        .collect();
+                    out.push(rate(name, fully.len(), fully.len(), positive.len()));
                 }
             }
         }
@@ -304,39 +343,74 @@ fn rate(code: &str, initial: usize, denominator: usize, numerator: usize) -> Rat
     }
 }
 
-fn persons(facts: &[PersonFact]) -> HashSet<&str> {
-    facts.iter().map(|f| f.person.as_str()).collect()
-}
-
-/// Positive screens in `domains` (every domain when empty): answers that are positive,
-/// and scored domains whose total on one day is above their threshold.
-async fn positives(
+/// Each person's first positive screen per domain in `domains` (every domain when
+/// empty) in `[from, to)`, and the positive totals of scored domains.
+async fn first_positives(
     store: &Store,
     screening: &Screening,
     domains: &[String],
     from: i64,
     to: i64,
 ) -> Result<Vec<PersonFact>, FhirError> {
-    let mut out = store.person_facts(POSITIVE, domains, from, to).await?;
+    let mut out = store
+        .first_facts(facts(POSITIVE, domains, from, to))
+        .await?;
+    out.extend(scored_positives(store, screening, facts(SCORE, domains, from, to), None).await?);
+    Ok(out)
+}
+
+/// Every positive screen of `persons` in `domains` in `[from, to)`: answers that are
+/// positive, and scored domains' positive totals.
+async fn positives_of(
+    store: &Store,
+    screening: &Screening,
+    domains: &[String],
+    (from, to): (i64, i64),
+    persons: &[String],
+) -> Result<Vec<PersonFact>, FhirError> {
+    let mut out = store
+        .person_facts(facts(POSITIVE, domains, from, to), Some(persons))
+        .await?;
+    out.extend(
+        scored_positives(
+            store,
+            screening,
+            facts(SCORE, domains, from, to),
+            Some(persons),
+        )
+        .await?,
+    );
+    Ok(out)
+}
+
+/// Scored domains whose total on one day is above their threshold, at that day's
+/// first score.
+async fn scored_positives(
+    store: &Store,
+    screening: &Screening,
+    scores: FactFilter<'_>,
+    persons: Option<&[String]>,
+) -> Result<Vec<PersonFact>, FhirError> {
     let mut totals: HashMap<(String, String, i64), (i64, i64)> = HashMap::new();
-    for f in store.person_facts(SCORE, domains, from, to).await? {
+    for f in store.person_facts(scores, persons).await? {
         let day = f.at.div_euclid(DAY);
         let e = totals.entry((f.person, f.domain, day)).or_insert((0, f.at));
         e.0 += f.value.unwrap_or(0);
         e.1 = e.1.min(f.at);
     }
-    for ((person, domain, _), (total, at)) in totals {
-        if screening.threshold(&domain).is_some_and(|t| total > t) {
-            out.push(PersonFact {
-                person,
-                domain,
-                at,
-                until: None,
-                value: Some(total),
-            });
-        }
-    }
-    Ok(out)
+    Ok(totals
+        .into_iter()
+        .filter(|((_, domain, _), (total, _))| {
+            screening.threshold(domain).is_some_and(|t| *total > t)
+        })
+        .map(|((person, domain, _), (total, at))| PersonFact {
+            person,
+            domain,
+            at,
+            until: None,
+            value: Some(total),
+        })
+        .collect())
 }
 
 /// Each person's first fact, kept when it falls before `latest`.

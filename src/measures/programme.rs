@@ -20,7 +20,7 @@ use super::facts::{
 };
 use crate::fhir::FhirError;
 use crate::fhir::datetime;
-use crate::store::{PersonFact, ReferralStep, Store};
+use crate::store::{FactFilter, PersonFact, ReferralStep, Store};
 
 const DAY: i64 = 86_400 * 1_000_000;
 const HOUR: f64 = 3_600.0 * 1_000_000.0;
@@ -223,8 +223,24 @@ pub async fn referrals(
         .collect();
     // Stays of the referred persons around their referrals.
     let (lo, hi) = (start - 90 * DAY, end + 90 * DAY);
-    let ed = store.person_facts(EMERGENCY, &[], lo, hi).await?;
-    let stays = store.person_facts(INPATIENT, &[], lo, hi).await?;
+    let mut persons: Vec<String> = referred
+        .values()
+        .flat_map(|people| people.iter().map(|(p, _)| p.clone()))
+        .collect();
+    persons.sort_unstable();
+    persons.dedup();
+    let of_kind = |kind| FactFilter {
+        kind,
+        domains: &[],
+        from: lo,
+        to: hi,
+    };
+    let ed = store
+        .person_facts(of_kind(EMERGENCY), Some(&persons))
+        .await?;
+    let stays = store
+        .person_facts(of_kind(INPATIENT), Some(&persons))
+        .await?;
     let of_person = |facts: &[PersonFact]| {
         let mut m: HashMap<String, Vec<(i64, Option<i64>)>> = HashMap::new();
         for f in facts {

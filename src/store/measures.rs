@@ -1,13 +1,18 @@
 //! Measure facts: staged with the version that states them and written with the batch
-//! (`Tx::stage_facts`), and the reads an evaluation makes, each answered by the
-//! `(kind, domain, at)` index and counted per person through `person_identifiers`.
+//! (`Tx::stage_facts`), each with the person its Patient belongs to (kept so by the
+//! triggers of migration 0025 through merges), and the reads an evaluation makes:
+//! counted and aggregated per person in SQL from the `(kind, domain, at, person_id, …)`
+//! and `(person_id, kind, domain, at)` indexes, so that what comes back is a count or
+//! one row per person rather than every fact.
 
 use sqlx::Row;
 
 use super::sql::{self, Arg, INT, TEXT};
-use super::{Result, Store, Tx};
+use super::{Backend, Result, Store, Tx};
 use crate::identity::PATIENT_SYSTEM;
-use crate::measures::facts::{CONTACT, Fact};
+use crate::measures::facts::{CONTACT, Fact, SCREENED};
+
+const DAY: i64 = 86_400 * 1_000_000;
 
 /// A fact as written: type, id, kind, domain, patient, at, until, value, organisation,
 /// detail.
@@ -111,21 +116,35 @@ impl Tx<'_> {
             }
         }
         if !rows.is_empty() {
-            let (text, args) = sql::bulk_insert(
-                backend,
-                "measure_facts",
-                COLUMNS,
-                sql::json_rows(&rows),
-                // SQLite needs the WHERE to tell the upsert from a join condition.
-                "WHERE true ON CONFLICT (res_type, res_id, kind, domain) DO NOTHING",
-            );
             self.deferred.push(sql::Write {
-                text,
-                args,
+                text: insert_facts(backend),
+                args: vec![Arg::Text(sql::json_rows(&rows))],
                 reads_by_keys: false,
             });
         }
     }
+}
+
+/// Inserts the facts of a JSON array of [`FactRow`]s, each with the person its
+/// Patient belongs to now (the migration's triggers keep it so afterwards).
+fn insert_facts(backend: Backend) -> String {
+    let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+    let fields = sql::json_fields(backend, COLUMNS);
+    let patient = &fields[names.iter().position(|n| *n == "patient_id").unwrap_or(4)];
+    // (Qualified on SQLite: `value` alone would be the identifier's.)
+    let (rows, patient) = match backend {
+        Backend::Sqlite => ("jsonb_each(jsonb($1)) AS r", format!("r.{patient}")),
+        Backend::Postgres => ("jsonb_array_elements($1::jsonb) AS x", patient.clone()),
+    };
+    format!(
+        "INSERT INTO measure_facts ({}, person_id) \
+         SELECT {}, (SELECT i.person_id FROM person_identifiers i \
+             WHERE i.system = '{PATIENT_SYSTEM}' AND i.value = {patient}) \
+         FROM {rows} \
+         WHERE true ON CONFLICT (res_type, res_id, kind, domain) DO NOTHING",
+        names.join(", "),
+        fields.join(", "),
+    )
 }
 
 /// A fact of a person, as an evaluation reads it.
@@ -151,6 +170,45 @@ pub struct ReferralStep {
     pub person: Option<String>,
 }
 
+/// A person's inpatient stays admitted in a period, in summary.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub person: String,
+    /// The earliest birth date of their Patients, when known.
+    pub born: Option<i64>,
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The latest end of a stay (the period's end for a stay without one).
+    pub last_until: i64,
+}
+
+/// Which facts to read: of `kind`, in `domains` (any when empty), `at` in `[from, to)`,
+/// of a person.
+#[derive(Debug, Clone, Copy)]
+pub struct FactFilter<'a> {
+    pub kind: &'a str,
+    pub domains: &'a [String],
+    pub from: i64,
+    pub to: i64,
+}
+
+impl FactFilter<'_> {
+    /// The WHERE conditions on `measure_facts` aliased `f`.
+    fn conditions(&self, p: &mut sql::Params) -> String {
+        let mut text = format!(
+            "f.kind = {} AND f.at >= {} AND f.at < {} AND f.person_id IS NOT NULL",
+            p.text(self.kind),
+            p.int(self.from),
+            p.int(self.to)
+        );
+        if !self.domains.is_empty() {
+            let marks: Vec<String> = self.domains.iter().map(|d| p.text(d.as_str())).collect();
+            text.push_str(&format!(" AND f.domain IN ({})", marks.join(", ")));
+        }
+        text
+    }
+}
+
 impl Store {
     /// Every step of the referrals made in `[from, to)` (optionally one organisation's).
     pub async fn referral_steps(
@@ -160,15 +218,13 @@ impl Store {
         organization: Option<&str>,
     ) -> Result<Vec<ReferralStep>> {
         let rows = sqlx::query(
-            "SELECT f.res_id, f.kind, f.domain, f.organization, f.detail, f.at, i.person_id \
+            "SELECT f.res_id, f.kind, f.domain, f.organization, f.detail, f.at, f.person_id \
              FROM measure_facts f \
-             LEFT JOIN person_identifiers i ON i.system = $1 AND i.value = f.patient_id \
              WHERE f.res_type = 'Task' AND f.res_id IN ( \
-                 SELECT res_id FROM measure_facts WHERE kind = 'r:created' AND at >= $2 AND at < $3 \
-                 AND ($4 = '' OR organization = $4)) \
+                 SELECT res_id FROM measure_facts WHERE kind = 'r:created' AND at >= $1 AND at < $2 \
+                 AND ($3 = '' OR organization = $3)) \
              AND f.kind LIKE 'r:%'",
         )
-        .bind(PATIENT_SYSTEM)
         .bind(from)
         .bind(to)
         .bind(organization.unwrap_or(""))
@@ -188,34 +244,166 @@ impl Store {
             .collect())
     }
 
-    /// Facts of `kind` in `domains` (any domain when empty) with `at` in `[from, to)`,
-    /// each with the person its Patient belongs to now.
+    /// The facts `filter` selects, each with the person its Patient belongs to now
+    /// (`persons`: only theirs).
     pub async fn person_facts(
         &self,
-        kind: &str,
-        domains: &[String],
-        from: i64,
-        to: i64,
+        filter: FactFilter<'_>,
+        persons: Option<&[String]>,
     ) -> Result<Vec<PersonFact>> {
-        let mut text = String::from(
-            "SELECT i.person_id, f.domain, f.at, f.until, f.value FROM measure_facts f \
-             JOIN person_identifiers i ON i.system = $1 AND i.value = f.patient_id \
-             WHERE f.kind = $2 AND f.at >= $3 AND f.at < $4",
+        let mut p = sql::Params::default();
+        let mut text = format!(
+            "SELECT f.person_id, f.domain, f.at, f.until, f.value FROM measure_facts f WHERE {}",
+            filter.conditions(&mut p)
         );
-        if !domains.is_empty() {
-            let marks: Vec<String> = (0..domains.len()).map(|i| format!("${}", i + 5)).collect();
-            text.push_str(&format!(" AND f.domain IN ({})", marks.join(", ")));
+        if let Some(persons) = persons {
+            if persons.is_empty() {
+                return Ok(Vec::new());
+            }
+            let list = p.text(sql::json_rows(persons));
+            text.push_str(&format!(" AND f.person_id IN ({})", self.json_texts(&list)));
         }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(text))
-            .bind(PATIENT_SYSTEM)
-            .bind(kind)
-            .bind(from)
-            .bind(to);
-        for d in domains {
-            q = q.bind(d);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = self.fetch(text, p).await?;
         Ok(rows
+            .iter()
+            .map(|r| PersonFact {
+                person: r.get(0),
+                domain: r.get(1),
+                at: r.get(2),
+                until: r.get(3),
+                value: r.get(4),
+            })
+            .collect())
+    }
+
+    /// The persons with a fact `filter` selects.
+    pub async fn persons_with(&self, filter: FactFilter<'_>) -> Result<Vec<String>> {
+        let mut p = sql::Params::default();
+        let text = format!(
+            "SELECT DISTINCT f.person_id FROM measure_facts f WHERE {}",
+            filter.conditions(&mut p)
+        );
+        Ok(self
+            .fetch(text, p)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// How many persons have a fact `filter` selects.
+    pub async fn count_persons_with(&self, filter: FactFilter<'_>) -> Result<usize> {
+        let mut p = sql::Params::default();
+        let text = format!(
+            "SELECT count(DISTINCT f.person_id) FROM measure_facts f WHERE {}",
+            filter.conditions(&mut p)
+        );
+        let n: i64 = self.fetch(text, p).await?[0].get(0);
+        Ok(n as usize)
+    }
+
+    /// Each person's first fact that `filter` selects, per domain (`until` and
+    /// `value` are not read).
+    pub async fn first_facts(&self, filter: FactFilter<'_>) -> Result<Vec<PersonFact>> {
+        let mut p = sql::Params::default();
+        let text = format!(
+            "SELECT f.person_id, f.domain, MIN(f.at) FROM measure_facts f WHERE {} \
+             GROUP BY f.person_id, f.domain",
+            filter.conditions(&mut p)
+        );
+        Ok(self
+            .fetch(text, p)
+            .await?
+            .iter()
+            .map(|r| PersonFact {
+                person: r.get(0),
+                domain: r.get(1),
+                at: r.get(2),
+                until: None,
+                value: None,
+            })
+            .collect())
+    }
+
+    /// How many persons have any fact other than a birth date in `[from, to)`: the
+    /// population when no Group names one.
+    pub async fn active_persons(&self, from: i64, to: i64) -> Result<usize> {
+        // One probe of each person's facts (every person a fact names is one an
+        // identifier names), rather than sorting every fact.
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT DISTINCT person_id FROM person_identifiers) p \
+             WHERE EXISTS (SELECT 1 FROM measure_facts f WHERE f.person_id = p.person_id \
+             AND f.kind <> 'born' AND f.at >= $1 AND f.at < $2)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as usize)
+    }
+
+    /// The persons with an inpatient stay admitted in `[from, to)`, with their birth
+    /// date; `end` stands for a missing discharge.
+    pub async fn admitted(&self, from: i64, to: i64, end: i64) -> Result<Vec<Admitted>> {
+        let rows = sqlx::query(
+            "SELECT s.person_id, MIN(s.at), MAX(s.at), MAX(COALESCE(s.until, $3)), \
+             (SELECT MIN(b.at) FROM measure_facts b WHERE b.person_id = s.person_id AND b.kind = 'born') \
+             FROM measure_facts s \
+             WHERE s.kind = 'inpatient' AND s.at >= $1 AND s.at < $2 AND s.person_id IS NOT NULL \
+             GROUP BY s.person_id",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Admitted {
+                person: r.get(0),
+                first_at: r.get(1),
+                last_at: r.get(2),
+                last_until: r.get(3),
+                born: r.get(4),
+            })
+            .collect())
+    }
+
+    /// The inpatient stays admitted in `[from, to)` during which their person was
+    /// screened in each of `domains` (every list screened at least once, before
+    /// `horizon`). A stay lasts until its end (`end` when it has none), and at least a
+    /// day.
+    pub async fn screened_stays(
+        &self,
+        (from, to): (i64, i64),
+        end: i64,
+        horizon: i64,
+        domains: &[Vec<String>],
+    ) -> Result<Vec<PersonFact>> {
+        let mut p = sql::Params::default();
+        let mut text = format!(
+            "SELECT s.person_id, s.domain, s.at, s.until, s.value FROM measure_facts s \
+             WHERE s.kind = 'inpatient' AND s.at >= {} AND s.at < {} AND s.person_id IS NOT NULL",
+            p.int(from),
+            p.int(to)
+        );
+        let (end, day, horizon) = (p.int(end), p.int(DAY), p.int(horizon));
+        let screened = p.text(SCREENED);
+        for list in domains {
+            let marks: Vec<String> = list.iter().map(|d| p.text(d.as_str())).collect();
+            // A stay's end: the later of its discharge (or `end`) and a day after admission.
+            text.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM measure_facts x WHERE x.person_id = s.person_id \
+                 AND x.kind = {screened} AND x.domain IN ({}) AND x.at >= s.at \
+                 AND x.at < CASE WHEN COALESCE(s.until, {end}) > s.at + {day} \
+                     THEN COALESCE(s.until, {end}) ELSE s.at + {day} END \
+                 AND x.at < {horizon})",
+                marks.join(", ")
+            ));
+        }
+        Ok(self
+            .fetch(text, p)
+            .await?
             .iter()
             .map(|r| PersonFact {
                 person: r.get(0),
@@ -252,31 +440,17 @@ impl Store {
         Ok(persons)
     }
 
-    /// Persons with any fact in `[from, to)`: the population when no Group names one.
-    pub async fn active_persons(&self, from: i64, to: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT i.person_id FROM measure_facts f \
-             JOIN person_identifiers i ON i.system = $1 AND i.value = f.patient_id \
-             WHERE f.at >= $2 AND f.at < $3 AND f.kind <> 'born'",
-        )
-        .bind(PATIENT_SYSTEM)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+    /// The texts of a JSON array bound at `mark`, as a subquery.
+    fn json_texts(&self, mark: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("SELECT value FROM json_each({mark})"),
+            Backend::Postgres => format!("SELECT jsonb_array_elements_text({mark}::jsonb)"),
+        }
     }
 
-    /// Birth dates of persons (any of their Patients'), for the adults of SDOH-1.
-    pub async fn births(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT i.person_id, MIN(f.at) FROM measure_facts f \
-             JOIN person_identifiers i ON i.system = $1 AND i.value = f.patient_id \
-             WHERE f.kind = 'born' GROUP BY i.person_id",
-        )
-        .bind(PATIENT_SYSTEM)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    async fn fetch(&self, text: String, p: sql::Params) -> Result<Vec<sqlx::any::AnyRow>> {
+        Ok(sql::bind(sqlx::query(sqlx::AssertSqlSafe(text)), p.args)
+            .fetch_all(&self.pool)
+            .await?)
     }
 }

@@ -25,7 +25,7 @@ pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
 pub use ehr::Unpushed;
 pub use identity::{Conflict, InboundMessage, MergeRecord};
-pub use measures::{PersonFact, ReferralStep};
+pub use measures::{Admitted, FactFilter, PersonFact, ReferralStep};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
 pub use subscriptions::{SubscriptionRow, endpoint_id as subscription_endpoint};

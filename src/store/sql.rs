@@ -62,8 +62,8 @@ pub fn bind<'q>(
 
 /// Collects bind arguments and hands out their placeholders.
 #[derive(Default)]
-struct Params {
-    args: Vec<Arg>,
+pub(super) struct Params {
+    pub(super) args: Vec<Arg>,
 }
 
 impl Params {
@@ -72,11 +72,11 @@ impl Params {
         format!("${}", self.args.len())
     }
 
-    fn text(&mut self, s: impl Into<String>) -> String {
+    pub(super) fn text(&mut self, s: impl Into<String>) -> String {
         self.push(Arg::Text(s.into()))
     }
 
-    fn int(&mut self, i: i64) -> String {
+    pub(super) fn int(&mut self, i: i64) -> String {
         self.push(Arg::Int(i))
     }
 }
@@ -405,15 +405,7 @@ pub fn local_targets(index_rows: &str, include: &Include) -> Vec<(String, String
 /// table whatever the batch size, so it is prepared once and cached, and binding costs
 /// one argument instead of thousands.
 pub(super) fn rows_from_json(backend: Backend, columns: &[(&str, bool)]) -> String {
-    let exprs: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, (_, int))| match (backend, int) {
-            (Backend::Sqlite, _) => format!("value ->> {i}"),
-            (Backend::Postgres, false) => format!("x ->> {i}"),
-            (Backend::Postgres, true) => format!("(x ->> {i})::bigint"),
-        })
-        .collect();
+    let exprs = json_fields(backend, columns);
     // Binary JSON is parsed once; `->>` on text JSON would re-parse it per column.
     match backend {
         Backend::Sqlite => format!("SELECT {} FROM jsonb_each(jsonb($1))", exprs.join(", ")),
@@ -422,6 +414,20 @@ pub(super) fn rows_from_json(backend: Backend, columns: &[(&str, bool)]) -> Stri
             exprs.join(", ")
         ),
     }
+}
+
+/// The columns of one row of [`rows_from_json`]'s array (`value` on SQLite, `x` on
+/// PostgreSQL).
+pub(super) fn json_fields(backend: Backend, columns: &[(&str, bool)]) -> Vec<String> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, (_, int))| match (backend, int) {
+            (Backend::Sqlite, _) => format!("value ->> {i}"),
+            (Backend::Postgres, false) => format!("x ->> {i}"),
+            (Backend::Postgres, true) => format!("(x ->> {i})::bigint"),
+        })
+        .collect()
 }
 
 /// `INSERT INTO table (cols) SELECT … FROM <json rows>`; `rows` is a JSON array of arrays.

@@ -239,6 +239,100 @@ async fn every_rate_counts_persons_exactly() {
     );
 }
 
+/// The five domains of SDOH-1 answered in one QuestionnaireResponse on `authored`:
+/// food positive, safety total 12 (> 10), the rest negative.
+fn five_domains(patient: &str, authored: &str) -> Value {
+    let item = |code: &str, answer: &str| {
+        json!({"linkId": code,
+        "answer": [{"valueCoding": {"system": LOINC, "code": answer}}]})
+    };
+    json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+    "subject": {"reference": format!("Patient/{patient}")}, "authored": authored,
+    "item": [item("88122-7", "LA28397-0"), item("71802-3", "LA31993-1"),
+        item("93030-5", "LA32-8"), item("96779-4", "LA32-8"),
+        item("95618-5", "LA16644-9"), item("95617-7", "LA10082-8"),
+        item("95616-9", "LA10066-1"), item("95615-1", "LA10082-8")]})
+}
+
+/// Facts are counted by the person their Patient belongs to now: two persons merged
+/// after their facts were recorded are one member (a stay on one record and the
+/// screens during it on the other count together), a fact recorded after the merge on
+/// the retired record is the survivor's, and undoing the merge separates them again.
+#[tokio::test]
+async fn a_merge_after_facts_counts_the_person_once() {
+    let app = spawn_app().await;
+    let a = id_of(&app, patient("MRN-MG1", "1970-07-07")).await;
+    let b = id_of(&app, patient("MRN-MG2", "1970-07-07")).await;
+    id_of(&app, screen(&a, "88122-7", "LA28398-8", "2026-03-01")).await;
+    id_of(&app, stay(&a, "2026-06-01T08:00:00Z", "2026-06-05")).await;
+    id_of(&app, screen(&b, "88122-7", "LA28397-0", "2026-04-01")).await;
+    id_of(&app, five_domains(&b, "2026-06-02T12:00:00Z")).await;
+    let year = "periodStart=2026-01-01&periodEnd=2026-12-31";
+    let two_persons = [
+        r("food-screening", 2, 2),
+        r("food-intervention", 1, 0),
+        r("housing-screening", 2, 1),
+        r("housing-intervention", 0, 0),
+        r("transportation-screening", 2, 1),
+        r("transportation-intervention", 0, 0),
+    ];
+    assert_eq!(rates(&evaluate(&app, "sns-e", year).await), two_persons);
+    assert_eq!(
+        rates(&evaluate(&app, "sdoh-1", year).await),
+        [r("screening", 1, 0)]
+    );
+
+    let merge = adt("A40", "mg-1", &mrn("MRN-MG1"), "") + &format!("MRG|{}\n", mrn("MRN-MG2"));
+    assert_eq!(ack_code(&app.send_hl7(&merge).await), "AA");
+    assert_eq!(
+        rates(&evaluate(&app, "sns-e", year).await),
+        [
+            r("food-screening", 1, 1),
+            r("food-intervention", 1, 0),
+            r("housing-screening", 1, 1),
+            r("housing-intervention", 0, 0),
+            r("transportation-screening", 1, 1),
+            r("transportation-intervention", 0, 0),
+        ]
+    );
+    assert_eq!(
+        rates(&evaluate(&app, "sdoh-1", year).await),
+        [r("screening", 1, 1)]
+    );
+    assert_eq!(
+        rates(&evaluate(&app, "sdoh-2", year).await),
+        [
+            r("food", 1, 1),
+            r("housing", 1, 0),
+            r("transportation", 1, 0),
+            r("utilities", 1, 0),
+            r("safety", 1, 1),
+        ]
+    );
+    // Recorded on the retired record after the merge: the survivor's.
+    id_of(&app, screen(&b, "88122-7", "LA28397-0", "2026-02-01")).await;
+    assert_eq!(
+        rates(&evaluate(&app, "sns-e", year).await)[0],
+        r("food-screening", 1, 1)
+    );
+    assert_eq!(
+        rates(&evaluate(&app, "mips-498", year).await),
+        [r("contact", 1, 0)]
+    );
+
+    let out = app.operator(&[
+        "identity",
+        "unmerge",
+        "http://hospital.example.org/mrn|MRN-MG2",
+    ]);
+    assert!(out.contains("Applied"), "{out}");
+    assert_eq!(rates(&evaluate(&app, "sns-e", year).await), two_persons);
+    assert_eq!(
+        rates(&evaluate(&app, "sdoh-1", year).await),
+        [r("screening", 1, 0)]
+    );
+}
+
 #[tokio::test]
 async fn measures_are_listed_and_bad_requests_name_the_parameter() {
     let app = spawn_app().await;

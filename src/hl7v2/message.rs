@@ -279,7 +279,9 @@ impl<'m, 'a> Segment<'m, 'a> {
         let first = self.entry.fields.start as usize;
         let index = &self.msg.index;
         for n in 1..=self.field_count() {
-            if let (Some(prev), Some(end)) = (index.field_end(first + n - 1), index.field_end(first + n)) {
+            if let (Some(prev), Some(end)) =
+                (index.field_end(first + n - 1), index.field_end(first + n))
+            {
                 f(n, self.msg.slice(prev + 1, end));
             }
         }

@@ -71,7 +71,11 @@ pub fn each_message(bytes: &[u8], mut f: impl FnMut(Piece<'_>)) {
         let text = text.trim_start_matches('\u{feff}');
         for seg in text.split(['\r', '\n']) {
             let header = seg.starts_with("MSH");
-            if header || ["FHS", "BHS", "BTS", "FTS"].iter().any(|h| seg.starts_with(h)) {
+            if header
+                || ["FHS", "BHS", "BTS", "FTS"]
+                    .iter()
+                    .any(|h| seg.starts_with(h))
+            {
                 if open {
                     f(Piece::Hl7(&message));
                 }

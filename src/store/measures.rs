@@ -116,7 +116,7 @@ impl Tx<'_> {
             }
         }
         if !rows.is_empty() {
-            self.deferred.push(sql::Write {
+            self.deferred_after.push(sql::Write {
                 text: insert_facts(backend),
                 args: vec![Arg::Text(sql::json_rows(&rows))],
                 reads_by_keys: false,

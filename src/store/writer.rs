@@ -354,6 +354,7 @@ async fn run_batch<C: Command>(
         absent: Default::default(),
         identity: Default::default(),
         deferred: Vec::new(),
+        deferred_after: Vec::new(),
     };
     let mut wanted = Preload::default();
     for (command, _) in batch.iter() {

@@ -229,7 +229,8 @@ pub(super) fn present_fields(msg: &crate::hl7v2::Message<'_>) -> Vec<FieldName> 
     for segment in msg.segments() {
         let header = segment.id() == "MSH";
         segment.each_field_text(|n, raw| {
-            if !(header && n <= 2) && !raw.is_empty() && !crate::hl7v2::is_null(raw) {
+            let opaque = header && n <= 2;
+            if !(opaque || raw.is_empty() || crate::hl7v2::is_null(raw)) {
                 out.push(FieldName::new(segment.id(), n));
             }
         });

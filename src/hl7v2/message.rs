@@ -50,12 +50,6 @@ impl std::fmt::Display for FieldName {
     }
 }
 
-impl serde::Serialize for FieldName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 impl<'a> Message<'a> {
     pub(super) fn new(input: &'a str, delimiters: Delimiters, index: Index) -> Self {
         Self {

@@ -113,6 +113,7 @@ pub struct SenderProfile {
     /// Table (`PV1-2 patient_class`) → code → mapped?
     pub codes: BTreeMap<String, BTreeMap<String, bool>>,
     /// Fields with values that no rule read.
+    #[serde(serialize_with = "field_names")]
     pub unread_fields: BTreeSet<FieldName>,
     /// Warnings the gateway would log → count.
     pub warnings: BTreeMap<String, usize>,
@@ -127,6 +128,12 @@ pub struct Profile {
     /// A few messages of each sender and outcome, in order, for `--draft`'s samples.
     #[serde(skip)]
     pub samples: Vec<(String, Captured)>,
+}
+
+/// `PID-3` and so on (the parser's `FieldName` knows nothing of serde: it is fuzzed
+/// alone).
+fn field_names<S: serde::Serializer>(set: &BTreeSet<FieldName>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(set.iter().map(FieldName::to_string))
 }
 
 fn bump(map: &mut BTreeMap<String, usize>, key: impl Into<String>) {

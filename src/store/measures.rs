@@ -147,6 +147,17 @@ fn insert_facts(backend: Backend) -> String {
     )
 }
 
+/// A `(person_id, domain, at, until, value)` row.
+fn person_fact(r: &sqlx::any::AnyRow) -> PersonFact {
+    PersonFact {
+        person: r.get(0),
+        domain: r.get(1),
+        at: r.get(2),
+        until: r.get(3),
+        value: r.get(4),
+    }
+}
+
 /// A fact of a person, as an evaluation reads it.
 #[derive(Debug, Clone)]
 pub struct PersonFact {
@@ -264,16 +275,7 @@ impl Store {
             text.push_str(&format!(" AND f.person_id IN ({})", self.json_texts(&list)));
         }
         let rows = self.fetch(text, p).await?;
-        Ok(rows
-            .iter()
-            .map(|r| PersonFact {
-                person: r.get(0),
-                domain: r.get(1),
-                at: r.get(2),
-                until: r.get(3),
-                value: r.get(4),
-            })
-            .collect())
+        Ok(rows.iter().map(person_fact).collect())
     }
 
     /// The persons with a fact `filter` selects.
@@ -401,18 +403,7 @@ impl Store {
                 marks.join(", ")
             ));
         }
-        Ok(self
-            .fetch(text, p)
-            .await?
-            .iter()
-            .map(|r| PersonFact {
-                person: r.get(0),
-                domain: r.get(1),
-                at: r.get(2),
-                until: r.get(3),
-                value: r.get(4),
-            })
-            .collect())
+        Ok(self.fetch(text, p).await?.iter().map(person_fact).collect())
     }
 
     /// The persons the Patients `ids` belong to (a Group's members).

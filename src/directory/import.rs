@@ -398,12 +398,18 @@ pub async fn import(
     Ok(report)
 }
 
-/// `incoming`'s fields over `base`'s.
+/// `incoming`'s fields over `base`'s, objects field by field (a summary's
+/// `organization` carries only its one-to-one fields), arrays whole.
 fn merge(base: &mut Value, incoming: Value) {
     match (base.as_object_mut(), incoming) {
         (Some(b), Value::Object(i)) => {
             for (k, v) in i {
-                b.insert(k, v);
+                match b.get_mut(&k) {
+                    Some(old) if old.is_object() && v.is_object() => merge(old, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
             }
         }
         (_, incoming) => *base = incoming,

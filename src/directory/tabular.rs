@@ -89,9 +89,12 @@ pub struct BadRow {
     pub reason: String,
 }
 
+/// A CSV record's cells and the line it starts on.
+pub type Record = (usize, Vec<String>);
+
 /// The records of a CSV text (RFC 4180: quoted fields with doubled quotes, CRLF or LF,
-/// a byte-order mark ignored), each with the line it starts on.
-pub fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// a byte-order mark ignored); an error is the line and what is wrong.
+pub fn parse_csv(text: &str) -> Result<Vec<Record>, (usize, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records = Vec::new();
     let mut record = Vec::new();

@@ -13,10 +13,17 @@ const SERVICE_AT_LOCATION: &str = "e94c9f38-1e8f-4564-91d4-d53501ab1765";
 const TAXONOMY: &str = "5c4d79d7-cc55-470e-9f1f-8cad074e4892";
 const TAXONOMY_TERM: &str = "3f7b145d-84af-42d7-8fae-eaca714b02b2";
 
+/// (example, pointers only it has, (parent pointer, field) only the CSV import has).
+type Disagreement = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
 /// Where the CSV package and the JSON examples disagree upstream (SOURCES.md, "What
 /// the examples disagree on"): per example, the JSON Pointers of what only the example
 /// has, and the fields only the CSV package has.
-const CSV_VS_JSON: &[(&str, &[&str], &[(&str, &str)])] = &[
+const CSV_VS_JSON: &[Disagreement] = &[
     (
         "service_full.json",
         &[

@@ -20,6 +20,7 @@ pub mod referral;
 pub mod audit;
 pub mod auth;
 pub mod cbo;
+pub mod directory;
 pub mod store;
 pub mod subscription;
 

@@ -84,12 +84,36 @@ enum Command {
         #[command(subcommand)]
         command: MappingsCommand,
     },
+    /// The community resource directory (Open Referral HSDS 3.0), served at /hsds/.
+    Directory {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Coordination-platform mode: the EHR servers' Tasks and their write-backs.
     Ehr {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: EhrCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Take in HSDS 3.0: API JSON (one entity, a page of a list, an array, or a
+    /// directory of such files), the tabular package (a directory of CSV files named
+    /// after their tables, e.g. services.csv), or the https URL of an HSDS API list
+    /// (`…/services`; its pages are followed). Every entity is checked against the HSDS
+    /// schemas; the report says what was taken, updated, left unchanged and refused,
+    /// and why. Exits 1 when something was refused (the rest is stored).
+    Import {
+        /// A file, a directory or a URL.
+        source: String,
+        /// The directory to fill (`/hsds/` serves `default`).
+        #[arg(long, default_value = crossway::directory::DEFAULT_TENANT)]
+        tenant: String,
     },
 }
 
@@ -262,8 +286,8 @@ mod operator {
     //! Operator commands: print for people, exit non-zero when something failed.
 
     use super::{
-        AddClient, ClientsCommand, DlqCommand, EhrCommand, FeedsCommand, IdentityCommand,
-        KeysCommand, MappingsCommand,
+        AddClient, ClientsCommand, DirectoryCommand, DlqCommand, EhrCommand, FeedsCommand,
+        IdentityCommand, KeysCommand, MappingsCommand,
     };
     use crossway::auth::registry::{self, NewClient, PublicKeys};
     use crossway::auth::{Authority, ClientKind, RateLimiter, SigningKeys};
@@ -633,6 +657,106 @@ mod operator {
         Ok(())
     }
 
+    pub async fn directory(settings: &Settings, command: DirectoryCommand) -> anyhow::Result<()> {
+        use crossway::directory::import;
+        let DirectoryCommand::Import { source, tenant } = command;
+        let read = if source.starts_with("https://") || source.starts_with("http://") {
+            fetch_hsds(&source, settings.allow_insecure_webhooks).await?
+        } else {
+            import::read_path(std::path::Path::new(&source))?
+        };
+        let store = Store::open(&settings.effective_database_url()).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let mut progress = progress_count("importing");
+        let report = import::import(&store, &tenant, read, now, &mut progress).await;
+        store.close().await;
+        let report = report?;
+        print!("{source} into directory {tenant}: {}", report.render());
+        if !report.refused.is_empty() {
+            anyhow::bail!("{} entries were refused", report.refused.len());
+        }
+        Ok(())
+    }
+
+    /// The pages of an HSDS API list at `url` (following `page=` until `last_page`),
+    /// through the client for tenant-chosen addresses: public hosts only, https
+    /// (http to loopback with `CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1`), no redirects.
+    async fn fetch_hsds(
+        url: &str,
+        allow_insecure: bool,
+    ) -> anyhow::Result<crossway::directory::import::Read> {
+        use crossway::directory::import::{self, Read};
+        if let Some(problem) = crossway::outbox::destination::url_problem(url, allow_insecure) {
+            anyhow::bail!("{url}: the URL {problem}");
+        }
+        let client =
+            crossway::outbox::tenant_client(std::time::Duration::from_secs(60), allow_insecure);
+        let mut parsed = url::Url::parse(url)?;
+        let name = parsed
+            .path_segments()
+            .and_then(|mut s| s.rfind(|p| !p.is_empty()))
+            .unwrap_or("")
+            .to_string();
+        let mut all = Read::default();
+        let mut progress = progress_count("fetching pages");
+        for page in 1.. {
+            let resp = client.get(parsed.as_str()).send().await?;
+            if !resp.status().is_success() {
+                anyhow::bail!("GET {parsed}: {}", resp.status());
+            }
+            let bytes = resp.bytes().await?;
+            let read = import::read_json(parsed.as_str(), &name, &bytes)?;
+            all.candidates.extend(read.candidates);
+            all.refused.extend(read.refused);
+            all.skipped.extend(read.skipped);
+            let doc: Value = serde_json::from_slice(&bytes)?;
+            let total = doc.get("total_pages").and_then(Value::as_u64).unwrap_or(1);
+            progress(page, total.max(page));
+            let last = doc
+                .get("last_page")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            if last || doc.get("contents").is_none() || page >= total.min(100_000) {
+                break;
+            }
+            let rest: Vec<(String, String)> = parsed
+                .query_pairs()
+                .filter(|(k, _)| k != "page")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            parsed
+                .query_pairs_mut()
+                .clear()
+                .extend_pairs(rest)
+                .append_pair("page", &(page + 1).to_string());
+        }
+        progress(1, 1);
+        Ok(all)
+    }
+
+    /// A progress line on stderr when it is a terminal, counting things (entities,
+    /// pages) rather than bytes; cleared at the end.
+    fn progress_count(label: &'static str) -> impl FnMut(u64, u64) {
+        use std::io::{IsTerminal, Write};
+        let on = std::io::stderr().is_terminal();
+        let mut drawn = std::time::Instant::now();
+        move |done, total| {
+            if !on || (done < total && drawn.elapsed().as_millis() < 100) {
+                return;
+            }
+            drawn = std::time::Instant::now();
+            let mut err = std::io::stderr().lock();
+            if done >= total {
+                let _ = write!(err, "\r\x1b[2K");
+            } else {
+                let _ = write!(err, "\r\x1b[2K{label} {done}/{total}");
+            }
+            let _ = err.flush();
+        }
+    }
+
     /// A progress line on stderr when it is a terminal (nothing in a pipe or a log):
     /// bytes read of all, redrawn at most ten times a second, cleared at the end.
     fn progress_bar(label: &'static str) -> impl FnMut(u64, u64) {
@@ -811,6 +935,7 @@ fn main() -> ExitCode {
         | Command::Keys { config, .. }
         | Command::Feeds { config, .. }
         | Command::Mappings { config, .. }
+        | Command::Directory { config, .. }
         | Command::Ehr { config, .. } => config.clone(),
     };
     let settings = match Settings::load(config.as_deref()) {
@@ -844,6 +969,7 @@ fn main() -> ExitCode {
                 operator::mappings(&settings, &dir, command).await
             }
             Command::Ehr { command, .. } => operator::ehr(&settings, command).await,
+            Command::Directory { command, .. } => operator::directory(&settings, command).await,
         }
     });
     match result {

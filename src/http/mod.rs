@@ -6,6 +6,7 @@ mod auth;
 pub mod cbo;
 mod fhir;
 mod health;
+mod hsds;
 pub(crate) mod reports;
 
 use actix_web::body::MessageBody;
@@ -111,6 +112,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(health::metrics))
         .configure(auth::routes)
         .configure(reports::routes)
+        .configure(hsds::routes)
         .service(web::scope("/fhir").configure(fhir::routes))
         .default_service(web::to(|| async {
             HttpResponse::NotFound()
@@ -247,11 +249,16 @@ pub async fn audit(
         "cbo"
     } else if path.starts_with("/reports/") {
         "reports"
+    } else if path.starts_with("/hsds") {
+        "hsds"
     } else {
         ""
     };
-    let open =
-        path == "/fhir/metadata" || path.contains(".well-known") || path.ends_with("openapi.json");
+    // The directory (`/hsds`) holds no personal data: counted, not audited.
+    let open = path == "/fhir/metadata"
+        || path.contains(".well-known")
+        || path.ends_with("openapi.json")
+        || face == "hsds";
     let method = req.method().clone();
     let query = req.query_string().to_string();
     let started = std::time::Instant::now();

@@ -9,6 +9,7 @@
 
 mod auth;
 mod connectors;
+mod directory;
 pub mod ehr;
 mod identity;
 mod measures;
@@ -23,6 +24,7 @@ pub mod writer;
 
 pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
+pub use directory::{DirectoryFilter, DirectoryRow};
 pub use ehr::Unpushed;
 pub use identity::{Conflict, InboundMessage, MergeRecord};
 pub use measures::{Admitted, FactFilter, PersonFact, ReferralStep};

@@ -7,6 +7,7 @@ mod cbo;
 mod conformance;
 mod connectors;
 mod crud;
+mod directory;
 mod durability;
 mod ehr;
 mod errors;

@@ -492,7 +492,7 @@ impl Settings {
         }
         let mut seen = std::collections::HashSet::new();
         for org in &self.organizations {
-            if !crate::fhir::is_valid_id(&org.id) {
+            if !crate::resource::is_valid_id(&org.id) {
                 return Err(ConfigError::Invalid {
                     key: "organization.id",
                     message: format!("{:?} is not a valid FHIR id", org.id),

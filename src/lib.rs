@@ -16,6 +16,7 @@ pub mod mllp;
 pub mod oauth;
 pub mod outbox;
 pub mod referral;
+pub mod resource;
 
 pub mod audit;
 pub mod auth;

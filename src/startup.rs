@@ -370,7 +370,7 @@ async fn watch_tenants(tenants: Tenants, fhir: Fhir) {
             match fhir.adopt(&org).await {
                 Ok(n) => {
                     tracing::info!(message = "New tenant: existing referrals adopted.", organization = %org, referrals = n);
-                    let now = crate::fhir::datetime::now_micros();
+                    let now = crate::resource::datetime::now_micros();
                     if let Err(e) = store.mark_adopted(&org, now).await {
                         tracing::warn!(message = "Cannot mark a tenant adopted.", organization = %org, error = %e);
                     }

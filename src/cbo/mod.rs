@@ -28,11 +28,11 @@ pub use error::{CboError, FieldError};
 pub use services::Service;
 
 use crate::config::OrganizationConfig;
-use crate::fhir::datetime;
 use crate::fhir::engine::{ActionRequest, Fhir, IdempotencyKey, Refusal};
 use crate::mapping::Live;
 use crate::referral::projection::{self, Summary};
 use crate::referral::tenants::Tenants;
+use crate::resource::datetime;
 use crate::store::{Event, ReferralFilter, StoreError, StoredResource};
 use views::{View, Views};
 
@@ -578,7 +578,7 @@ fn service_fhir_id(org: &str, id: &str) -> Result<String, CboError> {
 }
 
 fn parse_etag(s: &str) -> Result<i64, CboError> {
-    crate::fhir::version_from_etag(s).ok_or_else(|| {
+    crate::resource::version_from_etag(s).ok_or_else(|| {
         CboError::Validation(vec![FieldError::header(
             "If-Match",
             "must be an ETag this API returned, e.g. W/\"3\"",

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{CboError, FieldError};
-use crate::fhir::datetime::{format_instant, now_micros};
 use crate::outbox::sign::new_secret;
+use crate::resource::datetime::{format_instant, now_micros};
 use crate::store::{DeliveryRow, EndpointRow, Store};
 
 /// Event types an endpoint may subscribe to.

@@ -29,11 +29,11 @@ use spec::{Auth, Source, scalar_text};
 
 use crate::cbo::{ActionCall, Cbo, CboError, FieldError};
 use crate::config::OrganizationConfig;
-use crate::fhir::datetime::now_micros;
 use crate::mapping::Live;
 use crate::outbox::Failure;
 use crate::outbox::destination::url_problem;
 use crate::referral::{CboStatus, action};
+use crate::resource::datetime::now_micros;
 use crate::store::{ConnectorEndpoint, DueDelivery, Store, StoreError};
 
 /// Endpoint ids of connectors start with this.

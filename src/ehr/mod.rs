@@ -32,10 +32,10 @@ use serde_json::{Value, json};
 use crate::auth::Authority;
 use crate::config::{EhrServerConfig, expand_env};
 use crate::fhir::FhirError;
-use crate::fhir::datetime::{format_instant, now_micros, parse_range};
 use crate::fhir::engine::Fhir;
 use crate::outbox::destination::url_problem;
 use crate::referral::TaskStatus;
+use crate::resource::datetime::{format_instant, now_micros, parse_range};
 use crate::store::StoreError;
 use crate::telemetry::metrics::{EHR_TASKS_GONE, EHR_WRITEBACK_FAILURES};
 

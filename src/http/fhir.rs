@@ -13,10 +13,10 @@ use super::{AppState, etag, header_str};
 use crate::auth::{AuthError, Principal};
 use crate::fhir::bundle::parse_query_string;
 use crate::fhir::capability::capability_statement;
-use crate::fhir::datetime;
 use crate::fhir::engine::Written;
 use crate::fhir::outcome::operation_outcome;
 use crate::fhir::{FhirError, Issue};
+use crate::resource::datetime;
 use crate::store::StoredResource;
 
 mod measure;

@@ -68,7 +68,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             );
         }
     }
-    let now = crate::fhir::datetime::now_micros();
+    let now = crate::resource::datetime::now_micros();
     let backlog = match state.fhir.store().backlog(now).await {
         Ok(b) => Some(b),
         Err(e) => {

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 
 use crate::fhir::FhirError;
-use crate::fhir::datetime;
+use crate::resource::datetime;
 use crate::store::{Admitted, FactFilter, PersonFact, Store};
 use facts::{CONTACT, INPATIENT, POSITIVE, PROCEDURE, REFERRAL, SCORE, SCREENED};
 pub use screening::Screening;

@@ -19,7 +19,7 @@ use super::facts::{
     REFERRAL_CLOSED, REFERRAL_CREATED, REFERRAL_DECLINED, REFERRAL_EXPIRED,
 };
 use crate::fhir::FhirError;
-use crate::fhir::datetime;
+use crate::resource::datetime;
 use crate::store::{FactFilter, PersonFact, ReferralStep, Store};
 
 const DAY: i64 = 86_400 * 1_000_000;

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::connector::Connectors;
-use crate::fhir::datetime::now_micros;
+use crate::resource::datetime::now_micros;
 use crate::store::{DueDelivery, Store};
 use crate::subscription::Subscriptions;
 use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};

@@ -26,8 +26,13 @@ pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
 pub use directory::{DirectoryFilter, DirectoryRow};
 pub use ehr::Unpushed;
-pub use identity::{Conflict, InboundMessage, MergeRecord};
-pub use measures::{Admitted, FactFilter, PersonFact, ReferralStep};
+pub use identity::{Conflict, Identifier, InboundMessage, MergeRecord, PATIENT_SYSTEM, Person};
+pub use measures::{
+    Admitted, BORN, CONTACT, EMERGENCY, Fact, FactFilter, INPATIENT, POSITIVE, PROCEDURE,
+    PersonFact, REFERRAL, REFERRAL_ACCEPTED, REFERRAL_ANSWERED, REFERRAL_CANCELLED,
+    REFERRAL_CLOSED, REFERRAL_CREATED, REFERRAL_DECLINED, REFERRAL_EXPIRED, ReferralStep, SCORE,
+    SCREENED,
+};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
 pub use subscriptions::{SubscriptionRow, endpoint_id as subscription_endpoint};
@@ -41,7 +46,7 @@ pub struct Preload {
     /// Referral ids.
     pub referrals: Vec<String>,
     /// Identifiers whose owners the batch will look up.
-    pub identifiers: Vec<crate::identity::Identifier>,
+    pub identifiers: Vec<Identifier>,
     /// Inbound messages (source, control id) the batch will claim.
     pub inbound: Vec<(String, String)>,
 }
@@ -53,7 +58,7 @@ use std::path::Path;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
-use crate::fhir::search::{Cursor, IndexEntries, SearchQuery, Total};
+use crate::resource::search::{Cursor, IndexEntries, SearchQuery, Total};
 
 pub use sql::Arg;
 
@@ -136,20 +141,7 @@ pub struct SearchPage {
     pub total: Option<usize>,
 }
 
-/// Store-wide backlogs ([`Store::backlog`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Backlog {
-    pub deliveries_pending: i64,
-    /// How far the most overdue pending delivery is behind its due time.
-    pub delivery_lag_micros: i64,
-    /// Deliveries that exhausted their retries and wait for a redeliver.
-    pub deliveries_failed: i64,
-    pub endpoints_disabled: i64,
-    pub dead_letters: i64,
-    pub identity_conflicts: i64,
-    /// EHR write-backs whose last attempt failed (`crossway ehr stuck`).
-    pub ehr_writebacks_stuck: i64,
-}
+pub use crate::telemetry::Backlog;
 
 #[derive(Clone)]
 pub struct Store {
@@ -573,7 +565,7 @@ const MAX_INCLUDE_ROUNDS: usize = 3;
 fn add_targets<'a>(
     keys: &mut Vec<(String, String)>,
     index_rows: &str,
-    includes: impl Iterator<Item = &'a crate::fhir::search::Include>,
+    includes: impl Iterator<Item = &'a crate::resource::search::Include>,
 ) {
     for include in includes {
         for key in sql::local_targets(index_rows, include) {

@@ -8,7 +8,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use super::{Backend, Staged};
-use crate::fhir::search::{
+use crate::resource::search::{
     Filter, Include, IndexEntries, Modifier, ParamDef, ParamType, Prefix, SearchQuery, SearchValue,
     Sort,
 };
@@ -301,7 +301,7 @@ fn value_condition(f: &Filter, v: &SearchValue, p: &mut Params) -> String {
         (_, SearchValue::Reference { target: None, id }) => {
             // A bare id matches a local reference to any type the parameter allows.
             let types = if f.param.targets.is_empty() {
-                crate::fhir::RESOURCE_TYPES
+                crate::resource::RESOURCE_TYPES
             } else {
                 f.param.targets
             };
@@ -309,7 +309,7 @@ fn value_condition(f: &Filter, v: &SearchValue, p: &mut Params) -> String {
             format!("x.target IN ({})", targets.join(", "))
         }
         (_, SearchValue::String(s)) => {
-            let norm = crate::fhir::search::normalize_string(s);
+            let norm = crate::resource::search::normalize_string(s);
             match f.modifier {
                 Modifier::Exact => format!("x.value = {}", p.text(norm)),
                 Modifier::Contains => format!(

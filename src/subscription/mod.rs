@@ -22,10 +22,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fhir::FhirError;
-use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::engine::Fhir;
 use crate::outbox::Failure;
 use crate::outbox::destination::url_problem;
+use crate::resource::datetime::{format_instant, now_micros};
 use crate::store::{DueDelivery, Store, StoreError, SubscriptionRow};
 use notification::{Event, Kind, Standing};
 use topic::{Channel, Content, Plan};
@@ -194,7 +194,7 @@ impl Subscriptions {
         let plan = topic::plan(&resource)?;
         let now = now_micros();
         self.check_channel(&plan, now)?;
-        let id = crate::fhir::new_id();
+        let id = crate::resource::new_id();
         let sent_headers = resource.pointer("/channel/header").cloned();
         stamp(&mut resource, &id, 1, now);
         let row = SubscriptionRow {

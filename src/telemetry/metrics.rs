@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::Backlog;
+use super::Backlog;
 
 /// HL7 v2 messages answered, by `ack` (AA, AE, AR, or `none` when the store could
 /// not take it and no ACK was sent).

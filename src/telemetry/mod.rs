@@ -31,3 +31,18 @@ pub fn init(filter: &str, to_stderr: bool) {
         }
     }
 }
+
+/// Store-wide backlogs, read from the store at each scrape (`Store::backlog`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backlog {
+    pub deliveries_pending: i64,
+    /// How far the most overdue pending delivery is behind its due time.
+    pub delivery_lag_micros: i64,
+    /// Deliveries that exhausted their retries and wait for a redeliver.
+    pub deliveries_failed: i64,
+    pub endpoints_disabled: i64,
+    pub dead_letters: i64,
+    pub identity_conflicts: i64,
+    /// EHR write-backs whose last attempt failed (`crossway ehr stuck`).
+    pub ehr_writebacks_stuck: i64,
+}

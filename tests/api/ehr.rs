@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse};
-use crossway::fhir::datetime::parse_range;
+use crossway::resource::datetime::parse_range;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app_with, stub_server};
@@ -98,8 +98,9 @@ impl Ehr {
     fn add_task_late(&mut self, id: &str, sr: &str, seconds_before_newest: i64) {
         let newest = parse_range(&self.newest()).unwrap().lo;
         self.add_task(id, sr);
-        let at =
-            crossway::fhir::datetime::format_instant(newest - seconds_before_newest * 1_000_000);
+        let at = crossway::resource::datetime::format_instant(
+            newest - seconds_before_newest * 1_000_000,
+        );
         self.tasks.get_mut(id).unwrap().1 -= 1;
         self.stamp_at(id, &at);
     }

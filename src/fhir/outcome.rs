@@ -6,6 +6,7 @@
 
 use serde_json::{Value, json};
 
+use crate::measures::MeasureError;
 pub use crate::resource::issue::{Issue, IssueCode};
 use crate::store::StoreError;
 
@@ -178,5 +179,17 @@ mod tests {
             e.to_operation_outcome()["issue"][0]["expression"][0],
             "Bundle.entry[4].resource.focus"
         );
+    }
+}
+
+impl From<MeasureError> for FhirError {
+    fn from(e: MeasureError) -> FhirError {
+        match e {
+            MeasureError::Invalid { name, rule } => FhirError::invalid(name, rule),
+            MeasureError::Unknown(id) => FhirError::NotFound {
+                resource: format!("Measure/{id}"),
+            },
+            MeasureError::Store(e) => FhirError::Store(e),
+        }
     }
 }

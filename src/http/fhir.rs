@@ -145,6 +145,12 @@ impl std::fmt::Display for FhirResponse {
     }
 }
 
+impl From<crate::measures::MeasureError> for FhirResponse {
+    fn from(e: crate::measures::MeasureError) -> Self {
+        FhirResponse(e.into())
+    }
+}
+
 impl From<FhirError> for FhirResponse {
     fn from(e: FhirError) -> Self {
         FhirResponse(e)

@@ -55,7 +55,7 @@ impl Application {
             // Another process could merge what a local cache holds.
             (None, Backend::Postgres) => IdentityCache::none(),
         });
-        let (mappings, fhir, tenants) = engine(&settings, store).await?;
+        let (mappings, fhir, tenants, registry) = engine(&settings, store).await?;
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
@@ -131,14 +131,14 @@ impl Application {
         };
         let subscriptions = Arc::new(Subscriptions::new(
             fhir.clone(),
-            fhir.subscriptions().clone(),
+            registry.clone(),
             mailer,
             our_base.clone(),
             std::time::Duration::from_millis(settings.webhook_timeout_ms),
             settings.webhook_retry_scale,
             settings.allow_insecure_webhooks,
         ));
-        tokio::spawn(watch_subscriptions(fhir.clone()));
+        tokio::spawn(watch_subscriptions(registry, fhir.store().clone()));
         let dispatcher = Arc::new(crate::outbox::Dispatcher::new(
             fhir.store().clone(),
             crate::outbox::RetryPolicy::standard(settings.webhook_retry_scale),
@@ -306,7 +306,10 @@ async fn stop_signal() {
 
 /// The mappings, the FHIR engine (with its writer) over `store`, and the tenants it
 /// routes to (configured and registered).
-async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Live, Fhir, Tenants)> {
+async fn engine(
+    settings: &Settings,
+    store: Store,
+) -> anyhow::Result<(Live, Fhir, Tenants, crate::subscription::Registry)> {
     let mappings = Live::new(
         Mappings::load(&settings.mappings_dir, &settings.organization_ids())
             .map_err(|e| anyhow::anyhow!("invalid mappings: {e}"))?,
@@ -328,20 +331,20 @@ async fn engine(settings: &Settings, store: Store) -> anyhow::Result<(Live, Fhir
             own_base,
             organizations: tenants.clone(),
             mappings: mappings.clone(),
-            subscriptions,
+            subscriptions: Arc::new(subscriptions.clone()),
         },
     );
-    Ok((mappings, fhir, tenants))
+    Ok((mappings, fhir, tenants, subscriptions))
 }
 
 /// Keeps the live subscriptions current: one created through another process starts
 /// taking events here within half a second.
-async fn watch_subscriptions(fhir: Fhir) {
+async fn watch_subscriptions(registry: crate::subscription::Registry, store: Store) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = fhir.subscriptions().refresh(fhir.store()).await {
+        if let Err(e) = registry.refresh(&store).await {
             tracing::warn!(message = "Cannot read the subscriptions; retrying.", error = %e);
         }
     }
@@ -396,7 +399,7 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools
     let store = Store::open(&settings.effective_database_url())
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
-    let (mappings, fhir, _) = engine(settings, store.clone()).await?;
+    let (mappings, fhir, _, _) = engine(settings, store.clone()).await?;
     let cache = if settings.redis_url.is_empty() {
         IdentityCache::none()
     } else {

@@ -25,8 +25,25 @@ use crate::referral::{CboStatus, Related, projection};
 use crate::store::writer::{BoxFuture, Command, Isolation, Writer};
 use crate::store::{Preload, Referral, Store, StoreError, StoredResource, Tx};
 
+/// Who hears of new versions: the live FHIR Subscriptions (`subscription::Registry`).
+/// A trait, so that the engine names no delivery module.
+pub trait Watchers: Send + Sync + std::fmt::Debug {
+    /// The subscriptions `resource`, a new version written at `now`, is an event of.
+    fn matching(&self, resource: &Value, now: i64) -> Vec<String>;
+}
+
+/// Nobody listens (operator commands, which never write subscribed resources' events).
+#[derive(Debug)]
+struct NoWatchers;
+
+impl Watchers for NoWatchers {
+    fn matching(&self, _: &Value, _: i64) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// What the engine needs to know about this deployment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Context {
     /// Our public `/fhir` base, when configured: absolute references to it are local.
     pub own_base: Option<String>,
@@ -35,7 +52,18 @@ pub struct Context {
     pub mappings: crate::mapping::Live,
     /// The live FHIR Subscriptions: a Task or ServiceRequest version matching one is an
     /// event of it, numbered in the same transaction.
-    pub subscriptions: crate::subscription::Registry,
+    pub subscriptions: Arc<dyn Watchers>,
+}
+
+impl Default for Context {
+    fn default() -> Context {
+        Context {
+            own_base: None,
+            organizations: Tenants::default(),
+            mappings: crate::mapping::Live::default(),
+            subscriptions: Arc::new(NoWatchers),
+        }
+    }
 }
 
 /// The result of a create or update.
@@ -122,10 +150,6 @@ impl Fhir {
     /// The mappings in force (one snapshot).
     pub fn mappings(&self) -> std::sync::Arc<crate::mapping::Mappings> {
         self.ctx.mappings.current()
-    }
-
-    pub fn subscriptions(&self) -> &crate::subscription::Registry {
-        &self.ctx.subscriptions
     }
 
     /// `caller` as for [`Fhir::update`]: an organisation-bound client's creates are

@@ -420,7 +420,11 @@ async fn after_write(
 }
 
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let cs = capability_statement(&base(&req, &state), env!("CARGO_PKG_VERSION"));
+    let cs = capability_statement(
+        &base(&req, &state),
+        env!("CARGO_PKG_VERSION"),
+        vec![crate::subscription::capability()],
+    );
     HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(cs.to_string())

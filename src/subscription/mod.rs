@@ -40,6 +40,42 @@ const HANDSHAKE_RETRY_MICROS: i64 = 30_000_000;
 #[derive(Debug, Clone, Default)]
 pub struct Registry(Arc<RwLock<Live>>);
 
+/// Subscription's entry in the CapabilityStatement: R4 Backport on the IG's topics.
+pub fn capability() -> Value {
+    let backport = "http://hl7.org/fhir/uv/subscriptions-backport";
+    json!({
+        "type": "Subscription",
+        "supportedProfile": [format!("{backport}/StructureDefinition/backport-subscription")],
+        "interaction": [
+            {"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "delete"},
+            {"code": "search-type", "documentation": "the client's own subscriptions, not paged"},
+        ],
+        "versioning": "versioned",
+        "readHistory": false,
+        "updateCreate": false,
+        "searchParam": SEARCH_PARAMS.iter().map(|(name, what)| json!({
+            "name": name,
+            "type": match *name { "url" | "criteria" => "uri", _ => "token" },
+            "documentation": what,
+        })).collect::<Vec<_>>(),
+        "operation": [
+            {"name": "status", "definition": format!("{backport}/OperationDefinition/backport-subscription-status")},
+            {"name": "events", "definition": format!("{backport}/OperationDefinition/backport-subscription-events")},
+        ],
+        "extension": topic::topic_urls().iter().map(|t| json!({
+            "url": format!("{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"),
+            "valueCanonical": t,
+        })).collect::<Vec<_>>(),
+        "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); channel.payload application/fhir+json or application/json (sent as asked); contents empty, id-only, full-resource; handshake (retried every 30 s while unanswered), heartbeats, backport-timeout, backport-max-count (one event per notification), Subscription.end; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient. Unknown filter extensions and modifier extensions are refused. PUT with status requested sends the handshake again. $status at instance and type level, $events, by GET or POST.",
+    })
+}
+
+impl crate::fhir::engine::Watchers for Registry {
+    fn matching(&self, resource: &Value, now: i64) -> Vec<String> {
+        Registry::matching(self, resource, now)
+    }
+}
+
 impl Registry {
     pub fn current(&self) -> Live {
         self.0

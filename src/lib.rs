@@ -6,6 +6,7 @@ pub mod connector;
 pub mod ehr;
 pub mod telemetry;
 
+pub mod feeds;
 pub mod fhir;
 pub mod hie;
 pub mod hl7v2;

@@ -7,15 +7,15 @@ use utoipa_actix_web::AppExt;
 
 use std::sync::Arc;
 
-use crate::audit::{Access, AuditLog};
+use crate::audit::AuditLog;
 use crate::auth::{Authority, RateLimiter, SigningKeys};
 use crate::cache::Cache;
 use crate::cbo::Cbo;
 use crate::config::Settings;
 use crate::connector::Connectors;
 use crate::ehr::Coordinator;
+use crate::feeds::Feed;
 use crate::fhir::engine::{Context, Fhir};
-use crate::hie::Feed;
 use crate::http::{self, AppState};
 use crate::identity::cache::IdentityCache;
 use crate::mapping::{Live, Mappings};
@@ -443,53 +443,6 @@ async fn reload_mappings_on_sighup(
     }
 }
 
-/// The MLLP face: frames in, the feed's ACK out.
-struct FeedHandler {
-    feed: Feed,
-    audit: AuditLog,
-    limit: usize,
-}
-
-impl mllp::Handler for FeedHandler {
-    fn handle(&self, frame: mllp::Frame, peer: SocketAddr) -> mllp::HandlerFuture<'_> {
-        Box::pin(async move {
-            let (outcome, acks, entity) = match frame {
-                mllp::Frame::Message(bytes) => {
-                    let entity = crate::hie::adt::describe(&bytes);
-                    let (outcome, acks) = self.feed.hl7v2(&bytes).await;
-                    (outcome, acks?, entity)
-                }
-                mllp::Frame::TooLarge { head, len } => (
-                    Some(crate::hl7v2::AckCode::Reject),
-                    vec![self.feed.too_large(&head, len, self.limit)],
-                    format!("oversize message ({len} bytes)"),
-                ),
-            };
-            let codes: Vec<&str> = acks.iter().map(|a| crate::hie::adt::ack_code(a)).collect();
-            let client = format!("mllp:{}", peer.ip());
-            self.audit.record(Access {
-                client_id: &client,
-                organization: None,
-                face: "mllp",
-                action: "C",
-                entity,
-                detail: if codes.is_empty() {
-                    "no ACK asked for".into()
-                } else {
-                    format!("ACK {}", codes.join(" "))
-                },
-                outcome: match outcome {
-                    Some(crate::hl7v2::AckCode::Accept) => 200,
-                    Some(crate::hl7v2::AckCode::Error) | None => 422,
-                    _ => 400,
-                },
-                trace_id: "",
-            });
-            Some(acks.into_iter().map(|a| a.into_bytes().into()).collect())
-        })
-    }
-}
-
 async fn start_mllp(
     settings: &Settings,
     feed: Feed,
@@ -516,7 +469,7 @@ async fn start_mllp(
         idle_timeout: std::time::Duration::from_millis(settings.mllp_idle_timeout_ms),
         ..mllp::Limits::default()
     };
-    let handler = Arc::new(FeedHandler {
+    let handler = Arc::new(crate::feeds::mllp::FeedHandler {
         feed,
         audit,
         limit: settings.mllp_max_message_bytes,

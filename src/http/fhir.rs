@@ -668,7 +668,7 @@ async fn process_message(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    use crate::hie::feed::{FeedError, Taken};
+    use crate::feeds::{FeedError, Taken};
     // A notification writes Patients and Encounters.
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;

@@ -20,8 +20,8 @@ use crate::auth::{Authority, Principal};
 
 use crate::cache::Cache;
 use crate::cbo::Cbo;
+use crate::feeds::Feed;
 use crate::fhir::engine::Fhir;
-use crate::hie::Feed;
 use crate::identity::cache::IdentityCache;
 
 fn header_str<'a>(headers: &'a actix_web::http::header::HeaderMap, name: &str) -> Option<&'a str> {

@@ -25,6 +25,7 @@ pub mod cbo;
 pub mod directory;
 pub mod store;
 pub mod subscription;
+pub mod workbench;
 
 pub mod cache;
 pub mod http;

@@ -12,9 +12,6 @@
 //! as the organisation's own actions, with `If-Match` so a concurrent change is re-read
 //! rather than overwritten.
 
-pub mod spec;
-pub mod template;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::expand_env as expand;
-pub use spec::Spec;
-use spec::{Auth, Source, scalar_text};
+pub use crate::mapping::Spec;
+use crate::mapping::connector::{Auth, Source, scalar_text};
 
 use crate::cbo::{ActionCall, Cbo, CboError, FieldError};
 use crate::config::OrganizationConfig;

@@ -181,6 +181,21 @@ const ALL: [TaskStatus; 10] = [
     TaskStatus::EnteredInError,
 ];
 
+/// The events a CBO hears of (webhooks, connectors): what an endpoint may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "referral.created",
+    "referral.updated",
+    "referral.status_changed",
+    "referral.note_added",
+    "referral.cancelled",
+    "referral.expired",
+    "client.admitted",
+    "client.discharged",
+    "client.admission_cancelled",
+    "client.discharge_cancelled",
+    "webhook.endpoint_disabled",
+];
+
 #[cfg(test)]
 mod tests {
     use super::TaskStatus::*;

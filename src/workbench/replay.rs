@@ -5,9 +5,9 @@
 
 use serde_json::Value;
 
-use super::Mappings;
 use super::samples::{diff, notice_json, pretty};
 use crate::hie::stored_notice;
+use crate::mapping::Mappings;
 use crate::store::InboundMessage;
 
 /// One stored message the candidate maps differently.

@@ -143,8 +143,8 @@ impl Application {
             fhir.store().clone(),
             crate::outbox::RetryPolicy::standard(settings.webhook_retry_scale),
             std::time::Duration::from_millis(settings.webhook_timeout_ms),
-            connectors.clone(),
-            subscriptions.clone(),
+            vec![subscriptions.clone(), connectors.clone()],
+            |e| serde_json::to_value(crate::cbo::feed_event(e)).expect("feed items serialise"),
             settings.allow_insecure_webhooks,
         ));
         let mut workers = Vec::new();

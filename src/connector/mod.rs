@@ -507,6 +507,22 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
+impl crate::outbox::Sink for Connectors {
+    fn takes(&self, d: &DueDelivery) -> bool {
+        d.connector.is_some()
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        d: &'a DueDelivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, Failure>> {
+        Box::pin(async move {
+            let connector = d.connector.as_deref().unwrap_or_default();
+            Connectors::deliver(self, d, connector).await
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,10 +18,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::connector::Connectors;
 use crate::resource::datetime::now_micros;
-use crate::store::{DueDelivery, Store};
-use crate::subscription::Subscriptions;
+use crate::store::{DueDelivery, Event, Store};
 use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};
 
 /// When to retry, and for how long.
@@ -119,6 +117,23 @@ fn builder(timeout: Duration) -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(64)
 }
 
+/// A kind of endpoint delivered otherwise than as a signed webhook (a FHIR
+/// Subscription's notification, a connector's request to a case system). Sinks are
+/// registered when the gateway starts; the outbox names none of them.
+pub trait Sink: Send + Sync {
+    /// Whether this sink sends `d`.
+    fn takes(&self, d: &DueDelivery) -> bool;
+    /// Sends `d`: the status the receiver answered, or why not. The dispatcher bounds
+    /// the whole of it by its timeout.
+    fn deliver<'a>(
+        &'a self,
+        d: &'a DueDelivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, Failure>>;
+}
+
+/// The body of a signed webhook for a stored event (the CBO API's event form).
+pub type EventBody = fn(Event) -> serde_json::Value;
+
 /// Deliveries claimed at once by one worker.
 const CLAIM: usize = 256;
 
@@ -130,10 +145,9 @@ pub struct Dispatcher {
     timeout: Duration,
     /// Deliveries in flight at once, across endpoints.
     concurrency: usize,
-    /// Sends the deliveries of connector endpoints.
-    connectors: Arc<Connectors>,
-    /// Sends the notifications of FHIR Subscriptions (`subscription:<id>` endpoints).
-    subscriptions: Arc<Subscriptions>,
+    /// The other kinds of endpoint, asked in order.
+    sinks: Vec<Arc<dyn Sink>>,
+    event_body: EventBody,
     /// Loopback endpoints allowed (`CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1`).
     allow_loopback: bool,
 }
@@ -149,14 +163,14 @@ impl Dispatcher {
         store: Store,
         policy: RetryPolicy,
         timeout: Duration,
-        connectors: Arc<Connectors>,
-        subscriptions: Arc<Subscriptions>,
+        sinks: Vec<Arc<dyn Sink>>,
+        event_body: EventBody,
         allow_loopback: bool,
     ) -> Dispatcher {
         Dispatcher {
             store,
-            connectors,
-            subscriptions,
+            sinks,
+            event_body,
             timeout,
             http: tenant_client(timeout, allow_loopback),
             policy,
@@ -314,11 +328,8 @@ impl Dispatcher {
     }
 
     async fn send(&self, d: &DueDelivery) -> Outcome {
-        if d.endpoint_id.starts_with("subscription:") {
-            return self.bounded(self.subscriptions.deliver(d)).await;
-        }
-        if let Some(connector) = &d.connector {
-            return self.bounded(self.connectors.deliver(d, connector)).await;
+        if let Some(sink) = self.sinks.iter().find(|s| s.takes(d)) {
+            return self.bounded(sink.deliver(d)).await;
         }
         // Judged again before every send: the row may predate a stricter rule.
         if let Some(problem) = destination::url_problem(&d.url, self.allow_loopback) {
@@ -328,7 +339,7 @@ impl Dispatcher {
                 error: format!("the endpoint's URL {problem}"),
             };
         }
-        let (id, body) = payload(d);
+        let (id, body) = payload(d, self.event_body);
         let timestamp = now_micros() / 1_000_000;
         let mut secrets = vec![d.secret.as_str()];
         if let (Some(previous), Some(until)) = (&d.previous_secret, d.previous_expires_at)
@@ -395,7 +406,7 @@ fn causes(e: &dyn std::error::Error) -> String {
 }
 
 /// (`webhook-id`, body): the event as the feed shows it (thin, id-only).
-fn payload(d: &DueDelivery) -> (String, String) {
+fn payload(d: &DueDelivery, event_body: EventBody) -> (String, String) {
     if let Some(p) = &d.payload {
         let id = serde_json::from_str::<serde_json::Value>(p)
             .ok()
@@ -405,8 +416,7 @@ fn payload(d: &DueDelivery) -> (String, String) {
     }
     match &d.event {
         Some(e) => {
-            let item = crate::cbo::feed_event(e.clone());
-            let body = serde_json::to_string(&item).expect("feed items serialise");
+            let body = event_body(e.clone()).to_string();
             (e.id.clone(), body)
         }
         // The event was pruned by retention; say so rather than send nothing.

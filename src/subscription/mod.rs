@@ -1004,3 +1004,16 @@ fn masked(mut resource: Value) -> Value {
     }
     resource
 }
+
+impl crate::outbox::Sink for Subscriptions {
+    fn takes(&self, d: &DueDelivery) -> bool {
+        d.endpoint_id.starts_with("subscription:")
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        d: &'a DueDelivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, Failure>> {
+        Box::pin(Subscriptions::deliver(self, d))
+    }
+}

@@ -55,7 +55,8 @@ impl Application {
             // Another process could merge what a local cache holds.
             (None, Backend::Postgres) => IdentityCache::none(),
         });
-        let (mappings, fhir, tenants, registry) = engine(&settings, store).await?;
+        let (mappings, fhir, tenants, registry) =
+            engine(&settings, store, identities.clone()).await?;
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
@@ -64,7 +65,7 @@ impl Application {
                 .clone()
                 .watch(fhir.store().clone(), std::time::Duration::from_millis(500)),
         );
-        let feed = Feed::new(fhir.clone(), mappings.clone(), identities.clone());
+        let feed = Feed::new(fhir.clone(), mappings.clone());
         let audit = AuditLog::start(fhir.store().clone());
         let keys = SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -309,6 +310,7 @@ async fn stop_signal() {
 async fn engine(
     settings: &Settings,
     store: Store,
+    identities: Arc<IdentityCache>,
 ) -> anyhow::Result<(Live, Fhir, Tenants, crate::subscription::Registry)> {
     let mappings = Live::new(
         Mappings::load(&settings.mappings_dir, &settings.organization_ids())
@@ -333,6 +335,7 @@ async fn engine(
             mappings: mappings.clone(),
             subscriptions: Arc::new(subscriptions.clone()),
         },
+        identities,
     );
     Ok((mappings, fhir, tenants, subscriptions))
 }
@@ -399,7 +402,6 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools
     let store = Store::open(&settings.effective_database_url())
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the store: {e}"))?;
-    let (mappings, fhir, _, _) = engine(settings, store.clone()).await?;
     let cache = if settings.redis_url.is_empty() {
         IdentityCache::none()
     } else {
@@ -408,7 +410,8 @@ pub async fn operator_tools(settings: &Settings) -> anyhow::Result<OperatorTools
             .expect("a Redis cache has a manager");
         IdentityCache::redis(manager, &settings.effective_database_url())
     };
-    let feed = Feed::new(fhir.clone(), mappings, Arc::new(cache));
+    let (mappings, fhir, _, _) = engine(settings, store.clone(), Arc::new(cache)).await?;
+    let feed = Feed::new(fhir.clone(), mappings);
     Ok(OperatorTools { store, feed, fhir })
 }
 

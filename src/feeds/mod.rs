@@ -9,8 +9,6 @@
 
 pub mod mllp;
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use crate::fhir::engine::{Inbound, Ingested};
@@ -18,7 +16,6 @@ use crate::fhir::{Fhir, FhirError, datetime};
 use crate::hie::{Effect, Notice, NoticeError, adt, notification, stored_notice};
 use crate::hl7v2::{self, AckCode, AckError, AckMode, ErrorCode, ErrorLocation, Severity};
 use crate::identity::Identifier;
-use crate::identity::cache::IdentityCache;
 use crate::mapping::Live;
 use crate::store::InboundMessage;
 use crate::telemetry::metrics::{
@@ -30,7 +27,6 @@ pub struct Feed {
     fhir: Fhir,
     /// The feed tables and identity rules in force (reloadable).
     mappings: Live,
-    cache: Arc<IdentityCache>,
 }
 
 /// How a notification Bundle was taken (the HTTP status is its only acknowledgement).
@@ -105,12 +101,8 @@ fn location(path: &str) -> Option<ErrorLocation> {
 }
 
 impl Feed {
-    pub fn new(fhir: Fhir, mappings: Live, cache: Arc<IdentityCache>) -> Feed {
-        Feed {
-            fhir,
-            mappings,
-            cache,
-        }
+    pub fn new(fhir: Fhir, mappings: Live) -> Feed {
+        Feed { fhir, mappings }
     }
 
     /// Handles one HL7 v2 message; returns its application outcome (`None`: not
@@ -321,10 +313,7 @@ impl Feed {
 
     async fn apply(&self, inbound: Inbound) -> Result<Taken, FeedError> {
         match self.fhir.ingest(inbound).await? {
-            Ingested::Applied { invalidate } => {
-                self.cache.invalidate(&invalidate).await;
-                Ok(Taken::Applied)
-            }
+            Ingested::Applied { .. } => Ok(Taken::Applied),
             Ingested::Ignored => Ok(Taken::Ignored),
             Ingested::Duplicate(first) => match first.status.as_str() {
                 "dead" | "rejected" => Err(FeedError::Invalid(NoticeError::error(

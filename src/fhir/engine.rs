@@ -18,6 +18,7 @@ use super::reference::{self, Target};
 use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
+use crate::identity::cache::IdentityCache;
 use crate::referral::action::{self, Action, ActionError, Actor};
 use crate::referral::projection::Fetch;
 use crate::referral::tenants::Tenants;
@@ -125,16 +126,20 @@ pub struct Fhir {
     store: Store,
     writer: Writer<WriteCommand>,
     ctx: Arc<Context>,
+    /// Cached identifier → person answers, dropped after a write that moved
+    /// identifiers between persons, whatever face the write came through.
+    identities: Arc<IdentityCache>,
 }
 
 impl Fhir {
     /// Starts the writer on the current tokio runtime.
-    pub fn new(store: Store, ctx: Context) -> Fhir {
+    pub fn new(store: Store, ctx: Context, identities: Arc<IdentityCache>) -> Fhir {
         let writer = Writer::spawn(&store);
         Fhir {
             store,
             writer,
             ctx: Arc::new(ctx),
+            identities,
         }
     }
 
@@ -323,13 +328,27 @@ impl Fhir {
         .map(|_| ())
     }
 
+    /// Runs a write and, once it has committed, its effects outside the store: a
+    /// write that moved identifiers between persons (a merge by ADT, by Patient.link,
+    /// by an operator, in a Bundle from any face) drops the cached answers it made
+    /// stale before anyone hears of it.
     async fn submit(&self, write: Write) -> Result<Outcome, FhirError> {
-        self.writer
+        let done = self
+            .writer
             .submit(WriteCommand {
                 ctx: self.ctx.clone(),
                 write,
             })
-            .await
+            .await?;
+        if done.moved_identities {
+            match &done.outcome {
+                Outcome::Ingested(Ingested::Applied { invalidate }) if !invalidate.is_empty() => {
+                    self.identities.invalidate(invalidate).await
+                }
+                _ => self.identities.forget_all().await,
+            }
+        }
+        Ok(done.outcome)
     }
 
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<StoredResource, FhirError> {
@@ -551,8 +570,15 @@ struct WriteCommand {
     write: Write,
 }
 
+/// A command's outcome and what must follow its commit.
+struct Done {
+    outcome: Outcome,
+    /// It moved identifiers between persons (see [`Fhir::submit`]).
+    moved_identities: bool,
+}
+
 impl Command for WriteCommand {
-    type Output = Outcome;
+    type Output = Done;
     type Error = FhirError;
 
     fn isolation(&self) -> Isolation {
@@ -688,8 +714,21 @@ impl Command for WriteCommand {
         }
     }
 
-    fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Outcome, FhirError>> {
+    fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Done, FhirError>> {
         Box::pin(async move {
+            let moves = tx.identity_moves();
+            let outcome = self.run(tx).await?;
+            Ok(Done {
+                outcome,
+                moved_identities: tx.identity_moves() != moves,
+            })
+        })
+    }
+}
+
+impl WriteCommand {
+    async fn run(self, tx: &mut Tx<'_>) -> Result<Outcome, FhirError> {
+        {
             let ctx = &self.ctx;
             let now = datetime::now_micros();
             match self.write {
@@ -792,7 +831,7 @@ impl Command for WriteCommand {
                     Ok(Outcome::Pruned)
                 }
             }
-        })
+        }
     }
 }
 

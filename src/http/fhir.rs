@@ -405,17 +405,8 @@ fn written_response(w: Written, base: &str, ret: Return) -> HttpResponse {
     resource_response(status, w.stored, base, ret, &w.warnings)
 }
 
-/// The answer to a create or update; cached identifier → person answers are dropped
-/// first when the resource merged persons (merges are rare; the store is the truth).
-async fn after_write(
-    req: &HttpRequest,
-    state: &AppState,
-    written: Written,
-    merges: bool,
-) -> HttpResponse {
-    if merges {
-        state.identities.forget_all().await;
-    }
+/// The answer to a create or update.
+fn after_write(req: &HttpRequest, state: &AppState, written: Written) -> HttpResponse {
     written_response(written, &base(req, state), prefer(req).0)
 }
 
@@ -440,7 +431,6 @@ async fn create(
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_none_exist = header_str(req.headers(), "if-none-exist");
-    let merges = merges_persons(&body);
     let written = state
         .fhir
         .create(
@@ -450,7 +440,7 @@ async fn create(
             caller.organization.as_deref(),
         )
         .await?;
-    Ok(after_write(&req, &state, written, merges).await)
+    Ok(after_write(&req, &state, written))
 }
 
 async fn update(
@@ -463,7 +453,6 @@ async fn update(
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
-    let merges = merges_persons(&body);
     let written = state
         .fhir
         .update(
@@ -474,7 +463,7 @@ async fn update(
             caller.organization.as_deref(),
         )
         .await?;
-    Ok(after_write(&req, &state, written, merges).await)
+    Ok(after_write(&req, &state, written))
 }
 
 /// `PUT Type?search`: conditional update (what `upsertResource` clients send).
@@ -488,7 +477,6 @@ async fn conditional_update(
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
-    let merges = merges_persons(&body);
     let written = state
         .fhir
         .conditional_update(
@@ -499,7 +487,7 @@ async fn conditional_update(
             caller.organization.as_deref(),
         )
         .await?;
-    Ok(after_write(&req, &state, written, merges).await)
+    Ok(after_write(&req, &state, written))
 }
 
 async fn read(
@@ -716,9 +704,6 @@ async fn transaction(
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     check_entries(&caller, &body)?;
     let with_resources = prefer(&req).0 == Return::Representation;
-    let merges = body["entry"]
-        .as_array()
-        .is_some_and(|entries| entries.iter().any(|e| merges_persons(&e["resource"])));
     let response = state
         .fhir
         .bundle(
@@ -728,22 +713,7 @@ async fn transaction(
             caller.organization.as_deref(),
         )
         .await?;
-    if merges {
-        state.identities.forget_all().await;
-    }
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
-}
-
-/// A Patient whose `link` merges persons (`replaced-by`, `replaces`): once it is
-/// written, cached identifier → person answers may be stale, so they are all dropped
-/// (merges are rare; the store is the truth).
-fn merges_persons(resource: &Value) -> bool {
-    resource["resourceType"] == "Patient"
-        && resource["link"].as_array().is_some_and(|links| {
-            links
-                .iter()
-                .any(|l| matches!(l["type"].as_str(), Some("replaced-by" | "replaces")))
-        })
 }
 
 /// A path no route takes: not found, whatever the method (a 405 would owe an `Allow`).

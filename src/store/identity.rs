@@ -810,10 +810,18 @@ impl Tx<'_> {
     }
 
     async fn bump_identity_generation(&mut self) -> Result<()> {
+        self.identity_moves += 1;
         sqlx::query("UPDATE identity_generation SET generation = generation + 1 WHERE id = 1")
             .execute(&mut *self.conn)
             .await?;
         Ok(())
+    }
+
+    /// How many times this transaction has moved identifiers between persons (merges,
+    /// unmerges): a command compares it before and after to know whether cached
+    /// identifier → person answers must be dropped after the commit.
+    pub fn identity_moves(&self) -> u64 {
+        self.identity_moves
     }
 
     /// Records (staged) that a message or resource named several persons.

@@ -691,6 +691,8 @@ pub struct Tx<'c> {
     absent: HashSet<(String, String)>,
     /// Persons, identifiers and inbound messages (see `identity`).
     identity: identity::Staging,
+    /// Merges and unmerges so far ([`Tx::identity_moves`]).
+    identity_moves: u64,
     /// Writes queued by the flush, sent together by [`Tx::send_deferred`].
     deferred: Vec<sql::Write>,
     /// Writes that read what `deferred` writes (a measure fact looks up its Patient's

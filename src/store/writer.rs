@@ -353,6 +353,7 @@ async fn run_batch<C: Command>(
         notifications: Vec::new(),
         absent: Default::default(),
         identity: Default::default(),
+        identity_moves: 0,
         deferred: Vec::new(),
         deferred_after: Vec::new(),
     };

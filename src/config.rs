@@ -151,6 +151,10 @@ pub struct Settings {
     pub ehr_servers: Vec<EhrServerConfig>,
     /// How often each EHR server is polled for Tasks and sent our changes.
     pub ehr_poll_interval_ms: u64,
+    /// How often the store's identity generation is read, so that a merge committed by
+    /// another gateway process empties this one's identity cache (this process's own
+    /// merges empty it at once).
+    pub identity_watch_ms: u64,
     /// How far before the newest `meta.lastUpdated` seen each poll asks again: a Task
     /// committed after a poll with an earlier timestamp is still found.
     pub ehr_poll_overlap_ms: u64,
@@ -292,6 +296,7 @@ impl Default for Settings {
             ehr_servers: Vec::new(),
             // The IG: no more often than every 15 minutes.
             ehr_poll_interval_ms: 900_000,
+            identity_watch_ms: 500,
             ehr_poll_overlap_ms: 300_000,
             ehr_reconcile_interval_ms: 3_600_000,
             smtp_url: String::new(),
@@ -419,6 +424,9 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_WEBHOOK_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
             self.webhook_timeout_ms = v;
+        }
+        if let Some(v) = var("CROSSWAY_IDENTITY_WATCH_MS").and_then(|v| v.parse().ok()) {
+            self.identity_watch_ms = v;
         }
         if let Some(v) = var("CROSSWAY_EHR_POLL_INTERVAL_MS").and_then(|v| v.parse().ok()) {
             self.ehr_poll_interval_ms = v;

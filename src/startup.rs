@@ -60,11 +60,10 @@ impl Application {
         fhir.seed_organizations()
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured organisations: {e}"))?;
-        tokio::spawn(
-            identities
-                .clone()
-                .watch(fhir.store().clone(), std::time::Duration::from_millis(500)),
-        );
+        tokio::spawn(identities.clone().watch(
+            fhir.store().clone(),
+            std::time::Duration::from_millis(settings.identity_watch_ms),
+        ));
         let feed = Feed::new(fhir.clone(), mappings.clone());
         let audit = AuditLog::start(fhir.store().clone());
         let keys = SigningKeys::load_or_create(&settings.data_dir, &settings.signing_key_file)

@@ -402,9 +402,49 @@ impl Fhir {
         base: &str,
     ) -> Result<String, FhirError> {
         check_type(resource_type)?;
-        let query = search::parse_query(resource_type, params, lenient)?;
+        let mut params = params.to_vec();
+        if resource_type == "Patient" {
+            self.patients_by_person(&mut params).await?;
+        }
+        let query = search::parse_query(resource_type, &params, lenient)?;
         let page = self.store.search(&query).await?;
         Ok(bundle::searchset(base, &query, &page))
+    }
+
+    /// `Patient?identifier=system|value` finds the Patients of the person the
+    /// identifier names, through the identity index, so a retired (merged) identifier
+    /// still finds them: the parameter becomes an `_id` list.
+    async fn patients_by_person(&self, params: &mut [(String, String)]) -> Result<(), FhirError> {
+        for (name, value) in params.iter_mut() {
+            if name != "identifier" || value.contains(',') {
+                continue;
+            }
+            let Some((system, id)) = value.split_once('|') else {
+                continue;
+            };
+            if system.is_empty() || id.is_empty() {
+                continue;
+            }
+            let wanted = crate::identity::Identifier::new(system, id, None);
+            let person = self
+                .identities
+                .lookup(&self.store, std::slice::from_ref(&wanted))
+                .await?
+                .pop()
+                .flatten();
+            let ids = match person {
+                Some(p) => self.store.patients_of(&p.id).await?,
+                None => Vec::new(),
+            };
+            *name = "_id".into();
+            // No Patient: an id no resource can have, so the search finds nothing.
+            *value = if ids.is_empty() {
+                "-".into()
+            } else {
+                ids.join(",")
+            };
+        }
+        Ok(())
     }
 
     /// Makes referrals of the stored Tasks that `organization` (a tenant just

@@ -590,7 +590,7 @@ async fn search_post(
 async fn run_search(
     req: &HttpRequest,
     resource_type: &str,
-    mut params: Vec<(String, String)>,
+    params: Vec<(String, String)>,
     state: &AppState,
 ) -> Result<HttpResponse> {
     let caller = authenticate(req, state).await?;
@@ -600,52 +600,11 @@ async fn run_search(
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body));
     }
     let lenient = prefer(req).1;
-    if resource_type == "Patient" {
-        patients_by_person(&mut params, state).await?;
-    }
     let body = state
         .fhir
         .search(resource_type, &params, lenient, &base(req, state))
         .await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
-}
-
-/// `Patient?identifier=system|value` finds the Patients of the person the identifier
-/// names, through the identity index, so a retired (merged) identifier still finds
-/// them: the parameter becomes an `_id` list.
-async fn patients_by_person(params: &mut [(String, String)], state: &AppState) -> Result<()> {
-    for (name, value) in params.iter_mut() {
-        if name != "identifier" || value.contains(',') {
-            continue;
-        }
-        let Some((system, id)) = value.split_once('|') else {
-            continue;
-        };
-        if system.is_empty() || id.is_empty() {
-            continue;
-        }
-        let wanted = crate::identity::Identifier::new(system, id, None);
-        let store = state.fhir.store();
-        let person = state
-            .identities
-            .lookup(store, std::slice::from_ref(&wanted))
-            .await
-            .map_err(FhirError::from)?
-            .pop()
-            .flatten();
-        let ids = match person {
-            Some(p) => store.patients_of(&p.id).await.map_err(FhirError::from)?,
-            None => Vec::new(),
-        };
-        *name = "_id".into();
-        // No Patient: an id no resource can have, so the search finds nothing.
-        *value = if ids.is_empty() {
-            "-".into()
-        } else {
-            ids.join(",")
-        };
-    }
-    Ok(())
 }
 
 /// `$process-message`: a Da Vinci notification Bundle, answered 200 only after its

@@ -159,6 +159,18 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
     })
 }
 
+impl From<MeasureError> for FhirError {
+    fn from(e: MeasureError) -> FhirError {
+        match e {
+            MeasureError::Invalid { name, rule } => FhirError::invalid(name, rule),
+            MeasureError::Unknown(id) => FhirError::NotFound {
+                resource: format!("Measure/{id}"),
+            },
+            MeasureError::Store(e) => FhirError::Store(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,17 +191,5 @@ mod tests {
             e.to_operation_outcome()["issue"][0]["expression"][0],
             "Bundle.entry[4].resource.focus"
         );
-    }
-}
-
-impl From<MeasureError> for FhirError {
-    fn from(e: MeasureError) -> FhirError {
-        match e {
-            MeasureError::Invalid { name, rule } => FhirError::invalid(name, rule),
-            MeasureError::Unknown(id) => FhirError::NotFound {
-                resource: format!("Measure/{id}"),
-            },
-            MeasureError::Store(e) => FhirError::Store(e),
-        }
     }
 }

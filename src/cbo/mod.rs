@@ -4,6 +4,12 @@
 //!
 //! Writes go through the FHIR engine ([`Fhir::act`]), so a CBO action is a Task update
 //! like any other: the same state machine, the same group commit, the same events.
+//! Inside the writer the engine also checks the `Idempotency-Key` and stores the answer
+//! in the same transaction (a key still running in this process answers 409). Lists page
+//! by a keyset cursor on `(updated_at, id)` over `store::referral_index`; the event feed
+//! answers 410 below the organisation's pruned sequence. `services` is the service
+//! catalogue, `views` the built referral views, `webhooks` the endpoint management
+//! API; `CboError` is the face's error. Knows nothing of HTTP (`http::cbo` does).
 
 mod body;
 mod error;

@@ -11,6 +11,19 @@
 //! [`Connectors::poll`]; both reach the reported status through the same state machine
 //! as the organisation's own actions, with `If-Match` so a concurrent change is re-read
 //! rather than overwritten.
+//!
+//! The file format and the template language are the mappings' (`mapping::connector`,
+//! `mapping::template`); this is the runtime. [`Connectors::sync`] keeps one endpoint
+//! row per connector in step with the mappings in force, at start and on SIGHUP
+//! (inactive while its `${NAME}` variables are unset, retired when its file goes).
+//! `Connectors` is registered with the outbox as a `Sink` for those rows: a delivery is
+//! the projection, through the template, sent with the connector's authentication
+//! (tokens from `oauth`) and `Idempotency-Key` = the event id; the case id that comes
+//! back is kept (`connector_cases`).
+//!
+//! Invariants: a connector sends only what the organisation's projection shows; a
+//! status change goes through the same state machine and writer as the organisation's
+//! own actions.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,6 +6,14 @@
 //! Invariant: the raw JSON a client sent is the truth we store and return; we only ever
 //! set `id`, `meta.versionId` and `meta.lastUpdated` (and rewrite Bundle-internal
 //! references). Nothing here knows about HTTP.
+//!
+//! [`engine::Fhir`] is what the faces call. Its writes are commands of the store's
+//! group-commit writer; besides FHIR interactions they still carry the CBO actions
+//! (`Fhir::act`: idempotency, `referral::action`, the answer), feed notices (`ingest`,
+//! which drives the writer's `Tx` directly), tenant adoption and pruning. After a
+//! command commits, `Fhir::submit` applies its effects outside the store (dropping
+//! identity-cache entries a merge made stale) for every caller, whatever the face. The
+//! engine hears of subscriptions only through its `Watchers` trait.
 
 pub mod bundle;
 pub mod capability;

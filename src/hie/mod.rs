@@ -2,6 +2,10 @@
 //! of [`Notice`], which the FHIR engine applies in one transaction (identity, Patient,
 //! Encounter, events for CBOs with open referrals). No I/O: the face that receives,
 //! stores and acknowledges messages is `feeds`.
+//!
+//! A Da Vinci notification is keyed by its `Bundle.identifier`, else by its
+//! `MessageHeader.id` within its source endpoint. Times keep the sender's offset
+//! ([`hl7_time`]).
 
 pub mod adt;
 pub mod notification;

@@ -10,7 +10,8 @@
 //!
 //! Invariants: resolution never depends on the order identifiers arrive in; several
 //! persons named by one message are never merged silently (the message goes to review);
-//! nobody is linked on name and birth date.
+//! nobody is linked on name and birth date; a merge keeps the survivor's `client_ref` and
+//! leaves the retired identifiers as aliases.
 
 pub mod cache;
 mod resolve;

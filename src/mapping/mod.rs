@@ -8,8 +8,11 @@
 //! Invariant: a rule that names an unknown field or organisation stops the gateway at
 //! start with the file, line and rule id, rather than silently showing or hiding data.
 //!
-//! `check` (every problem, with file:line) lives here; the tools that run the rules
-//! over samples and stored traffic are `workbench`'s.
+//! [`Live`] holds the set in force: the feed, the FHIR engine and the CBO API take one
+//! snapshot per message or request, and SIGHUP swaps in a freshly loaded set only when
+//! all of it is valid (a broken set is refused and the old one stays). Rules only: no
+//! store, no network. `check` (every problem, with file:line) lives here; the tools that
+//! run the rules over samples and stored traffic are `workbench`'s.
 
 pub mod connector;
 pub mod template;

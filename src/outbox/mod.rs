@@ -1,13 +1,25 @@
-//! Delivery out: Standard Webhooks to CBO endpoints, and the requests of connectors to
-//! CBO case-management systems (built by [`crate::connector`]). Deliveries are rows created with
-//! their events (`store::webhooks`); [`Dispatcher`] workers, in any number of processes,
-//! claim due ones under a lease, send them signed, and record the outcome: delivered,
-//! retried with exponential backoff and jitter, or failed for good after the retry
-//! window. An endpoint failing for longer than that is disabled.
+//! Delivery out. Deliveries are rows created with their events, in the writer's
+//! transaction (`store::webhooks`: one per active, subscribed endpoint and event, by an
+//! `INSERT … SELECT` right after the batch's events). [`Dispatcher`] workers (two per
+//! process by default, in any number of processes) claim up to 256 due ones under a
+//! lease (`claimed_until`, long enough for every request of the claim to time out;
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL, the file's write lock on SQLite), send them
+//! 64 at a time, and record successes in one statement, failures one by one with the
+//! next attempt from [`RetryPolicy`] (backoff with jitter for 72 h, then `failed`). An
+//! endpoint failing for the whole window is disabled, and in the same transaction a
+//! `webhook.endpoint_disabled` event goes to its organisation's feed.
+//!
+//! A delivery goes to the first registered [`Sink`] that takes it (FHIR Subscription
+//! notifications, connector requests: registered at start by `startup`), else it is a
+//! Standard Webhook signed with [`sign`] (HMAC-SHA256, aws-lc-rs) whose body, the
+//! event feed's item, is built from the `events` row at send time by the [`EventBody`]
+//! handed in. The outbox names none of its sinks (the layer rule of `tests/tidy.rs`).
+//! Tenant addresses are dialled through [`tenant_client`] ([`destination`]); tenants
+//! see a coarse delivery error, the cause goes to the log.
 //!
 //! Invariants: a delivery is sent by one worker per attempt (the lease); its
 //! `webhook-id` is its event's id in every attempt, so receivers deduplicate; nothing
-//! is ever deleted by the dispatcher.
+//! is ever deleted by the dispatcher (a delivery goes only with its endpoint).
 
 pub mod destination;
 pub mod sign;

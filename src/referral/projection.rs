@@ -4,6 +4,10 @@
 //!
 //! Pure: [`wanted`] says which resources to read next, the caller reads them into
 //! [`Related`], and [`project`] builds the view.
+//!
+//! Invariants: a CBO never sees a hospital identifier (the client is a gateway-scoped
+//! `client_ref`), and sees contact details only with granted consent and no
+//! `contacting-subject-prohibited`.
 
 use std::collections::HashMap;
 

@@ -1,11 +1,47 @@
 //! The durable store: every version of every FHIR resource as JSON, the search indexes,
-//! referrals and the per-organisation event feed, on SQLite (embedded) or PostgreSQL.
+//! referrals and the per-organisation event feed, on SQLite (embedded) or PostgreSQL,
+//! through sqlx's `Any` driver. No module outside this one speaks SQL; the row types
+//! other modules work with (`Identifier`, `Person`, `Fact`, `Referral`, `Event`, …) are
+//! defined here and re-exported where they belong (`identity`, `measures`).
 //!
 //! Invariants:
 //! - The store is the source of truth; caches may be dropped at any time.
-//! - All writes go through one [`writer::Writer`] per process, which batches concurrent
-//!   requests into one transaction (group commit) and answers each only after COMMIT.
-//! - The same SQL runs on both backends except where a comment says otherwise.
+//! - Every write of a resource, and of the rows that go with it (referrals, events,
+//!   deliveries, identity, facts), goes through the group-commit writers
+//!   ([`writer::Writer`]: one per process on SQLite, two on PostgreSQL), which answer
+//!   each caller only after COMMIT and the flush of the log. Rows that are not resources
+//!   (clients, keys, `jti` claims, tenants, the audit trail, directory entries) are
+//!   written straight to the pool.
+//! - The same SQL runs on both backends except where a comment says otherwise
+//!   (`scripts/check-migrations` keeps the two migration sets equal).
+//! - Index rows always describe the current version.
+//!
+//! # Tables
+//! `resource_versions` (every version's JSON and the index rows it produced),
+//! `resources` (the current version, commit `seq`, `last_updated`),
+//! `search_tokens|refs|strings|dates` (rows for current versions only, primary key =
+//! lookup path type/param/value/id), `referrals` (the CBO list's columns; an index
+//! covering them all serves a page), `events` (with id, status and version: the feed's
+//! payload), `tenant_counters` (and `pruned_through`), `idempotency_keys`, `persons`,
+//! `person_identifiers` (identifier → person, aliases), `person_merges`,
+//! `identity_conflicts`, `identity_generation`, `inbound_messages` (every feed message,
+//! raw, keyed by its dedupe key; dead letters), and the rows of the submodules below.
+//!
+//! # Memory
+//! `recent` keeps current versions and `referral_index` every referral row (CBO lists
+//! and reads need no query), both fed by the writer after each commit; their maps are
+//! split in 256 (`shards`). On PostgreSQL `replicas` keeps them in step with other
+//! processes.
+//!
+//! # Several processes on PostgreSQL
+//! Updates lock the current row (`FOR UPDATE`); conditional creates take an advisory
+//! lock on the condition; event sequence numbers come from a per-organisation counter
+//! row locked to COMMIT (a batch's numbers reach the disk before any later batch's: the
+//! log is flushed in order). A locked read that waited for another transaction's COMMIT
+//! can come back without the row: PostgreSQL re-checks the updated row against the join
+//! with the version row read before the wait. So `Tx::preload` and `Tx::current` read
+//! what is missing once more, in a new statement that sees the committed version
+//! (`tests/api/cbo.rs::concurrent_notes_on_one_referral_are_all_kept`).
 
 mod auth;
 mod connectors;

@@ -1,5 +1,19 @@
 //! SQL text built at run time: search queries from a [`SearchQuery`], and multi-row
 //! writes. Placeholders are `$n`, which both SQLite and PostgreSQL accept.
+//!
+//! # How a search runs
+//! One filter that names a record (identifier, patient, subject, focus, based-on,
+//! part-of, output) drives the query from its index; other token and reference filters
+//! are probed per candidate by primary key while walking `resources` in result order,
+//! so a page of a broad query (all Tasks of an owner, newest first) stops after one
+//! page. A parameter that is another's subset (`patient` of `subject`) stores no index
+//! rows and is answered from the other's (`ParamDef::indexed_as`). Results are ordered
+//! by `(last_updated, seq)` (oldest first unless `_sort=-_lastUpdated`); paging is
+//! keyset (`_cursor` = the last row's pair), so `next` links stay correct while data
+//! changes. `_include` reads targets from the matches' stored index rows. The page is
+//! chosen on the narrow `resources` rows and bodies are joined (or, on the embedded
+//! store, taken from memory) afterwards; a search page checks the versions it matched
+//! against memory.
 
 use std::collections::HashMap;
 

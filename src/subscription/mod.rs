@@ -3,14 +3,22 @@
 //! (`requested`); a handshake is sent and, when the endpoint answers, it is `active`.
 //! From then every Task or ServiceRequest version that matches its filters is an event:
 //! numbered per subscription in the transaction that wrote the resource
-//! (`fhir::engine` asks [`Registry`] which subscriptions match, `store` numbers and
-//! queues them), kept for `$events`, and sent through the webhook outbox (retries,
+//! (`fhir::engine` asks [`Registry`], through its `Watchers` trait, which subscriptions
+//! match; `store` numbers and queues them), kept for `$events`, and sent through the webhook outbox (retries,
 //! backoff, the same lease) as a `history` Bundle: `rest-hook` to an https URL with the
 //! headers the client configured, or `email` — a mail that says only that something
 //! changed and links to it. Heartbeats go out when nothing else did for the period.
 //!
 //! A subscriber detects a gap from `events-since-subscription-start` and fills it
 //! with `$events`; `$status` says where the subscription stands.
+//!
+//! [`Subscriptions`] is the runtime behind `/fhir/Subscription`, the outbox `Sink` for
+//! `subscription:<id>` deliveries (registered at start), and a loop, once a second,
+//! that turns off subscriptions past their `end`, sends handshakes again (requested ones
+//! whose handshake was lost, those in error for the retry window) and heartbeats.
+//! [`Registry`] holds the live ones (requested, active, error), refreshed from the store
+//! every 500 ms. A client's update bumps the row's `version`; a handshake records its
+//! outcome only for the version it was sent for.
 
 pub mod notification;
 pub mod topic;

@@ -1,7 +1,9 @@
 //! Logging: `tracing` to stdout (the gateway) or stderr (operator commands, whose
 //! stdout is their output), filtered by `CROSSWAY_LOG` (or the config's `log`).
 //! `CROSSWAY_LOG_FORMAT=json` switches to one JSON object per line for log shippers.
-//! Prometheus metrics are in [`metrics`].
+//! Prometheus metrics are in [`metrics`]; [`Backlog`] is the store-wide figures the store
+//! reads at each scrape (`Store::backlog`), defined here so the store names nothing
+//! above it.
 
 pub mod metrics;
 

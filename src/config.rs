@@ -151,6 +151,10 @@ pub struct Settings {
     pub ehr_servers: Vec<EhrServerConfig>,
     /// How often each EHR server is polled for Tasks and sent our changes.
     pub ehr_poll_interval_ms: u64,
+    /// Memory the in-memory caches may hold together, in MiB: half for current
+    /// versions (`store::recent`), three eighths for built CBO views (`cbo::views`).
+    /// Each forgets its older half when full, never everything at once.
+    pub memory_budget_mb: usize,
     /// How often the store's identity generation is read, so that a merge committed by
     /// another gateway process empties this one's identity cache (this process's own
     /// merges empty it at once).
@@ -297,6 +301,7 @@ impl Default for Settings {
             // The IG: no more often than every 15 minutes.
             ehr_poll_interval_ms: 900_000,
             identity_watch_ms: 500,
+            memory_budget_mb: 512,
             ehr_poll_overlap_ms: 300_000,
             ehr_reconcile_interval_ms: 3_600_000,
             smtp_url: String::new(),
@@ -424,6 +429,9 @@ impl Settings {
         }
         if let Some(v) = var("CROSSWAY_WEBHOOK_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
             self.webhook_timeout_ms = v;
+        }
+        if let Some(v) = var("CROSSWAY_MEMORY_BUDGET_MB").and_then(|v| v.parse().ok()) {
+            self.memory_budget_mb = v;
         }
         if let Some(v) = var("CROSSWAY_IDENTITY_WATCH_MS").and_then(|v| v.parse().ok()) {
             self.identity_watch_ms = v;

@@ -8,6 +8,7 @@ pub mod telemetry;
 
 pub mod feeds;
 pub mod fhir;
+pub mod generations;
 pub mod hie;
 pub mod hl7v2;
 pub mod identity;

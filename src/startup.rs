@@ -175,6 +175,7 @@ async fn open_core(settings: &Settings) -> anyhow::Result<Core> {
         // Another process could merge what a local cache holds.
         (None, Backend::Postgres) => IdentityCache::none(),
     });
+    store.set_cache_budget(settings.memory_budget_mb << 19);
     let (mappings, fhir, tenants, registry) = engine(settings, store, identities.clone()).await?;
     fhir.seed_organizations()
         .await
@@ -226,6 +227,7 @@ async fn start_faces(
         core.tenants.clone(),
         settings.event_retention_days,
     );
+    cbo.set_view_budget((settings.memory_budget_mb << 20) / 8 * 3);
     let connectors = Arc::new(Connectors::new(
         cbo.clone(),
         fhir.store().clone(),

@@ -89,6 +89,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "hl7v2",
             "mllp",
             "shards",
+            "generations",
             "reclaim",
             "strict_json",
             "cache",

@@ -147,6 +147,16 @@ pub struct Answer {
 }
 
 impl Cbo {
+    /// The built views this face keeps (`/metrics`).
+    pub fn view_stats(&self) -> crate::store::CacheStats {
+        self.views.stats()
+    }
+
+    /// The bytes of JSON the built views may keep.
+    pub fn set_view_budget(&self, bytes: usize) {
+        self.views.set_budget(bytes);
+    }
+
     pub fn new(
         fhir: Fhir,
         mappings: Live,

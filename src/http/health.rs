@@ -81,6 +81,10 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         backlog,
         state.fhir.queued_writes(),
         state.audit.pending(),
+        &[
+            ("versions", state.fhir.store().cache_stats()),
+            ("views", state.cbo.view_stats()),
+        ],
     );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

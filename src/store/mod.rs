@@ -58,6 +58,7 @@ mod subscriptions;
 mod webhooks;
 pub mod writer;
 
+pub use crate::telemetry::CacheStats;
 pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
 pub use directory::{DirectoryFilter, DirectoryRow};
@@ -293,6 +294,15 @@ impl Store {
     /// gateway): the current versions kept in memory are dropped and the referral rows
     /// read again. Nothing to do on PostgreSQL, where every writer announces what it
     /// commits (see `replicas`).
+    /// The bytes of JSON the current-version cache may keep.
+    pub fn set_cache_budget(&self, bytes: usize) {
+        self.recent.set_budget(bytes);
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.recent.stats()
+    }
+
     pub async fn reload_after_foreign_write(&self) -> Result<()> {
         if self.origin.is_some() {
             return Ok(());

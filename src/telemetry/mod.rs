@@ -48,3 +48,14 @@ pub struct Backlog {
     /// EHR write-backs whose last attempt failed (`crossway ehr stuck`).
     pub ehr_writebacks_stuck: i64,
 }
+
+/// What `/metrics` shows of an in-memory cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub bytes: usize,
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries dropped to stay within the budget.
+    pub evicted: u64,
+}

@@ -152,8 +152,9 @@ pub struct Settings {
     /// How often each EHR server is polled for Tasks and sent our changes.
     pub ehr_poll_interval_ms: u64,
     /// Memory the in-memory caches may hold together, in MiB: half for current
-    /// versions (`store::recent`), three eighths for built CBO views (`cbo::views`).
-    /// Each forgets its older half when full, never everything at once.
+    /// versions (`store::recent`), three eighths for built CBO views (`cbo::views`),
+    /// an eighth for the referral rows of the organisations in use
+    /// (`store::referral_index`). None forgets everything at once.
     pub memory_budget_mb: usize,
     /// How often the store's identity generation is read, so that a merge committed by
     /// another gateway process empties this one's identity cache (this process's own

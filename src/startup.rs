@@ -175,7 +175,10 @@ async fn open_core(settings: &Settings) -> anyhow::Result<Core> {
         // Another process could merge what a local cache holds.
         (None, Backend::Postgres) => IdentityCache::none(),
     });
-    store.set_cache_budget(settings.memory_budget_mb << 19);
+    store.set_cache_budget(
+        settings.memory_budget_mb << 19,
+        (settings.memory_budget_mb << 20) / 8,
+    );
     let (mappings, fhir, tenants, registry) = engine(settings, store, identities.clone()).await?;
     fhir.seed_organizations()
         .await

@@ -84,6 +84,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         &[
             ("versions", state.fhir.store().cache_stats()),
             ("views", state.cbo.view_stats()),
+            ("referrals", state.fhir.store().referral_index_stats()),
         ],
     );
     HttpResponse::Ok()

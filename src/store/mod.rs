@@ -257,7 +257,8 @@ impl Store {
         };
         store.migrate().await?;
         match &store.origin {
-            None => store.referral_index.apply(store.all_referrals().await?),
+            // Organisations' referral rows are read as they are asked for.
+            None => {}
             Some(origin) => {
                 // The listener's copy does not hold the listener (no cycle).
                 let copy = Store {
@@ -294,13 +295,25 @@ impl Store {
     /// gateway): the current versions kept in memory are dropped and the referral rows
     /// read again. Nothing to do on PostgreSQL, where every writer announces what it
     /// commits (see `replicas`).
-    /// The bytes of JSON the current-version cache may keep.
-    pub fn set_cache_budget(&self, bytes: usize) {
-        self.recent.set_budget(bytes);
+    /// The bytes the current-version cache and the referral index may keep.
+    pub fn set_cache_budget(&self, versions: usize, referrals: usize) {
+        self.recent.set_budget(versions);
+        self.referral_index.set_budget(referrals);
     }
 
     pub fn cache_stats(&self) -> CacheStats {
         self.recent.stats()
+    }
+
+    /// The referral index as `/metrics` shows it (hits and misses are not counted).
+    pub fn referral_index_stats(&self) -> CacheStats {
+        let (bytes, entries, evicted) = self.referral_index.stats();
+        CacheStats {
+            bytes,
+            entries,
+            evicted,
+            ..CacheStats::default()
+        }
     }
 
     pub async fn reload_after_foreign_write(&self) -> Result<()> {
@@ -308,7 +321,7 @@ impl Store {
             return Ok(());
         }
         self.recent.clear();
-        self.referral_index.apply(self.all_referrals().await?);
+        self.referral_index.clear();
         Ok(())
     }
 

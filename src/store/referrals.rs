@@ -4,6 +4,7 @@
 
 use sqlx::Row;
 
+use super::referral_index::{Ask, ReferralIndex};
 use super::sql::{self, INT, TEXT};
 use super::{Backend, Result, Store, StoredResource, Tx};
 
@@ -603,13 +604,39 @@ fn write_referrals(backend: Backend, staged: &[StagedReferral]) -> (String, Vec<
 }
 
 impl Store {
-    /// Every referral row (to fill `referral_index`).
-    pub(super) async fn all_referrals(&self) -> Result<Vec<ReferralRow>> {
-        let text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(referral_row).collect())
+    /// The referral index when it answers for `organization`, after reading that
+    /// organisation's rows into it the first time (see `referral_index`).
+    async fn hot(&self, organization: &str) -> Result<Option<&ReferralIndex>> {
+        let Some(index) = self.referral_index() else {
+            return Ok(None);
+        };
+        match index.ask(organization) {
+            Ask::Here(index) => Ok(Some(index)),
+            Ask::Database => Ok(None),
+            Ask::Load => {
+                let limit = index.max_rows() + 1;
+                let text = format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE organization = $1 LIMIT $2"
+                );
+                let read = sqlx::query(sqlx::AssertSqlSafe(text))
+                    .bind(organization)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await;
+                match read {
+                    Ok(rows) => {
+                        let complete = rows.len() < limit;
+                        let rows = rows.iter().map(referral_row).collect();
+                        index.loaded(organization, rows, complete);
+                        Ok(complete.then_some(index))
+                    }
+                    Err(e) => {
+                        index.not_loaded(organization);
+                        Err(e.into())
+                    }
+                }
+            }
+        }
     }
 
     /// The rows of these referrals (PostgreSQL: announced by another process).
@@ -623,7 +650,7 @@ impl Store {
 
     /// An organisation's referral by id (another organisation's is not found).
     pub async fn referral(&self, organization: &str, id: &str) -> Result<Option<ReferralRow>> {
-        if let Some(index) = self.referral_index() {
+        if let Some(index) = self.hot(organization).await? {
             return Ok(index.get(organization, id));
         }
         let text =
@@ -642,7 +669,7 @@ impl Store {
         organization: &str,
         id: &str,
     ) -> Result<Option<(ReferralRow, Option<StoredResource>)>> {
-        if let Some(index) = self.referral_index() {
+        if let Some(index) = self.hot(organization).await? {
             let Some(row) = index.get(organization, id) else {
                 return Ok(None);
             };
@@ -688,7 +715,7 @@ impl Store {
         organization: &str,
         f: &ReferralFilter,
     ) -> Result<Vec<ReferralRow>> {
-        if let Some(index) = self.referral_index() {
+        if let Some(index) = self.hot(organization).await? {
             return Ok(index.page(organization, f));
         }
         let mut text = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE organization = $1");

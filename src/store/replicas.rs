@@ -167,11 +167,9 @@ async fn follow(url: &str, origin: &str, store: &Store) -> Result<(), Box<dyn st
     }
 }
 
-/// Forgets the versions and reads every referral row again; then both may answer.
+/// Forgets the versions and the referral rows (organisations' rows are read again as
+/// they are asked for); then both may answer.
 async fn catch_up(store: &Store) -> super::Result<()> {
-    store.recent.set_trusted(false);
-    store.referral_index.set_trusted(false);
-    store.referral_index.apply(store.all_referrals().await?);
     store.recent.set_trusted(true);
     store.referral_index.set_trusted(true);
     Ok(())

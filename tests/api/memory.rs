@@ -89,3 +89,72 @@ async fn under_a_small_memory_budget_reads_stay_correct_and_current() {
     assert!(bytes <= (512 * 1024) as f64, "{bytes} bytes held");
     assert!(metric(&one, "cache_hits_total", "versions").await > 0.0);
 }
+
+/// A CBO's referral lists and reads answer the same whether its rows are held in
+/// memory (the default budget) or always read from the database (a budget of 0, as an
+/// organisation larger than the budget is served), on both stores and, on PostgreSQL,
+/// through a second process that held the organisation before another's write.
+#[tokio::test]
+async fn referral_lists_answer_the_same_from_memory_and_from_the_database() {
+    const ORG: &str = "cbo-riverside-food-bank";
+    let mut seen = Vec::new();
+    for budget in ["512", "0"] {
+        let env = [("CROSSWAY_MEMORY_BUDGET_MB", budget)];
+        let one = spawn_app_with(&env).await;
+        let two = if store_kind() == "postgres" {
+            Some(spawn_sibling(&one, &env).await)
+        } else {
+            None
+        };
+        for _ in 0..4 {
+            one.post_referral().await;
+        }
+        // The sibling reads the organisation before the next write lands.
+        if let Some(two) = &two {
+            assert_eq!(two.cbo(ORG).referral_ids().await.len(), 4);
+        }
+        let ids = one.cbo(ORG).referral_ids().await;
+        assert_eq!(ids.len(), 4, "budget {budget}");
+        let accepted = one
+            .cbo(ORG)
+            .post(&format!("referrals/{}/accept", ids[1]), &json!({}))
+            .await;
+        assert_eq!(accepted.status, 200, "{}", accepted.body);
+        for app in std::iter::once(&one).chain(&two) {
+            let cbo = app.cbo(ORG);
+            let mut listed = Vec::new();
+            for _ in 0..50 {
+                listed = cbo.referral_ids().await;
+                // The accepted one moves to the end (lists follow the last change).
+                if listed.last() == Some(&ids[1]) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert_eq!(listed.last(), Some(&ids[1]), "budget {budget}");
+            let only = cbo.get("referrals?status=accepted").await;
+            let only: Vec<&str> = only.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(only, [ids[1].as_str()], "budget {budget}");
+            let one_referral = cbo.get(&format!("referrals/{}", ids[1])).await;
+            assert_eq!(one_referral.status, 200);
+            assert_eq!(one_referral.body["status"], "accepted");
+            assert_eq!(
+                app.cbo("cbo-harbor-housing")
+                    .get(&format!("referrals/{}", ids[1]))
+                    .await
+                    .status,
+                404,
+                "another organisation's referral stays unseen"
+            );
+        }
+        seen.push((budget, metric(&one, "cache_entries", "referrals").await));
+    }
+    // Held in memory with the default budget; nothing held with none.
+    assert!(seen[0].1 >= 4.0, "{seen:?}");
+    assert_eq!(seen[1].1, 0.0, "{seen:?}");
+}

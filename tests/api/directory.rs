@@ -245,6 +245,21 @@ async fn the_official_hsds_examples_come_back_equal_through_hsds() {
     let (status, body) = hsds(&app, "/hsds/services/no-such-service").await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("no-such-service"));
+
+    // The API is read-only: another method on one of its paths is a 405 saying so.
+    for path in [
+        "/hsds/",
+        "/hsds/services",
+        &format!("/hsds/services/{SERVICE}"),
+    ] {
+        let resp = anonymous
+            .post(format!("http://{}{path}", app.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{path}");
+        assert_eq!(resp.headers()["allow"], "GET", "{path}");
+    }
 }
 
 #[tokio::test]

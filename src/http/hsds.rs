@@ -2,7 +2,8 @@
 //! paths of the official OpenAPI document; `directory::api` does the work). Reading
 //! the directory is not reading personal data, but it is not anonymous either: every
 //! path but the root needs a valid bearer token (any client's). Errors are
-//! `{"error": …}` JSON, as on `/reports/v1`.
+//! `{"error": …}` JSON, as on `/reports/v1`. `sdoh_domain=` (search by need) is our
+//! extension of the list paths; `directory::api` documents it.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -92,8 +93,20 @@ async fn list(req: HttpRequest, state: web::Data<AppState>, kind: Kind) -> HttpR
         return resp;
     }
     let query = api::PageQuery::parse(&parse_query_string(req.query_string()));
-    match api::list(state.fhir.store(), DEFAULT_TENANT, kind, &query).await {
+    let mappings = state.fhir.mappings();
+    match api::list(
+        state.fhir.store(),
+        DEFAULT_TENANT,
+        kind,
+        &query,
+        &mappings.needs,
+    )
+    .await
+    {
         Ok(page) => HttpResponse::Ok().json(page),
+        Err(e @ DirectoryError::UnknownDomain { .. }) => {
+            problem(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e) => failed(e),
     }
 }

@@ -2,6 +2,7 @@
 """The official HSDS 3.0 OpenAPI document, made checkable offline against our /hsds/.
 
 usage: hsds_openapi.py SPEC_SCHEMA_DIR OUT.json [--example-id PATH=ID ...]
+                        [--sdoh-domains mappings/directory/domains.toml]
 
 SPEC_SCHEMA_DIR is tests/fixtures/hsds/spec/schema: Open Referral's `openapi.json` and
 the entity schemas (`service.json`, ...), unchanged. The document names its response
@@ -24,7 +25,10 @@ self-contained document instead; everything else in it stays as upstream wrote i
   bearer token, on every path but `/`) and 404 (no such id), both `{"error": "..."}`,
   and the bearer scheme itself;
 - `--example-id services=ID` adds ID as the example of `/services/{id}`'s path
-  parameter, so that the examples phase reads entities that exist.
+  parameter, so that the examples phase reads entities that exist;
+- `--sdoh-domains FILE` declares our one extension, `sdoh_domain` on `/services` and
+  `/service_at_locations` (search by need; the document allows parameters it does not
+  list), with the domains FILE has rules for, and its 400 for any other.
 """
 
 import argparse
@@ -32,19 +36,40 @@ import copy
 import json
 import pathlib
 import sys
+import tomllib
 
 REMOTE = "https://raw.githubusercontent.com/openreferral/specification/3.0/schema/"
 ENTITIES = [
-    "accessibility", "address", "attribute", "contact", "cost_option", "funding",
-    "language", "location", "metadata", "organization", "organization_identifier",
-    "phone", "program", "required_document", "schedule", "service", "service_area",
-    "service_at_location", "taxonomy", "taxonomy_term",
+    "accessibility",
+    "address",
+    "attribute",
+    "contact",
+    "cost_option",
+    "funding",
+    "language",
+    "location",
+    "metadata",
+    "organization",
+    "organization_identifier",
+    "phone",
+    "program",
+    "required_document",
+    "schedule",
+    "service",
+    "service_area",
+    "service_at_location",
+    "taxonomy",
+    "taxonomy_term",
 ]
 ERROR = {
     "type": "object",
     "required": ["error"],
     "properties": {"error": {"type": "string"}},
 }
+
+
+def ref(name):
+    return {"$ref": "#/components/schemas/" + name}
 
 
 def local_refs(node):
@@ -67,7 +92,9 @@ def one_to_one(schemas, name, nested=None):
     props = {}
     for k, v in s["properties"].items():
         if k in nested:
-            props[k] = {key: v[key] for key in ("name", "title", "description") if key in v}
+            props[k] = {
+                key: v[key] for key in ("name", "title", "description") if key in v
+            }
             props[k]["$ref"] = "#/components/schemas/" + nested[k]
         elif v.get("type") == "array" or "$ref" in v:
             continue
@@ -83,27 +110,39 @@ def with_property(schemas, name, prop, sub):
     return s
 
 
-def rewrite(spec_dir, example_ids):
+def rewrite(spec_dir, example_ids, sdoh_domains=None):
     doc = json.loads((spec_dir / "openapi.json").read_text())
     schemas = {}
     for name in ENTITIES:
         s = json.loads((spec_dir / f"{name}.json").read_text())
         local_refs(s)
         schemas[name] = s
-    ref = lambda name: {"$ref": "#/components/schemas/" + name}  # noqa: E731
     schemas["organization_list"] = one_to_one(schemas, "organization")
     schemas["program_list"] = one_to_one(schemas, "program")
     schemas["location_list"] = one_to_one(schemas, "location")
     schemas["service_list"] = one_to_one(
-        schemas, "service", {"organization": "organization_list", "program": "program_list"})
+        schemas,
+        "service",
+        {"organization": "organization_list", "program": "program_list"},
+    )
     schemas["service_at_location_list"] = one_to_one(
-        schemas, "service_at_location", {"location": "location_list"})
+        schemas, "service_at_location", {"location": "location_list"}
+    )
     schemas["service_at_location_list"]["properties"]["service"] = ref("service_list")
     schemas["organization_full"] = with_property(
-        schemas, "organization", "services",
-        {"name": "services", "type": "array", "title": "Services", "items": ref("service")})
+        schemas,
+        "organization",
+        "services",
+        {
+            "name": "services",
+            "type": "array",
+            "title": "Services",
+            "items": ref("service"),
+        },
+    )
     schemas["service_at_location_full"] = with_property(
-        schemas, "service_at_location", "service", ref("service"))
+        schemas, "service_at_location", "service", ref("service")
+    )
     remote = {
         "compiled/service.json": "service",
         "compiled/organization.json": "organization_full",
@@ -118,7 +157,7 @@ def rewrite(spec_dir, example_ids):
         if isinstance(node, dict):
             r = node.get("$ref")
             if isinstance(r, str) and r.startswith(REMOTE):
-                rel = r[len(REMOTE):]
+                rel = r[len(REMOTE) :]
                 if rel not in remote:
                     sys.exit(f"hsds_openapi: no local schema for {r}")
                 node["$ref"] = "#/components/schemas/" + remote[rel]
@@ -134,7 +173,9 @@ def rewrite(spec_dir, example_ids):
 
     doc["components"]["schemas"].update(schemas)
     doc["components"]["schemas"]["Error"] = ERROR
-    doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"}
+    }
     doc["security"] = [{"bearer": []}]
     doc["info"] = {
         "title": "Crossway /hsds/ (HSDS 3.0), checked against Open Referral's openapi.json",
@@ -146,7 +187,10 @@ def rewrite(spec_dir, example_ids):
         if path == "/":
             op["security"] = []
             continue
-        op["responses"]["401"] = {"description": "No or a bad bearer token.", "content": error}
+        op["responses"]["401"] = {
+            "description": "No or a bad bearer token.",
+            "content": error,
+        }
         if path.endswith("/{id}"):
             op["responses"]["404"] = {"description": "No such id.", "content": error}
             collection = path.split("/")[1]
@@ -154,6 +198,23 @@ def rewrite(spec_dir, example_ids):
                 for p in item["parameters"]:
                     if p["in"] == "path":
                         p["example"] = example_ids[collection]
+    if sdoh_domains:
+        param = {
+            "name": "sdoh_domain",
+            "in": "query",
+            "required": False,
+            "description": "Crossway extension: only services with a taxonomy term that"
+            " means this SDOH domain (SDOHCC-CodeSystemTemporaryCodes), by the rules of"
+            " mappings/directory/domains.toml.",
+            "schema": {"type": "string", "enum": sdoh_domains},
+        }
+        for path in ("/services", "/service_at_locations"):
+            op = doc["paths"][path]["get"]
+            op["parameters"].append(param)
+            op["responses"]["400"] = {
+                "description": "An sdoh_domain without a rule.",
+                "content": error,
+            }
     # Nothing remote may be left.
     text = json.dumps(doc, indent=1, ensure_ascii=False)
     if REMOTE in text.replace(REMOTE + "openapi.json", ""):
@@ -166,9 +227,14 @@ def main():
     ap.add_argument("spec_dir", type=pathlib.Path)
     ap.add_argument("out", type=pathlib.Path)
     ap.add_argument("--example-id", action="append", default=[], metavar="PATH=ID")
+    ap.add_argument("--sdoh-domains", type=pathlib.Path, metavar="DOMAINS_TOML")
     args = ap.parse_args()
     example_ids = dict(e.split("=", 1) for e in args.example_id)
-    doc = rewrite(args.spec_dir, example_ids)
+    domains = None
+    if args.sdoh_domains:
+        rules = tomllib.loads(args.sdoh_domains.read_text())
+        domains = sorted(r["domain"] for r in rules.get("domain", []))
+    doc = rewrite(args.spec_dir, example_ids, domains)
     args.out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
 
 

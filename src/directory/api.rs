@@ -14,7 +14,9 @@
 //! `sdoh_domain=<code>` on `/services` and `/service_at_locations` keeps the services
 //! with a taxonomy term that means that SDOH domain ([`needs`](super::needs)): a term
 //! in the service's `attributes` (inline, or the stored term its `taxonomy_term_id`
-//! names), or an ancestor of one (`parent_id`, stored terms). A domain without a rule
+//! names), or an ancestor of one (`parent_id`, stored terms); a service-at-location
+//! by its own terms or its service's (nested, else the stored one its `service_id`
+//! names). A domain without a rule
 //! is the one error of this API ([`DirectoryError::UnknownDomain`]). It reads every
 //! service the other filters leave and every stored term, per request: right for a
 //! county's directory, not yet for the 100,000-service benchmark (that wants the
@@ -183,11 +185,26 @@ async fn by_need(
             let Ok(v) = serde_json::from_str::<Value>(&body) else {
                 continue;
             };
-            let service = match kind {
-                Kind::ServiceAtLocation => v.get("service").unwrap_or(&Value::Null),
-                _ => &v,
+            let hit = match kind {
+                // Its own terms, its nested service's, or (when it only names its
+                // service) the stored service's.
+                Kind::ServiceAtLocation => {
+                    serves(needs, domain, &v, &terms)
+                        || match v.get("service").filter(|s| s.get("attributes").is_some()) {
+                            Some(service) => serves(needs, domain, service, &terms),
+                            None => match v.get("service_id").and_then(Value::as_str) {
+                                Some(id) => store
+                                    .directory_get(tenant, Kind::Service.as_str(), id)
+                                    .await?
+                                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                                    .is_some_and(|s| serves(needs, domain, &s, &terms)),
+                                None => false,
+                            },
+                        }
+                }
+                _ => serves(needs, domain, &v, &terms),
             };
-            if serves(needs, domain, service, &terms) {
+            if hit {
                 if matched >= offset && (page.len() as i64) < q.per_page {
                     page.push(body);
                 }

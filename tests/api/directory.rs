@@ -385,6 +385,18 @@ async fn services_are_found_by_sdoh_need_through_the_domain_rules() {
     let (_, page) = hsds(&app, &format!("/hsds/services?sdoh_domain=food-insecurity&organization_id={ORGANIZATION}&taxonomy_term_id=4f0d0000-0000-4000-8000-000000000102")).await;
     assert_eq!(ids(&page), [MEALS]);
 
+    // Services-at-locations by their service's terms (here: named by service_id only).
+    let (_, page) = hsds(
+        &app,
+        "/hsds/service_at_locations?sdoh_domain=food-insecurity",
+    )
+    .await;
+    assert_eq!(ids(&page), ["4f0d0000-0000-4000-8000-000000000401"]);
+    assert_eq!(
+        page["contents"][0]["location"]["name"],
+        "Riverside Church Hall"
+    );
+
     // A domain without a rule is an error naming it, not an empty page.
     let (status, body) = hsds(&app, "/hsds/services?sdoh_domain=hunger").await;
     assert_eq!(status, 400);

@@ -67,7 +67,7 @@ impl AuditLog {
     pub fn record(&self, a: Access<'_>) {
         let record = AuditRecord {
             id: uuid::Uuid::now_v7().to_string(),
-            recorded_at: crate::fhir::datetime::now_micros(),
+            recorded_at: crate::resource::datetime::now_micros(),
             client_id: a.client_id.to_string(),
             organization_id: a.organization.map(str::to_string),
             face: a.face.to_string(),
@@ -124,7 +124,7 @@ pub async fn search(
     base: &str,
 ) -> Result<String, crate::fhir::FhirError> {
     use crate::fhir::FhirError;
-    use crate::fhir::datetime::parse_range;
+    use crate::resource::datetime::parse_range;
     let mut q = crate::store::AuditQuery {
         limit: 50,
         ..Default::default()
@@ -221,7 +221,7 @@ fn audit_event(r: &AuditRecord) -> serde_json::Value {
         "id": r.id,
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
         "action": r.action,
-        "recorded": crate::fhir::datetime::format_instant(r.recorded_at),
+        "recorded": crate::resource::datetime::format_instant(r.recorded_at),
         "outcome": outcome,
         "outcomeDesc": format!("{} {}", r.detail, r.outcome),
         "agent": [agent],

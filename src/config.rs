@@ -151,6 +151,14 @@ pub struct Settings {
     pub ehr_servers: Vec<EhrServerConfig>,
     /// How often each EHR server is polled for Tasks and sent our changes.
     pub ehr_poll_interval_ms: u64,
+    /// Memory the in-memory caches may hold together, in MiB: half for current
+    /// versions (`store::recent`), three eighths for built CBO views (`cbo::views`).
+    /// Each forgets its older half when full, never everything at once.
+    pub memory_budget_mb: usize,
+    /// How often the store's identity generation is read, so that a merge committed by
+    /// another gateway process empties this one's identity cache (this process's own
+    /// merges empty it at once).
+    pub identity_watch_ms: u64,
     /// How far before the newest `meta.lastUpdated` seen each poll asks again: a Task
     /// committed after a poll with an earlier timestamp is still found.
     pub ehr_poll_overlap_ms: u64,
@@ -292,6 +300,8 @@ impl Default for Settings {
             ehr_servers: Vec::new(),
             // The IG: no more often than every 15 minutes.
             ehr_poll_interval_ms: 900_000,
+            identity_watch_ms: 500,
+            memory_budget_mb: 512,
             ehr_poll_overlap_ms: 300_000,
             ehr_reconcile_interval_ms: 3_600_000,
             smtp_url: String::new(),
@@ -420,6 +430,12 @@ impl Settings {
         if let Some(v) = var("CROSSWAY_WEBHOOK_TIMEOUT_MS").and_then(|v| v.parse().ok()) {
             self.webhook_timeout_ms = v;
         }
+        if let Some(v) = var("CROSSWAY_MEMORY_BUDGET_MB").and_then(|v| v.parse().ok()) {
+            self.memory_budget_mb = v;
+        }
+        if let Some(v) = var("CROSSWAY_IDENTITY_WATCH_MS").and_then(|v| v.parse().ok()) {
+            self.identity_watch_ms = v;
+        }
         if let Some(v) = var("CROSSWAY_EHR_POLL_INTERVAL_MS").and_then(|v| v.parse().ok()) {
             self.ehr_poll_interval_ms = v;
         }
@@ -492,7 +508,7 @@ impl Settings {
         }
         let mut seen = std::collections::HashSet::new();
         for org in &self.organizations {
-            if !crate::fhir::is_valid_id(&org.id) {
+            if !crate::resource::is_valid_id(&org.id) {
                 return Err(ConfigError::Invalid {
                     key: "organization.id",
                     message: format!("{:?} is not a valid FHIR id", org.id),

@@ -6,7 +6,9 @@ pub mod connector;
 pub mod ehr;
 pub mod telemetry;
 
+pub mod feeds;
 pub mod fhir;
+pub mod generations;
 pub mod hie;
 pub mod hl7v2;
 pub mod identity;
@@ -16,6 +18,7 @@ pub mod mllp;
 pub mod oauth;
 pub mod outbox;
 pub mod referral;
+pub mod resource;
 
 pub mod audit;
 pub mod auth;
@@ -23,6 +26,7 @@ pub mod cbo;
 pub mod directory;
 pub mod store;
 pub mod subscription;
+pub mod workbench;
 
 pub mod cache;
 pub mod http;

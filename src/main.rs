@@ -625,7 +625,8 @@ mod operator {
     }
 
     pub fn feeds(settings: &Settings, command: FeedsCommand) -> anyhow::Result<()> {
-        use crossway::mapping::{Mappings, profile};
+        use crossway::mapping::Mappings;
+        use crossway::workbench::profile;
         let FeedsCommand::Profile {
             paths,
             dir,
@@ -795,7 +796,8 @@ mod operator {
         dir: &std::path::Path,
         command: MappingsCommand,
     ) -> anyhow::Result<()> {
-        use crossway::mapping::{self, Mappings, replay, samples};
+        use crossway::mapping::{self, Mappings};
+        use crossway::workbench::{replay, samples};
         let organizations = settings.organization_ids();
         let load = |dir: &std::path::Path| {
             Mappings::load(dir, &organizations).map_err(|e| anyhow::anyhow!("{e}"))

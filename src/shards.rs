@@ -47,6 +47,28 @@ impl<K: Hash + Eq, V> Shards<K, V> {
         let part = self.part(&key);
         self.parts[part].insert(key, value)
     }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let part = self.part(key);
+        self.parts[part].remove(key)
+    }
+
+    pub fn remove_entry<Q>(&mut self, key: &Q) -> Option<(K, V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let part = self.part(key);
+        self.parts[part].remove_entry(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(HashMap::len).sum()
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! Task?_include=Task:patient` needs `Patient` read exactly as `GET /fhir/Task?…` does).
 
 use super::scopes::Interaction;
-use crate::fhir::search::{ParamType, find_param};
+use crate::resource::search::{ParamType, find_param};
 
 /// One permission a request needs: an interaction on a type (`*` when the request could
 /// touch any type).

@@ -4,6 +4,13 @@
 //! token signed with the gateway's key ([`keys`]); every request presents it and becomes
 //! a [`Principal`] bound to at most one organisation.
 //!
+//! [`Authority`] issues the tokens (`/auth/token`) and turns a bearer value (our token or
+//! a `test_`/`live_` API key) into a `Principal`; [`access`] works out what a FHIR
+//! request needs of it, [`scopes`] parses and grants scopes, [`registry`] registers
+//! clients (operator commands), `throttle` and `ratelimit` meter callers. Verified
+//! tokens are remembered per process, so a request costs a hash lookup, not an ECDSA
+//! verification; a client's registration is re-read at most every 2 s (revocation).
+//!
 //! Invariants: secrets are stored hashed (argon2id for client secrets, SHA-256 for
 //! random API keys) and compared in constant time; an assertion's `jti` is claimed in
 //! the store, so a replay fails in every process; nothing here logs a secret or token.

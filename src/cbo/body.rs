@@ -14,9 +14,9 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::{CboError, FieldError};
-use crate::fhir::datetime;
 use crate::referral::action::{Enrollment, ServiceProvided};
 use crate::referral::{Action, CloseOutcome, DeclineReason};
+use crate::resource::datetime;
 
 const MAX_TEXT: usize = 10_000;
 

@@ -4,6 +4,12 @@
 //!
 //! Writes go through the FHIR engine ([`Fhir::act`]), so a CBO action is a Task update
 //! like any other: the same state machine, the same group commit, the same events.
+//! Inside the writer the engine also checks the `Idempotency-Key` and stores the answer
+//! in the same transaction (a key still running in this process answers 409). Lists page
+//! by a keyset cursor on `(updated_at, id)` over `store::referral_index`; the event feed
+//! answers 410 below the organisation's pruned sequence. `services` is the service
+//! catalogue, `views` the built referral views, `webhooks` the endpoint management
+//! API; `CboError` is the face's error. Knows nothing of HTTP (`http::cbo` does).
 
 mod body;
 mod error;
@@ -28,11 +34,11 @@ pub use error::{CboError, FieldError};
 pub use services::Service;
 
 use crate::config::OrganizationConfig;
-use crate::fhir::datetime;
 use crate::fhir::engine::{ActionRequest, Fhir, IdempotencyKey, Refusal};
 use crate::mapping::Live;
 use crate::referral::projection::{self, Summary};
 use crate::referral::tenants::Tenants;
+use crate::resource::datetime;
 use crate::store::{Event, ReferralFilter, StoreError, StoredResource};
 use views::{View, Views};
 
@@ -141,6 +147,16 @@ pub struct Answer {
 }
 
 impl Cbo {
+    /// The built views this face keeps (`/metrics`).
+    pub fn view_stats(&self) -> crate::store::CacheStats {
+        self.views.stats()
+    }
+
+    /// The bytes of JSON the built views may keep.
+    pub fn set_view_budget(&self, bytes: usize) {
+        self.views.set_budget(bytes);
+    }
+
     pub fn new(
         fhir: Fhir,
         mappings: Live,
@@ -578,7 +594,7 @@ fn service_fhir_id(org: &str, id: &str) -> Result<String, CboError> {
 }
 
 fn parse_etag(s: &str) -> Result<i64, CboError> {
-    crate::fhir::version_from_etag(s).ok_or_else(|| {
+    crate::resource::version_from_etag(s).ok_or_else(|| {
         CboError::Validation(vec![FieldError::header(
             "If-Match",
             "must be an ETag this API returned, e.g. W/\"3\"",

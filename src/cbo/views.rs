@@ -7,25 +7,33 @@
 //! the store knows without a query (`Store::known_version`, which on PostgreSQL hears
 //! of other processes' commits through `store::replicas`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+use crate::generations::Generations;
 use crate::referral::projection::Summary;
-use crate::shards::Shards;
+use crate::store::CacheStats;
 
-/// JSON kept before the views are dropped and rebuilt by use.
-const MAX_BYTES: usize = 256 << 20;
+/// JSON kept until the gateway's memory budget says otherwise (`set_budget`).
+const DEFAULT_BUDGET: usize = 256 << 20;
 
-#[derive(Default)]
 pub struct Views {
-    map: RwLock<Map>,
+    /// Two generations: when full, the older half is dropped, never the whole map.
+    map: RwLock<Generations<(String, String), Arc<View>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
-#[derive(Default)]
-struct Map {
-    entries: Shards<(String, String), Arc<View>>,
-    bytes: usize,
+impl Default for Views {
+    fn default() -> Views {
+        Views {
+            map: RwLock::new(Generations::new(DEFAULT_BUDGET)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
 }
 
 /// One organisation's view of one referral, and what it was built from.
@@ -48,31 +56,53 @@ impl Views {
         omit: &[String],
         current: impl Fn(&str, &str) -> Option<i64>,
     ) -> Option<Bytes> {
-        let view = {
+        let k = (org.to_string(), id.to_string());
+        let (view, old) = {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-            map.entries.get(&(org.to_string(), id.to_string()))?.clone()
+            (map.get(&k).cloned(), map.is_old(&k))
         };
-        let fresh = view.summary == *summary
-            && view.omit == omit
-            && view
-                .inputs
-                .iter()
-                .all(|(ty, id, version)| current(ty, id) == Some(*version));
-        fresh.then(|| view.body.clone())
+        let fresh = view.filter(|view| {
+            view.summary == *summary
+                && view.omit == omit
+                && view
+                    .inputs
+                    .iter()
+                    .all(|(ty, id, version)| current(ty, id) == Some(*version))
+        });
+        let counter = if fresh.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if old && fresh.is_some() {
+            // Used again: it survives the next turn.
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            map.promote(&k);
+        }
+        fresh.map(|view| view.body.clone())
     }
 
     pub fn put(&self, org: &str, id: &str, view: View) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.bytes >= MAX_BYTES {
-            crate::reclaim::drop_elsewhere(std::mem::take(&mut map.entries));
-            map.bytes = 0;
-        }
-        map.bytes += view.body.len();
-        if let Some(old) = map
-            .entries
-            .insert((org.to_string(), id.to_string()), Arc::new(view))
-        {
-            map.bytes -= old.body.len();
+        let bytes = view.body.len();
+        map.insert((org.to_string(), id.to_string()), Arc::new(view), bytes);
+    }
+
+    /// The bytes of JSON these views may keep.
+    pub fn set_budget(&self, bytes: usize) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.set_budget(bytes);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        CacheStats {
+            bytes: map.bytes(),
+            entries: map.len(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evicted: map.evicted(),
         }
     }
 }

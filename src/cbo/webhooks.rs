@@ -5,24 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{CboError, FieldError};
-use crate::fhir::datetime::{format_instant, now_micros};
 use crate::outbox::sign::new_secret;
+use crate::resource::datetime::{format_instant, now_micros};
 use crate::store::{DeliveryRow, EndpointRow, Store};
 
-/// Event types an endpoint may subscribe to.
-pub const EVENT_TYPES: &[&str] = &[
-    "referral.created",
-    "referral.updated",
-    "referral.status_changed",
-    "referral.note_added",
-    "referral.cancelled",
-    "referral.expired",
-    "client.admitted",
-    "client.discharged",
-    "client.admission_cancelled",
-    "client.discharge_cancelled",
-    "webhook.endpoint_disabled",
-];
+pub use crate::referral::EVENT_TYPES;
 
 /// The type of the event `POST /webhooks/{id}/test` sends.
 pub const TEST_EVENT_TYPE: &str = "webhook.test";

@@ -11,9 +11,19 @@
 //! [`Connectors::poll`]; both reach the reported status through the same state machine
 //! as the organisation's own actions, with `If-Match` so a concurrent change is re-read
 //! rather than overwritten.
-
-pub mod spec;
-pub mod template;
+//!
+//! The file format and the template language are the mappings' (`mapping::connector`,
+//! `mapping::template`); this is the runtime. [`Connectors::sync`] keeps one endpoint
+//! row per connector in step with the mappings in force, at start and on SIGHUP
+//! (inactive while its `${NAME}` variables are unset, retired when its file goes).
+//! `Connectors` is registered with the outbox as a `Sink` for those rows: a delivery is
+//! the projection, through the template, sent with the connector's authentication
+//! (tokens from `oauth`) and `Idempotency-Key` = the event id; the case id that comes
+//! back is kept (`connector_cases`).
+//!
+//! Invariants: a connector sends only what the organisation's projection shows; a
+//! status change goes through the same state machine and writer as the organisation's
+//! own actions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,16 +34,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::expand_env as expand;
-pub use spec::Spec;
-use spec::{Auth, Source, scalar_text};
+pub use crate::mapping::Spec;
+use crate::mapping::connector::{Auth, Source, scalar_text};
 
 use crate::cbo::{ActionCall, Cbo, CboError, FieldError};
 use crate::config::OrganizationConfig;
-use crate::fhir::datetime::now_micros;
 use crate::mapping::Live;
 use crate::outbox::Failure;
 use crate::outbox::destination::url_problem;
 use crate::referral::{CboStatus, action};
+use crate::resource::datetime::now_micros;
 use crate::store::{ConnectorEndpoint, DueDelivery, Store, StoreError};
 
 /// Endpoint ids of connectors start with this.
@@ -508,6 +518,22 @@ fn encode_segment(s: &str) -> String {
         }
     }
     out
+}
+
+impl crate::outbox::Sink for Connectors {
+    fn takes(&self, d: &DueDelivery) -> bool {
+        d.connector.is_some()
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        d: &'a DueDelivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, Failure>> {
+        Box::pin(async move {
+            let connector = d.connector.as_deref().unwrap_or_default();
+            Connectors::deliver(self, d, connector).await
+        })
+    }
 }
 
 #[cfg(test)]

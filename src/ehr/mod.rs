@@ -32,10 +32,10 @@ use serde_json::{Value, json};
 use crate::auth::Authority;
 use crate::config::{EhrServerConfig, expand_env};
 use crate::fhir::FhirError;
-use crate::fhir::datetime::{format_instant, now_micros, parse_range};
 use crate::fhir::engine::Fhir;
 use crate::outbox::destination::url_problem;
 use crate::referral::TaskStatus;
+use crate::resource::datetime::{format_instant, now_micros, parse_range};
 use crate::store::StoreError;
 use crate::telemetry::metrics::{EHR_TASKS_GONE, EHR_WRITEBACK_FAILURES};
 
@@ -510,6 +510,48 @@ impl Coordinator {
         Some(read)
     }
 
+    /// The EHR's own merges, as links between our copies: a `replaces` or `replaced-by`
+    /// link to a Patient of the EHR we hold a copy of becomes a link to that copy, so
+    /// the engine merges the two persons as for any Patient.link. Links to Patients we
+    /// never copied say nothing about anyone here and are left out.
+    async fn merging_links(
+        &self,
+        system: &str,
+        base: &str,
+        patient: &Value,
+    ) -> Result<Vec<Value>, EhrError> {
+        let mut out = Vec::new();
+        for link in patient["link"].as_array().into_iter().flatten() {
+            let kind = link["type"].as_str().unwrap_or_default();
+            if !matches!(kind, "replaces" | "replaced-by") {
+                continue;
+            }
+            let Some(other) = link["other"]["reference"].as_str() else {
+                continue;
+            };
+            let remote = other
+                .strip_prefix(base)
+                .unwrap_or(other)
+                .trim_start_matches('/');
+            if !remote.starts_with("Patient/") || remote.matches('/').count() != 1 {
+                continue;
+            }
+            let query = crate::fhir::search::parse_query(
+                "Patient",
+                &[("identifier".into(), format!("{system}|{remote}"))],
+                false,
+            )
+            .map_err(|e| EhrError::Invalid(e.to_string()))?;
+            let page = self.fhir.store().search(&query).await?;
+            if let Some(copy) = page.matches.first() {
+                out.push(
+                    json!({"other": {"reference": format!("Patient/{}", copy.id)}, "type": kind}),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates the local referral for `task` in one transaction: the Patient (once per
     /// identifier), the requester, the ServiceRequest and the gateway's Task, each
     /// conditional so that a repeated poll, or another process, makes them once.
@@ -524,11 +566,19 @@ impl Coordinator {
         let remote_id = task["id"].as_str().unwrap_or_default();
         let system = format!("urn:crossway:ehr-server:{}", s.id);
         let mut patient_copy = copy(patient, base);
+        let remote_patient = format!("Patient/{}", patient["id"].as_str().unwrap_or(""));
         let patient_condition = patient["identifier"][0]["system"]
             .as_str()
             .zip(patient["identifier"][0]["value"].as_str())
-            .map(|(sys, val)| format!("identifier={sys}|{val}"));
-        patient_copy.as_object_mut().map(|p| p.remove("link"));
+            .map(|(sys, val)| format!("identifier={sys}|{val}"))
+            .or_else(|| Some(format!("identifier={system}|{remote_patient}")));
+        push_identifier(&mut patient_copy, &system, &remote_patient);
+        let links = self.merging_links(&system, base, patient).await?;
+        match patient_copy.as_object_mut() {
+            Some(p) if links.is_empty() => drop(p.remove("link")),
+            Some(p) => drop(p.insert("link".into(), Value::Array(links))),
+            None => {}
+        }
         // The IG's filler request: ours, `basedOn` theirs.
         let mut sr = copy(focus, base);
         sr["subject"] = json!({"reference": "urn:uuid:patient"});

@@ -8,8 +8,11 @@ use super::search::{COMMON, ParamType, type_params};
 
 const SDOHCC: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare";
 
-pub fn capability_statement(base: &str, software_version: &str) -> Value {
+/// `more` are the entries of resources other modules serve with their own handlers
+/// (Subscription).
+pub fn capability_statement(base: &str, software_version: &str, more: Vec<Value>) -> Value {
     let mut resources: Vec<Value> = RESOURCE_TYPES.iter().map(|t| resource(t)).collect();
+    resources.extend(more);
     // The audit trail: searchable, never written through the API.
     resources.push(json!({
         "type": "AuditEvent",
@@ -19,33 +22,6 @@ pub fn capability_statement(base: &str, software_version: &str) -> Value {
             {"name": "agent", "type": "token", "documentation": "the client id"},
             {"name": "entity", "type": "string", "documentation": "what was touched, as recorded (path and query)"},
         ],
-    }));
-    // Subscriptions (R4 Backport) on the IG's topics: their own handlers.
-    let backport = "http://hl7.org/fhir/uv/subscriptions-backport";
-    resources.push(json!({
-        "type": "Subscription",
-        "supportedProfile": [format!("{backport}/StructureDefinition/backport-subscription")],
-        "interaction": [
-            {"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "delete"},
-            {"code": "search-type", "documentation": "the client's own subscriptions, not paged"},
-        ],
-        "versioning": "versioned",
-        "readHistory": false,
-        "updateCreate": false,
-        "searchParam": crate::subscription::SEARCH_PARAMS.iter().map(|(name, what)| json!({
-            "name": name,
-            "type": match *name { "url" | "criteria" => "uri", _ => "token" },
-            "documentation": what,
-        })).collect::<Vec<_>>(),
-        "operation": [
-            {"name": "status", "definition": format!("{backport}/OperationDefinition/backport-subscription-status")},
-            {"name": "events", "definition": format!("{backport}/OperationDefinition/backport-subscription-events")},
-        ],
-        "extension": crate::subscription::topic::topic_urls().iter().map(|t| json!({
-            "url": format!("{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"),
-            "valueCanonical": t,
-        })).collect::<Vec<_>>(),
-        "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); channel.payload application/fhir+json or application/json (sent as asked); contents empty, id-only, full-resource; handshake (retried every 30 s while unanswered), heartbeats, backport-timeout, backport-max-count (one event per notification), Subscription.end; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient. Unknown filter extensions and modifier extensions are refused. PUT with status requested sends the handshake again. $status at instance and type level, $events, by GET or POST.",
     }));
     // Outcome measures: definitions and their evaluation (`measures`).
     resources.push(json!({
@@ -153,7 +129,7 @@ mod tests {
 
     #[test]
     fn lists_every_search_parameter_and_include_the_ig_needs() {
-        let cs = capability_statement("http://x/fhir", "0");
+        let cs = capability_statement("http://x/fhir", "0", Vec::new());
         let task = cs["rest"][0]["resource"]
             .as_array()
             .unwrap()

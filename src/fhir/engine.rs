@@ -18,6 +18,7 @@ use super::reference::{self, Target};
 use super::search::{self, SearchQuery};
 use super::validate::{self, ReferenceCheck};
 use super::{FhirError, Issue, IssueCode};
+use crate::identity::cache::IdentityCache;
 use crate::referral::action::{self, Action, ActionError, Actor};
 use crate::referral::projection::Fetch;
 use crate::referral::tenants::Tenants;
@@ -25,8 +26,25 @@ use crate::referral::{CboStatus, Related, projection};
 use crate::store::writer::{BoxFuture, Command, Isolation, Writer};
 use crate::store::{Preload, Referral, Store, StoreError, StoredResource, Tx};
 
+/// Who hears of new versions: the live FHIR Subscriptions (`subscription::Registry`).
+/// A trait, so that the engine names no delivery module.
+pub trait Watchers: Send + Sync + std::fmt::Debug {
+    /// The subscriptions `resource`, a new version written at `now`, is an event of.
+    fn matching(&self, resource: &Value, now: i64) -> Vec<String>;
+}
+
+/// Nobody listens (operator commands, which never write subscribed resources' events).
+#[derive(Debug)]
+struct NoWatchers;
+
+impl Watchers for NoWatchers {
+    fn matching(&self, _: &Value, _: i64) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// What the engine needs to know about this deployment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Context {
     /// Our public `/fhir` base, when configured: absolute references to it are local.
     pub own_base: Option<String>,
@@ -35,7 +53,18 @@ pub struct Context {
     pub mappings: crate::mapping::Live,
     /// The live FHIR Subscriptions: a Task or ServiceRequest version matching one is an
     /// event of it, numbered in the same transaction.
-    pub subscriptions: crate::subscription::Registry,
+    pub subscriptions: Arc<dyn Watchers>,
+}
+
+impl Default for Context {
+    fn default() -> Context {
+        Context {
+            own_base: None,
+            organizations: Tenants::default(),
+            mappings: crate::mapping::Live::default(),
+            subscriptions: Arc::new(NoWatchers),
+        }
+    }
 }
 
 /// The result of a create or update.
@@ -97,16 +126,20 @@ pub struct Fhir {
     store: Store,
     writer: Writer<WriteCommand>,
     ctx: Arc<Context>,
+    /// Cached identifier → person answers, dropped after a write that moved
+    /// identifiers between persons, whatever face the write came through.
+    identities: Arc<IdentityCache>,
 }
 
 impl Fhir {
     /// Starts the writer on the current tokio runtime.
-    pub fn new(store: Store, ctx: Context) -> Fhir {
+    pub fn new(store: Store, ctx: Context, identities: Arc<IdentityCache>) -> Fhir {
         let writer = Writer::spawn(&store);
         Fhir {
             store,
             writer,
             ctx: Arc::new(ctx),
+            identities,
         }
     }
 
@@ -122,10 +155,6 @@ impl Fhir {
     /// The mappings in force (one snapshot).
     pub fn mappings(&self) -> std::sync::Arc<crate::mapping::Mappings> {
         self.ctx.mappings.current()
-    }
-
-    pub fn subscriptions(&self) -> &crate::subscription::Registry {
-        &self.ctx.subscriptions
     }
 
     /// `caller` as for [`Fhir::update`]: an organisation-bound client's creates are
@@ -299,13 +328,27 @@ impl Fhir {
         .map(|_| ())
     }
 
+    /// Runs a write and, once it has committed, its effects outside the store: a
+    /// write that moved identifiers between persons (a merge by ADT, by Patient.link,
+    /// by an operator, in a Bundle from any face) drops the cached answers it made
+    /// stale before anyone hears of it.
     async fn submit(&self, write: Write) -> Result<Outcome, FhirError> {
-        self.writer
+        let done = self
+            .writer
             .submit(WriteCommand {
                 ctx: self.ctx.clone(),
                 write,
             })
-            .await
+            .await?;
+        if done.moved_identities {
+            match &done.outcome {
+                Outcome::Ingested(Ingested::Applied { invalidate }) if !invalidate.is_empty() => {
+                    self.identities.invalidate(invalidate).await
+                }
+                _ => self.identities.forget_all().await,
+            }
+        }
+        Ok(done.outcome)
     }
 
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<StoredResource, FhirError> {
@@ -359,9 +402,49 @@ impl Fhir {
         base: &str,
     ) -> Result<String, FhirError> {
         check_type(resource_type)?;
-        let query = search::parse_query(resource_type, params, lenient)?;
+        let mut params = params.to_vec();
+        if resource_type == "Patient" {
+            self.patients_by_person(&mut params).await?;
+        }
+        let query = search::parse_query(resource_type, &params, lenient)?;
         let page = self.store.search(&query).await?;
         Ok(bundle::searchset(base, &query, &page))
+    }
+
+    /// `Patient?identifier=system|value` finds the Patients of the person the
+    /// identifier names, through the identity index, so a retired (merged) identifier
+    /// still finds them: the parameter becomes an `_id` list.
+    async fn patients_by_person(&self, params: &mut [(String, String)]) -> Result<(), FhirError> {
+        for (name, value) in params.iter_mut() {
+            if name != "identifier" || value.contains(',') {
+                continue;
+            }
+            let Some((system, id)) = value.split_once('|') else {
+                continue;
+            };
+            if system.is_empty() || id.is_empty() {
+                continue;
+            }
+            let wanted = crate::identity::Identifier::new(system, id, None);
+            let person = self
+                .identities
+                .lookup(&self.store, std::slice::from_ref(&wanted))
+                .await?
+                .pop()
+                .flatten();
+            let ids = match person {
+                Some(p) => self.store.patients_of(&p.id).await?,
+                None => Vec::new(),
+            };
+            *name = "_id".into();
+            // No Patient: an id no resource can have, so the search finds nothing.
+            *value = if ids.is_empty() {
+                "-".into()
+            } else {
+                ids.join(",")
+            };
+        }
+        Ok(())
     }
 
     /// Makes referrals of the stored Tasks that `organization` (a tenant just
@@ -527,8 +610,15 @@ struct WriteCommand {
     write: Write,
 }
 
+/// A command's outcome and what must follow its commit.
+struct Done {
+    outcome: Outcome,
+    /// It moved identifiers between persons (see [`Fhir::submit`]).
+    moved_identities: bool,
+}
+
 impl Command for WriteCommand {
-    type Output = Outcome;
+    type Output = Done;
     type Error = FhirError;
 
     fn isolation(&self) -> Isolation {
@@ -664,8 +754,21 @@ impl Command for WriteCommand {
         }
     }
 
-    fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Outcome, FhirError>> {
+    fn apply<'a, 'c: 'a>(self, tx: &'a mut Tx<'c>) -> BoxFuture<'a, Result<Done, FhirError>> {
         Box::pin(async move {
+            let moves = tx.identity_moves();
+            let outcome = self.run(tx).await?;
+            Ok(Done {
+                outcome,
+                moved_identities: tx.identity_moves() != moves,
+            })
+        })
+    }
+}
+
+impl WriteCommand {
+    async fn run(self, tx: &mut Tx<'_>) -> Result<Outcome, FhirError> {
+        {
             let ctx = &self.ctx;
             let now = datetime::now_micros();
             match self.write {
@@ -768,7 +871,7 @@ impl Command for WriteCommand {
                     Ok(Outcome::Pruned)
                 }
             }
-        })
+        }
     }
 }
 

@@ -1,22 +1,53 @@
-//! HIE feeds: HL7 v2 ADT (over MLLP) and Da Vinci notification Bundles become one kind
+//! HIE feeds translated: HL7 v2 ADT and Da Vinci notification Bundles become one kind
 //! of [`Notice`], which the FHIR engine applies in one transaction (identity, Patient,
-//! Encounter, events for CBOs with open referrals), after which the sender is answered.
+//! Encounter, events for CBOs with open referrals). No I/O: the face that receives,
+//! stores and acknowledges messages is `feeds`.
 //!
-//! [`Feed`] is the transport-independent face: the MLLP adapter hands it bytes and
-//! sends back what it returns; nothing here knows about sockets.
-//!
-//! Invariants: a message is stored before it is acknowledged, `AA` only after its
-//! effects committed; a resent message (same sending facility and MSH-10) is answered
-//! as the first time and applied once; a message that cannot be applied is kept as a
-//! dead letter, never dropped.
+//! A Da Vinci notification is keyed by its `Bundle.identifier`, else by its
+//! `MessageHeader.id` within its source endpoint. Times keep the sender's offset
+//! ([`hl7_time`]).
 
 pub mod adt;
-pub mod feed;
 pub mod notification;
 pub mod tables;
 
-pub use feed::Feed;
 pub use tables::{Effect, FeedTables, Unmapped};
+
+use crate::hl7v2;
+use crate::identity::IdentityRules;
+use crate::store::InboundMessage;
+
+/// What the feed tables and identity rules make of a stored inbound message, as
+/// received: for a replay, and for `crossway mappings replay`'s comparison of two
+/// mapping sets.
+pub fn stored_notice(
+    message: &InboundMessage,
+    feeds: &FeedTables,
+    identity: &IdentityRules,
+) -> Result<Notice, NoticeError> {
+    match message.format.as_str() {
+        "fhir" => match serde_json::from_str::<Value>(&message.body) {
+            // A message keyed by its client was stored under `client:<id>`.
+            Ok(bundle) => {
+                notification::notice(&bundle, identity, message.source.strip_prefix("client:"))
+            }
+            Err(e) => Err(NoticeError::reject(
+                ErrorCode::DataType,
+                "Bundle",
+                &format!("stored body is not JSON: {e}"),
+            )),
+        },
+        "operator" => Err(NoticeError::reject(
+            ErrorCode::UnsupportedMessageType,
+            "",
+            "operator commands are not replayed; run them again",
+        )),
+        _ => match hl7v2::parse(&message.body) {
+            Ok(msg) => adt::notice(&msg, feeds, identity),
+            Err(e) => Err(NoticeError::reject(e.hl7_code(), "MSH", &e.to_string())),
+        },
+    }
+}
 
 use serde_json::Value;
 

@@ -13,10 +13,10 @@ use super::{AppState, etag, header_str};
 use crate::auth::{AuthError, Principal};
 use crate::fhir::bundle::parse_query_string;
 use crate::fhir::capability::capability_statement;
-use crate::fhir::datetime;
 use crate::fhir::engine::Written;
 use crate::fhir::outcome::operation_outcome;
 use crate::fhir::{FhirError, Issue};
+use crate::resource::datetime;
 use crate::store::StoredResource;
 
 mod measure;
@@ -142,6 +142,12 @@ pub struct FhirResponse(FhirError);
 impl std::fmt::Display for FhirResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl From<crate::measures::MeasureError> for FhirResponse {
+    fn from(e: crate::measures::MeasureError) -> Self {
+        FhirResponse(e.into())
     }
 }
 
@@ -399,22 +405,17 @@ fn written_response(w: Written, base: &str, ret: Return) -> HttpResponse {
     resource_response(status, w.stored, base, ret, &w.warnings)
 }
 
-/// The answer to a create or update; cached identifier → person answers are dropped
-/// first when the resource merged persons (merges are rare; the store is the truth).
-async fn after_write(
-    req: &HttpRequest,
-    state: &AppState,
-    written: Written,
-    merges: bool,
-) -> HttpResponse {
-    if merges {
-        state.identities.forget_all().await;
-    }
+/// The answer to a create or update.
+fn after_write(req: &HttpRequest, state: &AppState, written: Written) -> HttpResponse {
     written_response(written, &base(req, state), prefer(req).0)
 }
 
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let cs = capability_statement(&base(&req, &state), env!("CARGO_PKG_VERSION"));
+    let cs = capability_statement(
+        &base(&req, &state),
+        env!("CARGO_PKG_VERSION"),
+        vec![crate::subscription::capability()],
+    );
     HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(cs.to_string())
@@ -430,7 +431,6 @@ async fn create(
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_none_exist = header_str(req.headers(), "if-none-exist");
-    let merges = merges_persons(&body);
     let written = state
         .fhir
         .create(
@@ -440,7 +440,7 @@ async fn create(
             caller.organization.as_deref(),
         )
         .await?;
-    Ok(after_write(&req, &state, written, merges).await)
+    Ok(after_write(&req, &state, written))
 }
 
 async fn update(
@@ -453,7 +453,6 @@ async fn update(
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
-    let merges = merges_persons(&body);
     let written = state
         .fhir
         .update(
@@ -464,7 +463,7 @@ async fn update(
             caller.organization.as_deref(),
         )
         .await?;
-    Ok(after_write(&req, &state, written, merges).await)
+    Ok(after_write(&req, &state, written))
 }
 
 /// `PUT Type?search`: conditional update (what `upsertResource` clients send).
@@ -478,7 +477,6 @@ async fn conditional_update(
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     let if_match = header_str(req.headers(), "if-match");
-    let merges = merges_persons(&body);
     let written = state
         .fhir
         .conditional_update(
@@ -489,7 +487,7 @@ async fn conditional_update(
             caller.organization.as_deref(),
         )
         .await?;
-    Ok(after_write(&req, &state, written, merges).await)
+    Ok(after_write(&req, &state, written))
 }
 
 async fn read(
@@ -592,7 +590,7 @@ async fn search_post(
 async fn run_search(
     req: &HttpRequest,
     resource_type: &str,
-    mut params: Vec<(String, String)>,
+    params: Vec<(String, String)>,
     state: &AppState,
 ) -> Result<HttpResponse> {
     let caller = authenticate(req, state).await?;
@@ -602,52 +600,11 @@ async fn run_search(
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body));
     }
     let lenient = prefer(req).1;
-    if resource_type == "Patient" {
-        patients_by_person(&mut params, state).await?;
-    }
     let body = state
         .fhir
         .search(resource_type, &params, lenient, &base(req, state))
         .await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
-}
-
-/// `Patient?identifier=system|value` finds the Patients of the person the identifier
-/// names, through the identity index, so a retired (merged) identifier still finds
-/// them: the parameter becomes an `_id` list.
-async fn patients_by_person(params: &mut [(String, String)], state: &AppState) -> Result<()> {
-    for (name, value) in params.iter_mut() {
-        if name != "identifier" || value.contains(',') {
-            continue;
-        }
-        let Some((system, id)) = value.split_once('|') else {
-            continue;
-        };
-        if system.is_empty() || id.is_empty() {
-            continue;
-        }
-        let wanted = crate::identity::Identifier::new(system, id, None);
-        let store = state.fhir.store();
-        let person = state
-            .identities
-            .lookup(store, std::slice::from_ref(&wanted))
-            .await
-            .map_err(FhirError::from)?
-            .pop()
-            .flatten();
-        let ids = match person {
-            Some(p) => store.patients_of(&p.id).await.map_err(FhirError::from)?,
-            None => Vec::new(),
-        };
-        *name = "_id".into();
-        // No Patient: an id no resource can have, so the search finds nothing.
-        *value = if ids.is_empty() {
-            "-".into()
-        } else {
-            ids.join(",")
-        };
-    }
-    Ok(())
 }
 
 /// `$process-message`: a Da Vinci notification Bundle, answered 200 only after its
@@ -658,7 +615,7 @@ async fn process_message(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    use crate::hie::feed::{FeedError, Taken};
+    use crate::feeds::{FeedError, Taken};
     // A notification writes Patients and Encounters.
     let caller = allowed(&req, &state).await?;
     let body = json_body(&req, payload, state.max_body_bytes).await?;
@@ -706,9 +663,6 @@ async fn transaction(
     let body = json_body(&req, payload, state.max_body_bytes).await?;
     check_entries(&caller, &body)?;
     let with_resources = prefer(&req).0 == Return::Representation;
-    let merges = body["entry"]
-        .as_array()
-        .is_some_and(|entries| entries.iter().any(|e| merges_persons(&e["resource"])));
     let response = state
         .fhir
         .bundle(
@@ -718,22 +672,7 @@ async fn transaction(
             caller.organization.as_deref(),
         )
         .await?;
-    if merges {
-        state.identities.forget_all().await;
-    }
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(response))
-}
-
-/// A Patient whose `link` merges persons (`replaced-by`, `replaces`): once it is
-/// written, cached identifier → person answers may be stale, so they are all dropped
-/// (merges are rare; the store is the truth).
-fn merges_persons(resource: &Value) -> bool {
-    resource["resourceType"] == "Patient"
-        && resource["link"].as_array().is_some_and(|links| {
-            links
-                .iter()
-                .any(|l| matches!(l["type"].as_str(), Some("replaced-by" | "replaces")))
-        })
 }
 
 /// A path no route takes: not found, whatever the method (a 405 would owe an `Allow`).

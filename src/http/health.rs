@@ -68,7 +68,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             );
         }
     }
-    let now = crate::fhir::datetime::now_micros();
+    let now = crate::resource::datetime::now_micros();
     let backlog = match state.fhir.store().backlog(now).await {
         Ok(b) => Some(b),
         Err(e) => {
@@ -81,6 +81,10 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         backlog,
         state.fhir.queued_writes(),
         state.audit.pending(),
+        &[
+            ("versions", state.fhir.store().cache_stats()),
+            ("views", state.cbo.view_stats()),
+        ],
     );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -1,6 +1,16 @@
 //! The HTTP adapter: routes, request parsing and response writing. Only this module
 //! knows about actix-web; it turns requests into calls on the domain and errors into
 //! their wire format (OperationOutcome on `/fhir`, problem+json on `/cbo/v1`).
+//!
+//! [`routes`] is the route table: `/fhir` (`fhir`, with `fhir/subscription.rs` and
+//! `fhir/measure.rs`), `/hsds/` (`hsds`), `/reports/v1` (`reports`), `/auth/token` and
+//! discovery (`auth`, whose `authenticate` both faces call first), `/healthz`,
+//! `/readyz`, `/metrics` (`health`). `/cbo/v1` is [`cbo::routes`], mounted by `startup`
+//! through utoipa-actix-web, which collects the OpenAPI 3.1 document
+//! (`/cbo/v1/openapi.json`) from the same registrations. Middleware adds the security headers and the audit
+//! record (`X-Request-Id`); [`wire_errors`] rewrites the framework's own 413s into the
+//! face's error format; forwarded headers count only from `trusted_proxies`
+//! (`origin`); JSON bodies go through `strict_json`.
 
 mod auth;
 pub mod cbo;
@@ -20,8 +30,8 @@ use crate::auth::{Authority, Principal};
 
 use crate::cache::Cache;
 use crate::cbo::Cbo;
+use crate::feeds::Feed;
 use crate::fhir::engine::Fhir;
-use crate::hie::Feed;
 use crate::identity::cache::IdentityCache;
 
 fn header_str<'a>(headers: &'a actix_web::http::header::HeaderMap, name: &str) -> Option<&'a str> {

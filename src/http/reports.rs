@@ -13,6 +13,7 @@ use super::{AppState, header_str};
 use crate::auth::Interaction;
 use crate::fhir::FhirError;
 use crate::fhir::bundle::parse_query_string;
+use crate::measures::MeasureError;
 use crate::measures::programme::{self, Report};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -106,7 +107,9 @@ async fn referrals(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let exact = principal.scopes.names("MeasureReport", Interaction::Read);
     match programme::referrals(state.fhir.store(), &from, &to, None, exact).await {
         Ok(report) => render(&req, &report),
-        Err(e) if e.status() < 500 => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) if !matches!(e, MeasureError::Store(_)) => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         Err(e) => {
             tracing::error!(message = "Report failed.", error = %e);
             problem(

@@ -10,7 +10,8 @@
 //!
 //! Invariants: resolution never depends on the order identifiers arrive in; several
 //! persons named by one message are never merged silently (the message goes to review);
-//! nobody is linked on name and birth date.
+//! nobody is linked on name and birth date; a merge keeps the survivor's `client_ref` and
+//! leaves the retired identifiers as aliases.
 
 pub mod cache;
 mod resolve;
@@ -19,47 +20,7 @@ pub mod rules;
 pub use resolve::{Linked, Resolved, link_patient, merge, resolve, unmerge};
 pub use rules::{IdentityRules, Skipped};
 
-/// The identifier every stored FHIR Patient resource gives its person: the resource's id
-/// under this system. A merge moves it like any hospital identifier, so references to
-/// a retired Patient resource still resolve to the survivor.
-pub const PATIENT_SYSTEM: &str = "urn:crossway:patient";
-
-/// A person-level identifier.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identifier {
-    pub system: String,
-    pub value: String,
-    /// The HL7 identifier type (table 0203: MR, PI, …), when the source said.
-    pub kind: Option<String>,
-}
-
-impl Identifier {
-    pub fn new(system: &str, value: &str, kind: Option<&str>) -> Identifier {
-        Identifier {
-            system: system.to_string(),
-            value: value.to_string(),
-            kind: kind.map(str::to_string),
-        }
-    }
-
-    /// The identifier of a stored Patient resource.
-    pub fn patient(id: &str) -> Identifier {
-        Identifier::new(PATIENT_SYSTEM, id, None)
-    }
-
-    /// `system|value`, the FHIR token form, also the cache key.
-    pub fn token(&self) -> String {
-        format!("{}|{}", self.system, self.value)
-    }
-}
-
-/// A person as the rest of the gateway sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Person {
-    pub id: String,
-    /// The gateway-scoped reference CBOs see; kept by the survivor of a merge.
-    pub client_ref: String,
-}
+pub use crate::store::{Identifier, PATIENT_SYSTEM, Person};
 
 /// What the identifiers of one message say about who it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

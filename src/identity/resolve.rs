@@ -3,6 +3,11 @@
 //! Every identifier is locked (PostgreSQL advisory lock, in one global order) before it
 //! is looked up, so two messages for the same new patient — on two connections or two
 //! gateway processes — create one person: the second waits, then finds the first's.
+//!
+//! [`link_patient`] does the same for a FHIR Patient, whose own id is an identifier of
+//! system `urn:crossway:patient`. [`merge`] serves an A40 (`fhir::ingest`) and a
+//! Patient's `link` `replaced-by`/`replaces` (`fhir::engine`); both record what they
+//! re-point in `merge_repoints`, so an unmerge ([`unmerge`], an unlink) points it back.
 
 use serde_json::Value;
 

@@ -9,12 +9,14 @@
 //! Invariant: a rule that names an unknown field or organisation stops the gateway at
 //! start with the file, line and rule id, rather than silently showing or hiding data.
 //!
-//! The operator commands live beside the rules: `check` (every problem, with
-//! file:line), [`samples`] (`mappings test`) and [`replay`] (`mappings replay`).
+//! [`Live`] holds the set in force: the feed, the FHIR engine and the CBO API take one
+//! snapshot per message or request, and SIGHUP swaps in a freshly loaded set only when
+//! all of it is valid (a broken set is refused and the old one stays). Rules only: no
+//! store, no network. `check` (every problem, with file:line) lives here; the tools that
+//! run the rules over samples and stored traffic are `workbench`'s.
 
-pub mod profile;
-pub mod replay;
-pub mod samples;
+pub mod connector;
+pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,7 +24,6 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
 
-use crate::connector::Spec;
 use crate::directory::needs::Needs;
 use crate::hie::FeedTables;
 use crate::identity::IdentityRules;
@@ -30,6 +31,7 @@ use crate::measures::Screening;
 use crate::referral::action::ReasonCodes;
 use crate::referral::projection::OMITTABLE;
 use crate::referral::routing::{Domains, Routes};
+pub use connector::Spec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {

@@ -7,51 +7,16 @@
 use serde_json::Value;
 
 use super::screening::{Reading, Screening};
-use crate::fhir::datetime;
 use crate::referral::routing::{Domains, SDOH_DOMAINS, SDOHCC_CATEGORY_SYSTEM};
+use crate::resource::datetime;
 
 const LOINC: &str = "http://loinc.org";
 
-/// Kinds of fact.
-pub const SCREENED: &str = "screened";
-pub const POSITIVE: &str = "positive";
-/// One answer's score towards a scored domain's total (summed per person and day).
-pub const SCORE: &str = "score";
-pub const REFERRAL: &str = "referral";
-pub const PROCEDURE: &str = "procedure";
-/// A CBO accepted or started a referral (the Task's first such version).
-pub const CONTACT: &str = "contact";
-pub const INPATIENT: &str = "inpatient";
-pub const EMERGENCY: &str = "ed";
-pub const BORN: &str = "born";
-/// A referral's steps, once each: made, first answered by the CBO (accepted, declined
-/// or started), accepted, declined (`detail`: the reason), closed (`detail`: the
-/// outcome), cancelled by the referrer, expired unanswered.
-pub const REFERRAL_CREATED: &str = "r:created";
-pub const REFERRAL_ANSWERED: &str = "r:answered";
-pub const REFERRAL_ACCEPTED: &str = "r:accepted";
-pub const REFERRAL_DECLINED: &str = "r:declined";
-pub const REFERRAL_CLOSED: &str = "r:closed";
-pub const REFERRAL_CANCELLED: &str = "r:cancelled";
-pub const REFERRAL_EXPIRED: &str = "r:expired";
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Fact {
-    pub kind: &'static str,
-    /// An SDOH domain code, or empty for kinds without one.
-    pub domain: String,
-    pub patient: String,
-    /// Microseconds since the epoch.
-    pub at: i64,
-    /// The end of a stay, when known.
-    pub until: Option<i64>,
-    /// A score.
-    pub value: Option<i64>,
-    /// A referral step's organisation (the CBO).
-    pub organization: Option<String>,
-    /// A referral step's reason or outcome code.
-    pub detail: Option<String>,
-}
+pub use crate::store::{
+    BORN, CONTACT, EMERGENCY, Fact, INPATIENT, POSITIVE, PROCEDURE, REFERRAL, REFERRAL_ACCEPTED,
+    REFERRAL_ANSWERED, REFERRAL_CANCELLED, REFERRAL_CLOSED, REFERRAL_CREATED, REFERRAL_DECLINED,
+    REFERRAL_EXPIRED, SCORE, SCREENED,
+};
 
 /// Facts a version of a resource holds, and whether they replace those of its earlier
 /// versions (a Task's contact is kept once it happened: `false`).

@@ -18,11 +18,32 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use crate::fhir::FhirError;
-use crate::fhir::datetime;
-use crate::store::{Admitted, FactFilter, PersonFact, Store};
+use crate::resource::datetime;
+use crate::store::{Admitted, FactFilter, PersonFact, Store, StoreError};
 use facts::{CONTACT, INPATIENT, POSITIVE, PROCEDURE, REFERRAL, SCORE, SCREENED};
 pub use screening::Screening;
+
+/// Why a measure or report could not be evaluated; each face turns it into its own
+/// wire format (an OperationOutcome on `/fhir`).
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    /// A parameter breaks a rule: the parameter's name and the rule.
+    #[error("{name}: {rule}")]
+    Invalid { name: String, rule: String },
+    #[error("no measure {0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MeasureError {
+    pub fn invalid(name: impl Into<String>, rule: impl Into<String>) -> MeasureError {
+        MeasureError::Invalid {
+            name: name.into(),
+            rule: rule.into(),
+        }
+    }
+}
 
 const DAY: i64 = 86_400 * 1_000_000;
 const RATE_SYSTEM: &str = "urn:crossway:measure-rate";
@@ -111,10 +132,10 @@ pub struct Rate {
 
 /// The period `[start, end)` in microseconds, from `periodStart`/`periodEnd` (dates
 /// include their whole day).
-pub fn period(start: &str, end: &str) -> Result<(i64, i64), FhirError> {
+pub fn period(start: &str, end: &str) -> Result<(i64, i64), MeasureError> {
     let start = datetime::parse_range(start)
         .ok_or_else(|| {
-            FhirError::invalid(
+            MeasureError::invalid(
                 "periodStart",
                 format!("{start:?} is not a FHIR date or dateTime"),
             )
@@ -122,14 +143,17 @@ pub fn period(start: &str, end: &str) -> Result<(i64, i64), FhirError> {
         .lo;
     let end = datetime::parse_range(end)
         .ok_or_else(|| {
-            FhirError::invalid(
+            MeasureError::invalid(
                 "periodEnd",
                 format!("{end:?} is not a FHIR date or dateTime"),
             )
         })?
         .hi;
     if end <= start {
-        return Err(FhirError::invalid("periodEnd", "must be after periodStart"));
+        return Err(MeasureError::invalid(
+            "periodEnd",
+            "must be after periodStart",
+        ));
     }
     Ok((start, end))
 }
@@ -154,7 +178,7 @@ impl Population {
         facts.into_iter().filter(|f| self.has(&f.person)).collect()
     }
 
-    async fn size(&self, store: &Store, (start, end): (i64, i64)) -> Result<usize, FhirError> {
+    async fn size(&self, store: &Store, (start, end): (i64, i64)) -> Result<usize, MeasureError> {
         Ok(match self {
             Population::Active => store.active_persons(start, end).await?,
             Population::Members(m) => m.len(),
@@ -180,7 +204,7 @@ pub async fn evaluate(
     id: &str,
     (start, end): (i64, i64),
     population: Option<HashSet<String>>,
-) -> Result<Vec<Rate>, FhirError> {
+) -> Result<Vec<Rate>, MeasureError> {
     let members = population.map_or(Population::Active, Population::Members);
     let domains = |list: &[&str]| list.iter().map(|d| d.to_string()).collect::<Vec<_>>();
     let mut out = Vec::new();
@@ -326,9 +350,7 @@ pub async fn evaluate(
             }
         }
         other => {
-            return Err(FhirError::NotFound {
-                resource: format!("Measure/{other}"),
-            });
+            return Err(MeasureError::Unknown(other.to_string()));
         }
     }
     Ok(out)
@@ -351,7 +373,7 @@ async fn first_positives(
     domains: &[String],
     from: i64,
     to: i64,
-) -> Result<Vec<PersonFact>, FhirError> {
+) -> Result<Vec<PersonFact>, MeasureError> {
     let mut out = store
         .first_facts(facts(POSITIVE, domains, from, to))
         .await?;
@@ -367,7 +389,7 @@ async fn positives_of(
     domains: &[String],
     (from, to): (i64, i64),
     persons: &[String],
-) -> Result<Vec<PersonFact>, FhirError> {
+) -> Result<Vec<PersonFact>, MeasureError> {
     let mut out = store
         .person_facts(facts(POSITIVE, domains, from, to), Some(persons))
         .await?;
@@ -390,7 +412,7 @@ async fn scored_positives(
     screening: &Screening,
     scores: FactFilter<'_>,
     persons: Option<&[String]>,
-) -> Result<Vec<PersonFact>, FhirError> {
+) -> Result<Vec<PersonFact>, MeasureError> {
     let mut totals: HashMap<(String, String, i64), (i64, i64)> = HashMap::new();
     for f in store.person_facts(scores, persons).await? {
         let day = f.at.div_euclid(DAY);

@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::MeasureError;
 use super::facts::{
     EMERGENCY, INPATIENT, REFERRAL_ACCEPTED, REFERRAL_ANSWERED, REFERRAL_CANCELLED,
     REFERRAL_CLOSED, REFERRAL_CREATED, REFERRAL_DECLINED, REFERRAL_EXPIRED,
 };
-use crate::fhir::FhirError;
-use crate::fhir::datetime;
+use crate::resource::datetime;
 use crate::store::{FactFilter, PersonFact, ReferralStep, Store};
 
 const DAY: i64 = 86_400 * 1_000_000;
@@ -82,8 +82,8 @@ pub struct Report {
 }
 
 /// `YYYY-MM` → the month's first instant; `end`: the next month's.
-pub fn month(s: &str, end: bool, name: &str) -> Result<i64, FhirError> {
-    let bad = || FhirError::invalid(name, format!("{s:?} is not a month (YYYY-MM)"));
+pub fn month(s: &str, end: bool, name: &str) -> Result<i64, MeasureError> {
+    let bad = || MeasureError::invalid(name, format!("{s:?} is not a month (YYYY-MM)"));
     if s.len() != 7 {
         return Err(bad());
     }
@@ -116,7 +116,7 @@ pub async fn referrals(
     to: &str,
     organization: Option<&str>,
     exact: bool,
-) -> Result<Report, FhirError> {
+) -> Result<Report, MeasureError> {
     let (start, end) = (month(from, false, "from")?, month(to, true, "to")?);
     // `to` before `from` is an empty period, not an error.
     let steps = if end <= start {

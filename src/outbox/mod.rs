@@ -1,13 +1,25 @@
-//! Delivery out: Standard Webhooks to CBO endpoints, and the requests of connectors to
-//! CBO case-management systems (built by [`crate::connector`]). Deliveries are rows created with
-//! their events (`store::webhooks`); [`Dispatcher`] workers, in any number of processes,
-//! claim due ones under a lease, send them signed, and record the outcome: delivered,
-//! retried with exponential backoff and jitter, or failed for good after the retry
-//! window. An endpoint failing for longer than that is disabled.
+//! Delivery out. Deliveries are rows created with their events, in the writer's
+//! transaction (`store::webhooks`: one per active, subscribed endpoint and event, by an
+//! `INSERT … SELECT` right after the batch's events). [`Dispatcher`] workers (two per
+//! process by default, in any number of processes) claim up to 256 due ones under a
+//! lease (`claimed_until`, long enough for every request of the claim to time out;
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL, the file's write lock on SQLite), send them
+//! 64 at a time, and record successes in one statement, failures one by one with the
+//! next attempt from [`RetryPolicy`] (backoff with jitter for 72 h, then `failed`). An
+//! endpoint failing for the whole window is disabled, and in the same transaction a
+//! `webhook.endpoint_disabled` event goes to its organisation's feed.
+//!
+//! A delivery goes to the first registered [`Sink`] that takes it (FHIR Subscription
+//! notifications, connector requests: registered at start by `startup`), else it is a
+//! Standard Webhook signed with [`sign`] (HMAC-SHA256, aws-lc-rs) whose body, the
+//! event feed's item, is built from the `events` row at send time by the [`EventBody`]
+//! handed in. The outbox names none of its sinks (the layer rule of `tests/tidy.rs`).
+//! Tenant addresses are dialled through [`tenant_client`] ([`destination`]); tenants
+//! see a coarse delivery error, the cause goes to the log.
 //!
 //! Invariants: a delivery is sent by one worker per attempt (the lease); its
 //! `webhook-id` is its event's id in every attempt, so receivers deduplicate; nothing
-//! is ever deleted by the dispatcher.
+//! is ever deleted by the dispatcher (a delivery goes only with its endpoint).
 
 pub mod destination;
 pub mod sign;
@@ -18,10 +30,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::connector::Connectors;
-use crate::fhir::datetime::now_micros;
-use crate::store::{DueDelivery, Store};
-use crate::subscription::Subscriptions;
+use crate::resource::datetime::now_micros;
+use crate::store::{DueDelivery, Event, Store};
 use crate::telemetry::metrics::{WEBHOOK_DELIVERIES, WEBHOOK_ENDPOINTS_DISABLED};
 
 /// When to retry, and for how long.
@@ -119,6 +129,23 @@ fn builder(timeout: Duration) -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(64)
 }
 
+/// A kind of endpoint delivered otherwise than as a signed webhook (a FHIR
+/// Subscription's notification, a connector's request to a case system). Sinks are
+/// registered when the gateway starts; the outbox names none of them.
+pub trait Sink: Send + Sync {
+    /// Whether this sink sends `d`.
+    fn takes(&self, d: &DueDelivery) -> bool;
+    /// Sends `d`: the status the receiver answered, or why not. The dispatcher bounds
+    /// the whole of it by its timeout.
+    fn deliver<'a>(
+        &'a self,
+        d: &'a DueDelivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, Failure>>;
+}
+
+/// The body of a signed webhook for a stored event (the CBO API's event form).
+pub type EventBody = fn(Event) -> serde_json::Value;
+
 /// Deliveries claimed at once by one worker.
 const CLAIM: usize = 256;
 
@@ -130,10 +157,9 @@ pub struct Dispatcher {
     timeout: Duration,
     /// Deliveries in flight at once, across endpoints.
     concurrency: usize,
-    /// Sends the deliveries of connector endpoints.
-    connectors: Arc<Connectors>,
-    /// Sends the notifications of FHIR Subscriptions (`subscription:<id>` endpoints).
-    subscriptions: Arc<Subscriptions>,
+    /// The other kinds of endpoint, asked in order.
+    sinks: Vec<Arc<dyn Sink>>,
+    event_body: EventBody,
     /// Loopback endpoints allowed (`CROSSWAY_ALLOW_INSECURE_WEBHOOKS=1`).
     allow_loopback: bool,
 }
@@ -149,14 +175,14 @@ impl Dispatcher {
         store: Store,
         policy: RetryPolicy,
         timeout: Duration,
-        connectors: Arc<Connectors>,
-        subscriptions: Arc<Subscriptions>,
+        sinks: Vec<Arc<dyn Sink>>,
+        event_body: EventBody,
         allow_loopback: bool,
     ) -> Dispatcher {
         Dispatcher {
             store,
-            connectors,
-            subscriptions,
+            sinks,
+            event_body,
             timeout,
             http: tenant_client(timeout, allow_loopback),
             policy,
@@ -314,11 +340,8 @@ impl Dispatcher {
     }
 
     async fn send(&self, d: &DueDelivery) -> Outcome {
-        if d.endpoint_id.starts_with("subscription:") {
-            return self.bounded(self.subscriptions.deliver(d)).await;
-        }
-        if let Some(connector) = &d.connector {
-            return self.bounded(self.connectors.deliver(d, connector)).await;
+        if let Some(sink) = self.sinks.iter().find(|s| s.takes(d)) {
+            return self.bounded(sink.deliver(d)).await;
         }
         // Judged again before every send: the row may predate a stricter rule.
         if let Some(problem) = destination::url_problem(&d.url, self.allow_loopback) {
@@ -328,7 +351,7 @@ impl Dispatcher {
                 error: format!("the endpoint's URL {problem}"),
             };
         }
-        let (id, body) = payload(d);
+        let (id, body) = payload(d, self.event_body);
         let timestamp = now_micros() / 1_000_000;
         let mut secrets = vec![d.secret.as_str()];
         if let (Some(previous), Some(until)) = (&d.previous_secret, d.previous_expires_at)
@@ -395,7 +418,7 @@ fn causes(e: &dyn std::error::Error) -> String {
 }
 
 /// (`webhook-id`, body): the event as the feed shows it (thin, id-only).
-fn payload(d: &DueDelivery) -> (String, String) {
+fn payload(d: &DueDelivery, event_body: EventBody) -> (String, String) {
     if let Some(p) = &d.payload {
         let id = serde_json::from_str::<serde_json::Value>(p)
             .ok()
@@ -405,8 +428,7 @@ fn payload(d: &DueDelivery) -> (String, String) {
     }
     match &d.event {
         Some(e) => {
-            let item = crate::cbo::feed_event(e.clone());
-            let body = serde_json::to_string(&item).expect("feed items serialise");
+            let body = event_body(e.clone()).to_string();
             (e.id.clone(), body)
         }
         // The event was pruned by retention; say so rather than send nothing.

@@ -1,5 +1,10 @@
-//! The referral: one lifecycle shared by the FHIR face (Task.status) and the CBO face,
-//! the CBO actions that move it (`action`), and the CBO's view of it (`projection`).
+//! The referral: one lifecycle shared by the FHIR face (Task.status, the IG's state
+//! diagram) and the CBO face (`CboStatus`, derived from the whole Task: a `failed`
+//! Task is `closed`, or `expired` when the gateway's sweep failed it), the CBO actions
+//! that move it (`action`; `action::route` finds the fewest actions from one CBO status
+//! to another, for connectors), the CBO's view of it (`projection`), what an EHR's
+//! codes and addresses mean (`routing`), and the organisations referrals go to
+//! (`tenants`, the one part that reads the store).
 //!
 //! Invariant: every status change on either face goes through [`TaskStatus::can_move_to`],
 //! so the two faces can never disagree about what is allowed.
@@ -179,6 +184,21 @@ const ALL: [TaskStatus; 10] = [
     TaskStatus::Completed,
     TaskStatus::Failed,
     TaskStatus::EnteredInError,
+];
+
+/// The events a CBO hears of (webhooks, connectors): what an endpoint may subscribe to.
+pub const EVENT_TYPES: &[&str] = &[
+    "referral.created",
+    "referral.updated",
+    "referral.status_changed",
+    "referral.note_added",
+    "referral.cancelled",
+    "referral.expired",
+    "client.admitted",
+    "client.discharged",
+    "client.admission_cancelled",
+    "client.discharge_cancelled",
+    "webhook.endpoint_disabled",
 ];
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //!
 //! Pure: [`wanted`] says which resources to read next, the caller reads them into
 //! [`Related`], and [`project`] builds the view.
+//!
+//! Invariants: a CBO never sees a hospital identifier (the client is a gateway-scoped
+//! `client_ref`), and sees contact details only with granted consent and no
+//! `contacting-subject-prohibited`.
 
 use std::collections::HashMap;
 
@@ -13,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::CboStatus;
 use super::action::STATUS_REASON_SYSTEM;
-use crate::fhir::reference::{self, Target};
+use crate::resource::reference::{self, Target};
 use crate::store::StoredResource;
 
 /// Resources around a referral Task, keyed `Type/id`.
@@ -320,7 +324,7 @@ const CONTACT: &[&str] = &[
 
 /// The summary of a stored referral, as of `updated_at` (microseconds).
 pub fn summary(r: &crate::store::Referral, updated_at: i64) -> Summary {
-    use crate::fhir::datetime::format_instant;
+    use crate::resource::datetime::format_instant;
     Summary {
         id: r.id.clone(),
         version: r.version,
@@ -506,7 +510,7 @@ pub fn summary_fields(
     let end = task
         .pointer("/restriction/period/end")
         .and_then(Value::as_str)
-        .and_then(|s| Some((crate::fhir::datetime::parse_range(s)?.hi, s.to_string())));
+        .and_then(|s| Some((crate::resource::datetime::parse_range(s)?.hi, s.to_string())));
     let domain = service_request.and_then(|sr| domains.of(sr));
     let (respond_by, respond_by_text) = end.unzip();
     (urgency, respond_by, respond_by_text, domain)

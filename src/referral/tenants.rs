@@ -2,6 +2,9 @@
 //! made CBO tenants at run time by registering a credential for them. Shared by the
 //! FHIR engine (routing Task.owner) and the CBO face (who the caller is); refreshed
 //! from the store so that a registration by an operator command reaches every process.
+//! A new tenant's existing Tasks are adopted as referrals once, by the engine
+//! (`Fhir::adopt`, recorded in `tenants.adopted_at`), when `startup`'s refresh loop
+//! (every 500 ms) finds it.
 
 use std::sync::{Arc, RwLock};
 

@@ -15,7 +15,48 @@ use sqlx::Row;
 
 use super::sql::{self, INT, TEXT};
 use super::{Backend, Result, Store, Tx};
-use crate::identity::{Identifier, PATIENT_SYSTEM, Person};
+
+/// The identifier every stored FHIR Patient resource gives its person: the resource's id
+/// under this system. A merge moves it like any hospital identifier, so references to
+/// a retired Patient resource still resolve to the survivor.
+pub const PATIENT_SYSTEM: &str = "urn:crossway:patient";
+
+/// A person-level identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identifier {
+    pub system: String,
+    pub value: String,
+    /// The HL7 identifier type (table 0203: MR, PI, …), when the source said.
+    pub kind: Option<String>,
+}
+
+impl Identifier {
+    pub fn new(system: &str, value: &str, kind: Option<&str>) -> Identifier {
+        Identifier {
+            system: system.to_string(),
+            value: value.to_string(),
+            kind: kind.map(str::to_string),
+        }
+    }
+
+    /// The identifier of a stored Patient resource.
+    pub fn patient(id: &str) -> Identifier {
+        Identifier::new(PATIENT_SYSTEM, id, None)
+    }
+
+    /// `system|value`, the FHIR token form, also the cache key.
+    pub fn token(&self) -> String {
+        format!("{}|{}", self.system, self.value)
+    }
+}
+
+/// A person as the rest of the gateway sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub id: String,
+    /// The gateway-scoped reference CBOs see; kept by the survivor of a merge.
+    pub client_ref: String,
+}
 
 /// One merge as recorded, with what it moved.
 #[derive(Debug, Clone, PartialEq)]
@@ -769,10 +810,18 @@ impl Tx<'_> {
     }
 
     async fn bump_identity_generation(&mut self) -> Result<()> {
+        self.identity_moves += 1;
         sqlx::query("UPDATE identity_generation SET generation = generation + 1 WHERE id = 1")
             .execute(&mut *self.conn)
             .await?;
         Ok(())
+    }
+
+    /// How many times this transaction has moved identifiers between persons (merges,
+    /// unmerges): a command compares it before and after to know whether cached
+    /// identifier → person answers must be dropped after the commit.
+    pub fn identity_moves(&self) -> u64 {
+        self.identity_moves
     }
 
     /// Records (staged) that a message or resource named several persons.

@@ -1,11 +1,47 @@
 //! The durable store: every version of every FHIR resource as JSON, the search indexes,
-//! referrals and the per-organisation event feed, on SQLite (embedded) or PostgreSQL.
+//! referrals and the per-organisation event feed, on SQLite (embedded) or PostgreSQL,
+//! through sqlx's `Any` driver. No module outside this one speaks SQL; the row types
+//! other modules work with (`Identifier`, `Person`, `Fact`, `Referral`, `Event`, …) are
+//! defined here and re-exported where they belong (`identity`, `measures`).
 //!
 //! Invariants:
 //! - The store is the source of truth; caches may be dropped at any time.
-//! - All writes go through one [`writer::Writer`] per process, which batches concurrent
-//!   requests into one transaction (group commit) and answers each only after COMMIT.
-//! - The same SQL runs on both backends except where a comment says otherwise.
+//! - Every write of a resource, and of the rows that go with it (referrals, events,
+//!   deliveries, identity, facts), goes through the group-commit writers
+//!   ([`writer::Writer`]: one per process on SQLite, two on PostgreSQL), which answer
+//!   each caller only after COMMIT and the flush of the log. Rows that are not resources
+//!   (clients, keys, `jti` claims, tenants, the audit trail, directory entries) are
+//!   written straight to the pool.
+//! - The same SQL runs on both backends except where a comment says otherwise
+//!   (`scripts/check-migrations` keeps the two migration sets equal).
+//! - Index rows always describe the current version.
+//!
+//! # Tables
+//! `resource_versions` (every version's JSON and the index rows it produced),
+//! `resources` (the current version, commit `seq`, `last_updated`),
+//! `search_tokens|refs|strings|dates` (rows for current versions only, primary key =
+//! lookup path type/param/value/id), `referrals` (the CBO list's columns; an index
+//! covering them all serves a page), `events` (with id, status and version: the feed's
+//! payload), `tenant_counters` (and `pruned_through`), `idempotency_keys`, `persons`,
+//! `person_identifiers` (identifier → person, aliases), `person_merges`,
+//! `identity_conflicts`, `identity_generation`, `inbound_messages` (every feed message,
+//! raw, keyed by its dedupe key; dead letters), and the rows of the submodules below.
+//!
+//! # Memory
+//! `recent` keeps current versions and `referral_index` every referral row (CBO lists
+//! and reads need no query), both fed by the writer after each commit; their maps are
+//! split in 256 (`shards`). On PostgreSQL `replicas` keeps them in step with other
+//! processes.
+//!
+//! # Several processes on PostgreSQL
+//! Updates lock the current row (`FOR UPDATE`); conditional creates take an advisory
+//! lock on the condition; event sequence numbers come from a per-organisation counter
+//! row locked to COMMIT (a batch's numbers reach the disk before any later batch's: the
+//! log is flushed in order). A locked read that waited for another transaction's COMMIT
+//! can come back without the row: PostgreSQL re-checks the updated row against the join
+//! with the version row read before the wait. So `Tx::preload` and `Tx::current` read
+//! what is missing once more, in a new statement that sees the committed version
+//! (`tests/api/cbo.rs::concurrent_notes_on_one_referral_are_all_kept`).
 
 mod auth;
 mod connectors;
@@ -22,12 +58,18 @@ mod subscriptions;
 mod webhooks;
 pub mod writer;
 
+pub use crate::telemetry::CacheStats;
 pub use auth::{ApiKeyRow, AuditQuery, AuditRecord, ClientRow, TenantRow};
 pub use connectors::ConnectorEndpoint;
 pub use directory::{DirectoryFilter, DirectoryRow};
 pub use ehr::Unpushed;
-pub use identity::{Conflict, InboundMessage, MergeRecord};
-pub use measures::{Admitted, FactFilter, PersonFact, ReferralStep};
+pub use identity::{Conflict, Identifier, InboundMessage, MergeRecord, PATIENT_SYSTEM, Person};
+pub use measures::{
+    Admitted, BORN, CONTACT, EMERGENCY, Fact, FactFilter, INPATIENT, POSITIVE, PROCEDURE,
+    PersonFact, REFERRAL, REFERRAL_ACCEPTED, REFERRAL_ANSWERED, REFERRAL_CANCELLED,
+    REFERRAL_CLOSED, REFERRAL_CREATED, REFERRAL_DECLINED, REFERRAL_EXPIRED, ReferralStep, SCORE,
+    SCREENED,
+};
 use recent::RecentVersions;
 pub use referrals::{Event, IdempotentResponse, Referral, ReferralFilter, ReferralRow};
 pub use subscriptions::{SubscriptionRow, endpoint_id as subscription_endpoint};
@@ -41,7 +83,7 @@ pub struct Preload {
     /// Referral ids.
     pub referrals: Vec<String>,
     /// Identifiers whose owners the batch will look up.
-    pub identifiers: Vec<crate::identity::Identifier>,
+    pub identifiers: Vec<Identifier>,
     /// Inbound messages (source, control id) the batch will claim.
     pub inbound: Vec<(String, String)>,
 }
@@ -53,7 +95,7 @@ use std::path::Path;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
-use crate::fhir::search::{Cursor, IndexEntries, SearchQuery, Total};
+use crate::resource::search::{Cursor, IndexEntries, SearchQuery, Total};
 
 pub use sql::Arg;
 
@@ -136,20 +178,7 @@ pub struct SearchPage {
     pub total: Option<usize>,
 }
 
-/// Store-wide backlogs ([`Store::backlog`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Backlog {
-    pub deliveries_pending: i64,
-    /// How far the most overdue pending delivery is behind its due time.
-    pub delivery_lag_micros: i64,
-    /// Deliveries that exhausted their retries and wait for a redeliver.
-    pub deliveries_failed: i64,
-    pub endpoints_disabled: i64,
-    pub dead_letters: i64,
-    pub identity_conflicts: i64,
-    /// EHR write-backs whose last attempt failed (`crossway ehr stuck`).
-    pub ehr_writebacks_stuck: i64,
-}
+pub use crate::telemetry::Backlog;
 
 #[derive(Clone)]
 pub struct Store {
@@ -265,6 +294,15 @@ impl Store {
     /// gateway): the current versions kept in memory are dropped and the referral rows
     /// read again. Nothing to do on PostgreSQL, where every writer announces what it
     /// commits (see `replicas`).
+    /// The bytes of JSON the current-version cache may keep.
+    pub fn set_cache_budget(&self, bytes: usize) {
+        self.recent.set_budget(bytes);
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.recent.stats()
+    }
+
     pub async fn reload_after_foreign_write(&self) -> Result<()> {
         if self.origin.is_some() {
             return Ok(());
@@ -573,7 +611,7 @@ const MAX_INCLUDE_ROUNDS: usize = 3;
 fn add_targets<'a>(
     keys: &mut Vec<(String, String)>,
     index_rows: &str,
-    includes: impl Iterator<Item = &'a crate::fhir::search::Include>,
+    includes: impl Iterator<Item = &'a crate::resource::search::Include>,
 ) {
     for include in includes {
         for key in sql::local_targets(index_rows, include) {
@@ -699,6 +737,8 @@ pub struct Tx<'c> {
     absent: HashSet<(String, String)>,
     /// Persons, identifiers and inbound messages (see `identity`).
     identity: identity::Staging,
+    /// Merges and unmerges so far ([`Tx::identity_moves`]).
+    identity_moves: u64,
     /// Writes queued by the flush, sent together by [`Tx::send_deferred`].
     deferred: Vec<sql::Write>,
     /// Writes that read what `deferred` writes (a measure fact looks up its Patient's

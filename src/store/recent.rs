@@ -15,24 +15,28 @@
 //! turns away offers read before it.
 
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::StoredResource;
-use crate::shards::Shards;
+use crate::generations::Generations;
+use crate::telemetry::CacheStats;
 
-/// JSON kept before the map is emptied and refilled by use: enough for the current
-/// versions of a few hundred thousand typical referral resources.
-const MAX_BYTES: usize = 256 << 20;
+/// JSON kept until the gateway's memory budget says otherwise (`set_budget`).
+const DEFAULT_BUDGET: usize = 256 << 20;
 
-/// What a superseded entry (no body) counts for against `MAX_BYTES`.
+/// What a superseded entry (no body) counts for against the budget.
 const SUPERSEDED_BYTES: usize = 64;
 
 pub struct RecentVersions {
     map: RwLock<Map>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct Map {
-    entries: Shards<(String, String), Entry>,
-    bytes: usize,
+    /// Two generations: when full, the older half is dropped (and a new epoch starts,
+    /// so that no offer read before it brings back what a dropped entry superseded).
+    entries: Generations<(String, String), Entry>,
     /// Bumped by every `clear`: offers read in an earlier epoch are turned away.
     epoch: u64,
     /// Whether entries may be served (see the module comment).
@@ -50,11 +54,28 @@ impl RecentVersions {
     pub fn new(trusted: bool) -> RecentVersions {
         RecentVersions {
             map: RwLock::new(Map {
-                entries: Shards::default(),
-                bytes: 0,
+                entries: Generations::new(DEFAULT_BUDGET),
                 epoch: 0,
                 trusted,
             }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The bytes of JSON this cache may keep.
+    pub fn set_budget(&self, bytes: usize) {
+        self.write().entries.set_budget(bytes);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let map = self.read();
+        CacheStats {
+            bytes: map.entries.bytes(),
+            entries: map.entries.len(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evicted: map.entries.evicted(),
         }
     }
 
@@ -72,12 +93,26 @@ impl RecentVersions {
     }
 
     pub fn get(&self, resource_type: &str, id: &str) -> Option<StoredResource> {
-        let map = self.read();
-        if !map.trusted {
-            return None;
+        let k = key(resource_type, id);
+        let (found, old) = {
+            let map = self.read();
+            if !map.trusted {
+                return None;
+            }
+            let found = map.entries.get(&k).and_then(|e| e.resource.clone());
+            (found, map.entries.is_old(&k))
+        };
+        if old {
+            // Used again: it survives the next turn.
+            self.write().entries.promote(&k);
         }
-        let entry = map.entries.get(&key(resource_type, id))?;
-        entry.resource.clone()
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// The current version: known even when its body is not (superseded).
@@ -108,22 +143,22 @@ impl RecentVersions {
             return;
         }
         for r in versions {
-            map.make_room();
             let k = (r.resource_type.clone(), r.id.clone());
             if map.entries.get(&k).is_some_and(|e| {
                 e.version > r.version || (e.version == r.version && e.resource.is_some())
             }) {
                 continue;
             }
-            map.bytes += r.body.len();
-            let old = map.entries.insert(
-                k,
-                Entry {
-                    version: r.version,
-                    resource: Some(r),
-                },
-            );
-            map.forget(old);
+            let bytes = r.body.len();
+            let entry = Entry {
+                version: r.version,
+                resource: Some(r),
+            };
+            if map.insert(k, entry, bytes) {
+                // The rest was read before the turn: it could be older than what a
+                // dropped entry knew.
+                return;
+            }
         }
     }
 
@@ -131,41 +166,33 @@ impl RecentVersions {
     /// reader's older copy is no longer taken.
     pub fn supersede(&self, resource_type: &str, id: &str, version: i64) {
         let mut map = self.write();
-        map.make_room();
         let k = key(resource_type, id);
         if map.entries.get(&k).is_some_and(|e| e.version >= version) {
             return;
         }
-        map.bytes += SUPERSEDED_BYTES;
-        let old = map.entries.insert(
-            k,
-            Entry {
-                version,
-                resource: None,
-            },
-        );
-        map.forget(old);
+        let entry = Entry {
+            version,
+            resource: None,
+        };
+        map.insert(k, entry, SUPERSEDED_BYTES);
     }
 }
 
 impl Map {
     /// Empties the map and starts a new epoch.
     fn forget_all(&mut self) {
-        crate::reclaim::drop_elsewhere(std::mem::take(&mut self.entries));
-        self.bytes = 0;
+        self.entries.clear();
         self.epoch += 1;
     }
 
-    fn make_room(&mut self) {
-        if self.bytes >= MAX_BYTES {
-            self.forget_all();
+    /// Keeps `entry`; true when a turn dropped the old generation first, which starts
+    /// a new epoch.
+    fn insert(&mut self, k: (String, String), entry: Entry, bytes: usize) -> bool {
+        let (_, turned) = self.entries.insert(k, entry, bytes);
+        if turned {
+            self.epoch += 1;
         }
-    }
-
-    fn forget(&mut self, old: Option<Entry>) {
-        if let Some(old) = old {
-            self.bytes -= old.resource.map_or(SUPERSEDED_BYTES, |r| r.body.len());
-        }
+        turned
     }
 }
 

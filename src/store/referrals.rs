@@ -285,7 +285,7 @@ impl Tx<'_> {
 
     /// The client reference of a Patient: its person's, a new person on first sight.
     pub async fn client_ref(&mut self, patient_id: &str, now: i64) -> Result<String> {
-        let id = crate::identity::Identifier::patient(patient_id);
+        let id = super::Identifier::patient(patient_id);
         self.lock_identifiers(std::slice::from_ref(&id)).await?;
         if let Some(owner) = self.identifier_owner(&id).await?
             && let Some(person) = self.person(&owner).await?

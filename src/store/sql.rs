@@ -1,5 +1,19 @@
 //! SQL text built at run time: search queries from a [`SearchQuery`], and multi-row
 //! writes. Placeholders are `$n`, which both SQLite and PostgreSQL accept.
+//!
+//! # How a search runs
+//! One filter that names a record (identifier, patient, subject, focus, based-on,
+//! part-of, output) drives the query from its index; other token and reference filters
+//! are probed per candidate by primary key while walking `resources` in result order,
+//! so a page of a broad query (all Tasks of an owner, newest first) stops after one
+//! page. A parameter that is another's subset (`patient` of `subject`) stores no index
+//! rows and is answered from the other's (`ParamDef::indexed_as`). Results are ordered
+//! by `(last_updated, seq)` (oldest first unless `_sort=-_lastUpdated`); paging is
+//! keyset (`_cursor` = the last row's pair), so `next` links stay correct while data
+//! changes. `_include` reads targets from the matches' stored index rows. The page is
+//! chosen on the narrow `resources` rows and bodies are joined (or, on the embedded
+//! store, taken from memory) afterwards; a search page checks the versions it matched
+//! against memory.
 
 use std::collections::HashMap;
 
@@ -8,7 +22,7 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use super::{Backend, Staged};
-use crate::fhir::search::{
+use crate::resource::search::{
     Filter, Include, IndexEntries, Modifier, ParamDef, ParamType, Prefix, SearchQuery, SearchValue,
     Sort,
 };
@@ -301,7 +315,7 @@ fn value_condition(f: &Filter, v: &SearchValue, p: &mut Params) -> String {
         (_, SearchValue::Reference { target: None, id }) => {
             // A bare id matches a local reference to any type the parameter allows.
             let types = if f.param.targets.is_empty() {
-                crate::fhir::RESOURCE_TYPES
+                crate::resource::RESOURCE_TYPES
             } else {
                 f.param.targets
             };
@@ -309,7 +323,7 @@ fn value_condition(f: &Filter, v: &SearchValue, p: &mut Params) -> String {
             format!("x.target IN ({})", targets.join(", "))
         }
         (_, SearchValue::String(s)) => {
-            let norm = crate::fhir::search::normalize_string(s);
+            let norm = crate::resource::search::normalize_string(s);
             match f.modifier {
                 Modifier::Exact => format!("x.value = {}", p.text(norm)),
                 Modifier::Contains => format!(

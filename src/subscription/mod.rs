@@ -3,14 +3,22 @@
 //! (`requested`); a handshake is sent and, when the endpoint answers, it is `active`.
 //! From then every Task or ServiceRequest version that matches its filters is an event:
 //! numbered per subscription in the transaction that wrote the resource
-//! (`fhir::engine` asks [`Registry`] which subscriptions match, `store` numbers and
-//! queues them), kept for `$events`, and sent through the webhook outbox (retries,
+//! (`fhir::engine` asks [`Registry`], through its `Watchers` trait, which subscriptions
+//! match; `store` numbers and queues them), kept for `$events`, and sent through the webhook outbox (retries,
 //! backoff, the same lease) as a `history` Bundle: `rest-hook` to an https URL with the
 //! headers the client configured, or `email` — a mail that says only that something
 //! changed and links to it. Heartbeats go out when nothing else did for the period.
 //!
 //! A subscriber detects a gap from `events-since-subscription-start` and fills it
 //! with `$events`; `$status` says where the subscription stands.
+//!
+//! [`Subscriptions`] is the runtime behind `/fhir/Subscription`, the outbox `Sink` for
+//! `subscription:<id>` deliveries (registered at start), and a loop, once a second,
+//! that turns off subscriptions past their `end`, sends handshakes again (requested ones
+//! whose handshake was lost, those in error for the retry window) and heartbeats.
+//! [`Registry`] holds the live ones (requested, active, error), refreshed from the store
+//! every 500 ms. A client's update bumps the row's `version`; a handshake records its
+//! outcome only for the version it was sent for.
 
 pub mod notification;
 pub mod topic;
@@ -22,10 +30,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::fhir::FhirError;
-use crate::fhir::datetime::{format_instant, now_micros};
 use crate::fhir::engine::Fhir;
 use crate::outbox::Failure;
 use crate::outbox::destination::url_problem;
+use crate::resource::datetime::{format_instant, now_micros};
 use crate::store::{DueDelivery, Store, StoreError, SubscriptionRow};
 use notification::{Event, Kind, Standing};
 use topic::{Channel, Content, Plan};
@@ -39,6 +47,42 @@ const HANDSHAKE_RETRY_MICROS: i64 = 30_000_000;
 /// The live subscriptions (requested, active, or in error), as the writer matches them.
 #[derive(Debug, Clone, Default)]
 pub struct Registry(Arc<RwLock<Live>>);
+
+/// Subscription's entry in the CapabilityStatement: R4 Backport on the IG's topics.
+pub fn capability() -> Value {
+    let backport = "http://hl7.org/fhir/uv/subscriptions-backport";
+    json!({
+        "type": "Subscription",
+        "supportedProfile": [format!("{backport}/StructureDefinition/backport-subscription")],
+        "interaction": [
+            {"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "delete"},
+            {"code": "search-type", "documentation": "the client's own subscriptions, not paged"},
+        ],
+        "versioning": "versioned",
+        "readHistory": false,
+        "updateCreate": false,
+        "searchParam": SEARCH_PARAMS.iter().map(|(name, what)| json!({
+            "name": name,
+            "type": match *name { "url" | "criteria" => "uri", _ => "token" },
+            "documentation": what,
+        })).collect::<Vec<_>>(),
+        "operation": [
+            {"name": "status", "definition": format!("{backport}/OperationDefinition/backport-subscription-status")},
+            {"name": "events", "definition": format!("{backport}/OperationDefinition/backport-subscription-events")},
+        ],
+        "extension": topic::topic_urls().iter().map(|t| json!({
+            "url": format!("{backport}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"),
+            "valueCanonical": t,
+        })).collect::<Vec<_>>(),
+        "documentation": "Channels rest-hook and email (email: id-only or empty, no personal data); channel.payload application/fhir+json or application/json (sent as asked); contents empty, id-only, full-resource; handshake (retried every 30 s while unanswered), heartbeats, backport-timeout, backport-max-count (one event per notification), Subscription.end; filters Task: owner, requester, status, patient, focus; ServiceRequest: requester, performer, status, patient. Unknown filter extensions and modifier extensions are refused. PUT with status requested sends the handshake again. $status at instance and type level, $events, by GET or POST.",
+    })
+}
+
+impl crate::fhir::engine::Watchers for Registry {
+    fn matching(&self, resource: &Value, now: i64) -> Vec<String> {
+        Registry::matching(self, resource, now)
+    }
+}
 
 impl Registry {
     pub fn current(&self) -> Live {
@@ -194,7 +238,7 @@ impl Subscriptions {
         let plan = topic::plan(&resource)?;
         let now = now_micros();
         self.check_channel(&plan, now)?;
-        let id = crate::fhir::new_id();
+        let id = crate::resource::new_id();
         let sent_headers = resource.pointer("/channel/header").cloned();
         stamp(&mut resource, &id, 1, now);
         let row = SubscriptionRow {
@@ -967,4 +1011,17 @@ fn masked(mut resource: Value) -> Value {
         }
     }
     resource
+}
+
+impl crate::outbox::Sink for Subscriptions {
+    fn takes(&self, d: &DueDelivery) -> bool {
+        d.endpoint_id.starts_with("subscription:")
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        d: &'a DueDelivery,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, Failure>> {
+        Box::pin(Subscriptions::deliver(self, d))
+    }
 }

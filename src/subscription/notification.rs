@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::topic::Content;
-use crate::fhir::datetime::format_instant;
+use crate::resource::datetime::format_instant;
 
 const STATUS_PROFILE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
 

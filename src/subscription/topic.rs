@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 
 use crate::fhir::FhirError;
-use crate::fhir::datetime;
+use crate::resource::datetime;
 
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition";
 const SDOHCC_TOPICS: &str = "http://hl7.org/fhir/us/sdoh-clinicalcare/SubscriptionTopic";

@@ -13,8 +13,15 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::Backlog;
+use super::{Backlog, CacheStats};
 
+/// In-memory caches, by `cache` (`versions`, `views`): JSON bytes and entries held,
+/// lookups that found or missed, entries dropped to stay within the memory budget.
+pub const CACHE_BYTES: &str = "cache_bytes";
+pub const CACHE_ENTRIES: &str = "cache_entries";
+pub const CACHE_HITS: &str = "cache_hits_total";
+pub const CACHE_MISSES: &str = "cache_misses_total";
+pub const CACHE_EVICTIONS: &str = "cache_evictions_total";
 /// HL7 v2 messages answered, by `ack` (AA, AE, AR, or `none` when the store could
 /// not take it and no ACK was sent).
 pub const HL7_MESSAGES: &str = "hl7_messages_received_total";
@@ -157,8 +164,16 @@ pub fn render(
     backlog: Option<Backlog>,
     write_queue: usize,
     audit_queue: usize,
+    caches: &[(&'static str, CacheStats)],
 ) -> String {
-    use metrics::gauge;
+    use metrics::{counter, gauge};
+    for (name, c) in caches {
+        gauge!(CACHE_BYTES, "cache" => *name).set(c.bytes as f64);
+        gauge!(CACHE_ENTRIES, "cache" => *name).set(c.entries as f64);
+        counter!(CACHE_HITS, "cache" => *name).absolute(c.hits);
+        counter!(CACHE_MISSES, "cache" => *name).absolute(c.misses);
+        counter!(CACHE_EVICTIONS, "cache" => *name).absolute(c.evicted);
+    }
     gauge!(STORE_UP).set(if backlog.is_some() { 1.0 } else { 0.0 });
     if let Some(b) = backlog {
         gauge!(WEBHOOK_PENDING).set(b.deliveries_pending as f64);

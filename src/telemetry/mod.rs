@@ -1,7 +1,9 @@
 //! Logging: `tracing` to stdout (the gateway) or stderr (operator commands, whose
 //! stdout is their output), filtered by `CROSSWAY_LOG` (or the config's `log`).
 //! `CROSSWAY_LOG_FORMAT=json` switches to one JSON object per line for log shippers.
-//! Prometheus metrics are in [`metrics`].
+//! Prometheus metrics are in [`metrics`]; [`Backlog`] is the store-wide figures the store
+//! reads at each scrape (`Store::backlog`), defined here so the store names nothing
+//! above it.
 
 pub mod metrics;
 
@@ -30,4 +32,30 @@ pub fn init(filter: &str, to_stderr: bool) {
             builder.init();
         }
     }
+}
+
+/// Store-wide backlogs, read from the store at each scrape (`Store::backlog`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backlog {
+    pub deliveries_pending: i64,
+    /// How far the most overdue pending delivery is behind its due time.
+    pub delivery_lag_micros: i64,
+    /// Deliveries that exhausted their retries and wait for a redeliver.
+    pub deliveries_failed: i64,
+    pub endpoints_disabled: i64,
+    pub dead_letters: i64,
+    pub identity_conflicts: i64,
+    /// EHR write-backs whose last attempt failed (`crossway ehr stuck`).
+    pub ehr_writebacks_stuck: i64,
+}
+
+/// What `/metrics` shows of an in-memory cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub bytes: usize,
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries dropped to stay within the budget.
+    pub evicted: u64,
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse};
-use crossway::fhir::datetime::parse_range;
+use crossway::resource::datetime::parse_range;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app_with, stub_server};
@@ -98,8 +98,9 @@ impl Ehr {
     fn add_task_late(&mut self, id: &str, sr: &str, seconds_before_newest: i64) {
         let newest = parse_range(&self.newest()).unwrap().lo;
         self.add_task(id, sr);
-        let at =
-            crossway::fhir::datetime::format_instant(newest - seconds_before_newest * 1_000_000);
+        let at = crossway::resource::datetime::format_instant(
+            newest - seconds_before_newest * 1_000_000,
+        );
         self.tasks.get_mut(id).unwrap().1 -= 1;
         self.stamp_at(id, &at);
     }
@@ -796,5 +797,74 @@ async fn a_task_deleted_on_the_ehr_withdraws_its_referral_on_write_back_and_on_r
     assert!(
         ehr.ehr.lock().unwrap().puts.is_empty(),
         "nothing written to a deleted Task"
+    );
+}
+
+/// The EHR merges two of its Patients (the survivor `replaces` the other): when a Task
+/// of the survivor is taken on, the two persons are merged here too, and an identifier
+/// search made right after finds both copies. The periodic identity watcher is slowed
+/// to an hour, so only the engine's own post-commit invalidation can make the answer
+/// current: on PostgreSQL + Redis, a stale Redis entry would name the retired person,
+/// which has no Patient left.
+#[tokio::test]
+async fn an_ehr_merge_reaches_the_identity_index_and_its_cache_at_once() {
+    let ehr = ehr_server().await;
+    let mut vars = env(&ehr).to_vec();
+    vars.push(("CROSSWAY_IDENTITY_WATCH_MS", "3600000"));
+    let app = spawn_app_with(&vars).await;
+    ehr.ehr.lock().unwrap().add_task("merge-1", "merge-sr-1");
+    referral_for(&app, "merge-1").await;
+    let by_mrn = |mrn: &str| {
+        format!("Patient?identifier=https://ehr.stmary.example.org/mrn|{mrn}&_count=10")
+    };
+    let found = app.get_json(&by_mrn("SM-77120")).await;
+    assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "{found}");
+    let retired = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    {
+        let mut e = ehr.ehr.lock().unwrap();
+        e.others.insert(
+            "Patient/ehr-pat-2".into(),
+            json!({"resourceType": "Patient", "id": "ehr-pat-2",
+                "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                    "system": "https://ehr.stmary.example.org/mrn", "value": "SM-80411"}],
+                "name": [{"family": "Okafor", "given": ["Grace", "A"]}], "birthDate": "1961-02-17",
+                "link": [{"other": {"reference": "Patient/ehr-pat-1"}, "type": "replaces"}]}),
+        );
+        e.add_task("merge-2", "merge-sr-2");
+        e.edit("merge-2", |t| {
+            t["for"] = json!({"reference": "Patient/ehr-pat-2"})
+        });
+    }
+    referral_for(&app, "merge-2").await;
+
+    for mrn in ["SM-77120", "SM-80411"] {
+        let found = app.get_json(&by_mrn(mrn)).await;
+        let mut ids: Vec<&str> = found["entry"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{mrn} finds nobody after the merge: {found}"))
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids.len(), 2, "{mrn}: both copies, one person: {found}");
+        assert!(ids.contains(&retired.as_str()), "{mrn}: {found}");
+    }
+    let survivor = app.get_json(&by_mrn("SM-80411")).await;
+    let copy = survivor["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|p| p["id"] != retired.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        copy["link"][0]["other"]["reference"],
+        format!("Patient/{retired}"),
+        "the EHR's link points at our copy: {copy}"
     );
 }

@@ -15,6 +15,7 @@ mod faults;
 mod feeds;
 mod mappings;
 mod measures;
+mod memory;
 mod metrics;
 mod reports;
 mod search;

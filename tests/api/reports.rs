@@ -12,13 +12,13 @@ use crate::helpers::*;
 const ORG: &str = "cbo-riverside-food-bank";
 
 fn this_month() -> String {
-    crossway::fhir::datetime::format_instant(crossway::fhir::datetime::now_micros())[..7]
+    crossway::resource::datetime::format_instant(crossway::resource::datetime::now_micros())[..7]
         .to_string()
 }
 
 fn days_from_now(days: i64) -> String {
-    crossway::fhir::datetime::format_instant(
-        crossway::fhir::datetime::now_micros() + days * 86_400 * 1_000_000,
+    crossway::resource::datetime::format_instant(
+        crossway::resource::datetime::now_micros() + days * 86_400 * 1_000_000,
     )
 }
 

@@ -803,8 +803,8 @@ async fn a_subscription_ends_at_its_end() {
     let (status, outcome) = subscribe(&app, &s).await;
     assert_eq!(status, 400);
     assert_eq!(expression_of(&outcome), "Subscription.end");
-    let end = crossway::fhir::datetime::format_instant(
-        crossway::fhir::datetime::now_micros() + 3_000_000,
+    let end = crossway::resource::datetime::format_instant(
+        crossway::resource::datetime::now_micros() + 3_000_000,
     );
     s["end"] = json!(end);
     let (status, created) = subscribe(&app, &s).await;

@@ -635,7 +635,7 @@ mod projection_contract {
         match schema.get("format").and_then(Value::as_str) {
             Some("date-time") => {
                 let ok = value.as_str().is_some_and(|s| {
-                    s.contains('T') && crate::fhir::datetime::parse_range(s).is_some()
+                    s.contains('T') && crate::resource::datetime::parse_range(s).is_some()
                 });
                 if !ok {
                     errors.push(format!("{at}: {value} is not a date-time"));

@@ -6,6 +6,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use super::{AppState, Problem, ProblemBody, Result, tenant};
 use crate::auth::CboScope;
+use crate::fhir::FhirError;
 use crate::measures::programme::{self, Report};
 
 /// The formats a report comes in.
@@ -61,6 +62,6 @@ async fn report(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     let (from, to) = crate::http::reports::period(&req).map_err(|e| Problem::new(e, &req))?;
     let report = programme::referrals(state.fhir.store(), &from, &to, Some(&org.id), false)
         .await
-        .map_err(|e| Problem::new(e, &req))?;
+        .map_err(|e| Problem::new(FhirError::from(e), &req))?;
     Ok(crate::http::reports::render(&req, &report))
 }

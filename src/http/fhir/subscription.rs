@@ -76,7 +76,7 @@ pub async fn update(
     principal.require(topic::plan(&body)?.resource_type, Interaction::Read)?;
     let if_match = match header_str(req.headers(), "if-match") {
         None => None,
-        Some(v) => Some(crate::fhir::version_from_etag(v).ok_or_else(|| {
+        Some(v) => Some(crate::resource::version_from_etag(v).ok_or_else(|| {
             FhirError::invalid(
                 "If-Match",
                 format!("{v:?} is not an ETag this server issued (W/\"n\")"),

@@ -159,7 +159,7 @@ mod properties {
         #[test]
         fn any_reference_string_is_classified_without_panicking(s in "\\PC{0,60}") {
             if let Some(super::Target::Local { resource_type, id }) = super::parse(&s, Some("http://gw/fhir")) {
-                prop_assert!(crate::fhir::is_valid_id(id));
+                prop_assert!(crate::resource::is_valid_id(id));
                 prop_assert!(!resource_type.is_empty());
             }
         }

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::Mappings;
 use crate::hie::{adt, notification};
 use crate::hl7v2::{self, FieldName};
 use crate::identity::rules::Cx;
+use crate::mapping::Mappings;
 
 /// One message found in a capture.
 #[derive(Debug, Clone)]

@@ -12,10 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::template::{self, Maps};
-use crate::cbo::webhooks::EVENT_TYPES;
 use crate::config::{env_names, expand_env as expand};
-use crate::referral::CboStatus;
 use crate::referral::projection;
+use crate::referral::{CboStatus, EVENT_TYPES};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use super::Mappings;
 use crate::cbo::{CboError, parse_action};
 use crate::hie::{Notice, NoticeError, adt, notification};
 use crate::hl7v2::FieldName;
+use crate::mapping::Mappings;
 use crate::referral::projection::{self, Related, Summary};
 use crate::referral::{CboStatus, action};
 

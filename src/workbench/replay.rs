@@ -5,9 +5,9 @@
 
 use serde_json::Value;
 
-use super::Mappings;
 use super::samples::{diff, notice_json, pretty};
-use crate::hie::feed::stored_notice;
+use crate::hie::stored_notice;
+use crate::mapping::Mappings;
 use crate::store::InboundMessage;
 
 /// One stored message the candidate maps differently.
@@ -38,5 +38,5 @@ pub fn changes(
 }
 
 fn output(message: &InboundMessage, mappings: &Mappings) -> Value {
-    notice_json(stored_notice(message, mappings))
+    notice_json(stored_notice(message, &mappings.feeds, &mappings.identity))
 }

@@ -1,16 +1,22 @@
-//! The feed service: bytes or Bundles in, an acknowledgement out, after the commit.
+//! The feed face: HL7 v2 bytes (from the MLLP listener, [`mllp`]) or Da Vinci
+//! notification Bundles (from `$process-message`) in, an acknowledgement out, after the
+//! commit. Translation into a [`Notice`] is `hie`'s; applying it is the engine's.
+//!
+//! Invariants: a message is stored before it is acknowledged, `AA` only after its
+//! effects committed; a resent message (same sending facility and MSH-10) is answered
+//! as the first time and applied once; a message that cannot be applied is kept as a
+//! dead letter, never dropped.
 
-use std::sync::Arc;
+pub mod mllp;
 
 use serde_json::Value;
 
-use super::{Effect, Notice, NoticeError, adt, notification};
 use crate::fhir::engine::{Inbound, Ingested};
 use crate::fhir::{Fhir, FhirError, datetime};
+use crate::hie::{Effect, Notice, NoticeError, adt, notification, stored_notice};
 use crate::hl7v2::{self, AckCode, AckError, AckMode, ErrorCode, ErrorLocation, Severity};
 use crate::identity::Identifier;
-use crate::identity::cache::IdentityCache;
-use crate::mapping::{Live, Mappings};
+use crate::mapping::Live;
 use crate::store::InboundMessage;
 use crate::telemetry::metrics::{
     FEED_TOLERATED, FEED_UNMAPPED_CODES, HL7_ACK_LATENCY, HL7_MESSAGES,
@@ -21,7 +27,6 @@ pub struct Feed {
     fhir: Fhir,
     /// The feed tables and identity rules in force (reloadable).
     mappings: Live,
-    cache: Arc<IdentityCache>,
 }
 
 /// How a notification Bundle was taken (the HTTP status is its only acknowledgement).
@@ -77,35 +82,6 @@ fn ack_id() -> String {
     format!("ACK{}", uuid::Uuid::now_v7().simple())
 }
 
-/// What `mappings` make of a stored inbound message, as received: for a replay, and for
-/// `crossway mappings replay`'s comparison of two mapping sets.
-pub fn stored_notice(message: &InboundMessage, mappings: &Mappings) -> Result<Notice, NoticeError> {
-    match message.format.as_str() {
-        "fhir" => match serde_json::from_str::<Value>(&message.body) {
-            // A message keyed by its client was stored under `client:<id>`.
-            Ok(bundle) => notification::notice(
-                &bundle,
-                &mappings.identity,
-                message.source.strip_prefix("client:"),
-            ),
-            Err(e) => Err(NoticeError::reject(
-                ErrorCode::DataType,
-                "Bundle",
-                &format!("stored body is not JSON: {e}"),
-            )),
-        },
-        "operator" => Err(NoticeError::reject(
-            ErrorCode::UnsupportedMessageType,
-            "",
-            "operator commands are not replayed; run them again",
-        )),
-        _ => match hl7v2::parse(&message.body) {
-            Ok(msg) => adt::notice(&msg, &mappings.feeds, &mappings.identity),
-            Err(e) => Err(NoticeError::reject(e.hl7_code(), "MSH", &e.to_string())),
-        },
-    }
-}
-
 /// ERR-2 from a path like `PID-3` or `PID[2]-3`.
 fn location(path: &str) -> Option<ErrorLocation> {
     let (segment, field) = path.split_once('-').unwrap_or((path, ""));
@@ -125,12 +101,8 @@ fn location(path: &str) -> Option<ErrorLocation> {
 }
 
 impl Feed {
-    pub fn new(fhir: Fhir, mappings: Live, cache: Arc<IdentityCache>) -> Feed {
-        Feed {
-            fhir,
-            mappings,
-            cache,
-        }
+    pub fn new(fhir: Fhir, mappings: Live) -> Feed {
+        Feed { fhir, mappings }
     }
 
     /// Handles one HL7 v2 message; returns its application outcome (`None`: not
@@ -341,10 +313,7 @@ impl Feed {
 
     async fn apply(&self, inbound: Inbound) -> Result<Taken, FeedError> {
         match self.fhir.ingest(inbound).await? {
-            Ingested::Applied { invalidate } => {
-                self.cache.invalidate(&invalidate).await;
-                Ok(Taken::Applied)
-            }
+            Ingested::Applied { .. } => Ok(Taken::Applied),
             Ingested::Ignored => Ok(Taken::Ignored),
             Ingested::Duplicate(first) => match first.status.as_str() {
                 "dead" | "rejected" => Err(FeedError::Invalid(NoticeError::error(
@@ -401,7 +370,8 @@ impl Feed {
         let mut record = message.clone();
         record.status = String::new();
         record.error = None;
-        match stored_notice(message, &self.mappings.current()) {
+        let mappings = self.mappings.current();
+        match stored_notice(message, &mappings.feeds, &mappings.identity) {
             Ok(n) => self.apply(Inbound::notice(n, record, true)).await,
             Err(e) => {
                 record.status = if e.reject { "rejected" } else { "dead" }.into();

@@ -9,9 +9,24 @@
 //! a page number below 1 is 1, `per_page` is kept within 1..=[`MAX_PER_PAGE`], a
 //! parameter we do not implement (`postcode`, `proximity`, `format=ndjson`, …) is
 //! ignored, and the answer is always JSON.
+//!
+//! One extension (the document allows parameters it does not list):
+//! `sdoh_domain=<code>` on `/services` and `/service_at_locations` keeps the services
+//! with a taxonomy term that means that SDOH domain ([`needs`](super::needs)): a term
+//! in the service's `attributes` (inline, or the stored term its `taxonomy_term_id`
+//! names), or an ancestor of one (`parent_id`, stored terms); a service-at-location
+//! by its own terms or its service's (nested, else the stored one its `service_id`
+//! names). A domain without a rule
+//! is the one error of this API ([`DirectoryError::UnknownDomain`]). It reads every
+//! service the other filters leave and every stored term, per request: right for a
+//! county's directory, not yet for the 100,000-service benchmark (that wants the
+//! domains indexed at import).
 
 use serde_json::{Map, Value, json};
 
+use std::collections::HashMap;
+
+use super::needs::Needs;
 use super::{DirectoryError, Kind};
 use crate::store::{DirectoryFilter, Store};
 
@@ -34,6 +49,8 @@ pub struct PageQuery {
     pub per_page: i64,
     pub full: bool,
     pub filter: DirectoryFilter,
+    /// `sdoh_domain=`: services whose taxonomy terms mean this SDOH domain.
+    pub sdoh_domain: Option<String>,
 }
 
 impl PageQuery {
@@ -64,6 +81,7 @@ impl PageQuery {
                 top_only: flag("top_only"),
                 modified_after: string("modified_after"),
             },
+            sdoh_domain: string("sdoh_domain"),
         }
     }
 }
@@ -84,11 +102,25 @@ pub async fn list(
     tenant: &str,
     kind: Kind,
     q: &PageQuery,
+    needs: &Needs,
 ) -> Result<Value, DirectoryError> {
     let offset = (q.page - 1).saturating_mul(q.per_page);
-    let (total, bodies) = store
-        .directory_page(tenant, kind.as_str(), &q.filter, offset, q.per_page)
-        .await?;
+    let (total, bodies) = match (&q.sdoh_domain, kind) {
+        (Some(domain), Kind::Service | Kind::ServiceAtLocation) => {
+            if !needs.knows(domain) {
+                return Err(DirectoryError::UnknownDomain {
+                    domain: domain.clone(),
+                    known: needs.domains().collect::<Vec<_>>().join(", "),
+                });
+            }
+            by_need(store, tenant, kind, q, needs, domain, offset).await?
+        }
+        _ => {
+            store
+                .directory_page(tenant, kind.as_str(), &q.filter, offset, q.per_page)
+                .await?
+        }
+    };
     let contents: Vec<Value> = bodies
         .iter()
         .filter_map(|b| serde_json::from_str::<Value>(b).ok())
@@ -105,6 +137,119 @@ pub async fn list(
         "empty": contents.is_empty(),
         "contents": contents,
     }))
+}
+
+/// Rows read per query while scanning.
+const SCAN: i64 = 500;
+
+/// How many of the services (or services-at-locations) the filters leave mean
+/// `domain`, and the bodies of the page from `offset`, in id order.
+async fn by_need(
+    store: &Store,
+    tenant: &str,
+    kind: Kind,
+    q: &PageQuery,
+    needs: &Needs,
+    domain: &str,
+    offset: i64,
+) -> Result<(i64, Vec<String>), DirectoryError> {
+    let mut terms: HashMap<String, Value> = HashMap::new();
+    let everything = DirectoryFilter::default();
+    for start in (0..).step_by(SCAN as usize) {
+        let (total, page) = store
+            .directory_page(
+                tenant,
+                Kind::TaxonomyTerm.as_str(),
+                &everything,
+                start,
+                SCAN,
+            )
+            .await?;
+        for body in page {
+            if let Ok(term) = serde_json::from_str::<Value>(&body)
+                && let Some(id) = term.get("id").and_then(Value::as_str)
+            {
+                terms.insert(id.to_string(), term);
+            }
+        }
+        if start + SCAN >= total {
+            break;
+        }
+    }
+    let (mut matched, mut page) = (0i64, Vec::new());
+    for start in (0..).step_by(SCAN as usize) {
+        let (total, bodies) = store
+            .directory_page(tenant, kind.as_str(), &q.filter, start, SCAN)
+            .await?;
+        for body in bodies {
+            let Ok(v) = serde_json::from_str::<Value>(&body) else {
+                continue;
+            };
+            let hit = match kind {
+                // Its own terms, its nested service's, or (when it only names its
+                // service) the stored service's.
+                Kind::ServiceAtLocation => {
+                    serves(needs, domain, &v, &terms)
+                        || match v.get("service").filter(|s| s.get("attributes").is_some()) {
+                            Some(service) => serves(needs, domain, service, &terms),
+                            None => match v.get("service_id").and_then(Value::as_str) {
+                                Some(id) => store
+                                    .directory_get(tenant, Kind::Service.as_str(), id)
+                                    .await?
+                                    .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                                    .is_some_and(|s| serves(needs, domain, &s, &terms)),
+                                None => false,
+                            },
+                        }
+                }
+                _ => serves(needs, domain, &v, &terms),
+            };
+            if hit {
+                if matched >= offset && (page.len() as i64) < q.per_page {
+                    page.push(body);
+                }
+                matched += 1;
+            }
+        }
+        if start + SCAN >= total {
+            break;
+        }
+    }
+    Ok((matched, page))
+}
+
+/// Whether one of `service`'s taxonomy terms, or an ancestor of one, means `domain`.
+pub fn serves(
+    needs: &Needs,
+    domain: &str,
+    service: &Value,
+    terms: &HashMap<String, Value>,
+) -> bool {
+    let attributes = service
+        .get("attributes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for a in attributes {
+        let inline = a.get("taxonomy_term").filter(|t| t.is_object());
+        let id = inline
+            .and_then(|t| t.get("id"))
+            .or_else(|| a.get("taxonomy_term_id"))
+            .and_then(Value::as_str);
+        let mut term = inline.or_else(|| id.and_then(|id| terms.get(id)));
+        // Up the tree; the depth bound keeps a parent_id cycle from looping.
+        for _ in 0..16 {
+            let Some(t) = term else { break };
+            if needs.term_matches(domain, t) {
+                return true;
+            }
+            term = t
+                .get("parent_id")
+                .and_then(Value::as_str)
+                .and_then(|p| terms.get(p));
+        }
+    }
+    false
 }
 
 /// An entity as a list shows it.

@@ -7,7 +7,8 @@
 //!   [`tabular`]), checks each entity against the HSDS rules ([`schema`]) and stores
 //!   it, reporting what was taken, updated, unchanged or refused and why.
 //! - [`api`] answers the HSDS API's reads (`/hsds/…`): one entity as stored, pages of
-//!   list views.
+//!   list views, services by SDOH need ([`needs`], the rules of
+//!   `mappings/directory/domains.toml`).
 //!
 //! Invariants:
 //! - An entity is stored as the HSDS JSON it came as (CSV: as the nested JSON the API
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod import;
+pub mod needs;
 pub mod schema;
 pub mod tabular;
 
@@ -78,6 +80,11 @@ pub enum DirectoryError {
     NotHsds { path: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `sdoh_domain=` names a domain no rule of `mappings/directory/domains.toml` maps.
+    #[error(
+        "sdoh_domain {domain:?} has no rule in mappings/directory/domains.toml (known: {known})"
+    )]
+    UnknownDomain { domain: String, known: String },
 }
 
 impl DirectoryError {

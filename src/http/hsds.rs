@@ -2,7 +2,8 @@
 //! paths of the official OpenAPI document; `directory::api` does the work). Reading
 //! the directory is not reading personal data, but it is not anonymous either: every
 //! path but the root needs a valid bearer token (any client's). Errors are
-//! `{"error": …}` JSON, as on `/reports/v1`.
+//! `{"error": …}` JSON, as on `/reports/v1`. `sdoh_domain=` (search by need) is our
+//! extension of the list paths; `directory::api` documents it.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -13,8 +14,10 @@ use crate::directory::{DEFAULT_TENANT, DirectoryError, Kind, api};
 use crate::fhir::bundle::parse_query_string;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/hsds", web::get().to(root))
-        .route("/hsds/", web::get().to(root));
+    // One resource per path, so that another method on it is a 405 with `Allow`
+    // (RFC 9110 §15.5.6), not the gateway's 404.
+    cfg.service(resource("/hsds").route(web::get().to(root)))
+        .service(resource("/hsds/").route(web::get().to(root)));
     for (path, kind) in [
         ("services", Kind::Service),
         ("organizations", Kind::Organization),
@@ -22,15 +25,33 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         ("taxonomies", Kind::Taxonomy),
         ("taxonomy_terms", Kind::TaxonomyTerm),
     ] {
-        cfg.route(
-            &format!("/hsds/{path}"),
-            web::get().to(move |req, state| list(req, state, kind)),
+        cfg.service(
+            resource(&format!("/hsds/{path}"))
+                .route(web::get().to(move |req, state| list(req, state, kind))),
         )
-        .route(
-            &format!("/hsds/{path}/{{id}}"),
-            web::get().to(move |req, state, id| read(req, state, id, kind)),
+        .service(
+            resource(&format!("/hsds/{path}/{{id}}"))
+                .route(web::get().to(move |req, state, id| read(req, state, id, kind))),
         );
     }
+}
+
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|req: HttpRequest| async move {
+        let mut resp = problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} {} is not supported; allowed: GET",
+                req.method(),
+                req.path()
+            ),
+        );
+        resp.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static("GET"),
+        );
+        resp
+    }))
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> HttpResponse {
@@ -72,8 +93,20 @@ async fn list(req: HttpRequest, state: web::Data<AppState>, kind: Kind) -> HttpR
         return resp;
     }
     let query = api::PageQuery::parse(&parse_query_string(req.query_string()));
-    match api::list(state.fhir.store(), DEFAULT_TENANT, kind, &query).await {
+    let mappings = state.fhir.mappings();
+    match api::list(
+        state.fhir.store(),
+        DEFAULT_TENANT,
+        kind,
+        &query,
+        &mappings.needs,
+    )
+    .await
+    {
         Ok(page) => HttpResponse::Ok().json(page),
+        Err(e @ DirectoryError::UnknownDomain { .. }) => {
+            problem(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e) => failed(e),
     }
 }

@@ -2,8 +2,9 @@
 //! message): which parts of the referral projection each organisation sees
 //! (`cbo/visibility.toml`), how identifiers from each source become person identifiers
 //! (`identity/sources.toml`), the HIE feed tables (`hie/feeds.toml`), the codes of
-//! decline reasons and close outcomes (`cbo/codes.toml`), and the connectors to CBO
-//! case-management systems (`connectors/*.toml`).
+//! decline reasons and close outcomes (`cbo/codes.toml`), the connectors to CBO
+//! case-management systems (`connectors/*.toml`), and which directory taxonomy terms
+//! mean which SDOH need (`directory/domains.toml`).
 //!
 //! Invariant: a rule that names an unknown field or organisation stops the gateway at
 //! start with the file, line and rule id, rather than silently showing or hiding data.
@@ -23,6 +24,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::Deserialize;
 
+use crate::directory::needs::Needs;
 use crate::hie::FeedTables;
 use crate::identity::IdentityRules;
 use crate::measures::Screening;
@@ -89,6 +91,8 @@ pub struct Mappings {
     pub domains: Domains,
     /// Screening items and their positive answers, for outcome measures.
     pub screening: Screening,
+    /// SDOH domain ↔ directory taxonomy terms, for `/hsds/…?sdoh_domain=`.
+    pub needs: Needs,
 }
 
 /// The mappings in force. A reload swaps the whole set at once; each message or
@@ -125,6 +129,7 @@ const CONNECTORS: &str = "connectors";
 const ROUTING: &str = "cbo/routing.toml";
 const DOMAINS: &str = "cbo/domains.toml";
 const SCREENING: &str = "measures/screening.toml";
+const NEEDS: &str = "directory/domains.toml";
 
 /// HL7 table 0004 (patient class): the codes a feed may send in PV1-2.
 const PATIENT_CLASSES: &[&str] = &["E", "I", "O", "P", "R", "B", "C", "N", "U"];
@@ -155,6 +160,9 @@ impl Mappings {
         }
         if let Some(screening) = load_rules(dir, SCREENING, Screening::build)? {
             m.screening = screening;
+        }
+        if let Some(needs) = load_rules(dir, NEEDS, Needs::build)? {
+            m.needs = needs;
         }
         for spec in load_connectors(dir, organizations)? {
             m.connectors.insert(spec.id.clone(), Arc::new(spec));
@@ -221,6 +229,13 @@ pub fn check(dir: &Path, organizations: &[String]) -> (Vec<MappingError>, Vec<St
         Err(e) => errors.push(e),
         Ok(None) => notes.push(format!(
             "{SCREENING}: missing: no screening is recognised, so every measure counts none"
+        )),
+        Ok(Some(_)) => {}
+    }
+    match load_rules(dir, NEEDS, Needs::build) {
+        Err(e) => errors.push(e),
+        Ok(None) => notes.push(format!(
+            "{NEEDS}: missing: /hsds/ cannot search by need (sdoh_domain=)"
         )),
         Ok(Some(_)) => {}
     }
@@ -351,7 +366,7 @@ fn load_visibility(
 fn duplicate_ids(dir: &Path) -> Result<(), MappingError> {
     let mut seen: HashMap<String, String> = HashMap::new();
     let files = [
-        IDENTITY, FEEDS, VISIBILITY, CODES, ROUTING, DOMAINS, SCREENING,
+        IDENTITY, FEEDS, VISIBILITY, CODES, ROUTING, DOMAINS, SCREENING, NEEDS,
     ]
     .map(String::from);
     for name in files.into_iter().chain(connector_files(dir)) {

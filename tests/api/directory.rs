@@ -245,6 +245,21 @@ async fn the_official_hsds_examples_come_back_equal_through_hsds() {
     let (status, body) = hsds(&app, "/hsds/services/no-such-service").await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("no-such-service"));
+
+    // The API is read-only: another method on one of its paths is a 405 saying so.
+    for path in [
+        "/hsds/",
+        "/hsds/services",
+        &format!("/hsds/services/{SERVICE}"),
+    ] {
+        let resp = anonymous
+            .post(format!("http://{}{path}", app.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{path}");
+        assert_eq!(resp.headers()["allow"], "GET", "{path}");
+    }
 }
 
 #[tokio::test]
@@ -299,4 +314,98 @@ async fn a_broken_entity_is_refused_naming_the_field_and_the_rest_is_taken() {
     let (ok, out, err) = app.try_operator(&["directory", "import", "/nonexistent/hsds"]);
     assert!(!ok);
     assert!(format!("{out}{err}").contains("/nonexistent/hsds"), "{err}");
+}
+
+/// Services written for search by need (tests/fixtures/hsds/needs): Open Eligibility
+/// terms inline, a county's own terms stored and named by id, one under a parent.
+const NEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hsds/needs");
+const PANTRY: &str = "4f0d0000-0000-4000-8000-000000000001";
+const MEALS: &str = "4f0d0000-0000-4000-8000-000000000002";
+const BUS: &str = "4f0d0000-0000-4000-8000-000000000003";
+const KITCHEN: &str = "4f0d0000-0000-4000-8000-000000000004";
+
+fn ids(page: &Value) -> Vec<&str> {
+    page["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn services_are_found_by_sdoh_need_through_the_domain_rules() {
+    let app = spawn_app().await;
+    app.operator(&["directory", "import", HSDS]);
+    app.operator(&["directory", "import", NEEDS]);
+
+    // Food: an Open Eligibility code (1130 Food Pantry), a county term by name (Home-
+    // delivered meals), a county term under its "Food" parent. Not: code 1102 of
+    // another taxonomy (the dental clinic), the official example's placeholder term.
+    let (status, page) = hsds(&app, "/hsds/services?sdoh_domain=food-insecurity").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), [PANTRY, MEALS, KITCHEN]);
+    assert_eq!(
+        (&page["total_items"], &page["size"]),
+        (&json!(3), &json!(3))
+    );
+    assert!(
+        page["contents"][0].get("attributes").is_none(),
+        "a list view"
+    );
+
+    let (_, page) = hsds(&app, "/hsds/services?sdoh_domain=transportation-insecurity").await;
+    assert_eq!(ids(&page), [BUS]);
+    let (_, page) = hsds(&app, "/hsds/services?sdoh_domain=housing-instability").await;
+    assert_eq!(ids(&page), Vec::<&str>::new());
+    assert_eq!(page["empty"], true);
+
+    // With the document's own filters and paging.
+    let (_, page) = hsds(
+        &app,
+        "/hsds/services?sdoh_domain=food-insecurity&search=meals",
+    )
+    .await;
+    assert_eq!(ids(&page), [MEALS]);
+    let (_, page) = hsds(
+        &app,
+        "/hsds/services?sdoh_domain=food-insecurity&per_page=2&page=2&full=true",
+    )
+    .await;
+    assert_eq!(ids(&page), [KITCHEN]);
+    assert_eq!(
+        (
+            &page["total_items"],
+            &page["total_pages"],
+            &page["last_page"]
+        ),
+        (&json!(3), &json!(2), &json!(true))
+    );
+    assert!(page["contents"][0]["attributes"].is_array(), "full=true");
+    let (_, page) = hsds(&app, &format!("/hsds/services?sdoh_domain=food-insecurity&organization_id={ORGANIZATION}&taxonomy_term_id=4f0d0000-0000-4000-8000-000000000102")).await;
+    assert_eq!(ids(&page), [MEALS]);
+
+    // Services-at-locations by their service's terms (here: named by service_id only).
+    let (_, page) = hsds(
+        &app,
+        "/hsds/service_at_locations?sdoh_domain=food-insecurity",
+    )
+    .await;
+    assert_eq!(ids(&page), ["4f0d0000-0000-4000-8000-000000000401"]);
+    assert_eq!(
+        page["contents"][0]["location"]["name"],
+        "Riverside Church Hall"
+    );
+
+    // A domain without a rule is an error naming it, not an empty page.
+    let (status, body) = hsds(&app, "/hsds/services?sdoh_domain=hunger").await;
+    assert_eq!(status, 400);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("\"hunger\"") && error.contains("food-insecurity"),
+        "{error}"
+    );
+    // Other lists ignore it, as they ignore any parameter they do not take.
+    let (status, page) = hsds(&app, "/hsds/organizations?sdoh_domain=hunger").await;
+    assert_eq!((status, page["total_items"].clone()), (200, json!(1)));
 }

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ReferralFilter, ReferralRow};
 use crate::shards::Shards;
@@ -30,12 +31,13 @@ pub struct ReferralIndex {
 }
 
 /// Where an organisation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Held {
     /// Its rows are being read: writes are applied, reads go to the database.
     Loading,
-    /// Every row is here; the tick of its last use.
-    Loaded(u64),
+    /// Every row is here; the tick of its last use (set under the read lock: a read
+    /// takes no write lock).
+    Loaded(AtomicU64),
     /// More rows than the budget: always the database.
     TooMany,
 }
@@ -47,7 +49,7 @@ struct Inner {
     held: HashMap<String, Held>,
     rows: usize,
     max_rows: usize,
-    tick: u64,
+    tick: AtomicU64,
     /// Organisations forgotten to stay within the budget, since the start.
     evicted: u64,
     /// Whether it may answer (see the module comment).
@@ -73,7 +75,7 @@ impl ReferralIndex {
                 held: HashMap::new(),
                 rows: 0,
                 max_rows: (64 << 20) / ROW_BYTES,
-                tick: 0,
+                tick: AtomicU64::new(0),
                 evicted: 0,
                 trusted,
             }),
@@ -130,22 +132,24 @@ impl ReferralIndex {
                 return Ask::Database;
             }
             match inner.held.get(organization) {
-                Some(Held::Loaded(_)) => {}
+                Some(Held::Loaded(used)) => {
+                    used.store(
+                        inner.tick.fetch_add(1, Ordering::Relaxed) + 1,
+                        Ordering::Relaxed,
+                    );
+                    return Ask::Here(self);
+                }
                 Some(Held::Loading | Held::TooMany) => return Ask::Database,
                 None => {}
             }
         }
         let mut inner = self.write();
-        inner.tick += 1;
-        let tick = inner.tick;
-        let trusted = inner.trusted;
-        match inner.held.get_mut(organization) {
-            Some(Held::Loaded(used)) => {
-                *used = tick;
-                Ask::Here(self)
-            }
+        if !inner.trusted {
+            return Ask::Database;
+        }
+        match inner.held.get(organization) {
+            Some(Held::Loaded(_)) => Ask::Here(self),
             Some(_) => Ask::Database,
-            None if !trusted => Ask::Database,
             None => {
                 inner.held.insert(organization.to_string(), Held::Loading);
                 Ask::Load
@@ -158,7 +162,7 @@ impl ReferralIndex {
     /// least recently used until the rows held fit the budget again.
     pub fn loaded(&self, organization: &str, rows: Vec<ReferralRow>, complete: bool) {
         let mut inner = self.write();
-        if inner.held.get(organization) != Some(&Held::Loading) {
+        if !matches!(inner.held.get(organization), Some(Held::Loading)) {
             // Forgotten meanwhile (a reconnect, a foreign write): read again next time.
             return;
         }
@@ -172,17 +176,18 @@ impl ReferralIndex {
             return;
         }
         inner.apply(rows);
-        inner.tick += 1;
-        let tick = inner.tick;
+        let tick = inner.tick.fetch_add(1, Ordering::Relaxed) + 1;
         inner
             .held
-            .insert(organization.to_string(), Held::Loaded(tick));
+            .insert(organization.to_string(), Held::Loaded(AtomicU64::new(tick)));
         while inner.rows > inner.max_rows {
             let Some(coldest) = inner
                 .held
                 .iter()
                 .filter_map(|(org, h)| match h {
-                    Held::Loaded(used) if org != organization => Some((*used, org.clone())),
+                    Held::Loaded(used) if org != organization => {
+                        Some((used.load(Ordering::Relaxed), org.clone()))
+                    }
                     _ => None,
                 })
                 .min()
@@ -198,7 +203,7 @@ impl ReferralIndex {
     /// The read after [`Ask::Load`] failed: the next ask tries again.
     pub fn not_loaded(&self, organization: &str) {
         let mut inner = self.write();
-        if inner.held.get(organization) == Some(&Held::Loading) {
+        if matches!(inner.held.get(organization), Some(Held::Loading)) {
             inner.forget(organization);
         }
     }

@@ -737,9 +737,9 @@ mod operator {
         Ok(all)
     }
 
-    /// A progress line on stderr when it is a terminal, counting things (entities,
-    /// pages) rather than bytes; cleared at the end.
-    fn progress_count(label: &'static str) -> impl FnMut(u64, u64) {
+    /// A progress line on stderr when it is a terminal (nothing in a pipe or a log):
+    /// `text(done, total)` redrawn at most ten times a second, cleared at the end.
+    fn progress_line(mut text: impl FnMut(u64, u64) -> String) -> impl FnMut(u64, u64) {
         use std::io::{IsTerminal, Write};
         let on = std::io::stderr().is_terminal();
         let mut drawn = std::time::Instant::now();
@@ -752,43 +752,33 @@ mod operator {
             if done >= total {
                 let _ = write!(err, "\r\x1b[2K");
             } else {
-                let _ = write!(err, "\r\x1b[2K{label} {done}/{total}");
+                let _ = write!(err, "\r\x1b[2K{}", text(done, total));
             }
             let _ = err.flush();
         }
     }
 
-    /// A progress line on stderr when it is a terminal (nothing in a pipe or a log):
-    /// bytes read of all, redrawn at most ten times a second, cleared at the end.
+    /// Things counted (entities, pages) of all.
+    fn progress_count(label: &'static str) -> impl FnMut(u64, u64) {
+        progress_line(move |done, total| format!("{label} {done}/{total}"))
+    }
+
+    /// Bytes read of all, as a bar with the rate.
     fn progress_bar(label: &'static str) -> impl FnMut(u64, u64) {
-        use std::io::{IsTerminal, Write};
-        let on = std::io::stderr().is_terminal();
         let started = std::time::Instant::now();
-        let mut drawn = started;
-        move |done, total| {
-            if !on || (done < total && drawn.elapsed().as_millis() < 100) {
-                return;
-            }
-            drawn = std::time::Instant::now();
-            let mut err = std::io::stderr().lock();
-            if done >= total {
-                let _ = write!(err, "\r\x1b[2K");
-                return;
-            }
+        progress_line(move |done, total| {
             let width = 30;
             let filled = (done * width / total.max(1)) as usize;
             let mb = |b: u64| b as f64 / 1e6;
             let rate = mb(done) / started.elapsed().as_secs_f64().max(1e-3);
-            let _ = write!(
-                err,
-                "\r\x1b[2K{label} [{}{}] {:.1}/{:.1} MB ({rate:.0} MB/s)",
+            format!(
+                "{label} [{}{}] {:.1}/{:.1} MB ({rate:.0} MB/s)",
                 "#".repeat(filled),
                 " ".repeat(width as usize - filled),
                 mb(done),
                 mb(total)
-            );
-            let _ = err.flush();
-        }
+            )
+        })
     }
 
     pub async fn mappings(

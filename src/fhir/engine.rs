@@ -402,11 +402,17 @@ impl Fhir {
         base: &str,
     ) -> Result<String, FhirError> {
         check_type(resource_type)?;
-        let mut params = params.to_vec();
-        if resource_type == "Patient" {
-            self.patients_by_person(&mut params).await?;
-        }
-        let query = search::parse_query(resource_type, &params, lenient)?;
+        // Only a Patient search is rewritten: other searches are not copied.
+        let rewritten;
+        let params = if resource_type == "Patient" {
+            let mut copy = params.to_vec();
+            self.patients_by_person(&mut copy).await?;
+            rewritten = copy;
+            &rewritten
+        } else {
+            params
+        };
+        let query = search::parse_query(resource_type, params, lenient)?;
         let page = self.store.search(&query).await?;
         Ok(bundle::searchset(base, &query, &page))
     }

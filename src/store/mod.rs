@@ -28,9 +28,10 @@
 //! raw, keyed by its dedupe key; dead letters), and the rows of the submodules below.
 //!
 //! # Memory
-//! `recent` keeps current versions and `referral_index` every referral row (CBO lists
-//! and reads need no query), both fed by the writer after each commit; their maps are
-//! split in 256 (`shards`). On PostgreSQL `replicas` keeps them in step with other
+//! `recent` keeps current versions and `referral_index` the referral rows of the
+//! organisations in use (CBO lists and reads need no query), both fed by the writer
+//! after each commit and bounded by the memory budget (`set_cache_budget`); their maps
+//! are split in 256 (`shards`). On PostgreSQL `replicas` keeps them in step with other
 //! processes.
 //!
 //! # Several processes on PostgreSQL
@@ -193,7 +194,7 @@ pub struct Store {
     _listening: Option<std::sync::Arc<replicas::Listening>>,
     /// PostgreSQL: this process's name in its announcements of versions.
     origin: Option<String>,
-    /// Every referral row in memory (see `referral_index`).
+    /// The referral rows of the organisations in use (see `referral_index`).
     referral_index: std::sync::Arc<referral_index::ReferralIndex>,
     /// SQLite only: taken by each write transaction of this process, so that the
     /// writer and the audit trail queue for the file's one write lock in turn instead
@@ -305,15 +306,9 @@ impl Store {
         self.recent.stats()
     }
 
-    /// The referral index as `/metrics` shows it (hits and misses are not counted).
+    /// The referral index as `/metrics` shows it.
     pub fn referral_index_stats(&self) -> CacheStats {
-        let (bytes, entries, evicted) = self.referral_index.stats();
-        CacheStats {
-            bytes,
-            entries,
-            evicted,
-            ..CacheStats::default()
-        }
+        self.referral_index.stats()
     }
 
     pub async fn reload_after_foreign_write(&self) -> Result<()> {

@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ReferralFilter, ReferralRow};
+use super::{CacheStats, ReferralFilter, ReferralRow};
 use crate::shards::Shards;
 
 /// What one row costs in memory, roughly (the row's strings, its list entry, the
@@ -99,10 +99,16 @@ impl ReferralIndex {
         self.read().max_rows
     }
 
-    /// (bytes held, rows held, organisations forgotten) for `/metrics`.
-    pub fn stats(&self) -> (usize, usize, u64) {
+    /// Rows held (and their estimated bytes) and organisations forgotten, for
+    /// `/metrics`; hits and misses are not counted.
+    pub fn stats(&self) -> CacheStats {
         let inner = self.read();
-        (inner.rows * ROW_BYTES, inner.rows, inner.evicted)
+        CacheStats {
+            bytes: inner.rows * ROW_BYTES,
+            entries: inner.rows,
+            evicted: inner.evicted,
+            ..CacheStats::default()
+        }
     }
 
     pub fn trusted(&self) -> bool {
@@ -387,7 +393,7 @@ pub(super) mod tests {
     fn nothing_is_held_for_an_organisation_nobody_asked_for() {
         let index = ReferralIndex::new(true);
         index.apply([row("a", "o1", "pending", 1)]);
-        assert_eq!(index.stats().1, 0);
+        assert_eq!(index.stats().entries, 0);
         assert!(matches!(index.ask("o1"), Ask::Load));
         // A second reader while the first loads: the database answers it.
         assert!(matches!(index.ask("o1"), Ask::Database));
@@ -406,8 +412,8 @@ pub(super) mod tests {
         load(&index, "o2", rows("o2", 2));
         assert!(matches!(index.ask("o1"), Ask::Here(_))); // o2 is now the coldest
         load(&index, "o3", rows("o3", 2));
-        assert_eq!(index.stats().1, 4);
-        assert_eq!(index.stats().2, 1);
+        assert_eq!(index.stats().entries, 4);
+        assert_eq!(index.stats().evicted, 1);
         assert!(matches!(index.ask("o2"), Ask::Load), "o2 was forgotten");
         index.not_loaded("o2");
         assert!(matches!(index.ask("o1"), Ask::Here(_)));
@@ -415,7 +421,7 @@ pub(super) mod tests {
         assert!(matches!(index.ask("big"), Ask::Load));
         index.loaded("big", rows("big", 6), false);
         assert!(matches!(index.ask("big"), Ask::Database));
-        assert_eq!(index.stats().1, 4);
+        assert_eq!(index.stats().entries, 4);
     }
 
     #[test]

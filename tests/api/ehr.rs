@@ -382,15 +382,6 @@ async fn referral_for(app: &TestApp, remote: &str) -> String {
     .await
 }
 
-async fn scrape(app: &TestApp) -> String {
-    reqwest::get(format!("http://{}/metrics", app.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn an_ehr_servers_tasks_become_referrals_and_every_change_is_written_back() {
     let ehr = ehr_server().await;
@@ -670,7 +661,7 @@ async fn one_failing_write_back_backs_off_alone_and_is_listed_with_the_servers_d
         "{stuck}"
     );
     assert_eq!(stuck.lines().count(), 1, "{stuck}");
-    let metrics = scrape(&app).await;
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("ehr_writebacks_stuck 1"), "{metrics}");
     assert!(
         metrics.contains("ehr_writeback_failures_total{ehr=\"st-mary-fhir\",status=\"4xx\"}"),
@@ -789,7 +780,7 @@ async fn a_task_deleted_on_the_ehr_withdraws_its_referral_on_write_back_and_on_r
         "",
         "a gone Task is not stuck"
     );
-    let metrics = scrape(&app).await;
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("ehr_tasks_gone_total{ehr=\"st-mary-fhir\"} 2"),
         "{metrics}"

@@ -455,6 +455,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The `/metrics` text (the test gateway is not in production: loopback may read it).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let resp = self.get(path).await;
         let status = resp.status();

@@ -18,12 +18,7 @@ fn patient(i: usize, note: &str) -> Value {
 
 /// A sample's value on `/metrics` (0 when absent).
 async fn metric(app: &TestApp, name: &str, cache: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", app.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let prefix = format!("{name}{{cache=\"{cache}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
